@@ -1,0 +1,30 @@
+"""nbcluster: a Jupyter-first distributed futures system."""
+
+from . import errors
+from .client import (ALL_COMPLETED, FIRST_COMPLETED, FIRST_EXCEPTION, AsyncClient, Client,
+                     Delayed, Future, as_completed, compute, default_client, delayed, wait)
+from .deploy import LocalCluster
+from .errors import CancelledError, KilledWorkerError, NBClusterError
+
+__version__ = "0.1.0"
+
+Client._default_cluster_factory = LocalCluster
+
+
+def fire_and_forget(futures) -> None:
+    """Let these tasks run to the end even when no client holds their futures."""
+    from .client.structure import collect_futures
+
+    found = collect_futures(futures)
+    by_client: dict = {}
+    for f in found:
+        by_client.setdefault(id(f.client), (f.client, []))[1].append(f)
+    for client, futs in by_client.values():
+        client.fire_and_forget(futs)
+
+
+__all__ = [
+    "Client", "AsyncClient", "LocalCluster", "Future", "Delayed", "delayed", "compute", "wait",
+    "as_completed", "fire_and_forget", "default_client", "errors", "NBClusterError",
+    "CancelledError", "KilledWorkerError", "ALL_COMPLETED", "FIRST_COMPLETED", "FIRST_EXCEPTION",
+]

@@ -1,0 +1,9 @@
+"""The client side: Client, Future, wait, as_completed, executor, delayed. Never imports server."""
+
+from .client import AsyncClient, Client, default_client
+from .delayed import Delayed, compute, delayed
+from .future import Future
+from .waiting import ALL_COMPLETED, FIRST_COMPLETED, FIRST_EXCEPTION, as_completed, wait
+
+__all__ = ["Client", "AsyncClient", "default_client", "Future", "Delayed", "delayed", "compute",
+           "wait", "as_completed", "ALL_COMPLETED", "FIRST_COMPLETED", "FIRST_EXCEPTION"]

@@ -1,0 +1,487 @@
+"""Client: submit functions, get futures, gather results."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import os
+import threading
+import uuid
+from typing import Any, Callable, Iterable
+
+from ..errors import ClusterError, FutureLostError, SerializationError
+from ..protocol import messages as m
+from ..protocol.serialize import Serialized, all_plain, dump_value, dumps, dumps_function, loads
+from .connection import ClientConnection, IOThread
+from .future import _NO_VALUE, CANCELLED, FINISHED, PENDING, Future, _KeyRecord
+from .structure import collect_futures, rebuild
+
+_current: list["Client"] = []
+_SUBMIT_OPTIONS = ("priority", "workers")
+
+
+def default_client() -> "Client":
+    """The client made last (and not closed)."""
+    for client in reversed(_current):
+        if not client._closed:
+            return client
+    raise ClusterError("no client: create one with nbcluster.Client() or %cluster start")
+
+
+def _funcname(fn) -> str:
+    name = getattr(fn, "__name__", None) or type(fn).__name__
+    if name == "<lambda>":
+        name = "lambda"
+    return name.replace("-", "_").replace(" ", "_")[:40] or "task"
+
+
+class Client:
+    """Connects to a scheduler and submits work.
+
+    ``Client()`` starts a LocalCluster sized to this machine; ``Client(cluster)`` uses a cluster
+    object; ``Client("tcp://host:port")`` connects to a running scheduler (the token comes from
+    ``token=``, the ``NBCLUSTER_TOKEN`` variable, or the scheduler's connection file).
+    """
+
+    # set by nbcluster/__init__ so that the client layer does not import deploy
+    _default_cluster_factory: Callable[[], Any] | None = None
+
+    def __init__(self, address: Any = None, *, token: str | None = None, timeout: float = 10.0,
+                 asynchronous: bool = False, set_as_default: bool = True) -> None:
+        self.cluster = None
+        self._own_cluster = False
+        if address is None:
+            if Client._default_cluster_factory is None:
+                raise ClusterError("no address given and no LocalCluster available")
+            address = Client._default_cluster_factory()
+            self._own_cluster = True
+        if not isinstance(address, str):
+            self.cluster = address
+            token = token if token is not None else getattr(address, "token", None)
+            address = address.scheduler_address
+        if token is None:
+            from ..config import find_token
+
+            token = find_token(address)
+        self.scheduler_address = address
+        self.asynchronous = asynchronous
+        self._closed = False
+        self._uid = uuid.uuid4().hex[:8]
+        self._counter = itertools.count(1)
+        self._fn_tokens: dict[int, tuple[str, Callable]] = {}
+        self._io: IOThread | None = None
+        if asynchronous:
+            self._loop = asyncio.get_running_loop()
+        else:
+            self._io = IOThread(f"nbcluster-client-{self._uid}")
+            self._loop = self._io.loop
+        self._conn = ClientConnection(address, token, self._loop, timeout)
+        self._records = self._conn.records
+        self._started: Any = None
+        if asynchronous:
+            self._started = asyncio.ensure_future(self._conn.connect())
+        else:
+            try:
+                asyncio.run_coroutine_threadsafe(self._conn.connect(), self._loop).result()
+            except BaseException:
+                self._io.stop()
+                if self._own_cluster:
+                    self.cluster.close()
+                raise
+        if set_as_default:
+            _current.append(self)
+
+    def __await__(self):
+        if self._started is not None:
+            yield from self._started.__await__()
+        return self
+
+    @property
+    def id(self) -> str:
+        return self._conn.id
+
+    # ------------------------------------------------------------------ sync helper
+    def _sync(self, coro, timeout: float | None = None):
+        if self.asynchronous:
+            return coro
+        if self._closed:
+            coro.close()
+            raise ClusterError("this client is closed")
+        if threading.current_thread() is self._io.thread:
+            coro.close()
+            raise ClusterError("cannot wait for the cluster from a done-callback; "
+                               "use asynchronous code or another thread")
+        return asyncio.run_coroutine_threadsafe(coro, self._loop).result(timeout)
+
+    # ------------------------------------------------------------------ submitting
+    def _record_for(self, key: str) -> _KeyRecord:
+        rec = self._records.get(key)
+        if rec is None:
+            rec = self._records[key] = _KeyRecord(key)
+        return rec
+
+    def _release_ref(self, rec: _KeyRecord) -> None:
+        rec.refs -= 1
+        if rec.refs <= 0 and not self._closed:
+            if self._records.get(rec.key) is rec:
+                del self._records[rec.key]
+            self._conn.post([m.RELEASE, [rec.key]])
+
+    def _fn_token(self, fn: Callable) -> str:
+        entry = self._fn_tokens.get(id(fn))
+        if entry is not None and entry[1] is fn:
+            return entry[0]
+        if not callable(fn):
+            raise TypeError(f"submit needs a callable as its first argument, got {fn!r}")
+        blob = dumps_function(fn)
+        token = f"{_funcname(fn)}-{self._uid}-{len(self._fn_tokens)}"
+        self._fn_tokens[id(fn)] = (token, fn)
+        self._conn.post([m.FUNCTION, token, blob])
+        return token
+
+    def _spec(self, fn: Callable, args: tuple, kwargs: dict, key: str | None, options) -> list:
+        if self._closed:
+            raise ClusterError("this client is closed")
+        token = self._fn_token(fn)
+        if key is None:
+            key = f"{_funcname(fn)}-{self._uid}{next(self._counter):x}"
+        elif not isinstance(key, str) or not key:
+            raise TypeError(f"key must be a non-empty string, got {key!r}")
+        if not kwargs and all_plain(args):
+            return [key, token, list(args), None, [], options]
+        refs: list = []
+        name = _funcname(fn)
+        sargs = dumps(args, refs, what=f"an argument of {name}()")
+        skw = dumps(kwargs, refs, what=f"a keyword argument of {name}()") if kwargs else None
+        return [key, token, sargs, skw, list(dict.fromkeys(refs)), options]
+
+    def _options(self, priority, workers) -> dict | None:
+        options = None
+        if priority:
+            if type(priority) is not int:
+                raise TypeError(f"priority must be an int, got {priority!r}")
+            options = {"priority": priority}
+        if workers is not None:
+            if isinstance(workers, str):
+                workers = [workers]
+            workers = list(workers)
+            if not workers or not all(isinstance(w, str) for w in workers):
+                raise TypeError(f"workers must be a worker address or a list of them, got {workers!r}")
+            options = dict(options or {}, workers=workers)
+        return options
+
+    def submit(self, fn: Callable, *args, key: str | None = None, priority: int = 0,
+               workers: str | list[str] | None = None, **kwargs) -> Future:
+        """Run ``fn(*args, **kwargs)`` on the cluster; futures in the arguments are inputs."""
+        spec = self._spec(fn, args, kwargs, key, self._options(priority, workers))
+        fut = Future(spec[0], self, self._record_for(spec[0]))
+        self._conn.post([m.SUBMIT, [spec]])
+        return fut
+
+    def map(self, fn: Callable, *iterables: Iterable, key: str | list | None = None,
+            priority: int = 0, workers=None, **kwargs) -> list[Future]:
+        """``submit(fn, *args)`` for each tuple of ``zip(*iterables)``."""
+        if not iterables:
+            raise TypeError("map needs at least one iterable")
+        options = self._options(priority, workers)
+        specs = []
+        futures = []
+        keys = key if isinstance(key, (list, tuple)) else None
+        for i, args in enumerate(zip(*iterables)):
+            spec = self._spec(fn, args, kwargs, keys[i] if keys else None, options)
+            specs.append(spec)
+            futures.append(Future(spec[0], self, self._record_for(spec[0])))
+        self._conn.post([m.SUBMIT, specs])
+        return futures
+
+    # ------------------------------------------------------------------ waiting, gathering
+    def _wait_records(self, records: list, timeout: float | None, what: str) -> None:
+        if self.asynchronous:
+            raise ClusterError("use `await future` (or await client.gather) with an "
+                               "asynchronous client")
+        pending = [r for r in records if r.status == PENDING]
+        if not pending:
+            return
+        event = threading.Event()
+        remaining = [len(pending)]
+
+        def one_done(_rec):
+            remaining[0] -= 1
+            if remaining[0] == 0:
+                event.set()
+
+        for rec in pending:
+            rec.add_callback(one_done)
+        if not event.wait(timeout):
+            raise TimeoutError(f"{what} did not finish within {timeout:g} s")
+
+    async def _wait_records_async(self, records: list) -> None:
+        pending = [r for r in records if r.status == PENDING]
+        if not pending:
+            return
+        loop = asyncio.get_running_loop()
+        done = loop.create_future()
+        remaining = [len(pending)]
+
+        def one_done(_rec):
+            remaining[0] -= 1
+            if remaining[0] == 0:
+                if loop is self._loop:
+                    done.done() or done.set_result(None)
+                else:
+                    loop.call_soon_threadsafe(lambda: done.done() or done.set_result(None))
+
+        for rec in pending:
+            rec.add_callback(one_done)
+        await done
+
+    def _value_of(self, fut: Future) -> Any:
+        rec = fut._record
+        value = rec.value
+        if value is _NO_VALUE:
+            self._sync(self._fetch_values_async([fut]))
+            value = rec.value
+        if type(value) is Serialized:
+            value = rec.value = loads(value)
+        return value
+
+    async def _fetch_values_async(self, futures: list) -> list:
+        """Bring results that did not travel with their completion from the workers."""
+        for attempt in range(5):
+            need = {f.key: f._record for f in futures if f._record.value is _NO_VALUE}
+            if not need:
+                break
+            who_has = await self._conn.request("who_has", keys=list(need))
+            by_worker: dict[str, list[str]] = {}
+            lost = []
+            for key, holders in who_has.items():
+                if holders:
+                    by_worker.setdefault(holders[hash(key) % len(holders)], []).append(key)
+                else:
+                    lost.append(key)
+
+            async def fetch(worker, keys):
+                try:
+                    values, missing, errors = await self._conn.pool.get_data(worker, keys)
+                except Exception:
+                    return keys
+                for key, text in errors.items():
+                    raise SerializationError(text)
+                for key, value in values.items():
+                    need[key].value = value
+                return missing
+
+            results = await asyncio.gather(*(fetch(w, ks) for w, ks in by_worker.items()))
+            lost += [k for missing in results for k in missing]
+            if lost:
+                # the result was lost with a worker: the scheduler recomputes and tells us
+                for key in lost:
+                    if need[key].status == FINISHED and need[key].value is _NO_VALUE:
+                        need[key].reset()
+                await self._wait_records_async([need[k] for k in lost])
+        else:
+            raise FutureLostError(f"could not fetch {len(need)} results after 5 attempts")
+        out = []
+        for f in futures:
+            v = f._record.value
+            if type(v) is Serialized:
+                v = f._record.value = loads(v)
+            out.append(v)
+        return out
+
+    def gather(self, futures: Any, errors: str = "raise", timeout: float | None = None) -> Any:
+        """Results for a future, or a list/tuple/dict/set structure of them (same shape back)."""
+        if errors not in ("raise", "skip"):
+            raise ValueError(f"errors must be 'raise' or 'skip', got {errors!r}")
+        found = collect_futures(futures)
+        if self.asynchronous:
+            return self._gather_async(futures, found, errors)
+        self._wait_records([f._record for f in found], timeout, f"gather of {len(found)} futures")
+        values = self._collect(found, errors)
+        missing = [f for f in found if f.key not in values and f._record.value is _NO_VALUE]
+        if missing:
+            for f, v in zip(missing, self._sync(self._fetch_values_async(missing))):
+                values[f.key] = v
+        for f in found:
+            if f.key not in values and f._record.status == FINISHED:
+                values[f.key] = self._value_of(f)
+        return rebuild(futures, values, skip_missing=errors == "skip")
+
+    async def _gather_async(self, futures, found, errors):
+        await self._wait_records_async([f._record for f in found])
+        values = self._collect(found, errors)
+        missing = [f for f in found if f.key not in values]
+        for f, v in zip(missing, await self._fetch_values_async(missing)):
+            values[f.key] = v
+        return rebuild(futures, values, skip_missing=errors == "skip")
+
+    def _collect(self, found: list, errors: str) -> dict:
+        values = {}
+        for f in found:
+            rec = f._record
+            if rec.status != FINISHED:
+                if errors == "raise":
+                    raise rec.error()
+                continue
+            v = rec.value
+            if v is not _NO_VALUE:
+                if type(v) is Serialized:
+                    v = rec.value = loads(v)
+                values[f.key] = v
+        return values
+
+    # ------------------------------------------------------------------ other operations
+    def cancel(self, futures: Future | Iterable[Future]) -> None:
+        found = collect_futures(futures)
+        for f in found:
+            if f._record.status == PENDING:
+                f._record.cancel_reason = "cancelled by the client"
+                f._record.finish(CANCELLED)
+        self._conn.post([m.CANCEL, [f.key for f in found]])
+
+    def fire_and_forget(self, futures: Future | Iterable[Future]) -> None:
+        self._conn.post([m.FIRE_AND_FORGET, [f.key for f in collect_futures(futures)]])
+
+    def scatter(self, data: Any, workers: str | list[str] | None = None,
+                broadcast: bool = False) -> Any:
+        """Send local data to workers; returns futures (same shape as ``data``)."""
+        return self._sync(self._scatter(data, workers, broadcast))
+
+    async def _scatter(self, data, workers, broadcast):
+        info = await self._conn.request("info")
+        targets = list(info["workers"])
+        if workers is not None:
+            wanted = [workers] if isinstance(workers, str) else list(workers)
+            unknown = [w for w in wanted if w not in targets]
+            if unknown:
+                raise ValueError(f"scatter: unknown workers {unknown}; known: {targets}")
+            targets = wanted
+        if not targets:
+            raise ClusterError("scatter: the cluster has no workers")
+        if isinstance(data, dict):
+            items = list(data.items())
+        elif isinstance(data, (list, tuple, set, frozenset)):
+            items = [(f"{type(v).__name__}-{uuid.uuid4().hex}", v) for v in data]
+        else:
+            items = [(f"{type(data).__name__}-{uuid.uuid4().hex}", data)]
+        plan: dict[str, dict] = {}
+        for i, (key, value) in enumerate(items):
+            dests = targets if broadcast else [targets[i % len(targets)]]
+            payload = dump_value(value, what=f"scattered value {key!r}")
+            for w in dests:
+                plan.setdefault(w, {})[key] = payload
+        await asyncio.gather(*(self._conn.pool.put_data(w, vals) for w, vals in plan.items()))
+        futures = {key: Future(key, self, self._record_for(key)) for key, _ in items}
+        for w, vals in plan.items():
+            nbytes = {k: (v.nbytes if type(v) is Serialized else 64) for k, v in vals.items()}
+            self._conn.post([m.UPDATE_DATA, nbytes, w])
+        await self._wait_records_async([f._record for f in futures.values()])
+        if isinstance(data, dict):
+            return futures
+        if isinstance(data, (list, tuple, set, frozenset)):
+            return list(futures.values()) if not isinstance(data, tuple) else tuple(futures.values())
+        return next(iter(futures.values()))
+
+    def run(self, fn: Callable, *args, workers: list[str] | None = None) -> Any:
+        """Run ``fn(*args)`` once on every worker: ``{worker address: result}``."""
+        return self._sync(self._run(fn, args, workers))
+
+    async def _run(self, fn, args, workers):
+        blob = dumps_function(fn)
+        if not all_plain(args):
+            raise TypeError("client.run takes plain arguments (numbers, strings, None)")
+        reply = await self._conn.request("run", blob=blob, args=list(args), workers=workers)
+        if reply["errors"]:
+            worker, exc = next(iter(reply["errors"].items()))
+            err = loads(exc) if type(exc) is Serialized else RuntimeError(str(exc))
+            if isinstance(err, BaseException):
+                err.add_note(f"(raised on worker {worker})")
+                raise err
+            raise RuntimeError(f"run failed on {worker}: {err}")
+        return {w: (loads(v) if type(v) is Serialized else v) for w, v in reply["results"].items()}
+
+    def scheduler_info(self) -> dict:
+        return self._sync(self._conn.request("info"))
+
+    def who_has(self, futures=None) -> dict:
+        keys = [f.key for f in collect_futures(futures)] if futures is not None else list(self._records)
+        return self._sync(self._conn.request("who_has", keys=keys))
+
+    def story(self, key_or_future) -> list:
+        key = getattr(key_or_future, "key", key_or_future)
+        return self._sync(self._conn.request("story", key=key))
+
+    def get_executor(self, **submit_kwargs):
+        from .executor import ClientExecutor
+
+        return ClientExecutor(self, **submit_kwargs)
+
+    def compute(self, collection, **kwargs):
+        from .delayed import compute_with
+
+        return compute_with(self, collection, **kwargs)
+
+    @property
+    def dashboard_link(self) -> str | None:
+        return getattr(self.cluster, "dashboard_link", None)
+
+    # ------------------------------------------------------------------ closing
+    def close(self) -> None:
+        if self._closed:
+            return
+        if self.asynchronous:
+            self._conn.close()
+            self._closed = True
+            return self._close_cluster_async()
+        try:
+            if not self._loop.is_closed():
+                asyncio.run_coroutine_threadsafe(self._close_conn(), self._loop).result(10)
+        except Exception:
+            pass
+        self._closed = True
+        self._io.stop()
+        if self in _current:
+            _current.remove(self)
+        if self._own_cluster and self.cluster is not None:
+            self.cluster.close()
+
+    async def _close_conn(self) -> None:
+        self._conn.close()
+
+    async def _close_cluster_async(self) -> None:
+        if self in _current:
+            _current.remove(self)
+        if self._own_cluster and self.cluster is not None:
+            self.cluster.close()
+
+    def __enter__(self) -> "Client":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    async def __aenter__(self) -> "Client":
+        await self
+        return self
+
+    async def __aexit__(self, *exc) -> None:
+        await self.close()
+
+    def __repr__(self) -> str:
+        state = "closed" if self._closed else "connected"
+        return f"<Client {self.scheduler_address} {state}>"
+
+    def _repr_html_(self) -> str:
+        link = self.dashboard_link
+        dash = f"<br>Dashboard: <a href='{link}' target='_blank'>{link}</a>" if link else ""
+        return (f"<div><b>nbcluster Client</b><br>Scheduler: <code>{self.scheduler_address}</code>"
+                f"<br>Futures held: {len(self._records)}{dash}</div>")
+
+
+def AsyncClient(*args, **kwargs) -> Client:  # noqa: N802 - reads as a class
+    """A Client for asyncio code: ``async with AsyncClient(cluster) as c: await c.submit(...)``."""
+    return Client(*args, asynchronous=True, **kwargs)
+
+
+def _cpu_count() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)

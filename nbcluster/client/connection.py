@@ -1,0 +1,195 @@
+"""The client's plumbing: its event loop (an I/O thread for synchronous users), the connection
+to the scheduler, the outbox that batches messages, and the records of keys it holds."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import threading
+import uuid
+from collections import deque
+
+from ..comm import Comm, connect
+from ..comm.pool import DataPool
+from ..errors import ClusterError, CommError
+from ..protocol import messages as m
+from .future import CANCELLED, ERROR, FINISHED, LOST, PENDING, _KeyRecord
+
+logger = logging.getLogger("nbcluster.client")
+
+
+class IOThread:
+    """An asyncio loop running in a daemon thread, for synchronous callers."""
+
+    def __init__(self, name: str) -> None:
+        self.loop = asyncio.new_event_loop()
+        self._ready = threading.Event()
+        self.thread = threading.Thread(target=self._main, name=name, daemon=True)
+        self.thread.start()
+        self._ready.wait()
+
+    def _main(self) -> None:
+        asyncio.set_event_loop(self.loop)
+        self.loop.call_soon(self._ready.set)
+        self.loop.run_forever()
+        # cancel leftovers so nothing warns at interpreter exit
+        pending = asyncio.all_tasks(self.loop)
+        for task in pending:
+            task.cancel()
+        if pending:
+            self.loop.run_until_complete(asyncio.gather(*pending, return_exceptions=True))
+        self.loop.close()
+
+    def stop(self) -> None:
+        if self.loop.is_closed():
+            return
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        if threading.current_thread() is not self.thread:
+            self.thread.join(10)
+
+
+class ClientConnection:
+    """Owns the comm to the scheduler. Thread-safe entry points: ``post`` and ``request``."""
+
+    def __init__(self, address: str, token: str | None, loop: asyncio.AbstractEventLoop,
+                 timeout: float) -> None:
+        self.address = address
+        self.token = token
+        self.loop = loop
+        self.timeout = timeout
+        self.id = f"client-{uuid.uuid4().hex[:12]}"
+        self.comm: Comm | None = None
+        self.pool = DataPool(token, {"client": self.id}, timeout)
+        self.records: dict[str, _KeyRecord] = {}
+        self.outbox: deque = deque()
+        self._flush_scheduled = False
+        self._replies: dict[int, asyncio.Future] = {}
+        self._request_ids = itertools.count(1)
+        self.closed = False
+        self.lost_reason = ""
+        self.on_event = None         # optional hook(msg) for observers (progress, dashboard)
+
+    async def connect(self) -> None:
+        self.comm = await connect(self.address, self.token, self.timeout)
+        hello = self.loop.create_future()
+        self._replies[0] = hello
+        self.comm.start(self._on_batch, self._on_close)
+        self.comm.send([m.HELLO, "client", {"id": self.id}])
+        try:
+            await asyncio.wait_for(hello, self.timeout)
+        except asyncio.TimeoutError:
+            self.comm.abort("no hello")
+            raise CommError(f"the scheduler at {self.address} did not answer within "
+                            f"{self.timeout:g} s") from None
+
+    # ------------------------------------------------------------------ outgoing
+    def post(self, msg: list) -> None:
+        """Queue ``msg`` for the scheduler from any thread; one write per loop tick."""
+        self.outbox.append(msg)
+        if not self._flush_scheduled:
+            self._flush_scheduled = True
+            try:
+                if self._on_loop_thread():
+                    self.loop.call_soon(self._flush)
+                else:
+                    self.loop.call_soon_threadsafe(self._flush)
+            except RuntimeError:   # loop closed: the client is gone
+                pass
+
+    def _on_loop_thread(self) -> bool:
+        try:
+            return asyncio.get_running_loop() is self.loop
+        except RuntimeError:
+            return False
+
+    def _flush(self) -> None:
+        self._flush_scheduled = False
+        outbox = self.outbox
+        batch: list = []
+        submit = None
+        while outbox:
+            msg = outbox.popleft()
+            if msg[0] == m.SUBMIT:
+                if submit is None:
+                    submit = [m.SUBMIT, list(msg[1])]
+                    batch.append(submit)
+                else:
+                    submit[1].extend(msg[1])
+                continue
+            submit = None
+            batch.append(msg)
+        if batch and self.comm is not None:
+            self.comm.send_many(batch)
+
+    async def request(self, name: str, **args):
+        if self.closed:
+            raise ClusterError(f"the client is closed ({self.lost_reason or 'closed'})")
+        rid = next(self._request_ids)
+        fut = self.loop.create_future()
+        self._replies[rid] = fut
+        self.post([m.REQUEST, rid, name, args])
+        ok, result = await fut
+        if not ok:
+            raise ClusterError(f"the scheduler could not do {name!r}: {result}")
+        return result
+
+    # ------------------------------------------------------------------ incoming
+    def _on_batch(self, batch: list) -> None:
+        records = self.records
+        hook = self.on_event
+        for msg in batch:
+            op = msg[0]
+            if op == m.DONE:
+                rec = records.get(msg[1])
+                if rec is not None:
+                    if msg[2]:
+                        rec.value = msg[3]
+                    rec.nbytes = msg[4]
+                    if rec.status != FINISHED:
+                        rec.finish(FINISHED)
+            elif op == m.ERRED:
+                rec = records.get(msg[1])
+                if rec is not None and rec.status == PENDING:
+                    rec.exc, rec.traceback = msg[2], msg[3]
+                    rec.finish(ERROR)
+            elif op == m.CANCELLED:
+                rec = records.get(msg[1])
+                if rec is not None and rec.status == PENDING:
+                    rec.cancel_reason = msg[2]
+                    rec.finish(CANCELLED)
+            elif op == m.REPLY:
+                fut = self._replies.pop(msg[1], None)
+                if fut is not None and not fut.done():
+                    fut.set_result((msg[2], msg[3]))
+            if hook is not None:
+                hook(msg)
+
+    def _on_close(self, reason: str) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        self.lost_reason = f"lost the scheduler at {self.address}: {reason}"
+        for fut in self._replies.values():
+            if not fut.done():
+                fut.set_result((False, self.lost_reason))
+        self._replies.clear()
+        for rec in list(self.records.values()):
+            if rec.status == PENDING:
+                rec.cancel_reason = self.lost_reason
+                rec.finish(LOST)
+
+    def close(self) -> None:
+        if self.comm is not None:
+            self._flush()
+            self.closed = True
+            self.lost_reason = "client closed"
+            self.comm.close()
+            for rec in list(self.records.values()):
+                if rec.status == PENDING:
+                    rec.cancel_reason = "the client was closed"
+                    rec.finish(CANCELLED)
+        self.pool.close()
+
+
+__all__ = ["IOThread", "ClientConnection", "PENDING", "FINISHED", "ERROR", "CANCELLED", "LOST"]

@@ -1,0 +1,91 @@
+"""Request/reply over pooled connections to workers: fetch and put data directly.
+
+Workers use it to fetch inputs from peers; clients use it to gather results and scatter data.
+One connection per address, requests multiplexed by id.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+
+from ..errors import CommError
+from ..protocol import messages as m
+from .core import Comm, connect
+
+
+class DataPool:
+    def __init__(self, token: str | None, identity: dict, timeout: float = 10.0) -> None:
+        self.token = token
+        self.identity = identity
+        self.timeout = timeout
+        self.comms: dict[str, Comm] = {}
+        self._connecting: dict[str, asyncio.Future] = {}
+        self._waiting: dict[int, tuple[str, asyncio.Future]] = {}
+        self._ids = itertools.count(1)
+
+    async def _comm(self, address: str) -> Comm:
+        comm = self.comms.get(address)
+        if comm is not None and not comm.closed:
+            return comm
+        pending = self._connecting.get(address)
+        if pending is not None:
+            return await asyncio.shield(pending)
+        fut = asyncio.get_running_loop().create_future()
+        self._connecting[address] = fut
+        try:
+            comm = await connect(address, self.token, self.timeout)
+        except Exception as e:
+            fut.set_exception(e)
+            fut.exception()  # mark retrieved
+            raise
+        finally:
+            self._connecting.pop(address, None)
+        comm.send([m.HELLO, "peer", self.identity])
+        comm.start(self._on_batch, lambda reason: self._on_close(address, reason))
+        self.comms[address] = comm
+        fut.set_result(comm)
+        return comm
+
+    def _on_batch(self, batch: list) -> None:
+        for msg in batch:
+            if m.check(msg) in (m.DATA, m.REPLY):
+                entry = self._waiting.pop(msg[1], None)
+                if entry is not None and not entry[1].done():
+                    entry[1].set_result(msg)
+
+    def _on_close(self, address: str, reason: str) -> None:
+        self.comms.pop(address, None)
+        for rid, (addr, fut) in list(self._waiting.items()):
+            if addr == address:
+                del self._waiting[rid]
+                if not fut.done():
+                    fut.set_exception(CommError(f"connection to {address} lost: {reason}"))
+
+    async def _request(self, address: str, op: str, payload) -> list:
+        comm = await self._comm(address)
+        rid = next(self._ids)
+        fut = asyncio.get_running_loop().create_future()
+        self._waiting[rid] = (address, fut)
+        comm.send([op, rid, payload])
+        return await fut
+
+    async def get_data(self, address: str, keys: list) -> tuple[dict, list, dict]:
+        """Returns (values, missing keys, {key: error text}) from the worker at ``address``."""
+        msg = await self._request(address, m.GET_DATA, keys)
+        values, missing = msg[2], msg[3]
+        errors = {}
+        if type(missing) is dict:   # {"missing": [...], "errors": {...}}
+            errors = missing.get("errors", {})
+            missing = missing.get("missing", [])
+        return values, missing, errors
+
+    async def put_data(self, address: str, values: dict) -> None:
+        msg = await self._request(address, m.PUT_DATA, values)
+        if msg[0] == m.REPLY and not msg[2]:
+            raise CommError(f"{address} refused the data: {msg[3]}")
+
+    def close(self) -> None:
+        for comm in list(self.comms.values()):
+            comm.close()
+        self.comms.clear()

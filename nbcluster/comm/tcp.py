@@ -1,0 +1,289 @@
+"""TCP transport: asyncio BufferedProtocol, authenticated handshake, zero-copy large frames.
+
+Small reads land in one reusable buffer; a frame larger than ``LARGE`` gets a bytearray of its
+own size and the socket reads straight into it, so a 200 MB array is copied once by the kernel
+and never again in Python.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+import struct
+
+from ..errors import AuthenticationError, ConnectError, ProtocolError
+from ..protocol.framing import decode, frame_header
+from . import auth
+from .core import MAX_FRAME, MAX_FRAMES, Comm, Listener
+
+logger = logging.getLogger("nbcluster.comm")
+
+LARGE = 64 * 1024
+_U32 = struct.Struct("<I")
+
+
+class TCPComm(Comm):
+    def __init__(self, protocol: "_Protocol", local: str, peer: str) -> None:
+        super().__init__(local, peer)
+        self._protocol = protocol
+
+    def _write_frames(self, frames: list) -> None:
+        transport = self._protocol.transport
+        if transport is None or transport.is_closing():
+            return
+        transport.write(frame_header(frames))
+        for f in frames:
+            if len(f):
+                transport.write(f)
+
+    def _abort(self) -> None:
+        transport = self._protocol.transport
+        if transport is not None:
+            if self._pending:
+                self._pending = []
+            transport.close()
+
+
+class _Protocol(asyncio.BufferedProtocol):
+    """Handshake, then frame parsing; delivers decoded batches to its Comm."""
+
+    def __init__(self, token: str | None, server: bool, on_ready) -> None:
+        self.token = token
+        self.server = server
+        self.on_ready = on_ready          # called with the Comm or an exception
+        self.transport: asyncio.Transport | None = None
+        self.comm: TCPComm | None = None
+        self._buf = bytearray(256 * 1024)
+        self._n = 0                       # bytes in _buf
+        self._pos = 0                     # parse position in _buf
+        self._phase = "hello"
+        self._need = auth.CLIENT_PROOF if server else auth.SERVER_HELLO
+        self._nonce = b""
+        self._lengths: list[int] = []
+        self._frames: list = []
+        self._large: bytearray | None = None
+        self._large_pos = 0
+        self.peer = ""
+
+    # -- connection
+    def connection_made(self, transport) -> None:
+        self.transport = transport
+        sock = transport.get_extra_info("socket")
+        if sock is not None:
+            try:
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            except OSError:
+                pass
+        peername = transport.get_extra_info("peername") or ("?", 0)
+        self.peer = f"tcp://{peername[0]}:{peername[1]}"
+        if self.server:
+            hello, self._nonce = auth.server_hello()
+            transport.write(hello)
+
+    def connection_lost(self, exc) -> None:
+        if self.comm is not None:
+            self.comm.abort(f"connection lost: {exc}" if exc else "connection closed by peer")
+        elif self.on_ready is not None:
+            self._fail(ConnectError(f"{self.peer} closed the connection during the handshake"))
+
+    def _fail(self, exc: Exception) -> None:
+        cb, self.on_ready = self.on_ready, None
+        if self.transport is not None:
+            self.transport.close()
+        if cb is not None:
+            cb(exc)
+
+    # -- reading
+    def get_buffer(self, sizehint: int):
+        if self._large is not None:
+            return memoryview(self._large)[self._large_pos:]
+        if self._n == len(self._buf):
+            if self._pos:
+                rest = self._buf[self._pos:self._n]
+                self._buf[:len(rest)] = rest
+                self._n, self._pos = len(rest), 0
+            else:
+                self._buf.extend(bytes(len(self._buf)))
+        return memoryview(self._buf)[self._n:]
+
+    def buffer_updated(self, nbytes: int) -> None:
+        if self._large is not None:
+            self._large_pos += nbytes
+            if self._large_pos == len(self._large):
+                frame, self._large = self._large, None
+                self._frame_done(frame)
+                self._parse()
+            return
+        self._n += nbytes
+        self._parse()
+
+    def _avail(self) -> int:
+        return self._n - self._pos
+
+    def _take(self, n: int) -> bytes:
+        data = bytes(self._buf[self._pos:self._pos + n])
+        self._pos += n
+        return data
+
+    def _parse(self) -> None:
+        try:
+            while self._step():
+                pass
+        except (ProtocolError, ValueError) as e:
+            reason = f"{self.peer}: {e}"
+            if self.comm is not None:
+                logger.warning("closing connection: %s", reason)
+                self.comm.abort(str(e))
+            else:
+                logger.warning("refused connection from %s", reason)
+                err = AuthenticationError if "token" in str(e) else ConnectError
+                self._fail(err(str(e)))
+            return
+        if self._pos == self._n:
+            self._pos = self._n = 0
+
+    def _step(self) -> bool:
+        phase = self._phase
+        if phase == "count":
+            if self._avail() < 4:
+                return False
+            (count,) = _U32.unpack_from(self._buf, self._pos)
+            self._pos += 4
+            if not 1 <= count <= MAX_FRAMES:
+                raise ProtocolError(f"bad frame count {count}")
+            self._need = count
+            self._phase = "lengths"
+            return True
+        if phase == "lengths":
+            if self._avail() < 8 * self._need:
+                return False
+            lengths = struct.unpack_from(f"<{self._need}Q", self._buf, self._pos)
+            self._pos += 8 * self._need
+            for n in lengths:
+                if n > MAX_FRAME:
+                    raise ProtocolError(f"frame of {n} bytes is over the limit")
+            self._lengths = list(lengths)
+            self._frames = []
+            self._phase = "frames"
+            return True
+        if phase == "frames":
+            i = len(self._frames)
+            size = self._lengths[i]
+            avail = self._avail()
+            if avail >= size:
+                frame = self._take(size)
+                self._frame_done(frame)
+                return True
+            if size - avail >= LARGE:
+                target = bytearray(size)
+                target[:avail] = self._buf[self._pos:self._n]
+                self._pos = self._n = 0
+                self._large, self._large_pos = target, avail
+            return False
+        return self._handshake_step()
+
+    def _frame_done(self, frame) -> None:
+        self._frames.append(frame)
+        if len(self._frames) < len(self._lengths):
+            return
+        frames, self._frames = self._frames, []
+        self._phase = "count"
+        batch = decode(frames)
+        self.comm._deliver(batch)
+
+    def _handshake_step(self) -> bool:
+        if self._avail() < self._need:
+            return False
+        data = self._take(self._need)
+        if self.server:
+            proof = auth.check_client_proof(self.token, self._nonce, data)
+            self.transport.write(proof)
+            self._start()
+        elif self._phase == "hello":
+            reply, self._nonce = auth.client_proof(self.token, data)
+            self.transport.write(reply)
+            self._phase, self._need = "proof", auth.SERVER_PROOF
+        else:
+            try:
+                auth.check_server_proof(self.token, self._nonce, data)
+            except ValueError as e:
+                raise ValueError(f"wrong token for {self.peer}: {e}") from None
+            self._start()
+        return True
+
+    def _start(self) -> None:
+        sockname = self.transport.get_extra_info("sockname") or ("?", 0)
+        self.comm = TCPComm(self, f"tcp://{sockname[0]}:{sockname[1]}", self.peer)
+        self._phase = "count"
+        cb, self.on_ready = self.on_ready, None
+        cb(self.comm)
+
+
+class TCPListener(Listener):
+    def __init__(self, server: asyncio.AbstractServer, address: str) -> None:
+        self.server = server
+        self.address = address
+
+    def stop(self) -> None:
+        self.server.close()
+
+
+def _split(hostport: str) -> tuple[str, int]:
+    host, _, port = hostport.rpartition(":")
+    host = host.strip("[]")
+    if not host or not port.isdigit():
+        raise ConnectError(f"bad address tcp://{hostport} (expected tcp://HOST:PORT)")
+    return host, int(port)
+
+
+async def connect(hostport: str, token: str | None, timeout: float) -> Comm:
+    host, port = _split(hostport)
+    loop = asyncio.get_running_loop()
+    ready: asyncio.Future = loop.create_future()
+
+    def on_ready(result):
+        if not ready.done():
+            ready.set_result(result)
+
+    address = f"tcp://{hostport}"
+    try:
+        transport, _ = await asyncio.wait_for(
+            loop.create_connection(lambda: _Protocol(token, False, on_ready), host, port), timeout)
+    except asyncio.TimeoutError:
+        raise ConnectError(f"timed out connecting to {address} after {timeout:g} s") from None
+    except OSError as e:
+        raise ConnectError(f"cannot connect to {address}: {e.strerror or e}") from None
+    try:
+        result = await asyncio.wait_for(ready, timeout)
+    except asyncio.TimeoutError:
+        transport.close()
+        raise ConnectError(f"{address} accepted the connection but did not answer the "
+                           f"handshake within {timeout:g} s (is it an nbcluster server?)") from None
+    if isinstance(result, AuthenticationError):
+        raise AuthenticationError(f"{address} refused this connection: {result}") from None
+    if isinstance(result, Exception):
+        raise ConnectError(f"cannot connect to {address}: {result}") from None
+    return result
+
+
+async def listen(hostport: str, on_comm, token: str | None) -> Listener:
+    host, port = _split(hostport)
+    loop = asyncio.get_running_loop()
+
+    def factory():
+        def on_ready(result):
+            if isinstance(result, Comm):
+                coro = on_comm(result)
+                if coro is not None:
+                    loop.create_task(coro)
+
+        return _Protocol(token, True, on_ready)
+
+    try:
+        server = await loop.create_server(factory, host, port, reuse_address=True, backlog=1024)
+    except OSError as e:
+        raise ConnectError(f"cannot listen on tcp://{hostport}: {e.strerror or e}") from None
+    sock = server.sockets[0]
+    bound_host, bound_port = sock.getsockname()[:2]
+    return TCPListener(server, f"tcp://{bound_host}:{bound_port}")

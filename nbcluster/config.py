@@ -1,0 +1,50 @@
+"""Where connection files live and how a token is found for an address."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+
+def runtime_dir() -> Path:
+    base = os.environ.get("NBCLUSTER_RUNTIME_DIR")
+    if base:
+        return Path(base)
+    return Path(os.environ.get("XDG_RUNTIME_DIR") or Path.home() / ".nbcluster") / "nbcluster"
+
+
+def connection_file_for(address: str) -> Path:
+    safe = address.replace("://", "-").replace(":", "-").replace("/", "-")
+    return runtime_dir() / f"scheduler-{safe}.json"
+
+
+def write_connection_file(address: str, token: str | None, path: str | os.PathLike | None = None) -> Path:
+    """Write address and token to a file readable only by this user (like Jupyter's)."""
+    target = Path(path) if path else connection_file_for(address)
+    target.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        json.dump({"address": address, "token": token}, f)
+    os.chmod(target, 0o600)
+    return target
+
+
+def read_connection_file(path: str | os.PathLike) -> tuple[str, str | None]:
+    with open(path) as f:
+        info = json.load(f)
+    return info["address"], info.get("token")
+
+
+def find_token(address: str) -> str | None:
+    """The token for ``address``: NBCLUSTER_TOKEN, else the scheduler's connection file."""
+    token = os.environ.get("NBCLUSTER_TOKEN")
+    if token:
+        return token
+    path = connection_file_for(address)
+    if path.exists():
+        try:
+            return read_connection_file(path)[1]
+        except (OSError, ValueError, KeyError):
+            return None
+    return None

@@ -1,0 +1,5 @@
+"""Starting clusters: LocalCluster, the command line."""
+
+from .local import LocalCluster
+
+__all__ = ["LocalCluster"]

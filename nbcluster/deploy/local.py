@@ -1,0 +1,342 @@
+"""LocalCluster: a scheduler and workers on this machine, as processes or in this process."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+
+from ..comm.auth import new_token
+from ..errors import ClusterError
+
+logger = logging.getLogger("nbcluster.deploy")
+
+START_TIMEOUT = 30.0
+
+
+def machine_size() -> int:
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
+
+
+class _WorkerProcess:
+    """One worker process and the thread that notices when it ends."""
+
+    def __init__(self, cluster: "LocalCluster", name: str) -> None:
+        self.cluster = cluster
+        self.name = name
+        self.address = ""
+        self.proc = cluster._spawn("worker", "--nthreads", str(cluster.threads_per_worker),
+                                   "--name", name, *cluster._memory_args())
+        self.proc.stdin.write(cluster.scheduler_address.encode() + b"\n")
+        self.proc.stdin.flush()
+        self.retired = False
+
+    def wait_ready(self, deadline: float) -> None:
+        self.address = _read_address(self.proc, f"worker {self.name}", deadline)
+        threading.Thread(target=self._watch, name=f"nbcluster-watch-{self.name}",
+                         daemon=True).start()
+
+    def _watch(self) -> None:
+        code = self.proc.wait()
+        self.cluster._worker_exited(self, code)
+
+    def stop(self) -> None:
+        self.retired = True
+        try:
+            self.proc.stdin.close()     # the child exits when its stdin closes
+        except OSError:
+            pass
+
+    def kill(self) -> None:
+        self.retired = True
+        if self.proc.poll() is None:
+            self.proc.kill()
+
+
+def _read_address(proc: subprocess.Popen, what: str, deadline: float) -> str:
+    result: list[str] = []
+
+    def read():
+        for raw in proc.stdout:
+            line = raw.decode(errors="replace").strip()
+            if line.startswith("ADDRESS ") or line.startswith("ERROR "):
+                result.append(line)
+                return
+
+    t = threading.Thread(target=read, daemon=True)
+    t.start()
+    t.join(max(0.0, deadline - time.monotonic()))
+    if not result:
+        proc.kill()
+        raise ClusterError(f"{what} did not start within {START_TIMEOUT:g} s "
+                           f"(exit code {proc.poll()})")
+    if result[0].startswith("ERROR "):
+        raise ClusterError(f"{what} failed to start: {result[0][6:]}")
+    return result[0].split(" ", 1)[1]
+
+
+class LocalCluster:
+    """A scheduler and ``n_workers`` workers on this machine.
+
+    With ``processes=True`` (the default) each is its own process; LocalCluster replaces a
+    worker process that dies. With ``processes=False`` everything runs in this process on a
+    background thread, connected by an in-memory transport.
+    """
+
+    def __init__(self, n_workers: int | None = None, threads_per_worker: int = 1,
+                 processes: bool = True, memory_limit: int | str | None = "auto",
+                 host: str = "127.0.0.1", scheduler_port: int = 0,
+                 token: str | None = None) -> None:
+        if n_workers is None:
+            n_workers = max(1, machine_size() // max(1, threads_per_worker))
+        if not isinstance(n_workers, int) or n_workers < 0:
+            raise ValueError(f"n_workers must be a non-negative int, got {n_workers!r}")
+        if not isinstance(threads_per_worker, int) or threads_per_worker < 1:
+            raise ValueError(f"threads_per_worker must be a positive int, got {threads_per_worker!r}")
+        self.threads_per_worker = threads_per_worker
+        self.processes = processes
+        self.memory_limit = self._parse_memory(memory_limit, n_workers)
+        self.token = token or new_token()
+        self.closed = False
+        self._lock = threading.Lock()
+        self._names = iter(range(10**9))
+        self._procs: list[_WorkerProcess] = []
+        self._scheduler_proc: subprocess.Popen | None = None
+        self._thread = None
+        self._inproc_workers: list = []
+        self.restarts = 0
+        if processes:
+            self._start_processes(n_workers, host, scheduler_port)
+        else:
+            self._start_inprocess(n_workers)
+
+    # ------------------------------------------------------------------ processes
+    def _spawn(self, role: str, *args: str) -> subprocess.Popen:
+        env = dict(os.environ, NBCLUSTER_TOKEN=self.token)
+        path = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (os.getcwd(), path, env.get("PYTHONPATH")) if p)
+        return subprocess.Popen(
+            [sys.executable, "-m", "nbcluster.deploy.spawn", role, *args],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env, start_new_session=True)
+
+    def _memory_args(self) -> list[str]:
+        return ["--memory-limit", str(self.memory_limit)] if self.memory_limit else []
+
+    def _start_processes(self, n_workers: int, host: str, port: int) -> None:
+        deadline = time.monotonic() + START_TIMEOUT
+        self._scheduler_proc = self._spawn("scheduler", "--address", f"tcp://{host}:{port}")
+        # workers import while the scheduler starts; they read its address from stdin
+        pending = [self._new_worker_proc(defer=True) for _ in range(n_workers)]
+        try:
+            self.scheduler_address = _read_address(self._scheduler_proc, "the scheduler", deadline)
+            for wp in pending:
+                wp.proc.stdin.write(self.scheduler_address.encode() + b"\n")
+                wp.proc.stdin.flush()
+            for wp in pending:
+                wp.wait_ready(deadline)
+                self._procs.append(wp)
+        except BaseException:
+            for wp in pending:
+                wp.kill()
+            self._scheduler_proc.kill()
+            raise
+
+    def _new_worker_proc(self, defer: bool = False) -> _WorkerProcess:
+        name = f"worker-{next(self._names)}"
+        if defer:
+            wp = _WorkerProcess.__new__(_WorkerProcess)
+            wp.cluster, wp.name, wp.address, wp.retired = self, name, "", False
+            wp.proc = self._spawn("worker", "--nthreads", str(self.threads_per_worker),
+                                  "--name", name, *self._memory_args())
+            return wp
+        return _WorkerProcess(self, name)
+
+    def _worker_exited(self, wp: _WorkerProcess, code: int) -> None:
+        with self._lock:
+            if self.closed or wp.retired:
+                return
+            logger.warning("worker %s (%s) exited with code %s; starting a replacement",
+                           wp.name, wp.address, code)
+            if wp in self._procs:
+                self._procs.remove(wp)
+        try:
+            new = _WorkerProcess(self, f"worker-{next(self._names)}")
+            new.wait_ready(time.monotonic() + START_TIMEOUT)
+        except Exception as e:
+            logger.error("could not replace worker %s: %s", wp.name, e)
+            return
+        with self._lock:
+            if self.closed:
+                new.kill()
+                return
+            self._procs.append(new)
+            self.restarts += 1
+
+    # ------------------------------------------------------------------ in process
+    def _start_inprocess(self, n_workers: int) -> None:
+        from ..server.scheduler import Scheduler
+        from .threaded import LoopThread
+
+        self._thread = LoopThread("nbcluster-local")
+        self.scheduler = self._thread.run(Scheduler(f"inproc://scheduler-{id(self)}",
+                                                    token=self.token).start())
+        self.scheduler_address = self.scheduler.address
+        for _ in range(n_workers):
+            self._add_inprocess_worker()
+
+    def _add_inprocess_worker(self):
+        from ..server.worker import Worker
+
+        w = Worker(self.scheduler_address, nthreads=self.threads_per_worker,
+                   name=f"worker-{next(self._names)}", token=self.token,
+                   listen_address="inproc://", memory_limit=self.memory_limit)
+        self._thread.run(w.start())
+        self._inproc_workers.append(w)
+        return w
+
+    # ------------------------------------------------------------------ public
+    @property
+    def workers(self) -> list[str]:
+        if self.processes:
+            return [wp.address for wp in self._procs]
+        return [w.address for w in self._inproc_workers]
+
+    def scale(self, n: int) -> None:
+        """Add or remove workers until there are ``n``."""
+        if not isinstance(n, int) or n < 0:
+            raise ValueError(f"scale needs a non-negative int, got {n!r}")
+        self._check_open()
+        while len(self.workers) < n:
+            self.add_worker()
+        while len(self.workers) > n:
+            self.retire_worker()
+
+    def add_worker(self) -> str:
+        self._check_open()
+        if not self.processes:
+            return self._add_inprocess_worker().address
+        wp = _WorkerProcess(self, f"worker-{next(self._names)}")
+        wp.wait_ready(time.monotonic() + START_TIMEOUT)
+        with self._lock:
+            self._procs.append(wp)
+        return wp.address
+
+    def retire_worker(self, address: str | None = None) -> None:
+        self._check_open()
+        if self.processes:
+            with self._lock:
+                wp = next((p for p in reversed(self._procs) if address in (None, p.address)), None)
+                if wp is None:
+                    raise ValueError(f"no worker {address!r} in this cluster")
+                self._procs.remove(wp)
+            wp.stop()
+            try:
+                wp.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                wp.kill()
+        else:
+            w = next((w for w in reversed(self._inproc_workers) if address in (None, w.address)), None)
+            if w is None:
+                raise ValueError(f"no worker {address!r} in this cluster")
+            self._inproc_workers.remove(w)
+            self._thread.run(w.close("retired"))
+
+    def worker_pids(self) -> dict[str, int]:
+        return {wp.address: wp.proc.pid for wp in self._procs}
+
+    def _check_open(self) -> None:
+        if self.closed:
+            raise ClusterError("this LocalCluster is closed")
+
+    def close(self) -> None:
+        with self._lock:
+            if self.closed:
+                return
+            self.closed = True
+        if self.processes:
+            procs = [wp.proc for wp in self._procs] + [self._scheduler_proc]
+            for wp in self._procs:
+                wp.stop()
+            if self._scheduler_proc is not None:
+                try:
+                    self._scheduler_proc.stdin.close()
+                except OSError:
+                    pass
+            deadline = time.monotonic() + 5
+            for p in procs:
+                if p is None:
+                    continue
+                try:
+                    p.wait(max(0.1, deadline - time.monotonic()))
+                except subprocess.TimeoutExpired:
+                    p.send_signal(signal.SIGKILL)
+                    p.wait()
+                for stream in (p.stdout, p.stdin):
+                    try:
+                        stream.close()
+                    except Exception:
+                        pass
+        elif self._thread is not None:
+            for w in self._inproc_workers:
+                self._thread.run(w.close("cluster closing"))
+            self._thread.run(self.scheduler.close())
+            self._thread.stop()
+
+    @staticmethod
+    def _parse_memory(limit, n_workers: int) -> int | None:
+        if limit in (None, 0):
+            return None
+        if limit == "auto":
+            import psutil
+
+            return int(psutil.virtual_memory().total / max(1, n_workers))
+        if isinstance(limit, (int, float)):
+            return int(limit)
+        if isinstance(limit, str):
+            units = {"kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12,
+                     "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40, "b": 1}
+            text = limit.strip().lower().replace(" ", "")
+            for unit in sorted(units, key=len, reverse=True):
+                if text.endswith(unit):
+                    try:
+                        return int(float(text[: -len(unit)]) * units[unit])
+                    except ValueError:
+                        break
+        raise ValueError(f"memory_limit must be bytes, 'auto' or like '4GB', got {limit!r}")
+
+    @property
+    def dashboard_link(self) -> str | None:
+        return None
+
+    def __enter__(self) -> "LocalCluster":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def __del__(self) -> None:
+        if not getattr(self, "closed", True):
+            try:
+                self.close()
+            except Exception:
+                pass
+
+    def __repr__(self) -> str:
+        kind = "processes" if self.processes else "in-process"
+        return (f"<LocalCluster {getattr(self, 'scheduler_address', '?')} "
+                f"workers={len(self.workers)} threads={self.threads_per_worker} {kind}"
+                f"{' closed' if self.closed else ''}>")
+
+    def _repr_html_(self) -> str:
+        rows = "".join(f"<li><code>{a}</code></li>" for a in self.workers)
+        return (f"<div><b>LocalCluster</b> ({'processes' if self.processes else 'in-process'})"
+                f"<br>Scheduler: <code>{self.scheduler_address}</code><br>"
+                f"Workers ({len(self.workers)}, {self.threads_per_worker} threads each):"
+                f"<ul>{rows}</ul></div>")

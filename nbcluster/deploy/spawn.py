@@ -1,0 +1,82 @@
+"""Entry point of the processes a LocalCluster starts: ``python -m nbcluster.deploy.spawn``.
+
+The parent talks to the child through its stdin/stdout pipes: the child prints one line with
+its address once it serves; a worker reads the scheduler's address from stdin (so it can import
+while the scheduler starts); and when stdin closes (the parent died or closed the cluster), the
+child exits, so no process outlives its cluster.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import sys
+import threading
+
+
+def _exit_when_parent_goes(loop: asyncio.AbstractEventLoop, stop: asyncio.Event) -> None:
+    def watch():
+        try:
+            while sys.stdin.buffer.read(1):
+                pass
+        except Exception:
+            pass
+        loop.call_soon_threadsafe(stop.set)
+
+    threading.Thread(target=watch, name="nbcluster-parent-watch", daemon=True).start()
+
+
+async def _scheduler(args) -> None:
+    from ..server.scheduler import Scheduler
+
+    scheduler = await Scheduler(args.address, token=os.environ.get("NBCLUSTER_TOKEN")).start()
+    print(f"ADDRESS {scheduler.address}", flush=True)
+    stop = asyncio.Event()
+    _exit_when_parent_goes(asyncio.get_running_loop(), stop)
+    await stop.wait()
+    await scheduler.close()
+
+
+async def _worker(args) -> None:
+    from ..server.worker import Worker
+
+    loop = asyncio.get_running_loop()
+    line = await loop.run_in_executor(None, sys.stdin.readline)
+    address = line.strip()
+    if not address:
+        return
+    worker = Worker(address, nthreads=args.nthreads, name=args.name,
+                    token=os.environ.get("NBCLUSTER_TOKEN"), memory_limit=args.memory_limit)
+    await worker.start()
+    print(f"ADDRESS {worker.address}", flush=True)
+    stop = asyncio.Event()
+    _exit_when_parent_goes(loop, stop)
+    done = asyncio.ensure_future(worker.finished.wait())
+    stopped = asyncio.ensure_future(stop.wait())
+    await asyncio.wait([done, stopped], return_when=asyncio.FIRST_COMPLETED)
+    await worker.close()
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(prog="nbcluster.deploy.spawn")
+    parser.add_argument("role", choices=["scheduler", "worker"])
+    parser.add_argument("--address", default="tcp://127.0.0.1:0")
+    parser.add_argument("--nthreads", type=int, default=1)
+    parser.add_argument("--name", default=None)
+    parser.add_argument("--memory-limit", type=int, default=None)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=os.environ.get("NBCLUSTER_LOG_LEVEL", "WARNING"),
+                        format=f"%(asctime)s {args.role} %(name)s %(levelname)s %(message)s")
+    try:
+        asyncio.run(_scheduler(args) if args.role == "scheduler" else _worker(args))
+    except KeyboardInterrupt:
+        pass
+    except Exception as e:
+        print(f"ERROR {e}", flush=True)
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,88 @@
+"""The one error hierarchy of nbcluster.
+
+::
+
+    NBClusterError
+    ├── CommError                      a connection failed or closed
+    │   ├── ConnectError               could not reach an address (names it)
+    │   └── AuthenticationError        the handshake failed (missing or wrong token)
+    ├── ProtocolError                  a peer sent a malformed frame or message
+    ├── SerializationError (TypeError) an argument or result cannot be pickled (names it)
+    ├── TaskError                      base for failures that belong to one task
+    │   ├── CancelledError             the future was cancelled (also concurrent.futures')
+    │   ├── KilledWorkerError          the task killed too many workers
+    │   ├── FutureLostError            a result can no longer be recovered
+    │   └── RemoteError                a remote exception that could not be re-created
+    └── ClusterError                   a cluster could not start or was used after close
+
+A task's own exception is never wrapped: ``future.result()`` raises it with its own type and the
+remote traceback attached (as ``__traceback__`` where possible, and always as a note).
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+
+
+class NBClusterError(Exception):
+    """Base class of every error nbcluster raises itself."""
+
+
+class CommError(NBClusterError, OSError):
+    """A connection failed or was closed."""
+
+
+class ConnectError(CommError):
+    """Could not connect to an address."""
+
+
+class AuthenticationError(CommError):
+    """The peer did not prove knowledge of the cluster's token."""
+
+
+class ProtocolError(NBClusterError):
+    """A peer sent bytes that are not a valid message."""
+
+
+class SerializationError(NBClusterError, TypeError):
+    """An object could not be serialized or deserialized."""
+
+
+class TaskError(NBClusterError):
+    """A failure that belongs to one task."""
+
+
+class CancelledError(TaskError, concurrent.futures.CancelledError):
+    """The future was cancelled."""
+
+
+class KilledWorkerError(TaskError):
+    """The task was running on too many workers that died."""
+
+
+class FutureLostError(TaskError):
+    """The result is gone and cannot be recomputed."""
+
+
+class RemoteError(TaskError):
+    """A remote exception whose original type could not be re-created here."""
+
+
+class ClusterError(NBClusterError, RuntimeError):
+    """A cluster or client could not start, or was used after it closed."""
+
+
+__all__ = [
+    "NBClusterError",
+    "CommError",
+    "ConnectError",
+    "AuthenticationError",
+    "ProtocolError",
+    "SerializationError",
+    "TaskError",
+    "CancelledError",
+    "KilledWorkerError",
+    "FutureLostError",
+    "RemoteError",
+    "ClusterError",
+]

@@ -1,0 +1,1 @@
+"""Message types, framing and serialization: the bottom of the stack above ``errors``."""

@@ -1,0 +1,212 @@
+"""The scheduler process: a thin I/O shell around :class:`SchedulerState`.
+
+It accepts connections, learns who each peer is from its HELLO, feeds every batch to the state
+machine and sends out what it returns. Requests that need I/O (run a function on every worker,
+information for the client) are answered here.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import os
+import time
+
+from ..comm import Comm, listen
+from ..errors import ProtocolError
+from ..protocol import messages as m
+from ..state.scheduler_state import SchedulerState
+
+logger = logging.getLogger("nbcluster.scheduler")
+
+
+class Scheduler:
+    """Serve a cluster on ``address`` (``tcp://HOST:PORT``, port 0 picks one; or ``inproc://``)."""
+
+    def __init__(self, address: str = "tcp://127.0.0.1:0", token: str | None = None) -> None:
+        self.requested_address = address
+        self.token = token
+        self.state = SchedulerState()
+        self.comms: dict[str, Comm] = {}
+        self.listener = None
+        self.address = ""
+        self._request_ids = itertools.count(1)
+        self._pending_runs: dict[int, dict] = {}
+        self._clock = time.time
+        self.started = 0.0
+        self.closed = asyncio.Event()
+        self.worker_events: list = []     # (time, "added"/"removed", address) for observers
+
+    async def start(self) -> "Scheduler":
+        self.listener = await listen(self.requested_address, self._on_comm, self.token)
+        self.address = self.listener.address
+        self.started = self._clock()
+        logger.info("scheduler at %s", self.address)
+        return self
+
+    async def close(self) -> None:
+        if self.closed.is_set():
+            return
+        for peer, comm in list(self.comms.items()):
+            if peer in self.state.workers:
+                comm.send([m.CLOSE, "scheduler closing"])
+            comm.close()
+        if self.listener is not None:
+            self.listener.stop()
+        self.closed.set()
+
+    # ------------------------------------------------------------------ connections
+    def _on_comm(self, comm: Comm) -> None:
+        def first_batch(batch):
+            msg = batch[0]
+            if m.check(msg) != m.HELLO or type(msg[2]) is not dict:
+                raise ProtocolError("the first message must be a hello")
+            role, identity = msg[1], msg[2]
+            if role == "worker":
+                peer = self._add_worker(comm, identity)
+            elif role == "client":
+                peer = str(identity.get("id", ""))
+                if not peer or peer in self.comms:
+                    raise ProtocolError(f"bad or duplicate client id {peer!r}")
+                self.comms[peer] = comm
+                self.state.add_client(peer)
+            else:
+                raise ProtocolError(f"unknown role {role!r}")
+            comm.extra["peer"] = peer
+            comm.on_batch = lambda b: self._on_batch(peer, b)
+            comm.on_close = lambda reason: self._on_close(peer, reason)
+            if len(batch) > 1:
+                self._on_batch(peer, batch[1:])
+            comm.send([m.REPLY, 0, True, {"address": self.address, "peer": peer}])
+
+        comm.start(first_batch, lambda reason: None)
+
+    def _add_worker(self, comm: Comm, identity: dict) -> str:
+        address = identity.get("address")
+        if type(address) is not str or address in self.comms:
+            raise ProtocolError(f"bad or duplicate worker address {address!r}")
+        self.comms[address] = comm
+        self.worker_events.append((self._clock(), "added", address))
+        out = self.state.add_worker(address, int(identity.get("nthreads", 1)),
+                                    str(identity.get("name", address)), identity, self._clock())
+        logger.info("worker %s joined (%s threads)", address, identity.get("nthreads"))
+        self._send(out)
+        return address
+
+    def _on_close(self, peer: str, reason: str) -> None:
+        self.comms.pop(peer, None)
+        if peer in self.state.workers:
+            logger.info("worker %s left: %s", peer, reason)
+            self.worker_events.append((self._clock(), "removed", peer))
+            self._send(self.state.remove_worker(peer, self._clock()))
+            for run in list(self._pending_runs.values()):
+                if peer in run["waiting"]:
+                    self._run_result(run, peer, False, f"worker {peer} left: {reason}")
+        elif peer in self.state.clients:
+            self._send(self.state.remove_client(peer, self._clock()))
+
+    def _on_batch(self, peer: str, batch: list) -> None:
+        requests = None
+        for msg in batch:
+            if type(msg) is list and msg and msg[0] in (m.REQUEST, m.RUN_RESULT):
+                requests = [x for x in batch if type(x) is list and x and x[0] in (m.REQUEST, m.RUN_RESULT)]
+                batch = [x for x in batch if not (type(x) is list and x and x[0] in (m.REQUEST, m.RUN_RESULT))]
+                break
+        if batch:
+            self._send(self.state.handle(peer, batch, self._clock()))
+        if requests:
+            for msg in requests:
+                m.check(msg)
+                if msg[0] == m.REQUEST:
+                    self._on_request(peer, msg[1], msg[2], msg[3])
+                else:
+                    run = self._pending_runs.get(msg[1])
+                    if run is not None:
+                        self._run_result(run, peer, msg[2], msg[3])
+
+    def _send(self, out: list) -> None:
+        comms = self.comms
+        for peer, msg in out:
+            comm = comms.get(peer)
+            if comm is not None:
+                comm.send(msg)
+
+    # ------------------------------------------------------------------ requests
+    def _on_request(self, peer: str, request_id, name, args) -> None:
+        comm = self.comms.get(peer)
+        if comm is None:
+            return
+        if type(args) is not dict:
+            raise ProtocolError("request arguments must be a map")
+        handler = getattr(self, f"_request_{str(name).replace('-', '_')}", None)
+        if handler is None:
+            comm.send([m.REPLY, request_id, False, f"unknown request {name!r}"])
+            return
+        try:
+            result = handler(peer, request_id, **args)
+        except Exception as e:  # a bad request must not take the scheduler down
+            logger.warning("request %s from %s failed: %r", name, peer, e)
+            comm.send([m.REPLY, request_id, False, f"{type(e).__name__}: {e}"])
+            return
+        if result is not _LATER:
+            comm.send([m.REPLY, request_id, True, result])
+
+    def _request_info(self, peer, request_id) -> dict:
+        st = self.state
+        return {
+            "address": self.address,
+            "pid": os.getpid(),
+            "started": self.started,
+            "workers": {
+                a: {"nthreads": w.nthreads, "name": w.name, "processing": len(w.processing),
+                    "memory": w.nbytes, "keys": len(w.has_what), "metrics": w.metrics,
+                    "identity": w.identity, "last_seen": w.last_seen}
+                for a, w in st.workers.items()
+            },
+            "tasks": st.counts_by_state(),
+            "clients": len(st.clients),
+            "done_by_prefix": dict(st.counts),
+        }
+
+    def _request_who_has(self, peer, request_id, keys) -> dict:
+        tasks = self.state.tasks
+        return {k: [w.address for w in tasks[k].who_has] if k in tasks else [] for k in keys}
+
+    def _request_story(self, peer, request_id, key) -> list:
+        return self.state.story(key)
+
+    def _request_record_stories(self, peer, request_id, on) -> bool:
+        self.state.record_stories = bool(on)
+        return True
+
+    def _request_run(self, peer, request_id, blob, args, workers=None):
+        targets = [w for w in self.state.workers if workers is None or w in workers]
+        if not targets:
+            return {}
+        rid = next(self._request_ids)
+        self._pending_runs[rid] = {"client": peer, "request": request_id, "waiting": set(targets),
+                                   "results": {}, "errors": {}}
+        for address in targets:
+            self.comms[address].send([m.RUN, rid, blob, args])
+        return _LATER
+
+    def _run_result(self, run: dict, worker: str, ok: bool, value) -> None:
+        run["waiting"].discard(worker)
+        (run["results"] if ok else run["errors"])[worker] = value
+        if run["waiting"]:
+            return
+        for rid, r in list(self._pending_runs.items()):
+            if r is run:
+                del self._pending_runs[rid]
+        comm = self.comms.get(run["client"])
+        if comm is not None:
+            comm.send([m.REPLY, run["request"], True, {"results": run["results"],
+                                                        "errors": run["errors"]}])
+
+    def _request_close(self, peer, request_id) -> bool:
+        asyncio.get_running_loop().call_soon(lambda: asyncio.ensure_future(self.close()))
+        return True
+
+
+_LATER = object()

@@ -1,0 +1,1 @@
+"""Pure state machines: no I/O, no clock, no asyncio."""

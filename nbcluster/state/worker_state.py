@@ -1,0 +1,342 @@
+"""The worker's decisions: a pure, synchronous state machine.
+
+Events come in as method calls with plain data (messages from the scheduler, outcomes reported
+by the worker's shell); each returns a list of instructions for the shell:
+
+- ``("execute", key)``          run the task in a thread
+- ``("fetch", worker, [keys])`` get these keys from a peer worker
+- ``("send", message)``         send to the scheduler
+- ``("drop", [keys])``          delete these values from the data store
+
+Task states on a worker::
+
+    waiting (for inputs) -> ready -> executing -> memory
+    fetch -> flight -> memory        (an input held by a peer)
+"""
+
+from __future__ import annotations
+
+import heapq
+import random
+
+from ..protocol import messages as m
+
+FETCHES_PER_PEER = 2    # concurrent transfers from one peer
+FETCH_BATCH = 50        # keys per transfer request
+
+
+class WorkerTask:
+    __slots__ = ("key", "state", "fn", "args", "kwargs", "deps", "waiting_on", "want",
+                 "priority", "order", "who_has", "dependents", "nbytes", "cancelled", "fetched")
+
+    def __init__(self, key: str) -> None:
+        self.key = key
+        self.state = "new"
+        self.fn = None
+        self.args = None
+        self.kwargs = None
+        self.deps: list[str] = []
+        self.waiting_on: set[str] = set()
+        self.want = False
+        self.priority = 0
+        self.order = 0
+        self.who_has: list[str] = []
+        self.dependents: set[str] = set()
+        self.nbytes = 0
+        self.cancelled = False
+        self.fetched = False   # a copy of a peer's result: the scheduler does not count it
+
+    def __lt__(self, other: "WorkerTask") -> bool:
+        return (self.priority, self.order) < (other.priority, other.order)
+
+    def __repr__(self) -> str:
+        return f"<WorkerTask {self.key!r} {self.state}>"
+
+
+class WorkerState:
+    """What this worker holds, runs, waits for and fetches."""
+
+    def __init__(self, address: str, nthreads: int) -> None:
+        self.address = address
+        self.nthreads = nthreads
+        self.tasks: dict[str, WorkerTask] = {}
+        self.ready: list[WorkerTask] = []
+        self.executing: set[str] = set()
+        self.to_fetch: dict[str, set[str]] = {}     # peer -> keys to fetch from it
+        self.in_flight: dict[str, int] = {}         # peer -> transfers running
+        self.nbytes = 0
+        self.counter = 0
+        self.rng = random.Random(0)
+
+    # ------------------------------------------------------------------ scheduler messages
+    def compute(self, key, fn, args, kwargs, deps: dict, want: bool, priority: int) -> list:
+        out: list = []
+        ts = self.tasks.get(key)
+        if ts is not None and ts.state in ("memory", "ready", "executing", "waiting"):
+            if ts.state == "memory":
+                ts.fetched = False
+                out.append(("send", [m.FINISHED, key, ts.nbytes, 0.0, 0.0, False, None, ""]))
+            ts.want = ts.want or want
+            return out
+        if ts is None:
+            ts = self.tasks[key] = WorkerTask(key)
+        self.counter += 1
+        ts.fn, ts.args, ts.kwargs, ts.want = fn, args, kwargs, want
+        ts.priority, ts.order, ts.cancelled = priority, self.counter, False
+        ts.deps = list(deps)
+        ts.waiting_on = set()
+        for dkey, holders in deps.items():
+            dts = self.tasks.get(dkey)
+            if dts is None:
+                dts = self.tasks[dkey] = WorkerTask(dkey)
+            dts.dependents.add(key)
+            if dts.state == "memory":
+                continue
+            ts.waiting_on.add(dkey)
+            if dts.state in ("new", "fetch", "missing"):
+                holders = [h for h in holders if h != self.address]
+                dts.who_has = holders
+                if dts.state != "fetch":
+                    dts.state = "fetch"
+                    dts.fetched = True
+                    self._queue_fetch(dts, out)
+        if ts.waiting_on:
+            ts.state = "waiting"
+        else:
+            self._make_ready(ts)
+        self._run_ready(out)
+        self._start_fetches(out)
+        return out
+
+    def free(self, keys) -> list:
+        out: list = []
+        drop = []
+        for key in keys:
+            ts = self.tasks.get(key)
+            if ts is None:
+                continue
+            if ts.state == "executing":
+                ts.cancelled = True   # the result is dropped when the thread returns
+                continue
+            if ts.dependents and any(self._is_pending(d) for d in ts.dependents):
+                ts.fetched = True   # no longer counted by the scheduler: drop after use
+                continue
+            self._forget(ts, drop)
+        if drop:
+            out.append(("drop", drop))
+        self._run_ready(out)
+        return out
+
+    # ------------------------------------------------------------------ shell outcomes
+    def task_finished(self, key, nbytes, start, stop, has_value, value, typ) -> list:
+        out: list = []
+        self.executing.discard(key)
+        ts = self.tasks.get(key)
+        if ts is None or ts.cancelled:
+            if ts is not None:
+                drop: list = []
+                self._forget(ts, drop)
+                out.append(("drop", drop + [key]))
+            else:
+                out.append(("drop", [key]))
+            self._run_ready(out)
+            return out
+        ts.state = "memory"
+        ts.fetched = False
+        ts.nbytes = nbytes
+        self.nbytes += nbytes
+        out.append(("send", [m.FINISHED, key, nbytes, start, stop, has_value, value, typ]))
+        self._input_arrived(ts, out)
+        self._release_inputs(ts, out)
+        self._run_ready(out)
+        return out
+
+    def task_failed(self, key, exception, traceback, start, stop) -> list:
+        out: list = []
+        self.executing.discard(key)
+        ts = self.tasks.get(key)
+        if ts is not None:
+            if not ts.cancelled:
+                out.append(("send", [m.FAILED, key, exception, traceback, start, stop]))
+            drop: list = []
+            self._release_inputs(ts, out)
+            ts.dependents.clear()
+            self._forget(ts, drop)
+            if drop:
+                out.append(("drop", drop))
+        self._run_ready(out)
+        return out
+
+    def fetch_done(self, peer: str, nbytes: dict, missing: list) -> list:
+        """A transfer from ``peer`` ended: ``nbytes`` for keys received, ``missing`` not had."""
+        out: list = []
+        self.in_flight[peer] = self.in_flight.get(peer, 1) - 1
+        for key, size in nbytes.items():
+            ts = self.tasks.get(key)
+            if ts is None or ts.state == "memory":
+                continue
+            ts.state = "memory"
+            ts.nbytes = size
+            self.nbytes += size
+            if not any(self._is_pending(d) for d in ts.dependents):
+                # everyone who needed it went away while it travelled
+                drop: list = []
+                self._forget(ts, drop)
+                out.append(("drop", drop))
+                continue
+            self._input_arrived(ts, out)
+        for key in missing:
+            self._fetch_failed(key, peer, out)
+        self._run_ready(out)
+        self._start_fetches(out)
+        return out
+
+    def fetch_failed(self, peer: str, keys: list) -> list:
+        """The peer could not be reached at all."""
+        out: list = []
+        self.in_flight[peer] = self.in_flight.get(peer, 1) - 1
+        self.to_fetch.pop(peer, None)
+        for key in keys:
+            self._fetch_failed(key, peer, out)
+        for ts in self.tasks.values():
+            if ts.state == "fetch" and peer in ts.who_has:
+                ts.who_has.remove(peer)
+        self._start_fetches(out)
+        return out
+
+    def fetch_errored(self, key: str, error: tuple) -> list:
+        """An input arrived but cannot be used (it does not unpickle): fail who needs it."""
+        out: list = []
+        exception, text = error
+        ts = self.tasks.get(key)
+        if ts is None:
+            return out
+        for dkey in list(ts.dependents):
+            dts = self.tasks.get(dkey)
+            if dts is not None and dts.state == "waiting":
+                out.append(("send", [m.FAILED, dkey, exception, text, 0.0, 0.0]))
+                drop: list = []
+                self._forget(dts, drop)
+                if drop:
+                    out.append(("drop", drop))
+        if not ts.dependents and key in self.tasks:
+            self._forget(ts, [])
+        return out
+
+    def data_added(self, nbytes: dict) -> list:
+        """Values were put here directly (scatter)."""
+        out: list = []
+        for key, size in nbytes.items():
+            ts = self.tasks.get(key) or self.tasks.setdefault(key, WorkerTask(key))
+            ts.state = "memory"
+            ts.fetched = False
+            ts.nbytes = size
+            self.nbytes += size
+            self._input_arrived(ts, out)
+        self._run_ready(out)
+        return out
+
+    # ------------------------------------------------------------------ internals
+    def _is_pending(self, key: str) -> bool:
+        ts = self.tasks.get(key)
+        return ts is not None and ts.state in ("waiting", "ready", "executing")
+
+    def _make_ready(self, ts: WorkerTask) -> None:
+        ts.state = "ready"
+        heapq.heappush(self.ready, ts)
+
+    def _run_ready(self, out: list) -> None:
+        ready = self.ready
+        while ready and len(self.executing) < self.nthreads:
+            ts = heapq.heappop(ready)
+            if ts.state != "ready":
+                continue
+            ts.state = "executing"
+            self.executing.add(ts.key)
+            out.append(("execute", ts.key))
+
+    def _input_arrived(self, ts: WorkerTask, out: list) -> None:
+        for dkey in ts.dependents:
+            dts = self.tasks.get(dkey)
+            if dts is not None and dts.state == "waiting" and ts.key in dts.waiting_on:
+                dts.waiting_on.discard(ts.key)
+                if not dts.waiting_on:
+                    self._make_ready(dts)
+
+    def _release_inputs(self, ts: WorkerTask, out: list) -> None:
+        """After ``ts`` ran, inputs fetched only for it can go (the scheduler may still free)."""
+        drop: list = []
+        for dkey in ts.deps:
+            dts = self.tasks.get(dkey)
+            if dts is None:
+                continue
+            dts.dependents.discard(ts.key)
+            if dts.fetched and dts.state == "memory" and not dts.dependents:
+                # a fetched copy: the scheduler never counted it as ours, so drop it
+                self._forget(dts, drop)
+        ts.deps = []
+        ts.fn = ts.args = ts.kwargs = None
+        if drop:
+            out.append(("drop", drop))
+
+    def _forget(self, ts: WorkerTask, drop: list) -> None:
+        if ts.state == "memory":
+            self.nbytes -= ts.nbytes
+            drop.append(ts.key)
+        ts.state = "forgotten"
+        self.tasks.pop(ts.key, None)
+        for dkey in ts.deps:
+            dts = self.tasks.get(dkey)
+            if dts is not None:
+                dts.dependents.discard(ts.key)
+                if dts.fetched and not dts.dependents and dts.state in ("memory", "fetch"):
+                    self._forget(dts, drop)
+
+    def _queue_fetch(self, dts: WorkerTask, out: list) -> None:
+        if not dts.who_has:
+            dts.state = "missing"
+            for dkey in list(dts.dependents):
+                self._report_missing(dkey, dts.key, "", out)
+            return
+        peer = self.rng.choice(dts.who_has)
+        self.to_fetch.setdefault(peer, set()).add(dts.key)
+
+    def _start_fetches(self, out: list) -> None:
+        for peer in list(self.to_fetch):
+            while self.in_flight.get(peer, 0) < FETCHES_PER_PEER and self.to_fetch.get(peer):
+                keys = self.to_fetch[peer]
+                batch = [keys.pop() for _ in range(min(FETCH_BATCH, len(keys)))]
+                batch = [k for k in batch if k in self.tasks and self.tasks[k].state == "fetch"]
+                if not batch:
+                    continue
+                for k in batch:
+                    self.tasks[k].state = "flight"
+                self.in_flight[peer] = self.in_flight.get(peer, 0) + 1
+                out.append(("fetch", peer, batch))
+            if not self.to_fetch.get(peer):
+                self.to_fetch.pop(peer, None)
+
+    def _fetch_failed(self, key: str, peer: str, out: list) -> None:
+        ts = self.tasks.get(key)
+        if ts is None or ts.state == "memory":
+            return
+        if peer in ts.who_has:
+            ts.who_has.remove(peer)
+        ts.state = "fetch"
+        if ts.who_has:
+            self._queue_fetch(ts, out)
+            return
+        ts.state = "missing"
+        for dkey in list(ts.dependents):
+            self._report_missing(dkey, key, peer, out)
+
+    def _report_missing(self, key: str, dep: str, peer: str, out: list) -> None:
+        """Give the task back to the scheduler: one of its inputs cannot be had."""
+        ts = self.tasks.get(key)
+        if ts is None or ts.state != "waiting":
+            return
+        out.append(("send", [m.MISSING, key, dep, peer]))
+        drop: list = []
+        self._forget(ts, drop)
+        if drop:
+            out.append(("drop", drop))
