@@ -43,7 +43,9 @@ class Future(TaskRef):
             self.client._wait_records([rec], timeout, self.key)
         if rec.status == FINISHED:
             return self.client._value_of(self)
-        raise rec.error()
+        exc = rec.error()
+        del self, rec   # the traceback keeps this frame: hold no future in it
+        raise exc
 
     def exception(self, timeout: float | None = None) -> BaseException | None:
         rec = self._record

@@ -200,6 +200,8 @@ class Worker:
                 kwargs = loads(kwargs, self._resolve)
             result = fn(*args, **kwargs) if kwargs else fn(*args)
         except BaseException as e:  # noqa: BLE001 - a task's failure, whatever it is, goes back
+            if e.__traceback__ is not None and e.__traceback__.tb_next is not None:
+                e.__traceback__ = e.__traceback__.tb_next   # start at the user's frame
             exc, text = _exception_payload(e)
             return (False, key, exc, text, start, time.time())
         stop = time.time()

@@ -1,0 +1,108 @@
+"""The ``nbcluster`` command: scheduler, worker, demo."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import ipaddress
+import logging
+import os
+import sys
+
+from .errors import NBClusterError
+
+
+def _is_loopback(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return host == "localhost"
+
+
+def _scheduler(args) -> int:
+    from .comm.auth import new_token
+    from .config import write_connection_file
+    from .server.scheduler import Scheduler
+
+    token = args.token or os.environ.get("NBCLUSTER_TOKEN") or new_token()
+    if not _is_loopback(args.host):
+        print(f"warning: the scheduler listens on {args.host}, reachable from other machines; "
+              "anyone who has the token can run code here. Keep the connection file private.",
+              file=sys.stderr)
+
+    async def main():
+        scheduler = await Scheduler(f"tcp://{args.host}:{args.port}", token=token).start()
+        path = write_connection_file(scheduler.address, token, args.connection_file)
+        print(f"nbcluster scheduler at {scheduler.address}", flush=True)
+        print(f"connection file (address and token, readable only by you): {path}", flush=True)
+        await scheduler.closed.wait()
+
+    asyncio.run(main())
+    return 0
+
+
+def _worker(args) -> int:
+    from .config import find_token, read_connection_file
+    from .server.worker import run_worker
+
+    address = args.address
+    token = args.token
+    if args.connection_file:
+        address, token = read_connection_file(args.connection_file)
+    if not address:
+        raise SystemExit("nbcluster worker: give the scheduler address (tcp://HOST:PORT) or "
+                         "--connection-file")
+    token = token or find_token(address)
+    asyncio.run(run_worker(address, nthreads=args.nthreads, name=args.name, token=token,
+                           listen_address=f"tcp://{args.host}:{args.port}"))
+    return 0
+
+
+def _demo(args) -> int:
+    from .demo import run_demo
+
+    return run_demo(n_workers=args.workers, compare_dask=not args.no_dask)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="nbcluster", description=__doc__)
+    parser.add_argument("--log-level", default=os.environ.get("NBCLUSTER_LOG_LEVEL", "WARNING"))
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    s = sub.add_parser("scheduler", help="run a scheduler")
+    s.add_argument("--host", default="127.0.0.1")
+    s.add_argument("--port", type=int, default=8786)
+    s.add_argument("--token", default=None, help="shared secret (default: a new random one)")
+    s.add_argument("--connection-file", default=None,
+                   help="where to write address and token (default: a per-user runtime dir)")
+    s.set_defaults(run=_scheduler)
+
+    w = sub.add_parser("worker", help="run a worker")
+    w.add_argument("address", nargs="?", help="the scheduler, tcp://HOST:PORT")
+    w.add_argument("--nthreads", type=int, default=1)
+    w.add_argument("--name", default=None)
+    w.add_argument("--host", default="127.0.0.1", help="interface the worker serves data on")
+    w.add_argument("--port", type=int, default=0)
+    w.add_argument("--token", default=None)
+    w.add_argument("--connection-file", default=None)
+    w.set_defaults(run=_worker)
+
+    d = sub.add_parser("demo", help="start a local cluster and run the reference workloads")
+    d.add_argument("--workers", type=int, default=2)
+    d.add_argument("--no-dask", action="store_true", help="do not run the same workloads on dask")
+    d.set_defaults(run=_demo)
+
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=args.log_level.upper(),
+                        format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    try:
+        return args.run(args)
+    except KeyboardInterrupt:
+        return 130
+    except (NBClusterError, OSError) as e:
+        print(f"nbcluster {args.command}: {e}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
