@@ -176,6 +176,8 @@ class Client:
         spec = self._spec(fn, args, kwargs, key, self._options(priority, workers))
         fut = Future(spec[0], self, self._record_for(spec[0]))
         self._conn.post([m.SUBMIT, [spec]])
+        if self._conn.listeners["submit"]:
+            self._conn.emit("submit", [spec[0]])
         return fut
 
     def map(self, fn: Callable, *iterables: Iterable, key: str | list | None = None,
@@ -192,6 +194,8 @@ class Client:
             specs.append(spec)
             futures.append(Future(spec[0], self, self._record_for(spec[0])))
         self._conn.post([m.SUBMIT, specs])
+        if self._conn.listeners["submit"]:
+            self._conn.emit("submit", [s[0] for s in specs])
         return futures
 
     # ------------------------------------------------------------------ waiting, gathering
@@ -399,6 +403,16 @@ class Client:
                 raise err
             raise RuntimeError(f"run failed on {worker}: {err}")
         return {w: (loads(v) if type(v) is Serialized else v) for w, v in reply["results"].items()}
+
+    def on(self, event: str, fn: Callable) -> Callable[[], None]:
+        """Observe the client: ``"submit"`` fn(keys) on the submitting thread; ``"task"``
+        fn(key, status) and ``"output"`` fn(key, stream, text) on the client's I/O thread.
+        Without an ``"output"`` listener, task output is printed here, marked with its key.
+        Returns a function that removes the listener."""
+        if event not in self._conn.listeners:
+            raise ValueError(f"unknown event {event!r}; choose from {sorted(self._conn.listeners)}")
+        self._conn.listeners[event].append(fn)
+        return lambda: fn in self._conn.listeners[event] and self._conn.listeners[event].remove(fn)
 
     def scheduler_info(self) -> dict:
         return self._sync(self._conn.request("info"))

@@ -68,7 +68,9 @@ class ClientConnection:
         self._request_ids = itertools.count(1)
         self.closed = False
         self.lost_reason = ""
-        self.on_event = None         # optional hook(msg) for observers (progress, dashboard)
+        # observers: "output" (key, stream, text), "task" (key, status), "submit" (keys)
+        self.listeners: dict[str, list] = {"output": [], "task": [], "submit": []}
+        self._line_start: dict = {}
 
     async def connect(self) -> None:
         self.comm = await connect(self.address, self.token, self.timeout)
@@ -137,7 +139,7 @@ class ClientConnection:
     # ------------------------------------------------------------------ incoming
     def _on_batch(self, batch: list) -> None:
         records = self.records
-        hook = self.on_event
+        task_listeners = self.listeners["task"]
         for msg in batch:
             op = msg[0]
             if op == m.DONE:
@@ -162,8 +164,38 @@ class ClientConnection:
                 fut = self._replies.pop(msg[1], None)
                 if fut is not None and not fut.done():
                     fut.set_result((msg[2], msg[3]))
-            if hook is not None:
-                hook(msg)
+                continue
+            elif op == m.OUTPUT:
+                self._on_output(msg[1], msg[2], msg[3])
+                continue
+            if task_listeners:
+                status = {m.DONE: FINISHED, m.ERRED: ERROR, m.CANCELLED: CANCELLED}[op]
+                self.emit("task", msg[1], status)
+
+    def emit(self, event: str, *args) -> None:
+        for fn in list(self.listeners[event]):
+            try:
+                fn(*args)
+            except Exception:  # an observer must not break the client
+                logger.exception("error in a %r listener", event)
+
+    def _on_output(self, key: str, stream: str, text: str) -> None:
+        if self.listeners["output"]:
+            self.emit("output", key, stream, text)
+            return
+        import sys
+
+        target = sys.stdout if stream == "stdout" else sys.stderr
+        at_start = self._line_start.get((key, stream), True)
+        parts = []
+        for line in text.splitlines(keepends=True):
+            parts.append(f"[{key}] {line}" if at_start else line)
+            at_start = line.endswith("\n")
+        self._line_start[(key, stream)] = at_start
+        if len(self._line_start) > 10_000:
+            self._line_start.clear()
+        target.write("".join(parts))
+        target.flush()
 
     def _on_close(self, reason: str) -> None:
         if self.closed:

@@ -35,6 +35,7 @@ STARTED = "started"        # key, start time
 FINISHED = "finished"      # key, nbytes, start, stop, value present flag, value, type name
 FAILED = "failed"          # key, exception (Serialized), traceback text, start, stop
 MISSING = "missing"        # key, dependency key, worker that did not have it
+OUTPUT = "output"          # key, stream ("stdout", "stderr", "log"), text (also to clients)
 RUN_RESULT = "run-result"  # request id, ok flag, value
 HEARTBEAT = "heartbeat"    # metrics dict
 # worker <-> worker and client -> worker
@@ -64,6 +65,7 @@ FIELDS: dict[str, tuple[str, ...]] = {
     FINISHED: ("key", "nbytes", "start", "stop", "has_value", "value", "type"),
     FAILED: ("key", "exception", "traceback", "start", "stop"),
     MISSING: ("key", "dep", "worker"),
+    OUTPUT: ("key", "stream", "text"),
     RUN_RESULT: ("request_id", "ok", "value"),
     HEARTBEAT: ("metrics",),
     GET_DATA: ("request_id", "keys"),

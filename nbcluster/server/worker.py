@@ -22,6 +22,7 @@ from ..protocol import messages as m
 from ..protocol.serialize import (Serialized, dump_value, dumps, is_plain, load_value, loads,
                                   loads_function, sizeof)
 from ..state.worker_state import WorkerState
+from . import capture
 
 logger = logging.getLogger("nbcluster.worker")
 
@@ -68,6 +69,7 @@ class Worker:
         self.finished = asyncio.Event()
         self._work: queue.SimpleQueue = queue.SimpleQueue()
         self._done: list = []
+        self._outputs: list = []
         self._done_lock = threading.Lock()
         self._threads: list[threading.Thread] = []
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -96,6 +98,7 @@ class Worker:
             t.start()
             self._threads.append(t)
         self._heartbeat = asyncio.ensure_future(self._heartbeat_loop())
+        capture.install()
         return self
 
     async def close(self, reason: str = "closing") -> None:
@@ -188,8 +191,32 @@ class Worker:
     def _resolve(self, key: str):
         return self.data[key]
 
+    def _output(self, key: str, stream: str, text: str) -> None:
+        """From a task thread: forward what the task printed (coalesced per loop tick)."""
+        with self._done_lock:
+            self._outputs.append([m.OUTPUT, key, stream, text])
+            wake = len(self._outputs) == 1
+        if wake:
+            try:
+                self._loop.call_soon_threadsafe(self._drain_outputs)
+            except RuntimeError:
+                pass
+
+    def _drain_outputs(self) -> None:
+        with self._done_lock:
+            outputs, self._outputs = self._outputs, []
+        merged: list = []
+        for msg in outputs:   # print() writes text and newline separately: join them
+            if merged and merged[-1][1] == msg[1] and merged[-1][2] == msg[2]:
+                merged[-1][3] += msg[3]
+            else:
+                merged.append(msg)
+        if self.scheduler is not None:
+            self.scheduler.send_many(merged)
+
     def _execute(self, key, fn_token, args, kwargs, want) -> tuple:
         start = time.time()
+        capture.set_current_task(key, self._output)
         try:
             fn = self.functions[fn_token]
             if isinstance(fn, BaseException):
@@ -204,6 +231,8 @@ class Worker:
                 e.__traceback__ = e.__traceback__.tb_next   # start at the user's frame
             exc, text = _exception_payload(e)
             return (False, key, exc, text, start, time.time())
+        finally:
+            capture.set_current_task(None)
         stop = time.time()
         has_value, value = False, None
         if want:

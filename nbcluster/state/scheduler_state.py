@@ -17,7 +17,7 @@ lost with a worker can be recomputed.
 from __future__ import annotations
 
 import heapq
-from collections import defaultdict
+from collections import defaultdict, deque
 
 from ..errors import CancelledError, FutureLostError, KilledWorkerError
 from ..protocol import messages as m
@@ -26,6 +26,7 @@ from ..protocol.serialize import dumps
 FIRE_AND_FORGET = "@fire-and-forget"   # a pseudo client that lets go once the task ends
 KILLED_WORKER_LIMIT = 3
 QUEUED_WORK_SECONDS = 0.005   # aim to keep this much work queued on each thread
+TASK_LOG_LENGTH = 10_000
 MAX_WINDOW = 256               # tasks queued on a worker per thread, at most
 
 
@@ -107,7 +108,8 @@ class SchedulerState:
         self.out: list = []
         self.now = 0.0
         self.record_stories = False
-        self.task_log: list = []      # (key, worker, start, stop, ok) since last drained
+        # (key, worker, start, stop, ok) of recent tasks, for observers such as the dashboard
+        self.task_log: deque = deque(maxlen=TASK_LOG_LENGTH)
 
     # ------------------------------------------------------------------ entry points
     def handle(self, peer: str, batch: list, now: float) -> list:
@@ -347,6 +349,13 @@ class SchedulerState:
             self._record(ts, "missing-dep", dep_key)
             self._become_ready_or_wait(ts)
 
+    def _on_output(self, peer, key, stream, text) -> None:
+        """What a task printed: to the clients that hold its future."""
+        ts = self.tasks.get(key)
+        if ts is not None:
+            for client in ts.who_wants:
+                self.out.append((client, [m.OUTPUT, key, stream, text]))
+
     def _on_heartbeat(self, peer, metrics) -> None:
         ws = self.workers.get(peer)
         if ws is not None:
@@ -367,6 +376,7 @@ class SchedulerState:
         m.FAILED: _on_failed,
         m.MISSING: _on_missing,
         m.HEARTBEAT: _on_heartbeat,
+        m.OUTPUT: _on_output,
     }
 
     # ------------------------------------------------------------------ transitions
