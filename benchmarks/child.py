@@ -95,7 +95,11 @@ class Context:
 def _warm_up(system, client, ctx):
     from . import tasks
 
-    system.worker_addresses(client)
+    pids = system.run(client, tasks.getpid)
+    if len(set(pids.values())) != 2 or os.getpid() in pids.values():
+        raise AssertionError(f"expected 2 worker processes apart from the client (pid {os.getpid()}), "
+                             f"client.run(getpid) gave {pids}")
+    ctx.rec.info(worker_pids=pids)
     base = ctx.unique(20)
     res = system.gather(client, [system.submit(client, tasks.add, base + i, 1) for i in range(20)])
     if list(res) != [base + i + 1 for i in range(20)]:

@@ -49,6 +49,7 @@ def parse_args(argv):
     bad = [w for w in a.workloads if w not in WORKLOADS]
     if bad:
         ap.error(f"unknown workload(s) {bad}; choose from {sorted(WORKLOADS)}")
+    a.workloads = sorted(set(a.workloads))
     a.system_list = [s.strip().lower() for s in a.systems.split(",") if s.strip()]
     bad = [s for s in a.system_list if s not in SYSTEMS]
     if bad or not a.system_list:

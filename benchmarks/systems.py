@@ -75,12 +75,24 @@ class System:
         return sorted(self.run(client, tasks.noop))
 
     def wait_for_workers(self, client, n, timeout=60.0):
+        """Poll ``client.run`` until n workers answer.
+
+        Errors while polling are retried (a cluster with no worker yet may
+        answer ``run`` with an error); the last one is raised at the timeout.
+        """
         deadline = time.monotonic() + timeout
+        got, last_exc = [], None
         while True:
-            got = self.worker_addresses(client)
-            if len(got) >= n:
-                return got
+            try:
+                got = self.worker_addresses(client)
+                last_exc = None
+                if len(got) >= n:
+                    return got
+            except Exception as exc:
+                last_exc = exc
             if time.monotonic() > deadline:
+                if last_exc is not None:
+                    raise last_exc
                 raise TimeoutError(f"only {len(got)} of {n} workers after {timeout}s")
             time.sleep(0.1)
 

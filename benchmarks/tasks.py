@@ -56,3 +56,10 @@ def array_sum(arr, tag=None):
 def dask_scheduler_task_count(dask_scheduler):
     """Run on dask's scheduler (``client.run_on_scheduler``) by W8 only."""
     return len(dask_scheduler.tasks)
+
+
+def getpid():
+    """Used with ``client.run`` to check that workers are separate processes."""
+    import os
+
+    return os.getpid()

@@ -113,6 +113,13 @@ class Client:
                                "use asynchronous code or another thread")
         return asyncio.run_coroutine_threadsafe(coro, self._loop).result(timeout)
 
+    def _spawn(self, coro) -> None:
+        """Run ``coro`` on the client's loop, from any thread, without waiting for it."""
+        if self._conn._on_loop_thread():
+            self._loop.create_task(coro)
+        else:
+            asyncio.run_coroutine_threadsafe(coro, self._loop)
+
     # ------------------------------------------------------------------ submitting
     def _record_for(self, key: str) -> _KeyRecord:
         rec = self._records.get(key)
@@ -251,10 +258,12 @@ class Client:
 
     async def _fetch_values_async(self, futures: list) -> list:
         """Bring results that did not travel with their completion from the workers."""
-        for attempt in range(5):
+        for attempt in range(6):
             need = {f.key: f._record for f in futures if f._record.value is _NO_VALUE}
             if not need:
                 break
+            if attempt == 5:
+                raise FutureLostError(f"could not fetch {len(need)} results after 5 attempts")
             who_has = await self._conn.request("who_has", keys=list(need))
             by_worker: dict[str, list[str]] = {}
             lost = []
@@ -283,8 +292,6 @@ class Client:
                     if need[key].status == FINISHED and need[key].value is _NO_VALUE:
                         need[key].reset()
                 await self._wait_records_async([need[k] for k in lost])
-        else:
-            raise FutureLostError(f"could not fetch {len(need)} results after 5 attempts")
         out = []
         for f in futures:
             v = f._record.value
@@ -302,7 +309,7 @@ class Client:
             return self._gather_async(futures, found, errors)
         self._wait_records([f._record for f in found], timeout, f"gather of {len(found)} futures")
         values = self._collect(found, errors)
-        missing = [f for f in found if f.key not in values and f._record.value is _NO_VALUE]
+        missing = [f for f in found if f.key not in values and f._record.status == FINISHED]
         if missing:
             for f, v in zip(missing, self._sync(self._fetch_values_async(missing))):
                 values[f.key] = v
@@ -314,7 +321,7 @@ class Client:
     async def _gather_async(self, futures, found, errors):
         await self._wait_records_async([f._record for f in found])
         values = self._collect(found, errors)
-        missing = [f for f in found if f.key not in values]
+        missing = [f for f in found if f.key not in values and f._record.status == FINISHED]
         for f, v in zip(missing, await self._fetch_values_async(missing)):
             values[f.key] = v
         return rebuild(futures, values, skip_missing=errors == "skip")

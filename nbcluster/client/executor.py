@@ -60,7 +60,7 @@ class ClientExecutor(concurrent.futures.Executor):
                     except BaseException as e:  # noqa: BLE001
                         settle(exc=e)
 
-                client._loop.create_task(fetch())
+                client._spawn(fetch())
 
         fut.add_done_callback(on_done)
         return cf

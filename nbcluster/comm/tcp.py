@@ -85,7 +85,12 @@ class _Protocol(asyncio.BufferedProtocol):
         if self.comm is not None:
             self.comm.abort(f"connection lost: {exc}" if exc else "connection closed by peer")
         elif self.on_ready is not None:
-            self._fail(ConnectError(f"{self.peer} closed the connection during the handshake"))
+            if not self.server and self._phase == "proof":
+                # the server drops a client whose proof fails: the token is wrong or missing
+                self._fail(AuthenticationError("wrong or missing token (the server closed the "
+                                               "connection after checking it)"))
+            else:
+                self._fail(ConnectError(f"{self.peer} closed the connection during the handshake"))
 
     def _fail(self, exc: Exception) -> None:
         cb, self.on_ready = self.on_ready, None

@@ -120,8 +120,10 @@ class LocalCluster:
     # ------------------------------------------------------------------ processes
     def _spawn(self, role: str, *args: str) -> subprocess.Popen:
         env = dict(os.environ, NBCLUSTER_TOKEN=self.token)
-        path = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-        env["PYTHONPATH"] = os.pathsep.join(p for p in (os.getcwd(), path, env.get("PYTHONPATH")) if p)
+        # workers see the modules this process sees (functions pickled by reference import)
+        paths = [os.path.abspath(p or os.getcwd()) for p in sys.path]
+        paths.append(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
+        env["PYTHONPATH"] = os.pathsep.join(dict.fromkeys(p for p in paths if os.path.isdir(p)))
         return subprocess.Popen(
             [sys.executable, "-m", "nbcluster.deploy.spawn", role, *args],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env, start_new_session=True)
