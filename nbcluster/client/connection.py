@@ -109,17 +109,18 @@ class ClientConnection:
         self._flush_scheduled = False
         outbox = self.outbox
         batch: list = []
-        submit = None
+        last = None     # consecutive submits (or releases) travel as one message
         while outbox:
             msg = outbox.popleft()
-            if msg[0] == m.SUBMIT:
-                if submit is None:
-                    submit = [m.SUBMIT, list(msg[1])]
-                    batch.append(submit)
+            op = msg[0]
+            if op == m.SUBMIT or op == m.RELEASE:
+                if last is not None and last[0] == op:
+                    last[1].extend(msg[1])
                 else:
-                    submit[1].extend(msg[1])
+                    last = [op, list(msg[1])]
+                    batch.append(last)
                 continue
-            submit = None
+            last = None
             batch.append(msg)
         if batch and self.comm is not None:
             self.comm.send_many(batch)

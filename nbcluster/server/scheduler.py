@@ -127,10 +127,18 @@ class Scheduler:
 
     def _send(self, out: list) -> None:
         comms = self.comms
+        frees: dict[str, list] = {}
         for peer, msg in out:
+            if msg[0] == m.FREE:   # one FREE per worker per batch, however many keys
+                frees.setdefault(peer, []).extend(msg[1])
+                continue
             comm = comms.get(peer)
             if comm is not None:
                 comm.send(msg)
+        for peer, keys in frees.items():
+            comm = comms.get(peer)
+            if comm is not None:
+                comm.send([m.FREE, keys])
 
     # ------------------------------------------------------------------ requests
     def _on_request(self, peer: str, request_id, name, args) -> None:

@@ -162,7 +162,6 @@ class Worker:
             elif kind == "execute":
                 key = ins[1]
                 ts = self.state.tasks[key]
-                send([m.STARTED, key, time.time()])
                 self._work.put((key, ts.fn, ts.args, ts.kwargs, ts.want))
             elif kind == "drop":
                 data = self.data
@@ -178,15 +177,26 @@ class Worker:
             item = work.get()
             if item is None:
                 return
-            outcome = self._execute(*item)
-            with self._done_lock:
-                self._done.append(outcome)
-                wake = len(self._done) == 1
-            if wake:
-                try:
-                    self._loop.call_soon_threadsafe(self._drain_done)
-                except RuntimeError:   # loop closed during shutdown
-                    return
+            key = item[0]
+            ts = self.state.tasks.get(key)
+            if ts is None or ts.cancelled:   # freed while it waited in the executor's queue
+                self._report((True, key, None, 0, 0.0, 0.0, False, None, ""))
+                continue
+            self._report(("started", key, time.time()))
+            if not self._report(self._execute(*item)):
+                return
+
+    def _report(self, outcome: tuple) -> bool:
+        """From a task thread: queue an outcome; wake the loop once per batch of them."""
+        with self._done_lock:
+            self._done.append(outcome)
+            wake = len(self._done) == 1
+        if wake:
+            try:
+                self._loop.call_soon_threadsafe(self._drain_done)
+            except RuntimeError:   # loop closed during shutdown
+                return False
+        return True
 
     def _resolve(self, key: str):
         return self.data[key]
@@ -255,8 +265,12 @@ class Worker:
             done, self._done = self._done, []
         st = self.state
         data = self.data
+        finished = {o[1] for o in done if o[0] != "started"}
         for outcome in done:
-            if outcome[0]:
+            if outcome[0] == "started":
+                if outcome[1] not in finished:   # still running: tell the scheduler
+                    self.scheduler.send([m.STARTED, outcome[1], outcome[2]])
+            elif outcome[0]:
                 _, key, result, nbytes, start, stop, has_value, value, typ = outcome
                 data[key] = result
                 self._apply(st.task_finished(key, nbytes, start, stop, has_value, value, typ))

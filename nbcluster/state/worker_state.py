@@ -23,6 +23,8 @@ from ..protocol import messages as m
 
 FETCHES_PER_PEER = 2    # concurrent transfers from one peer
 FETCH_BATCH = 50        # keys per transfer request
+PREFETCH_SECONDS = 0.002  # work handed to the executor ahead of time, for short tasks
+MAX_PREFETCH = 64
 
 
 class WorkerTask:
@@ -67,6 +69,8 @@ class WorkerState:
         self.nbytes = 0
         self.counter = 0
         self.rng = random.Random(0)
+        self.avg_duration = 0.01          # seconds, moving average of task run times
+        self.prefetch = 0                 # tasks handed to the executor beyond nthreads
 
     # ------------------------------------------------------------------ scheduler messages
     def compute(self, key, fn, args, kwargs, deps: dict, want: bool, priority: int) -> list:
@@ -128,9 +132,16 @@ class WorkerState:
         return out
 
     # ------------------------------------------------------------------ shell outcomes
+    def _observe_duration(self, seconds: float) -> None:
+        self.avg_duration = 0.9 * self.avg_duration + 0.1 * max(seconds, 0.0)
+        # up to PREFETCH_SECONDS of queued work per thread, none for tasks of 1 ms or more
+        per_thread = int(PREFETCH_SECONDS / max(self.avg_duration, 1e-6))
+        self.prefetch = 0 if self.avg_duration >= 1e-3 else self.nthreads * min(per_thread, MAX_PREFETCH)
+
     def task_finished(self, key, nbytes, start, stop, has_value, value, typ) -> list:
         out: list = []
         self.executing.discard(key)
+        self._observe_duration(stop - start)
         ts = self.tasks.get(key)
         if ts is None or ts.cancelled:
             if ts is not None:
@@ -247,7 +258,10 @@ class WorkerState:
 
     def _run_ready(self, out: list) -> None:
         ready = self.ready
-        while ready and len(self.executing) < self.nthreads:
+        # Short tasks: hand the executor a few more than it has threads, so a thread moves on
+        # to the next task without waiting for the event loop (completions then batch up).
+        limit = self.nthreads + self.prefetch
+        while ready and len(self.executing) < limit:
             ts = heapq.heappop(ready)
             if ts.state != "ready":
                 continue

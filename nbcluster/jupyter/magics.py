@@ -1,0 +1,233 @@
+"""The ``%cluster`` line magic: a thin shim over ``ClusterSession``."""
+
+from __future__ import annotations
+
+import shlex
+from typing import Any, Callable
+
+from IPython.core.error import UsageError
+from IPython.core.magic import Magics, line_magic, magics_class
+from IPython.core.magic_arguments import MagicArgumentParser
+
+from .session import ClusterSession, SessionError
+
+SUBCOMMANDS = ("start", "connect", "status", "scale", "stop", "dashboard")
+
+
+def _parsers() -> dict[str, MagicArgumentParser]:
+    def parser(name: str, description: str) -> MagicArgumentParser:
+        return MagicArgumentParser(prog=f"%cluster {name}", description=description,
+                                   add_help=False)
+
+    start = parser("start", "Start a LocalCluster and a client bound to a notebook variable.")
+    start.add_argument("-n", "--workers", type=int, default=None,
+                       help="number of workers (default: one per core)")
+    start.add_argument("--threads", type=int, default=1, help="threads per worker (default 1)")
+    start.add_argument("--processes", dest="processes", action="store_true", default=True,
+                       help="one process per worker (default)")
+    start.add_argument("--no-processes", dest="processes", action="store_false",
+                       help="run the scheduler and workers in this kernel's process")
+    start.add_argument("--memory-limit", default="auto",
+                       help="per worker: bytes, like '2GB', 'auto' (default) or 'none'")
+    start.add_argument("--name", default="client",
+                       help="variable name for the client (default: client)")
+    connect = parser("connect", "Connect a client to a running scheduler.")
+    connect.add_argument("address", help="scheduler address, like tcp://127.0.0.1:8786")
+    connect.add_argument("--token", default=None,
+                         help="the cluster's token (default: NBCLUSTER_TOKEN or its "
+                              "connection file)")
+    connect.add_argument("--name", default="client", help="variable name for the client")
+    scale = parser("scale", "Add or retire workers until there are N.")
+    scale.add_argument("n", type=int, help="number of workers")
+    return {"start": start, "connect": connect, "scale": scale,
+            "status": parser("status", "Workers, threads, memory, tasks by state, dashboard."),
+            "stop": parser("stop", "Close the client and the cluster it started."),
+            "dashboard": parser("dashboard", "Show the dashboard link.")}
+
+
+PARSERS = _parsers()
+
+
+def _doc() -> str:
+    parts = ["Start, inspect, scale and stop an nbcluster cluster from a notebook.", "",
+             "Usage: %cluster SUBCOMMAND [options]", ""]
+    for name in SUBCOMMANDS:
+        text = PARSERS[name].format_help().replace("usage: ", "").rstrip()
+        parts += ["  " + line if line else "" for line in text.splitlines()] + [""]
+    parts += ["Examples:", "  %cluster start -n 2 --threads 1", "  %cluster status",
+              "  %cluster scale 4", "  %cluster stop", "",
+              "Load with %load_ext nbcluster; to have %cluster without it, add to the profile's",
+              "ipython_kernel_config.py:  c.MagicsManager.lazy_magics = {'cluster': 'nbcluster'}"]
+    return "\n".join(parts)
+
+
+def _memory_limit(text: str) -> Any:
+    low = text.strip().lower()
+    if low in ("none", "0", "off", "no"):
+        return None
+    if low == "auto":
+        return "auto"
+    try:
+        return int(text)
+    except ValueError:
+        return text
+
+
+@magics_class
+class ClusterMagics(Magics):
+    """Holds the notebook's ClusterSession; ``%cluster ...`` dispatches on its first word."""
+
+    def __init__(self, shell: Any, session: ClusterSession | None = None,
+                 on_client: Callable[[Any], None] | None = None,
+                 display: Callable[[Any], None] | None = None) -> None:
+        super().__init__(shell)
+        self._session = session or ClusterSession()
+        self._on_client = on_client
+        self._display = display
+        self._var: str | None = None
+        self._widgets: list[Any] = []
+
+    @line_magic
+    def cluster(self, line: str = "") -> Any:
+        words = self._split(line)
+        if not words or words[0] in ("-h", "--help", "help"):
+            print(_doc())
+            return None
+        sub, args = words[0], words[1:]
+        if sub not in SUBCOMMANDS:
+            raise UsageError(f"%cluster: unknown subcommand {sub!r}; choose from "
+                             f"{', '.join(SUBCOMMANDS)} (see %cluster?)")
+        parser = PARSERS[sub]
+        if "-h" in args or "--help" in args:
+            print(parser.format_help().rstrip())
+            return None
+        try:
+            opts = parser.parse_args(args)
+        except UsageError as e:
+            raise UsageError(f"%cluster {sub}: {e}".replace("\n", " ")) from None
+        try:
+            return getattr(self, f"_{sub}")(opts)
+        except SessionError as e:
+            raise UsageError(f"%cluster {sub}: {e}") from None
+
+    cluster.__doc__ = _doc()
+
+    @staticmethod
+    def _split(line: str) -> list[str]:
+        try:
+            return shlex.split(line)
+        except ValueError as e:
+            raise UsageError(f"%cluster: {e}") from None
+
+    # ------------------------------------------------------------------ subcommands
+    def _start(self, opts: Any) -> None:
+        if opts.workers is not None and opts.workers < 0:
+            raise SessionError(f"-n/--workers must be >= 0, got {opts.workers}")
+        if opts.threads < 1:
+            raise SessionError(f"--threads must be >= 1, got {opts.threads}")
+        self._check_name(opts.name)
+        client = self._session.start(opts.workers, opts.threads, opts.processes,
+                                     _memory_limit(opts.memory_limit))
+        self._bind(opts.name, client)
+        self._show_widget()
+
+    def _connect(self, opts: Any) -> None:
+        self._check_name(opts.name)
+        client = self._session.connect(opts.address, opts.token)
+        self._bind(opts.name, client)
+        self._show_widget()
+
+    def _status(self, opts: Any) -> Any:
+        from .html import StatusReport
+
+        self._session.require()
+        report = StatusReport(self._session.snapshot())
+        self._show(report)
+        return None
+
+    def _scale(self, opts: Any) -> None:
+        self._session.scale(opts.n)
+        print(f"nbcluster: {len(self._session.cluster.workers)} workers")
+
+    def _stop(self, opts: Any) -> None:
+        client = self._session.client
+        address = getattr(client, "scheduler_address", "")
+        if not self._session.stop():
+            print("nbcluster: no cluster to stop")
+            return
+        self._unbind(client)
+        print(f"nbcluster: stopped {address}")
+
+    def _dashboard(self, opts: Any) -> None:
+        self._session.require()
+        link = self._session.dashboard_link
+        if not link:
+            print("nbcluster: this cluster has no dashboard")
+            return
+        self._show(_Link(link))
+
+    # ------------------------------------------------------------------ helpers
+    @staticmethod
+    def _check_name(name: str) -> None:
+        if not name.isidentifier():
+            raise SessionError(f"--name must be a Python identifier, got {name!r}")
+
+    def _bind(self, name: str, client: Any) -> None:
+        self._var = name
+        self.shell.user_ns[name] = client
+        if self._on_client is not None:
+            self._on_client(client)
+
+    def _unbind(self, client: Any) -> None:
+        if self._var and self.shell.user_ns.get(self._var) is client:
+            del self.shell.user_ns[self._var]
+        self._var = None
+
+    def _show(self, obj: Any) -> None:
+        if self._display is not None:
+            self._display(obj)
+            return
+        from IPython.display import display
+
+        display(obj)
+
+    def _show_widget(self) -> None:
+        if not _in_kernel(self.shell):
+            from .html import StatusReport
+
+            self._show(StatusReport(self._session.snapshot()))
+            return
+        from .widgets import ClusterWidget
+
+        for old in self._widgets:
+            old.close()
+        widget = ClusterWidget(self._session)
+        self._widgets = [widget]
+        self._show(widget)
+
+    def close(self) -> None:
+        """Unloading the extension: stop the cluster this magic started, close widgets."""
+        for w in self._widgets:
+            w.close()
+        self._widgets = []
+        client = self._session.client
+        if self._session.stop():
+            self._unbind(client)
+
+
+class _Link:
+    def __init__(self, url: str) -> None:
+        self.url = url
+
+    def __repr__(self) -> str:
+        return f"Dashboard: {self.url}"
+
+    def _repr_html_(self) -> str:
+        from html import escape
+
+        u = escape(self.url, quote=True)
+        return f"Dashboard: <a href='{u}' target='_blank'>{escape(self.url)}</a>"
+
+
+def _in_kernel(shell: Any) -> bool:
+    return getattr(shell, "kernel", None) is not None and type(shell).__name__ == "ZMQInteractiveShell"

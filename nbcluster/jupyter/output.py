@@ -1,0 +1,214 @@
+"""Task output in the cell that submitted the task.
+
+A client ``"submit"`` listener remembers, per key, the parent header of the cell that is running
+(``kernel.get_parent("shell")``, ipykernel 6.29 and 7.x). An ``"output"`` listener (client I/O
+thread) sends what the task printed or logged, each line marked ``[key]``:
+
+* while that cell is still running: as a ``stream`` message with the cell's parent header;
+* after it ended: into a small ``Output`` widget shown at the end of that cell (front ends
+  drop stream messages whose request has finished; a widget's ``outputs`` trait still
+  reaches the cell). The widget is only shown for cells that still had tasks running.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import OrderedDict
+from typing import Any, Callable
+
+from .models import Throttle
+
+MAX_KEYS = 100_000           # keys remembered (oldest forgotten first)
+MAX_WIDGET_CHARS = 200_000   # text kept in one cell's output widget
+
+
+class _CellTarget:
+    """Where the output of one cell's tasks goes."""
+
+    __slots__ = ("msg_id", "parent", "pending", "widget", "buffer", "throttle", "chars", "lock")
+
+    def __init__(self, msg_id: str, parent: dict) -> None:
+        self.msg_id = msg_id
+        self.parent = parent
+        self.pending: set[str] = set()
+        self.widget: Any = None
+        self.buffer: list[tuple[str, str]] = []
+        self.throttle: Throttle | None = None
+        self.chars = 0
+        self.lock = threading.Lock()
+
+
+class OutputRouter:
+    """Routes task output of the clients it is attached to into their submitting cells."""
+
+    def __init__(self, shell: Any) -> None:
+        self.shell = shell
+        self.kernel = getattr(shell, "kernel", None)
+        self._lock = threading.Lock()
+        self._key_target: OrderedDict[str, _CellTarget] = OrderedDict()
+        self._targets: dict[str, _CellTarget] = {}
+        self._running: str | None = None
+        self._line_start: dict[tuple[str, str], bool] = {}
+        self._clients: dict[int, tuple[Any, list[Callable[[], None]]]] = {}
+        shell.events.register("pre_run_cell", self._pre_run_cell)
+        shell.events.register("post_run_cell", self._post_run_cell)
+
+    # ------------------------------------------------------------------ attaching
+    def attach(self, client: Any) -> None:
+        if id(client) in self._clients or getattr(client, "asynchronous", False):
+            return
+        unsubscribe = [client.on("submit", self._on_submit), client.on("task", self._on_task),
+                       client.on("output", self._on_output)]
+        self._clients[id(client)] = (client, unsubscribe)
+
+    def detach(self, client: Any) -> None:
+        entry = self._clients.pop(id(client), None)
+        if entry is not None:
+            for fn in entry[1]:
+                fn()
+
+    def attached(self, client: Any) -> bool:
+        return id(client) in self._clients
+
+    def close(self) -> None:
+        for client, unsubscribe in list(self._clients.values()):
+            for fn in unsubscribe:
+                fn()
+        self._clients.clear()
+        for name, fn in (("pre_run_cell", self._pre_run_cell), ("post_run_cell", self._post_run_cell)):
+            try:
+                self.shell.events.unregister(name, fn)
+            except ValueError:
+                pass
+        for target in list(self._targets.values()):
+            if target.throttle is not None:
+                target.throttle.flush()
+
+    # ------------------------------------------------------------------ the kernel
+    def _parent(self) -> dict:
+        kernel = self.kernel
+        if kernel is None:
+            return {}
+        try:
+            parent = kernel.get_parent("shell")
+        except TypeError:           # very old kernels: get_parent() without a channel
+            parent = kernel.get_parent()
+        return parent or {}
+
+    @staticmethod
+    def _msg_id(parent: dict) -> str:
+        return (parent.get("header") or {}).get("msg_id", "")
+
+    def _pre_run_cell(self, *args: Any) -> None:
+        self._running = self._msg_id(self._parent()) or None
+
+    def _post_run_cell(self, *args: Any) -> None:
+        msg_id, self._running = self._running, None
+        if not msg_id:
+            return
+        with self._lock:
+            target = self._targets.get(msg_id)
+            if target is None:
+                return
+            if not target.pending and not target.buffer:
+                self._targets.pop(msg_id, None)
+                return
+        # tasks of this cell are still running: give their later output a place in the cell
+        self._show_widget(target)
+
+    def _show_widget(self, target: _CellTarget) -> None:
+        try:
+            import ipywidgets as w
+            from IPython.display import display
+        except ImportError:
+            return
+        out = w.Output(layout=w.Layout(margin="0"))
+        out.add_class("nbcluster-task-output")
+        target.throttle = Throttle(lambda: self._flush_widget(target), 0.1)
+        target.widget = out
+        display(out)
+        if target.buffer:
+            target.throttle.request()
+
+    # ------------------------------------------------------------------ client events
+    def _on_submit(self, keys: list[str]) -> None:
+        parent = self._parent()
+        msg_id = self._msg_id(parent)
+        if not msg_id:
+            return
+        with self._lock:
+            target = self._targets.get(msg_id)
+            if target is None:
+                target = self._targets[msg_id] = _CellTarget(msg_id, parent)
+                if len(self._targets) > 1000:         # forget the oldest finished cells
+                    for old in list(self._targets)[:100]:
+                        if not self._targets[old].pending:
+                            del self._targets[old]
+            kt = self._key_target
+            for key in keys:
+                kt[key] = target
+                kt.move_to_end(key)
+                target.pending.add(key)
+            while len(kt) > MAX_KEYS:
+                kt.popitem(last=False)
+
+    def _on_task(self, key: str, status: str) -> None:
+        with self._lock:
+            target = self._key_target.get(key)
+            if target is not None:
+                target.pending.discard(key)
+
+    def _on_output(self, key: str, stream: str, text: str) -> None:
+        with self._lock:
+            target = self._key_target.get(key)
+            marked = self._mark(key, stream, text)
+        name = "stdout" if stream == "stdout" else "stderr"
+        if target is None:
+            self._send(self._parent(), name, marked)
+        elif target.widget is not None:
+            with target.lock:
+                target.buffer.append((name, marked))
+            target.throttle.request()
+        else:
+            # the cell is running (or just ended without tasks left): a plain stream message
+            self._send(target.parent, name, marked)
+
+    def _mark(self, key: str, stream: str, text: str) -> str:
+        at_start = self._line_start.get((key, stream), True)
+        parts = []
+        for line in text.splitlines(keepends=True):
+            parts.append(f"[{key}] {line}" if at_start else line)
+            at_start = line.endswith("\n")
+        self._line_start[(key, stream)] = at_start
+        if len(self._line_start) > 10_000:
+            self._line_start.clear()
+        return "".join(parts)
+
+    def _send(self, parent: dict, name: str, text: str) -> None:
+        kernel = self.kernel
+        if kernel is None or not parent:
+            import sys
+
+            (sys.stdout if name == "stdout" else sys.stderr).write(text)
+            return
+        kernel.session.send(kernel.iopub_socket, "stream", {"name": name, "text": text},
+                            parent=parent, ident=f"stream.{name}".encode())
+
+    def _flush_widget(self, target: _CellTarget) -> None:
+        with target.lock:
+            items, target.buffer = target.buffer, []
+            if not items or target.widget is None:
+                return
+            outputs = list(target.widget.outputs)
+            for name, text in items:
+                if target.chars > MAX_WIDGET_CHARS:
+                    break
+                target.chars += len(text)
+                if target.chars > MAX_WIDGET_CHARS:
+                    text = text + "\n[nbcluster: more task output was not shown]\n"
+                if outputs and outputs[-1].get("name") == name:
+                    last = outputs[-1]
+                    outputs[-1] = {**last, "text": last["text"] + text}
+                else:
+                    outputs.append({"output_type": "stream", "name": name, "text": text})
+            target.widget.outputs = tuple(outputs)

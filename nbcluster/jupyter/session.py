@@ -1,0 +1,157 @@
+"""A notebook's cluster session: the cluster and client that ``%cluster`` and the cluster widget
+drive. Thread-safe: JupyterLab may run a widget's button handler while a cell is running."""
+
+from __future__ import annotations
+
+import threading
+from typing import Any, Callable
+
+from .models import ClusterSnapshot, client_closed
+
+
+class SessionError(Exception):
+    """A user-facing problem with the session (one line, shown without a traceback)."""
+
+
+class ClusterSession:
+    """Owns (or borrows) a cluster and a Client, and knows how to describe them."""
+
+    def __init__(self) -> None:
+        self.cluster: Any = None
+        self.client: Any = None
+        self.own_cluster = False
+        self._lock = threading.RLock()
+        self._on_stop: list[Callable[[], None]] = []
+        self._on_change: list[Callable[[], None]] = []
+
+    # ------------------------------------------------------------------ life cycle
+    @property
+    def running(self) -> bool:
+        client = self.client
+        return client is not None and not client_closed(client)
+
+    def start(self, n_workers: int | None = None, threads_per_worker: int = 1,
+              processes: bool = True, memory_limit: Any = "auto") -> Any:
+        from ..client import Client
+        from ..deploy import LocalCluster
+
+        with self._lock:
+            self._check_free()
+            try:
+                cluster = LocalCluster(n_workers=n_workers, threads_per_worker=threads_per_worker,
+                                       processes=processes, memory_limit=memory_limit)
+            except ValueError as e:
+                raise SessionError(str(e)) from None
+            except Exception as e:  # noqa: BLE001
+                raise SessionError(f"could not start the cluster: {e}") from None
+            try:
+                client = Client(cluster)
+            except Exception as e:  # noqa: BLE001
+                cluster.close()
+                raise SessionError(f"could not connect to the new cluster: {e}") from None
+            self.cluster, self.client, self.own_cluster = cluster, client, True
+            return client
+
+    def connect(self, address: str, token: str | None = None) -> Any:
+        from ..client import Client
+
+        with self._lock:
+            self._check_free()
+            try:
+                client = Client(address, token=token)
+            except Exception as e:  # noqa: BLE001
+                raise SessionError(f"could not connect to {address}: {e}") from None
+            self.cluster, self.client, self.own_cluster = None, client, False
+            return client
+
+    def adopt(self, client: Any) -> None:
+        """Use a client made elsewhere (``client = Client(...)`` in a cell)."""
+        with self._lock:
+            if self.running:
+                return
+            self.client = client
+            self.cluster = getattr(client, "cluster", None)
+            self.own_cluster = False
+
+    def _check_free(self) -> None:
+        if self.running:
+            raise SessionError(f"a cluster is already running ({self.client.scheduler_address}); "
+                               "use %cluster stop first")
+
+    def require(self) -> Any:
+        if not self.running:
+            raise SessionError("no cluster: start one with %cluster start "
+                               "(or %cluster connect ADDRESS)")
+        return self.client
+
+    def scale(self, n: int) -> None:
+        with self._lock:
+            self.require()
+            cluster = self.cluster
+            if cluster is None or not hasattr(cluster, "scale"):
+                raise SessionError("this client is connected to a cluster it did not start; "
+                                   "scale it where it was started")
+            if not isinstance(n, int) or n < 0:
+                raise SessionError(f"scale needs a number of workers >= 0, got {n!r}")
+            try:
+                cluster.scale(n)
+            except Exception as e:  # noqa: BLE001
+                raise SessionError(f"could not scale to {n} workers: {e}") from None
+        self._changed()
+
+    def stop(self) -> bool:
+        """Close the client (and the cluster when this session started it). False if idle."""
+        with self._lock:
+            client, cluster = self.client, self.cluster
+            if client is None:
+                return False
+            self.client = self.cluster = None
+            try:
+                client.close()
+            finally:
+                if cluster is not None and self.own_cluster:
+                    cluster.close()
+            self.own_cluster = False
+        for fn in list(self._on_stop):
+            try:
+                fn()
+            except Exception:  # noqa: BLE001
+                pass
+        return True
+
+    # ------------------------------------------------------------------ describing
+    def snapshot(self) -> ClusterSnapshot:
+        client = self.client
+        if client is None or client_closed(client):
+            return ClusterSnapshot(closed=True)
+        info = client.scheduler_info()
+        cluster = self.cluster
+        if cluster is None:
+            kind = "remote"
+        else:
+            kind = "processes" if getattr(cluster, "processes", True) else "in-process"
+        return ClusterSnapshot.from_info(info, dashboard_link=client.dashboard_link, kind=kind)
+
+    @property
+    def dashboard_link(self) -> str | None:
+        client = self.client
+        return getattr(client, "dashboard_link", None) if client is not None else None
+
+    @property
+    def can_scale(self) -> bool:
+        return self.cluster is not None and hasattr(self.cluster, "scale")
+
+    def on_stop(self, fn: Callable[[], None]) -> Callable[[], None]:
+        self._on_stop.append(fn)
+        return lambda: fn in self._on_stop and self._on_stop.remove(fn)
+
+    def on_change(self, fn: Callable[[], None]) -> Callable[[], None]:
+        self._on_change.append(fn)
+        return lambda: fn in self._on_change and self._on_change.remove(fn)
+
+    def _changed(self) -> None:
+        for fn in list(self._on_change):
+            try:
+                fn()
+            except Exception:  # noqa: BLE001
+                pass
