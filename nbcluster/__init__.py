@@ -12,6 +12,19 @@ __version__ = "0.1.0"
 Client._default_cluster_factory = LocalCluster
 
 
+def load_ipython_extension(ip) -> None:
+    """``%load_ext nbcluster``: the %cluster magic, widgets, reprs, task output in cells."""
+    from .jupyter import load_ipython_extension as load
+
+    load(ip)
+
+
+def unload_ipython_extension(ip) -> None:
+    from .jupyter import unload_ipython_extension as unload
+
+    unload(ip)
+
+
 def fire_and_forget(futures) -> None:
     """Let these tasks run to the end even when no client holds their futures."""
     from .client.structure import collect_futures

@@ -61,15 +61,25 @@ class TextProgress:
         return self.finished.wait(timeout)
 
 
-def progress(*futures, notebook: bool | None = None, label: str = "", wait: bool | None = None):
-    """Show progress of futures: a widget in a notebook, else a text bar (waits till done)."""
+def progress(*futures, notebook: bool | None = None, label: str = "", wait: bool | None = None,
+             rate: float = 10.0):
+    """Show the progress of futures (any nesting of lists, tuples, dicts of futures).
+
+    In a notebook: a live bar per function name (ipywidgets), updated from the client's I/O
+    thread, so it moves while other cells run; returns a ``ProgressBar`` at once (pass
+    ``wait=True`` to block until done). Elsewhere: a text bar on stderr that waits until every
+    future is done (``wait=False`` returns the ``TextProgress`` at once).
+    """
     if notebook is None:
         notebook = _in_notebook()
     if notebook:
         from .jupyter.widgets import progress_widget
 
-        return progress_widget(futures)
-    bar = TextProgress(futures, label=label)
+        bar = progress_widget(futures, rate=rate)
+        if wait:
+            bar.wait()
+        return bar
+    bar = TextProgress(futures, label=label, rate=rate)
     if wait is None or wait:
         bar.wait()
     return bar
@@ -83,4 +93,12 @@ def _in_notebook() -> bool:
         ip = shell.get_ipython()
     except Exception:
         return False
-    return ip is not None and type(ip).__name__ == "ZMQInteractiveShell"
+    return ip is not None and type(ip).__name__ == "ZMQInteractiveShell" and _have_widgets()
+
+
+def _have_widgets() -> bool:
+    try:
+        import ipywidgets  # noqa: F401
+    except ImportError:
+        return False
+    return True

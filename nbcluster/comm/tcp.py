@@ -11,6 +11,7 @@ import asyncio
 import logging
 import socket
 import struct
+from collections import deque
 
 from ..errors import AuthenticationError, ConnectError, ProtocolError
 from ..protocol.framing import decode, frame_header
@@ -23,19 +24,54 @@ LARGE = 64 * 1024
 _U32 = struct.Struct("<I")
 
 
+SOCKET_BUFFER = 4 * 1024 * 1024
+CHUNK = 1024 * 1024       # large frames are written in pieces of this size
+
+
 class TCPComm(Comm):
+    """Writes go through a queue: small pieces are joined into one write (one syscall); large
+    frames are fed to the transport a chunk at a time as its buffer drains, because asyncio's
+    transport would otherwise copy the whole frame into its buffer and shift it on every send."""
+
     def __init__(self, protocol: "_Protocol", local: str, peer: str) -> None:
         super().__init__(local, peer)
         self._protocol = protocol
+        self._outq: deque = deque()
+        self.paused = False
 
     def _write_frames(self, frames: list) -> None:
         transport = self._protocol.transport
         if transport is None or transport.is_closing():
             return
-        transport.write(frame_header(frames))
+        small = bytearray(frame_header(frames))
+        outq = self._outq
         for f in frames:
-            if len(f):
-                transport.write(f)
+            n = memoryview(f).nbytes
+            if n <= LARGE:
+                small += f
+            else:
+                outq.append(small)
+                outq.append(memoryview(f).cast("B"))
+                small = bytearray()
+        if small:
+            outq.append(small)
+        self.pump()
+
+    def pump(self) -> None:
+        transport = self._protocol.transport
+        outq = self._outq
+        while outq and not self.paused:
+            if transport is None or transport.is_closing():
+                outq.clear()
+                return
+            piece = outq[0]
+            if len(piece) > CHUNK:
+                transport.write(piece[:CHUNK])
+                outq[0] = piece[CHUNK:]
+            else:
+                outq.popleft()
+                if piece:
+                    transport.write(piece)
 
     def _abort(self) -> None:
         transport = self._protocol.transport
@@ -73,13 +109,25 @@ class _Protocol(asyncio.BufferedProtocol):
         if sock is not None:
             try:
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SOCKET_BUFFER)
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, SOCKET_BUFFER)
             except OSError:
                 pass
+        transport.set_write_buffer_limits(high=2 * CHUNK, low=CHUNK // 2)
         peername = transport.get_extra_info("peername") or ("?", 0)
         self.peer = f"tcp://{peername[0]}:{peername[1]}"
         if self.server:
             hello, self._nonce = auth.server_hello()
             transport.write(hello)
+
+    def pause_writing(self) -> None:
+        if self.comm is not None:
+            self.comm.paused = True
+
+    def resume_writing(self) -> None:
+        if self.comm is not None:
+            self.comm.paused = False
+            self.comm.pump()
 
     def connection_lost(self, exc) -> None:
         if self.comm is not None:

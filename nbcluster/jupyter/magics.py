@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import shlex
 from typing import Any, Callable
 
@@ -17,7 +18,7 @@ SUBCOMMANDS = ("start", "connect", "status", "scale", "stop", "dashboard")
 def _parsers() -> dict[str, MagicArgumentParser]:
     def parser(name: str, description: str) -> MagicArgumentParser:
         return MagicArgumentParser(prog=f"%cluster {name}", description=description,
-                                   add_help=False)
+                                   add_help=False, formatter_class=argparse.HelpFormatter)
 
     start = parser("start", "Start a LocalCluster and a client bound to a notebook variable.")
     start.add_argument("-n", "--workers", type=int, default=None,
@@ -38,7 +39,7 @@ def _parsers() -> dict[str, MagicArgumentParser]:
                               "connection file)")
     connect.add_argument("--name", default="client", help="variable name for the client")
     scale = parser("scale", "Add or retire workers until there are N.")
-    scale.add_argument("n", type=int, help="number of workers")
+    scale.add_argument("n", type=int, metavar="N", help="number of workers")
     return {"start": start, "connect": connect, "scale": scale,
             "status": parser("status", "Workers, threads, memory, tasks by state, dashboard."),
             "stop": parser("stop", "Close the client and the cluster it started."),
@@ -53,7 +54,8 @@ def _doc() -> str:
              "Usage: %cluster SUBCOMMAND [options]", ""]
     for name in SUBCOMMANDS:
         text = PARSERS[name].format_help().replace("usage: ", "").rstrip()
-        parts += ["  " + line if line else "" for line in text.splitlines()] + [""]
+        parts += ["  " + line if line else "" for line in text.splitlines()
+                  if line.strip() != "options:"] + [""]
     parts += ["Examples:", "  %cluster start -n 2 --threads 1", "  %cluster status",
               "  %cluster scale 4", "  %cluster stop", "",
               "Load with %load_ext nbcluster; to have %cluster without it, add to the profile's",

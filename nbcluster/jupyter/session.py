@@ -20,6 +20,7 @@ class ClusterSession:
         self.cluster: Any = None
         self.client: Any = None
         self.own_cluster = False
+        self.adopted = False        # a client made by hand in the notebook, not by %cluster
         self._lock = threading.RLock()
         self._on_stop: list[Callable[[], None]] = []
         self._on_change: list[Callable[[], None]] = []
@@ -50,6 +51,7 @@ class ClusterSession:
                 cluster.close()
                 raise SessionError(f"could not connect to the new cluster: {e}") from None
             self.cluster, self.client, self.own_cluster = cluster, client, True
+            self.adopted = False
             return client
 
     def connect(self, address: str, token: str | None = None) -> Any:
@@ -62,6 +64,7 @@ class ClusterSession:
             except Exception as e:  # noqa: BLE001
                 raise SessionError(f"could not connect to {address}: {e}") from None
             self.cluster, self.client, self.own_cluster = None, client, False
+            self.adopted = False
             return client
 
     def adopt(self, client: Any) -> None:
@@ -72,8 +75,12 @@ class ClusterSession:
             self.client = client
             self.cluster = getattr(client, "cluster", None)
             self.own_cluster = False
+            self.adopted = True
 
     def _check_free(self) -> None:
+        if self.adopted:        # %cluster start/connect replaces a hand-made client (kept open)
+            self.client = self.cluster = None
+            self.adopted = False
         if self.running:
             raise SessionError(f"a cluster is already running ({self.client.scheduler_address}); "
                                "use %cluster stop first")
