@@ -19,19 +19,40 @@ def _is_loopback(host: str) -> bool:
         return host == "localhost"
 
 
+def _security(args):
+    from .security import Security
+
+    if not (args.tls_ca_file or args.tls_cert or args.tls_key or args.require_encryption):
+        return Security.from_env()
+    return Security(args.tls_ca_file, args.tls_cert, args.tls_key, args.require_encryption)
+
+
+def _add_tls_options(parser) -> None:
+    parser.add_argument("--tls-ca-file", default=None, help="CA certificate (PEM) for tls://")
+    parser.add_argument("--tls-cert", default=None, help="this process's certificate (PEM)")
+    parser.add_argument("--tls-key", default=None, help="this process's private key (PEM)")
+    parser.add_argument("--require-encryption", action="store_true",
+                        help="refuse plain tcp:// connections")
+
+
 def _scheduler(args) -> int:
     from .comm.auth import new_token
     from .config import write_connection_file
     from .server.scheduler import Scheduler
 
     token = args.token or os.environ.get("NBCLUSTER_TOKEN") or new_token()
+    security = _security(args)
+    scheme = "tls" if security is not None and security.tls else "tcp"
     if not _is_loopback(args.host):
-        print(f"warning: the scheduler listens on {args.host}, reachable from other machines; "
-              "anyone who has the token can run code here. Keep the connection file private.",
-              file=sys.stderr)
+        exposed = "unencrypted (no TLS): the traffic can be read on the network; " \
+            if scheme == "tcp" else ""
+        print(f"warning: the scheduler listens on {args.host}, reachable from other machines, "
+              f"{exposed}anyone who has the token can run code here. Keep the connection file "
+              "private.", file=sys.stderr)
 
     async def main():
-        scheduler = await Scheduler(f"tcp://{args.host}:{args.port}", token=token).start()
+        scheduler = await Scheduler(f"{scheme}://{args.host}:{args.port}", token=token,
+                                    security=security).start()
         path = write_connection_file(scheduler.address, token, args.connection_file)
         print(f"nbcluster scheduler at {scheduler.address}", flush=True)
         print(f"connection file (address and token, readable only by you): {path}", flush=True)
@@ -53,8 +74,14 @@ def _worker(args) -> int:
         raise SystemExit("nbcluster worker: give the scheduler address (tcp://HOST:PORT) or "
                          "--connection-file")
     token = token or find_token(address)
+    security = _security(args)
+    scheme = "tls" if security is not None and security.tls else "tcp"
+    if not _is_loopback(args.host):
+        print(f"warning: the worker serves data on {args.host}, reachable from other machines"
+              + ("" if scheme == "tls" else ", unencrypted"), file=sys.stderr)
     asyncio.run(run_worker(address, nthreads=args.nthreads, name=args.name, token=token,
-                           listen_address=f"tcp://{args.host}:{args.port}"))
+                           listen_address=f"{scheme}://{args.host}:{args.port}",
+                           security=security))
     return 0
 
 
@@ -75,6 +102,7 @@ def main(argv: list[str] | None = None) -> int:
     s.add_argument("--token", default=None, help="shared secret (default: a new random one)")
     s.add_argument("--connection-file", default=None,
                    help="where to write address and token (default: a per-user runtime dir)")
+    _add_tls_options(s)
     s.set_defaults(run=_scheduler)
 
     w = sub.add_parser("worker", help="run a worker")
@@ -85,6 +113,7 @@ def main(argv: list[str] | None = None) -> int:
     w.add_argument("--port", type=int, default=0)
     w.add_argument("--token", default=None)
     w.add_argument("--connection-file", default=None)
+    _add_tls_options(w)
     w.set_defaults(run=_worker)
 
     d = sub.add_parser("demo", help="start a local cluster and run the reference workloads")

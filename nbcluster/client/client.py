@@ -48,7 +48,8 @@ class Client:
     _default_cluster_factory: Callable[[], Any] | None = None
 
     def __init__(self, address: Any = None, *, token: str | None = None, timeout: float = 10.0,
-                 asynchronous: bool = False, set_as_default: bool = True) -> None:
+                 asynchronous: bool = False, set_as_default: bool = True,
+                 security=None) -> None:
         self.cluster = None
         self._own_cluster = False
         if address is None:
@@ -59,6 +60,7 @@ class Client:
         if not isinstance(address, str):
             self.cluster = address
             token = token if token is not None else getattr(address, "token", None)
+            security = security if security is not None else getattr(address, "security", None)
             address = address.scheduler_address
         if token is None:
             from ..config import find_token
@@ -76,7 +78,7 @@ class Client:
         else:
             self._io = IOThread(f"nbcluster-client-{self._uid}")
             self._loop = self._io.loop
-        self._conn = ClientConnection(address, token, self._loop, timeout)
+        self._conn = ClientConnection(address, token, self._loop, timeout, security)
         self._records = self._conn.records
         self._started: Any = None
         if asynchronous:

@@ -53,14 +53,15 @@ class ClientConnection:
     """Owns the comm to the scheduler. Thread-safe entry points: ``post`` and ``request``."""
 
     def __init__(self, address: str, token: str | None, loop: asyncio.AbstractEventLoop,
-                 timeout: float) -> None:
+                 timeout: float, security=None) -> None:
         self.address = address
         self.token = token
+        self.security = security
         self.loop = loop
         self.timeout = timeout
         self.id = f"client-{uuid.uuid4().hex[:12]}"
         self.comm: Comm | None = None
-        self.pool = DataPool(token, {"client": self.id}, timeout)
+        self.pool = DataPool(token, {"client": self.id}, timeout, security)
         self.records: dict[str, _KeyRecord] = {}
         self.outbox: deque = deque()
         self._flush_scheduled = False
@@ -73,7 +74,7 @@ class ClientConnection:
         self._line_start: dict = {}
 
     async def connect(self) -> None:
-        self.comm = await connect(self.address, self.token, self.timeout)
+        self.comm = await connect(self.address, self.token, self.timeout, self.security)
         hello = self.loop.create_future()
         self._replies[0] = hello
         self.comm.start(self._on_batch, self._on_close)

@@ -124,29 +124,45 @@ def parse_address(address: str) -> tuple[str, str]:
     if not isinstance(address, str) or "://" not in address:
         raise ConnectError(f"not an address: {address!r} (expected tcp://HOST:PORT or inproc://NAME)")
     scheme, rest = address.split("://", 1)
-    if scheme not in ("tcp", "inproc"):
-        raise ConnectError(f"unknown transport {scheme!r} in {address!r} (use tcp:// or inproc://)")
+    if scheme not in ("tcp", "tls", "inproc"):
+        raise ConnectError(f"unknown transport {scheme!r} in {address!r} "
+                           "(use tcp://, tls:// or inproc://)")
     return scheme, rest
 
 
-async def connect(address: str, token: str | None, timeout: float = 10.0) -> Comm:
+def _ssl_for(scheme: str, address: str, security, server: bool):
+    """The SSL context for an address, or None; refuses plain TCP when TLS is required."""
+    if scheme == "tls":
+        if security is None or not security.tls:
+            raise ConnectError(f"{address} is a TLS address: give a Security with certificates "
+                               "(Security.temporary() makes one)")
+        return security.server_context() if server else security.client_context()
+    if scheme == "tcp" and security is not None and security.require_encryption:
+        raise ConnectError(f"refusing plain {address}: this cluster requires TLS (use tls://)")
+    return None
+
+
+async def connect(address: str, token: str | None, timeout: float = 10.0,
+                  security=None) -> Comm:
     scheme, rest = parse_address(address)
-    if scheme == "tcp":
+    if scheme in ("tcp", "tls"):
         from . import tcp
 
-        return await tcp.connect(rest, token, timeout)
+        ssl = _ssl_for(scheme, address, security, server=False)
+        return await tcp.connect(rest, token, timeout, ssl=ssl, scheme=scheme)
     from . import inproc
 
     return await inproc.connect(rest, token)
 
 
 async def listen(address: str, on_comm: Callable[[Comm], Awaitable[None] | None],
-                 token: str | None) -> Listener:
+                 token: str | None, security=None) -> Listener:
     scheme, rest = parse_address(address)
-    if scheme == "tcp":
+    if scheme in ("tcp", "tls"):
         from . import tcp
 
-        return await tcp.listen(rest, on_comm, token)
+        ssl = _ssl_for(scheme, address, security, server=True)
+        return await tcp.listen(rest, on_comm, token, ssl=ssl, scheme=scheme)
     from . import inproc
 
     return await inproc.listen(rest, on_comm, token)

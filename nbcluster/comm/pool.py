@@ -15,8 +15,10 @@ from .core import Comm, connect
 
 
 class DataPool:
-    def __init__(self, token: str | None, identity: dict, timeout: float = 10.0) -> None:
+    def __init__(self, token: str | None, identity: dict, timeout: float = 10.0,
+                 security=None) -> None:
         self.token = token
+        self.security = security
         self.identity = identity
         self.timeout = timeout
         self.comms: dict[str, Comm] = {}
@@ -34,7 +36,7 @@ class DataPool:
         fut = asyncio.get_running_loop().create_future()
         self._connecting[address] = fut
         try:
-            comm = await connect(address, self.token, self.timeout)
+            comm = await connect(address, self.token, self.timeout, self.security)
         except Exception as e:
             fut.set_exception(e)
             fut.exception()  # mark retrieved

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
+import ssl as ssl_module
 import struct
 from collections import deque
 
@@ -84,8 +85,9 @@ class TCPComm(Comm):
 class _Protocol(asyncio.BufferedProtocol):
     """Handshake, then frame parsing; delivers decoded batches to its Comm."""
 
-    def __init__(self, token: str | None, server: bool, on_ready) -> None:
+    def __init__(self, token: str | None, server: bool, on_ready, scheme: str = "tcp") -> None:
         self.token = token
+        self.scheme = scheme
         self.server = server
         self.on_ready = on_ready          # called with the Comm or an exception
         self.transport: asyncio.Transport | None = None
@@ -115,7 +117,7 @@ class _Protocol(asyncio.BufferedProtocol):
                 pass
         transport.set_write_buffer_limits(high=2 * CHUNK, low=CHUNK // 2)
         peername = transport.get_extra_info("peername") or ("?", 0)
-        self.peer = f"tcp://{peername[0]}:{peername[1]}"
+        self.peer = f"{self.scheme}://{peername[0]}:{peername[1]}"
         if self.server:
             hello, self._nonce = auth.server_hello()
             transport.write(hello)
@@ -267,7 +269,7 @@ class _Protocol(asyncio.BufferedProtocol):
 
     def _start(self) -> None:
         sockname = self.transport.get_extra_info("sockname") or ("?", 0)
-        self.comm = TCPComm(self, f"tcp://{sockname[0]}:{sockname[1]}", self.peer)
+        self.comm = TCPComm(self, f"{self.scheme}://{sockname[0]}:{sockname[1]}", self.peer)
         self._phase = "count"
         cb, self.on_ready = self.on_ready, None
         cb(self.comm)
@@ -290,7 +292,8 @@ def _split(hostport: str) -> tuple[str, int]:
     return host, int(port)
 
 
-async def connect(hostport: str, token: str | None, timeout: float) -> Comm:
+async def connect(hostport: str, token: str | None, timeout: float, ssl=None,
+                  scheme: str = "tcp") -> Comm:
     host, port = _split(hostport)
     loop = asyncio.get_running_loop()
     ready: asyncio.Future = loop.create_future()
@@ -299,12 +302,15 @@ async def connect(hostport: str, token: str | None, timeout: float) -> Comm:
         if not ready.done():
             ready.set_result(result)
 
-    address = f"tcp://{hostport}"
+    address = f"{scheme}://{hostport}"
     try:
         transport, _ = await asyncio.wait_for(
-            loop.create_connection(lambda: _Protocol(token, False, on_ready), host, port), timeout)
+            loop.create_connection(lambda: _Protocol(token, False, on_ready, scheme), host, port,
+                                   ssl=ssl), timeout)
     except asyncio.TimeoutError:
         raise ConnectError(f"timed out connecting to {address} after {timeout:g} s") from None
+    except ssl_module.SSLError as e:
+        raise ConnectError(f"TLS handshake with {address} failed: {e.reason or e}") from None
     except OSError as e:
         raise ConnectError(f"cannot connect to {address}: {e.strerror or e}") from None
     try:
@@ -320,7 +326,8 @@ async def connect(hostport: str, token: str | None, timeout: float) -> Comm:
     return result
 
 
-async def listen(hostport: str, on_comm, token: str | None) -> Listener:
+async def listen(hostport: str, on_comm, token: str | None, ssl=None,
+                 scheme: str = "tcp") -> Listener:
     host, port = _split(hostport)
     loop = asyncio.get_running_loop()
 
@@ -331,12 +338,13 @@ async def listen(hostport: str, on_comm, token: str | None) -> Listener:
                 if coro is not None:
                     loop.create_task(coro)
 
-        return _Protocol(token, True, on_ready)
+        return _Protocol(token, True, on_ready, scheme)
 
     try:
-        server = await loop.create_server(factory, host, port, reuse_address=True, backlog=1024)
+        server = await loop.create_server(factory, host, port, reuse_address=True, backlog=1024,
+                                          ssl=ssl)
     except OSError as e:
-        raise ConnectError(f"cannot listen on tcp://{hostport}: {e.strerror or e}") from None
+        raise ConnectError(f"cannot listen on {scheme}://{hostport}: {e.strerror or e}") from None
     sock = server.sockets[0]
     bound_host, bound_port = sock.getsockname()[:2]
-    return TCPListener(server, f"tcp://{bound_host}:{bound_port}")
+    return TCPListener(server, f"{scheme}://{bound_host}:{bound_port}")

@@ -93,7 +93,7 @@ class LocalCluster:
     def __init__(self, n_workers: int | None = None, threads_per_worker: int = 1,
                  processes: bool = True, memory_limit: int | str | None = "auto",
                  host: str = "127.0.0.1", scheduler_port: int = 0,
-                 token: str | None = None) -> None:
+                 token: str | None = None, security=None) -> None:
         if n_workers is None:
             n_workers = max(1, machine_size() // max(1, threads_per_worker))
         if not isinstance(n_workers, int) or n_workers < 0:
@@ -104,6 +104,8 @@ class LocalCluster:
         self.processes = processes
         self.memory_limit = self._parse_memory(memory_limit, n_workers)
         self.token = token or new_token()
+        self.security = security
+        self._scheme = "tls" if security is not None and security.tls else "tcp"
         self.closed = False
         self._lock = threading.Lock()
         self._names = iter(range(10**9))
@@ -120,6 +122,8 @@ class LocalCluster:
     # ------------------------------------------------------------------ processes
     def _spawn(self, role: str, *args: str) -> subprocess.Popen:
         env = dict(os.environ, NBCLUSTER_TOKEN=self.token)
+        if self.security is not None:
+            env.update(self.security.to_env())
         # workers see the modules this process sees (functions pickled by reference import)
         paths = [os.path.abspath(p or os.getcwd()) for p in sys.path]
         paths.append(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
@@ -133,7 +137,8 @@ class LocalCluster:
 
     def _start_processes(self, n_workers: int, host: str, port: int) -> None:
         deadline = time.monotonic() + START_TIMEOUT
-        self._scheduler_proc = self._spawn("scheduler", "--address", f"tcp://{host}:{port}")
+        self._scheduler_proc = self._spawn("scheduler", "--address",
+                                           f"{self._scheme}://{host}:{port}")
         # workers import while the scheduler starts; they read its address from stdin
         pending = [self._new_worker_proc(defer=True) for _ in range(n_workers)]
         try:

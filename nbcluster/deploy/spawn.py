@@ -31,7 +31,10 @@ def _exit_when_parent_goes(loop: asyncio.AbstractEventLoop, stop: asyncio.Event)
 async def _scheduler(args) -> None:
     from ..server.scheduler import Scheduler
 
-    scheduler = await Scheduler(args.address, token=os.environ.get("NBCLUSTER_TOKEN")).start()
+    from ..security import Security
+
+    scheduler = await Scheduler(args.address, token=os.environ.get("NBCLUSTER_TOKEN"),
+                                security=Security.from_env()).start()
     print(f"ADDRESS {scheduler.address}", flush=True)
     stop = asyncio.Event()
     _exit_when_parent_goes(asyncio.get_running_loop(), stop)
@@ -40,6 +43,7 @@ async def _scheduler(args) -> None:
 
 
 async def _worker(args) -> None:
+    from ..security import Security
     from ..server.worker import Worker
 
     loop = asyncio.get_running_loop()
@@ -48,7 +52,8 @@ async def _worker(args) -> None:
     if not address:
         return
     worker = Worker(address, nthreads=args.nthreads, name=args.name,
-                    token=os.environ.get("NBCLUSTER_TOKEN"), memory_limit=args.memory_limit)
+                    token=os.environ.get("NBCLUSTER_TOKEN"), memory_limit=args.memory_limit,
+                    security=Security.from_env())
     await worker.start()
     print(f"ADDRESS {worker.address}", flush=True)
     stop = asyncio.Event()

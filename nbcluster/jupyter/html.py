@@ -15,7 +15,7 @@ from .models import ClusterSnapshot, client_closed, flatten_futures, format_byte
 STATUS_COLOURS = {"finished": "#2a8a4a", "error": "#c62828", "lost": "#c62828",
                   "cancelled": "#777", "pending": "#e08e00"}
 _TABLE = "border-collapse:collapse;font-size:12px;text-align:left"
-_CELL = "padding:2px 8px;border-bottom:1px solid #ddd;text-align:left"
+_CELL = "padding:0 8px;line-height:1.5;border-bottom:1px solid #ddd;text-align:left"
 
 
 def _link(url: str | None) -> str:
@@ -65,12 +65,12 @@ def snapshot_html(snap: ClusterSnapshot, title: str = "nbcluster") -> str:
                        "processing", "keys"], rows)
                if rows else "<div style='color:#777'>no workers</div>")
     return (
-        f"<div class='nbcluster-status'><b>{escape(title)}</b>{kind}<br>"
-        f"Scheduler: <code>{escape(snap.scheduler)}</code><br>"
-        f"Workers: <b>{len(snap.workers)}</b>, threads: <b>{snap.nthreads}</b>, "
-        f"memory: <b>{format_bytes(snap.rss)}</b> (results {format_bytes(snap.memory)})<br>"
-        f"Tasks by state: {tasks_html(snap.tasks)}<br>"
-        f"Dashboard: {_link(snap.dashboard_link)}{error}{workers}</div>")
+        f"<div class='nbcluster-status' style='line-height:1.5'><b>{escape(title)}</b>{kind}"
+        f" &middot; scheduler <code>{escape(snap.scheduler)}</code>"
+        f" &middot; dashboard: {_link(snap.dashboard_link)}<br>"
+        f"<b>{len(snap.workers)}</b> workers, <b>{snap.nthreads}</b> threads, "
+        f"<b>{format_bytes(snap.rss)}</b> memory (results {format_bytes(snap.memory)})"
+        f" &middot; tasks: {tasks_html(snap.tasks)}{error}{workers}</div>")
 
 
 def futures_html(futures: list) -> str:

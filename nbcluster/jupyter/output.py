@@ -20,6 +20,7 @@ from .models import Throttle
 
 MAX_KEYS = 100_000           # keys remembered (oldest forgotten first)
 MAX_WIDGET_CHARS = 200_000   # text kept in one cell's output widget
+SETTLE_SECONDS = 0.03        # at a cell's end, how long to let its last task events arrive
 
 
 class _CellTarget:
@@ -45,6 +46,7 @@ class OutputRouter:
         self.shell = shell
         self.kernel = getattr(shell, "kernel", None)
         self._lock = threading.Lock()
+        self._settled = threading.Condition(self._lock)
         self._key_target: OrderedDict[str, _CellTarget] = OrderedDict()
         self._targets: dict[str, _CellTarget] = {}
         self._running: str | None = None
@@ -110,6 +112,9 @@ class OutputRouter:
             target = self._targets.get(msg_id)
             if target is None:
                 return
+            # a cell that waited for its results: their "task" events trail the wake-up by
+            # microseconds on the I/O thread; give them a moment before deciding
+            self._settled.wait_for(lambda: not target.pending, timeout=SETTLE_SECONDS)
             if not target.pending and not target.buffer:
                 self._targets.pop(msg_id, None)
                 return
@@ -157,6 +162,8 @@ class OutputRouter:
             target = self._key_target.get(key)
             if target is not None:
                 target.pending.discard(key)
+                if not target.pending:
+                    self._settled.notify_all()
 
     def _on_output(self, key: str, stream: str, text: str) -> None:
         with self._lock:

@@ -4,6 +4,7 @@ drive. Thread-safe: JupyterLab may run a widget's button handler while a cell is
 from __future__ import annotations
 
 import threading
+import time
 from typing import Any, Callable
 
 from .models import ClusterSnapshot, client_closed
@@ -104,7 +105,21 @@ class ClusterSession:
                 cluster.scale(n)
             except Exception as e:  # noqa: BLE001
                 raise SessionError(f"could not scale to {n} workers: {e}") from None
+            self._wait_for_workers(n)
         self._changed()
+
+    def _wait_for_workers(self, n: int, timeout: float = 10.0) -> None:
+        """Until the scheduler lists ``n`` workers (a new worker registers just after it
+        reports its address), so the next status shows them. Bounded; never raises."""
+        deadline = time.monotonic() + timeout
+        pause = threading.Event()
+        while time.monotonic() < deadline:
+            try:
+                if len(self.client.scheduler_info().get("workers", {})) == n:
+                    return
+            except Exception:  # noqa: BLE001
+                return
+            pause.wait(0.02)
 
     def stop(self) -> bool:
         """Close the client (and the cluster when this session started it). False if idle."""

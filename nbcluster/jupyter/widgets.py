@@ -69,7 +69,7 @@ class ProgressWidget:
 
     def _header_html(self) -> str:
         m = self.model
-        state = "done" if m.finished.is_set() else "running"
+        state = "done" if m.done >= m.total else "running"
         text = f"{m.done} / {m.total} tasks, {m.elapsed:.1f} s"
         if m.erred:
             first = ", ".join(escape(k) for k, _ in m.errors[:3])
@@ -101,6 +101,7 @@ class ProgressBar:
         self.model = model
         self.view = view
         self.widget = view.widget
+        self._shown = False
         self._shown_in: str | None = None
 
     @property
@@ -126,11 +127,11 @@ class ProgressBar:
         from IPython.display import display
 
         display(self.widget)
-        self._shown_in = _current_msg_id()
+        self._shown, self._shown_in = True, _current_msg_id()
 
     def _ipython_display_(self) -> None:
         # shown by progress() already in this cell: do not show a second copy
-        if self._shown_in is None or self._shown_in != _current_msg_id():
+        if not self._shown or self._shown_in != _current_msg_id():
             self.show()
 
     def __repr__(self) -> str:

@@ -9,6 +9,7 @@ The tables below are the reference: ``FIELDS[op]`` names the fields in order, an
 from __future__ import annotations
 
 from ..errors import ProtocolError
+from .serialize import Serialized
 
 # client -> scheduler
 HELLO = "hello"            # role, identity dict (first message on every connection)
@@ -73,10 +74,103 @@ FIELDS: dict[str, tuple[str, ...]] = {
     PUT_DATA: ("request_id", "values"),
 }
 
+# What each role may send to the scheduler.
+TO_SCHEDULER = {
+    "client": frozenset((FUNCTION, SUBMIT, RELEASE, WANT, CANCEL, FIRE_AND_FORGET, UPDATE_DATA,
+                         REQUEST)),
+    "worker": frozenset((STARTED, FINISHED, FAILED, MISSING, OUTPUT, RUN_RESULT, HEARTBEAT)),
+}
+
 # A task spec inside SUBMIT: [key, fn token, args, kwargs, dependency keys, options]
 # args is a list of plain values or a Serialized tuple; kwargs is None, a dict of plain
 # values, or a Serialized dict; options is None or a dict (priority, workers, ...).
 TASK_FIELDS = ("key", "fn", "args", "kwargs", "deps", "options")
+
+
+def _str(v) -> bool:
+    return type(v) is str
+
+
+def _num(v) -> bool:
+    return type(v) is int or type(v) is float
+
+
+def _int(v) -> bool:
+    return type(v) is int
+
+
+def _bool(v) -> bool:
+    return type(v) is bool
+
+
+def _bytes(v) -> bool:
+    return type(v) is bytes
+
+
+def _map(v) -> bool:
+    return type(v) is dict
+
+
+def _keys(v) -> bool:
+    return type(v) is list and all(type(k) is str for k in v)
+
+
+def _text(v) -> bool:
+    return v is None or type(v) is str
+
+
+def _args(v) -> bool:
+    return type(v) is list or type(v) is Serialized
+
+
+def _kwargs(v) -> bool:
+    return v is None or type(v) is dict or type(v) is Serialized
+
+
+def _sizes(v) -> bool:
+    return type(v) is dict and all(type(k) is str and type(n) is int for k, n in v.items())
+
+
+def _any(v) -> bool:
+    return True
+
+
+# The type of each field, checked by check_fields where a message enters a state machine.
+TYPES: dict[str, tuple] = {
+    HELLO: (_str, _map),
+    FUNCTION: (_str, _bytes),
+    SUBMIT: (lambda v: type(v) is list,),
+    RELEASE: (_keys,),
+    WANT: (_keys,),
+    CANCEL: (_keys,),
+    FIRE_AND_FORGET: (_keys,),
+    UPDATE_DATA: (_sizes, _str),
+    REQUEST: (_any, _str, _map),
+    DONE: (_str, _bool, _any, _int),
+    ERRED: (_str, _any, _text, _text),
+    CANCELLED: (_str, _str),
+    REPLY: (_any, _bool, _any),
+    COMPUTE: (_str, _str, _args, _kwargs, _map, _bool, _num),
+    FREE: (_keys,),
+    RUN: (_any, _bytes, _any),
+    CLOSE: (_str,),
+    STARTED: (_str, _num),
+    FINISHED: (_str, _int, _num, _num, _bool, _any, _str),
+    FAILED: (_str, _any, _text, _num, _num),
+    MISSING: (_str, _str, _str),
+    OUTPUT: (_str, _str, _str),
+    RUN_RESULT: (_any, _bool, _any),
+    HEARTBEAT: (_map,),
+    GET_DATA: (_any, _keys),
+    DATA: (_any, _map, _any),
+    PUT_DATA: (_any, _map),
+}
+_TASK_TYPES = (_str, _str, _args, _kwargs, _keys, lambda v: v is None or type(v) is dict)
+
+
+def _show(value) -> str:
+    text = repr(value)
+    return f"{text[:60]}... ({type(value).__name__})" if len(text) > 60 else text
 
 
 def check(msg) -> str:
@@ -90,3 +184,33 @@ def check(msg) -> str:
     if len(msg) != len(fields) + 1:
         raise ProtocolError(f"{op!r} takes {len(fields)} fields {fields}, got {len(msg) - 1}")
     return op
+
+
+def check_fields(msg) -> str:
+    """:func:`check`, then the type of every field; ProtocolError names the first bad one."""
+    op = check(msg)
+    for name, ok, value in zip(FIELDS[op], TYPES[op], msg[1:]):
+        if not ok(value):
+            raise ProtocolError(f"{op!r}: bad {name} {_show(value)}")
+    return op
+
+
+def check_task(spec) -> None:
+    """Check a task spec of SUBMIT (see TASK_FIELDS) and its options; raise ProtocolError."""
+    if type(spec) is not list or len(spec) != len(TASK_FIELDS):
+        raise ProtocolError(f"a task spec is a list {TASK_FIELDS}, got {_show(spec)}")
+    for name, ok, value in zip(TASK_FIELDS, _TASK_TYPES, spec):
+        if not ok(value):
+            raise ProtocolError(f"task spec: bad {name} {_show(value)}")
+    key, options = spec[0], spec[5]
+    if not key:
+        raise ProtocolError("task spec: empty key")
+    if key in spec[4]:
+        raise ProtocolError(f"task {key!r} depends on itself")
+    if options:
+        workers, priority = options.get("workers"), options.get("priority")
+        if workers is not None and not _keys(workers):
+            raise ProtocolError(f"task {key!r}: workers must be a list of addresses, "
+                                f"got {_show(workers)}")
+        if priority is not None and not _num(priority):
+            raise ProtocolError(f"task {key!r}: priority must be a number, got {_show(priority)}")

@@ -16,7 +16,7 @@ import time
 from ..comm import Comm, listen
 from ..errors import ProtocolError
 from ..protocol import messages as m
-from ..state.scheduler_state import SchedulerState
+from ..state.scheduler_state import BadBatch, SchedulerState
 
 logger = logging.getLogger("nbcluster.scheduler")
 
@@ -24,9 +24,11 @@ logger = logging.getLogger("nbcluster.scheduler")
 class Scheduler:
     """Serve a cluster on ``address`` (``tcp://HOST:PORT``, port 0 picks one; or ``inproc://``)."""
 
-    def __init__(self, address: str = "tcp://127.0.0.1:0", token: str | None = None) -> None:
+    def __init__(self, address: str = "tcp://127.0.0.1:0", token: str | None = None,
+                 security=None) -> None:
         self.requested_address = address
         self.token = token
+        self.security = security
         self.state = SchedulerState()
         self.comms: dict[str, Comm] = {}
         self.listener = None
@@ -39,7 +41,8 @@ class Scheduler:
         self.worker_events: list = []     # (time, "added"/"removed", address) for observers
 
     async def start(self) -> "Scheduler":
-        self.listener = await listen(self.requested_address, self._on_comm, self.token)
+        self.listener = await listen(self.requested_address, self._on_comm, self.token,
+                                     self.security)
         self.address = self.listener.address
         self.started = self._clock()
         logger.info("scheduler at %s", self.address)
@@ -114,7 +117,12 @@ class Scheduler:
                 batch = [x for x in batch if not (type(x) is list and x and x[0] in (m.REQUEST, m.RUN_RESULT))]
                 break
         if batch:
-            self._send(self.state.handle(peer, batch, self._clock()))
+            try:
+                out = self.state.handle(peer, batch, self._clock())
+            except BadBatch as e:
+                self._send(e.out)
+                raise ProtocolError(str(e)) from None
+            self._send(out)
         if requests:
             for msg in requests:
                 m.check(msg)

@@ -51,8 +51,12 @@ def _exception_payload(exc: BaseException) -> tuple[Serialized, str]:
 
 class Worker:
     def __init__(self, scheduler_address: str, nthreads: int = 1, name: str | None = None,
-                 token: str | None = None, listen_address: str = "tcp://127.0.0.1:0",
-                 memory_limit: int | None = None) -> None:
+                 token: str | None = None, listen_address: str | None = None,
+                 memory_limit: int | None = None, security=None) -> None:
+        if listen_address is None:   # serve data the way the scheduler is reached
+            scheme = scheduler_address.split("://", 1)[0]
+            listen_address = "inproc://" if scheme == "inproc" else f"{scheme}://127.0.0.1:0"
+        self.security = security
         self.scheduler_address = scheduler_address
         self.nthreads = max(1, int(nthreads))
         self.name = name
@@ -78,16 +82,18 @@ class Worker:
 
     async def start(self) -> "Worker":
         self._loop = asyncio.get_running_loop()
-        self.listener = await listen(self.listen_address, self._on_peer, self.token)
+        self.listener = await listen(self.listen_address, self._on_peer, self.token,
+                                     self.security)
         self.address = self.listener.address
         self.state = WorkerState(self.address, self.nthreads)
         self.name = self.name or self.address
         identity = {"address": self.address, "nthreads": self.nthreads, "name": self.name,
                     "pid": os.getpid(), "memory_limit": self.memory_limit,
                     "host": self.address.split("://")[-1].rsplit(":", 1)[0]}
-        self.pool = DataPool(self.token, {"address": self.address})
+        self.pool = DataPool(self.token, {"address": self.address}, security=self.security)
         try:
-            self.scheduler = await connect(self.scheduler_address, self.token)
+            self.scheduler = await connect(self.scheduler_address, self.token,
+                                           security=self.security)
         except Exception:
             self.listener.stop()
             raise

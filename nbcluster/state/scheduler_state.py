@@ -30,6 +30,14 @@ TASK_LOG_LENGTH = 10_000
 MAX_WINDOW = 256               # tasks queued on a worker per thread, at most
 
 
+class BadBatch(m.ProtocolError):
+    """A message in a batch was malformed; ``out`` holds what the earlier ones produced."""
+
+    def __init__(self, message: str, out: list) -> None:
+        super().__init__(message)
+        self.out = out
+
+
 def _error(cls, message: str):
     """An nbcluster error as it travels to clients (pickled, like a task's own exception)."""
     return dumps(cls(message))
@@ -43,24 +51,17 @@ class TaskState:
     )
 
     def __init__(self, key: str, fn: str, args, kwargs, options, priority: tuple) -> None:
-        self.key = key
-        self.prefix = key.rsplit("-", 1)[0]
-        self.state = "new"
-        self.fn = fn
-        self.args = args
-        self.kwargs = kwargs
-        self.options = options
+        self.key, self.prefix, self.state = key, key.rsplit("-", 1)[0], "new"
+        self.fn, self.args, self.kwargs, self.options = fn, args, kwargs, options
         self.deps: list[TaskState] = []
         self.dependents: set[TaskState] = set()
         self.waiting_on: set[TaskState] = set()
         self.who_has: set[WorkerState] = set()
         self.nbytes = 0
         self.processing_on: WorkerState | None = None
-        self.executing = False
+        self.executing = False   # the worker it is on said STARTED
         self.who_wants: set[str] = set()
-        self.exception = None
-        self.traceback = None
-        self.blame = None
+        self.exception = self.traceback = self.blame = None
         self.priority = priority
         self.suspicious = 0
         self.story: list | None = None
@@ -77,14 +78,11 @@ class WorkerState:
                  "functions", "identity", "metrics", "last_seen", "pinned")
 
     def __init__(self, address: str, nthreads: int, name: str, identity: dict) -> None:
-        self.address = address
-        self.nthreads = nthreads
-        self.name = name
+        self.address, self.nthreads, self.name, self.identity = address, nthreads, name, identity
         self.processing: set[TaskState] = set()
         self.has_what: set[TaskState] = set()
         self.nbytes = 0
         self.functions: set[str] = set()
-        self.identity = identity
         self.metrics: dict = {}
         self.last_seen = 0.0
         self.pinned = 0
@@ -102,6 +100,7 @@ class SchedulerState:
         self.clients: set[str] = set()
         self.functions: dict[str, bytes] = {}
         self.queue: list[TaskState] = []          # heap of queued root tasks
+        self.unrunnable: list[TaskState] = []     # queued, pinned to workers not connected
         self.counter = 0
         self.avg_duration = 0.001
         self.counts: dict[str, int] = defaultdict(int)   # finished / erred totals by prefix
@@ -110,21 +109,47 @@ class SchedulerState:
         self.record_stories = False
         # (key, worker, start, stop, ok) of recent tasks, for observers such as the dashboard
         self.task_log: deque = deque(maxlen=TASK_LOG_LENGTH)
+        self.task_log_total = 0       # entries ever appended: observers keep a cursor
 
     # ------------------------------------------------------------------ entry points
     def handle(self, peer: str, batch: list, now: float) -> list:
         """Apply a batch of messages from ``peer``; return ``[(peer, message), ...]`` to send."""
+        self._check_batch(peer, batch)   # a malformed message is refused before any is applied
         self.now = now
         out = self.out = []
-        for msg in batch:
-            op = m.check(msg)
-            handler = self._handlers.get(op)
-            if handler is None:
-                raise m.ProtocolError(f"{op!r} is not accepted by the scheduler")
-            handler(self, peer, *msg[1:])
+        handlers = self._handlers
+        try:
+            for msg in batch:
+                handlers[msg[0]](self, peer, *msg[1:])
+        except Exception as e:
+            # What the messages before the bad one decided must still go out, or other
+            # peers would wait forever for it; the shell closes the offending connection.
+            self._fill_workers()
+            self.out = []
+            raise BadBatch(f"bad message from {peer}: {e!r}", out) from e
         self._fill_workers()
         self.out = []
         return out
+
+    def _check_batch(self, peer: str, batch) -> None:
+        """Raise ProtocolError unless every message in ``batch`` can be applied."""
+        if type(batch) is not list:
+            raise m.ProtocolError(f"a batch must be a list, got {type(batch).__name__}")
+        role = "worker" if peer in self.workers else "client" if peer in self.clients else None
+        defined: set = set()   # functions sent earlier in this batch
+        for msg in batch:
+            op = m.check_fields(msg)
+            if op not in self._handlers or (role and op not in m.TO_SCHEDULER[role]):
+                raise m.ProtocolError(f"{op!r} is not accepted from {role or 'peer'} {peer!r} "
+                                      "by the scheduler's state (requests go to its shell)")
+            if op == m.FUNCTION:
+                defined.add(msg[1])
+            elif op == m.SUBMIT:
+                for spec in msg[1]:
+                    m.check_task(spec)
+                    fn = spec[1]
+                    if spec[0] not in self.tasks and fn not in self.functions and fn not in defined:
+                        raise m.ProtocolError(f"task {spec[0]!r} names unknown function {fn!r}")
 
     def add_client(self, client_id: str) -> None:
         self.clients.add(client_id)
@@ -149,6 +174,10 @@ class SchedulerState:
         ws = WorkerState(address, max(1, int(nthreads)), name, identity)
         ws.last_seen = now
         self.workers[address] = ws
+        pinned, self.unrunnable = self.unrunnable, []
+        for ts in pinned:
+            if ts.state == "queued":
+                self._become_ready(ts)   # back to unrunnable unless one of its workers is here
         self._fill_workers()
         self.out = []
         return out
@@ -160,14 +189,19 @@ class SchedulerState:
         ws = self.workers.pop(address, None)
         if ws is None:
             return out
-        lost = list(ws.has_what)
-        for ts in lost:
+        lost = []
+        for ts in ws.has_what:
             ts.who_has.discard(ws)
+            if not ts.who_has and ts.state == "memory":
+                # Marked before its dependents are rescheduled below, so that they wait for a
+                # recompute instead of being sent to fetch it from nobody.
+                ts.state = "released"
+                lost.append(ts)
+        ws.has_what, ws.nbytes = set(), 0
         for ts in list(ws.processing):
-            ws.processing.discard(ts)
-            ts.processing_on = None
-            if ts.executing:
-                ts.executing = False
+            executing = ts.executing
+            self._unassign(ts, free=False)
+            if executing:
                 ts.suspicious += 1
                 if ts.suspicious >= KILLED_WORKER_LIMIT:
                     self._record(ts, "killed-worker", address)
@@ -177,8 +211,7 @@ class SchedulerState:
             ts.state = "waiting"
             self._become_ready_or_wait(ts)
         for ts in lost:
-            if not ts.who_has and ts.state == "memory":
-                self._lost_data(ts)
+            self._lost_data(ts)
         self._fill_workers()
         self.out = []
         return out
@@ -196,8 +229,6 @@ class SchedulerState:
                 ts.who_wants.add(peer)
                 self._report_if_final(ts, peer)
                 continue
-            if fn not in self.functions:
-                raise m.ProtocolError(f"task {key!r} names unknown function {fn!r}")
             self.counter += 1
             prio = -(options.get("priority", 0) or 0) if options else 0
             ts = TaskState(key, fn, args, kwargs, options, (prio, self.counter))
@@ -205,7 +236,7 @@ class SchedulerState:
             ts.who_wants.add(peer)
             self._record(ts, "submitted", peer)
             failed_dep = None
-            for dkey in deps:
+            for dkey in dict.fromkeys(deps):
                 dts = tasks.get(dkey)
                 if dts is None:
                     failed_dep = dkey
@@ -262,16 +293,14 @@ class SchedulerState:
                 self.tasks[key] = ts
             ts.who_wants.add(peer)
             if ws is None:
-                self._set_erred(ts, self._lost_exception(ts, worker), None, key)
+                if ts.state != "memory":   # else another copy (broadcast) is still there
+                    self._set_erred(ts, self._lost_exception(ts, worker), None, key)
                 continue
-            ts.nbytes = size
+            if ts.state != "memory":   # replicas already counted keep their size
+                ts.nbytes = size
             ts.state = "memory"
             self._add_replica(ts, ws)
             self.out.append((peer, [m.DONE, key, False, None, size]))
-
-    def _on_request(self, peer, request_id, name, args) -> None:
-        # Requests that need the shell (run, info) are answered there; the state answers none.
-        raise m.ProtocolError(f"request {name!r} must be handled by the scheduler shell")
 
     # ------------------------------------------------------------------ worker messages
     def _on_started(self, peer, key, start) -> None:
@@ -281,23 +310,20 @@ class SchedulerState:
 
     def _on_finished(self, peer, key, nbytes, start, stop, has_value, value, typ) -> None:
         ws = self.workers.get(peer)
-        ts = self.tasks.get(key)
         if ws is None:
             return
-        if ts is None or ts.state in ("released", "erred", "new"):
-            self.out.append((peer, [m.FREE, [key]]))
+        ts = self.tasks.get(key)
+        if ts is None or ts.processing_on is not ws:
+            # Not (or no longer) this worker's to run: it was freed, cancelled, erred or moved
+            # elsewhere, and the worker was sent FREE for it, so it drops the value. Counting
+            # it would record a replica that is gone.
+            if ts is None or ws not in ts.who_has:
+                self.out.append((peer, [m.FREE, [key]]))
             return
         ws.last_seen = self.now
         self.task_log.append((key, peer, start, stop, True))
-        if ts.state == "memory":
-            self._add_replica(ts, ws)
-            return
-        if ts.processing_on is not None:
-            ts.processing_on.processing.discard(ts)
-            if ts.processing_on is not ws:
-                self.out.append((ts.processing_on.address, [m.FREE, [key]]))
-            ts.processing_on = None
-        ts.executing = False
+        self.task_log_total += 1
+        self._unassign(ts, free=False)
         duration = stop - start
         self.avg_duration = 0.9 * self.avg_duration + 0.1 * max(duration, 1e-6)
         self.counts[ts.prefix] += 1
@@ -305,8 +331,7 @@ class SchedulerState:
         ts.state = "memory"
         self._add_replica(ts, ws)
         self._record(ts, "memory", peer)
-        for client in ts.who_wants:
-            self.out.append((client, [m.DONE, key, has_value, value if has_value else None, nbytes]))
+        self._tell(ts, [m.DONE, key, has_value, value if has_value else None, nbytes])
         ts.who_wants.discard(FIRE_AND_FORGET)
         for dts in ts.dependents:
             if ts in dts.waiting_on:
@@ -324,9 +349,8 @@ class SchedulerState:
         if ts is None or ws is None or ts.processing_on is not ws:
             return
         self.task_log.append((key, peer, start, stop, False))
-        ws.processing.discard(ts)
-        ts.processing_on = None
-        ts.executing = False
+        self.task_log_total += 1
+        self._unassign(ts, free=False)
         self.counts[ts.prefix + " erred"] += 1
         self._record(ts, "erred", peer)
         self._set_erred(ts, exception, traceback, key)
@@ -343,8 +367,7 @@ class SchedulerState:
             if not dts.who_has and dts.state == "memory":
                 self._lost_data(dts)
         if ts is not None and ts.processing_on is not None and ts.processing_on.address == peer:
-            ts.processing_on.processing.discard(ts)
-            ts.processing_on = None
+            self._unassign(ts, free=False)
             ts.state = "waiting"
             self._record(ts, "missing-dep", dep_key)
             self._become_ready_or_wait(ts)
@@ -353,8 +376,7 @@ class SchedulerState:
         """What a task printed: to the clients that hold its future."""
         ts = self.tasks.get(key)
         if ts is not None:
-            for client in ts.who_wants:
-                self.out.append((client, [m.OUTPUT, key, stream, text]))
+            self._tell(ts, [m.OUTPUT, key, stream, text])
 
     def _on_heartbeat(self, peer, metrics) -> None:
         ws = self.workers.get(peer)
@@ -370,7 +392,6 @@ class SchedulerState:
         m.CANCEL: _on_cancel,
         m.FIRE_AND_FORGET: _on_fire_and_forget,
         m.UPDATE_DATA: _on_update_data,
-        m.REQUEST: _on_request,
         m.STARTED: _on_started,
         m.FINISHED: _on_finished,
         m.FAILED: _on_failed,
@@ -386,26 +407,39 @@ class SchedulerState:
         for dts in ts.deps:
             if dts.state == "memory":
                 continue
+            if dts.state == "released":
+                self._recompute(dts, ts.key)
+            if ts.state == "erred":   # an input without lineage was lost: erred with it
+                return
             if dts.state == "erred":
                 self._set_erred(ts, dts.exception, dts.traceback, dts.blame)
                 return
             ts.waiting_on.add(dts)
-            if dts.state == "released":
-                dts.state = "waiting"
-                self._record(dts, "recompute", ts.key)
-                self._become_ready_or_wait(dts)
         if not ts.waiting_on:
             self._become_ready(ts)
 
+    def _recompute(self, ts: TaskState, why) -> None:
+        """Bring back a released task from its lineage; scattered data has none: it errs."""
+        if not ts.fn:
+            self._set_erred(ts, _error(FutureLostError, f"{ts.key!r} was scattered data that "
+                            "was released; scattered data cannot be recomputed"), None, ts.key)
+            return
+        self._record(ts, "recompute", why)
+        ts.state = "waiting"
+        self._become_ready_or_wait(ts)
+
     def _become_ready(self, ts: TaskState) -> None:
-        options = ts.options
-        if ts.deps or (options and "workers" in options):
+        pinned = ts.options and ts.options.get("workers")
+        if ts.deps or pinned:
             ws = self._pick_worker(ts)
             if ws is not None:
                 self._assign(ts, ws)
                 return
         ts.state = "queued"
-        heapq.heappush(self.queue, ts)
+        if pinned:   # none of its workers is here; _fill_workers would send it to any worker
+            self.unrunnable.append(ts)
+        else:
+            heapq.heappush(self.queue, ts)
 
     def _pick_worker(self, ts: TaskState) -> WorkerState | None:
         """The worker holding most input bytes, unless it is much busier than the idlest."""
@@ -461,6 +495,7 @@ class SchedulerState:
     def _assign(self, ts: TaskState, ws: WorkerState) -> None:
         ts.state = "processing"
         ts.processing_on = ws
+        ts.executing = False   # until this worker says STARTED
         ws.processing.add(ts)
         if ts.fn and ts.fn not in ws.functions:
             ws.functions.add(ts.fn)
@@ -468,6 +503,20 @@ class SchedulerState:
         deps = {dts.key: [w.address for w in dts.who_has] for dts in ts.deps}
         self.out.append((ws.address, [m.COMPUTE, ts.key, ts.fn, ts.args, ts.kwargs, deps,
                                       bool(ts.who_wants), ts.priority[0]]))
+
+    def _unassign(self, ts: TaskState, free: bool = True) -> None:
+        ws = ts.processing_on
+        ws.processing.discard(ts)
+        ts.processing_on = None
+        ts.executing = False
+        if free:
+            self.out.append((ws.address, [m.FREE, [ts.key]]))
+
+    def _tell(self, ts: TaskState, msg: list) -> None:
+        """Send ``msg`` to the clients that want ``ts`` (the fire-and-forget one is no peer)."""
+        for client in ts.who_wants:
+            if client != FIRE_AND_FORGET:
+                self.out.append((client, msg))
 
     def _add_replica(self, ts: TaskState, ws: WorkerState) -> None:
         if ws not in ts.who_has:
@@ -477,63 +526,69 @@ class SchedulerState:
 
     def _set_erred(self, ts: TaskState, exception, traceback, blame) -> None:
         """Fail ``ts`` and, with the same error, every dependent that has not finished."""
-        stack = [ts]
+        stack, erred = [ts], []
         while stack:
             t = stack.pop()
             if t.state in ("erred", "memory", "released") and t is not ts:
                 continue
             if t.processing_on is not None:
-                t.processing_on.processing.discard(t)
-                self.out.append((t.processing_on.address, [m.FREE, [t.key]]))
-                t.processing_on = None
+                self._unassign(t)
             t.state = "erred"
             t.exception, t.traceback, t.blame = exception, traceback, blame
             t.waiting_on = set()
-            for client in t.who_wants:
-                self.out.append((client, [m.ERRED, t.key, exception, traceback, blame]))
+            self._tell(t, [m.ERRED, t.key, exception, traceback, blame])
+            erred.append(t)
             stack.extend(t.dependents)
-        for dep in ts.deps:
-            self._maybe_release_data(dep)
-        if FIRE_AND_FORGET in ts.who_wants:
-            ts.who_wants.discard(FIRE_AND_FORGET)
-            self._maybe_forget(ts)
+        self._after_erred(erred)
+
+    def _after_erred(self, erred: list) -> None:
+        # Inputs of every erred task (not only the first) may now be unneeded, and a
+        # fire-and-forget task that ended this way is let go like one that finished.
+        for t in erred:
+            for dep in t.deps:
+                self._maybe_release_data(dep)
+        for t in erred:
+            if FIRE_AND_FORGET in t.who_wants:
+                t.who_wants.discard(FIRE_AND_FORGET)
+                self._maybe_forget(t)
 
     def _cancel(self, ts: TaskState, reason: str) -> None:
         """Cancel a task that has not finished, and its unfinished dependents."""
-        stack = [ts]
+        stack, erred = [ts], []
         while stack:
             t = stack.pop()
-            if t.state in ("memory", "erred", "released", "cancelled"):
+            if t.state in ("memory", "erred", "released"):
                 continue
             if t.processing_on is not None:
-                t.processing_on.processing.discard(t)
-                self.out.append((t.processing_on.address, [m.FREE, [t.key]]))
-                t.processing_on = None
+                self._unassign(t)
             t.state = "erred"
             t.exception = _error(CancelledError, f"{t.key}: {reason}")
             t.traceback, t.blame = None, ts.key
-            for client in t.who_wants:
-                self.out.append((client, [m.CANCELLED, t.key, reason]))
+            t.waiting_on = set()
+            self._tell(t, [m.CANCELLED, t.key, reason])
+            erred.append(t)
             stack.extend(t.dependents)
+        self._after_erred(erred)
 
     def _lost_data(self, ts: TaskState) -> None:
         """The last copy of ``ts`` is gone: recompute it if anyone still needs it."""
-        ts.state = "released"
-        if not self._is_needed(ts):
-            self._maybe_forget(ts)
+        if ts.state in ("memory", "released"):
+            ts.state = "released"
+            if not self._is_needed(ts):
+                self._maybe_forget(ts)
+                return
+            if not ts.fn:  # scattered data has no lineage
+                self._set_erred(ts, self._lost_exception(ts, "its worker"), None, ts.key)
+                return
+            self._record(ts, "lost", None)
+            ts.state = "waiting"
+            self._become_ready_or_wait(ts)
+        # (else a rescheduled dependent has already started its recompute)
+        if ts.state in ("erred", "forgotten"):
             return
-        if not ts.fn:  # scattered data has no lineage
-            self._set_erred(ts, self._lost_exception(ts, "its worker"), None, ts.key)
-            return
-        self._record(ts, "lost", None)
-        ts.state = "waiting"
-        self._become_ready_or_wait(ts)
-        for dts in ts.dependents:
-            if dts.state == "processing":
-                ws = dts.processing_on
-                ws.processing.discard(dts)
-                dts.processing_on = None
-                self.out.append((ws.address, [m.FREE, [dts.key]]))
+        for dts in list(ts.dependents):
+            if dts.state == "processing":   # its worker can no longer fetch ts
+                self._unassign(dts)
                 dts.state = "waiting"
                 self._become_ready_or_wait(dts)
             elif dts.state in ("waiting", "queued") and ts not in dts.waiting_on:
@@ -545,7 +600,8 @@ class SchedulerState:
         if ts.who_wants:
             return True
         for dts in ts.dependents:
-            if dts.state not in ("memory", "erred"):
+            # a released dependent needs nothing until it is recomputed (then it waits)
+            if dts.state in ("waiting", "queued", "processing"):
                 return True
         return False
 
@@ -579,12 +635,10 @@ class SchedulerState:
         stack = [ts]
         while stack:
             t = stack.pop()
-            if t.who_wants or t.dependents or t.key not in self.tasks:
+            if t.who_wants or t.dependents or self.tasks.get(t.key) is not t:
                 continue
             if t.processing_on is not None:
-                t.processing_on.processing.discard(t)
-                self.out.append((t.processing_on.address, [m.FREE, [t.key]]))
-                t.processing_on = None
+                self._unassign(t)
             self._free_replicas(t)
             t.state = "forgotten"
             del self.tasks[t.key]
@@ -602,8 +656,7 @@ class SchedulerState:
         elif ts.state == "erred":
             self.out.append((client, [m.ERRED, ts.key, ts.exception, ts.traceback, ts.blame]))
         elif ts.state == "released":
-            ts.state = "waiting"
-            self._become_ready_or_wait(ts)
+            self._recompute(ts, client)
 
     # ------------------------------------------------------------------ helpers
     def _killed_worker_exception(self, ts: TaskState):

@@ -1,0 +1,11 @@
+"""Live dashboards: Bokeh components fed from scheduler snapshots.
+
+- :mod:`.feed` keeps the latest snapshot and a bounded history of task and transfer events,
+  shared by every plot that reads it (no Bokeh import);
+- :mod:`.components` the plots, each a Bokeh model plus ``update()``;
+- :mod:`.server` ``start_dashboard(scheduler, ...)``: the pages served by the scheduler;
+- :mod:`.http` the HTTP layer around it: token gate, ``/metrics``, ``/metrics.json``;
+- :mod:`.widget` ``dashboard_widget(client)``: the same plots inline in a notebook.
+
+Nothing here is imported by ``nbcluster`` itself: Bokeh takes most of a second to import.
+"""

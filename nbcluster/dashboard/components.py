@@ -1,0 +1,348 @@
+"""The plots. Each is a Bokeh model (``.root``) plus ``update()``, which reads a :class:`Feed`
+and writes ColumnDataSources; tests build one on a feed, run tasks, call ``update()`` and read
+``.source.data``.
+
+Call ``update()`` from the thread that owns the Bokeh document (the server's loop, or the
+widget's poller), never from two threads at once.
+"""
+
+from __future__ import annotations
+
+import time
+import zlib
+from typing import Any
+
+from bokeh.layouts import column
+from bokeh.models import (ColumnDataSource, DataRange1d, DataTable, Div, FactorRange,
+                          FixedTicker, HoverTool, NumeralTickFormatter, Range1d, TableColumn)
+from bokeh.plotting import figure
+
+from .feed import HISTORY, Feed
+
+ERROR_COLOR = "#d62728"
+TRANSFER_COLOR = "#444444"
+RUNNING_COLOR = "#1f77b4"
+WAITING_COLOR = "#c7c7c7"
+DONE_COLOR = "#2ca02c"
+# Category20 without its reds and greys: those mean "error", "waiting" and "transfer"
+PALETTE = ("#1f77b4", "#aec7e8", "#ff7f0e", "#ffbb78", "#2ca02c", "#98df8a", "#9467bd",
+           "#c5b0d5", "#8c564b", "#c49c94", "#e377c2", "#f7b6d2", "#bcbd22", "#dbdb8d",
+           "#17becf", "#9edae5")
+TOOLS = "pan,xwheel_zoom,box_zoom,reset,save"
+
+
+def color_of(name: str) -> str:
+    """The same colour for the same function name, in every session and process."""
+    return PALETTE[zlib.crc32(name.encode()) % len(PALETTE)]
+
+
+def prefix_of(key: str) -> str:
+    return key.rsplit("-", 1)[0]
+
+
+def format_bytes(n: float) -> str:
+    for unit in ("B", "kB", "MB", "GB", "TB"):
+        if abs(n) < 1000 or unit == "TB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1000
+    return f"{n} B"   # pragma: no cover
+
+
+def format_duration(seconds: float) -> str:
+    if seconds < 1e-3:
+        return f"{seconds * 1e6:.0f} us"
+    if seconds < 1:
+        return f"{seconds * 1e3:.1f} ms"
+    return f"{seconds:.2f} s"
+
+
+def _label(w: dict) -> str:
+    name, address = w.get("name") or "", w["address"]
+    return address if not name or name == address else f"{name} ({address})"
+
+
+class Component:
+    """A plot fed by a :class:`Feed`; ``root`` is what goes in a layout or a document."""
+
+    root: Any
+
+    def __init__(self, feed: Feed) -> None:
+        self.feed = feed
+
+    def update(self) -> None:   # pragma: no cover - every subclass has its own
+        raise NotImplementedError
+
+
+class TaskStream(Component):
+    """One row per worker thread, one rectangle per task from its start to its end.
+
+    Coloured by function, red for errors; transfers are hatched grey marks on the receiving
+    worker's first row. The sources keep the last ``window`` tasks (and transfers).
+    """
+
+    def __init__(self, feed: Feed, window: int = HISTORY, **figure_kwargs: Any) -> None:
+        super().__init__(feed)
+        self.window = window
+        self._cursor = max(0, feed.tasks_total - window)
+        self._transfer_cursor = max(0, feed.transfers_total - window)
+        self._rows: dict[str, int] = {}          # worker address -> first row
+        self._lanes: dict[str, list[float]] = {}  # worker address -> busy-until, per thread
+        self._nrows = 0
+        self.source = ColumnDataSource({c: [] for c in (
+            "left", "right", "bottom", "top", "color", "key", "name", "worker", "duration",
+            "ok")}, name="task_stream")
+        self.transfer_source = ColumnDataSource({c: [] for c in (
+            "left", "right", "bottom", "top", "key", "source", "target", "nbytes",
+            "duration")}, name="task_stream_transfers")
+        kwargs = dict(title="Task stream", x_axis_type="datetime", height=300,
+                      sizing_mode="stretch_width", tools=TOOLS, min_border_right=20,
+                      x_range=DataRange1d(follow="end", follow_interval=20_000, range_padding=0),
+                      y_range=Range1d(-0.5, 0.5), output_backend="canvas")
+        kwargs.update(figure_kwargs)
+        fig = figure(**kwargs)
+        tasks = fig.quad(source=self.source, left="left", right="right", bottom="bottom",
+                         top="top", fill_color="color", line_color="color", line_alpha=0.6,
+                         fill_alpha=0.9, name="tasks")
+        transfers = fig.quad(source=self.transfer_source, left="left", right="right",
+                             bottom="bottom", top="top", fill_color=TRANSFER_COLOR,
+                             fill_alpha=0.35, line_color=TRANSFER_COLOR, hatch_pattern="/",
+                             hatch_color=TRANSFER_COLOR, hatch_alpha=0.6, name="transfers")
+        fig.add_tools(HoverTool(renderers=[tasks], tooltips=[
+            ("key", "@key"), ("duration", "@duration"), ("worker", "@worker")]))
+        fig.add_tools(HoverTool(renderers=[transfers], tooltips=[
+            ("transfer", "@key"), ("from", "@source"), ("to", "@target"),
+            ("size", "@nbytes"), ("duration", "@duration")]))
+        fig.yaxis.ticker = FixedTicker(ticks=[])
+        fig.ygrid.visible = False
+        fig.yaxis.axis_label = "worker threads"
+        self.figure = self.root = fig
+
+    def _place(self, workers: list[dict]) -> bool:
+        changed = False
+        for w in workers:
+            if w["address"] not in self._rows:
+                self._add_rows(w["address"], int(w.get("nthreads") or 1), _label(w))
+                changed = True
+        return changed
+
+    def _add_rows(self, address: str, nthreads: int, label: str) -> None:
+        self._rows[address] = self._nrows
+        self._lanes[address] = [float("-inf")] * nthreads
+        self._nrows += nthreads
+        fig = self.figure
+        ticker = fig.yaxis.ticker
+        mid = self._rows[address] + (nthreads - 1) / 2
+        ticker.ticks = [*ticker.ticks, mid]
+        fig.yaxis.major_label_overrides = {**fig.yaxis.major_label_overrides,
+                                           mid: label if len(label) < 40 else address}
+        fig.y_range.start, fig.y_range.end = self._nrows - 0.5, -0.5   # first worker on top
+
+    def _lane(self, address: str, start: float, stop: float) -> int:
+        """The first thread of ``address`` free at ``start`` (tasks carry no thread id)."""
+        if address not in self._rows:
+            self._add_rows(address, 1, address)
+        lanes = self._lanes[address]
+        best = 0
+        for i, busy in enumerate(lanes):
+            if busy <= start + 1e-6:
+                best = i
+                break
+            if busy < lanes[best]:
+                best = i
+        lanes[best] = max(lanes[best], stop)
+        return self._rows[address] + best
+
+    def update(self) -> None:
+        feed = self.feed
+        feed.refresh()
+        self._place(feed.data.get("workers", []))
+        entries, self._cursor = feed.tasks_since(self._cursor)
+        if entries:
+            entries = sorted(entries[-self.window:], key=lambda e: e[2])
+            new: dict[str, list] = {c: [] for c in self.source.data}
+            for key, worker, start, stop, ok in entries:
+                row = self._lane(worker, start, stop)
+                name = prefix_of(key)
+                new["left"].append(start * 1000)
+                new["right"].append(stop * 1000)
+                new["bottom"].append(row - 0.4)
+                new["top"].append(row + 0.4)
+                new["color"].append(color_of(name) if ok else ERROR_COLOR)
+                new["key"].append(key)
+                new["name"].append(name)
+                new["worker"].append(worker)
+                new["duration"].append(format_duration(stop - start))
+                new["ok"].append(bool(ok))
+            self.source.stream(new, rollover=self.window)
+        transfers, self._transfer_cursor = feed.transfers_since(self._transfer_cursor)
+        if transfers:
+            new = {c: [] for c in self.transfer_source.data}
+            for key, source, target, start, stop, nbytes in transfers[-self.window:]:
+                if target not in self._rows:
+                    self._add_rows(target, 1, target)
+                row = self._rows[target]
+                new["left"].append(start * 1000)
+                new["right"].append(stop * 1000)
+                new["bottom"].append(row - 0.4)
+                new["top"].append(row + 0.4)
+                new["key"].append(key)
+                new["source"].append(source)
+                new["target"].append(target)
+                new["nbytes"].append(format_bytes(nbytes))
+                new["duration"].append(format_duration(stop - start))
+            self.transfer_source.stream(new, rollover=self.window)
+
+
+class _Replacing(Component):
+    """A component whose whole source is rebuilt each update (one row per worker/function)."""
+
+    source: ColumnDataSource
+
+    def _set(self, data: dict) -> bool:
+        if data != self.source.data:
+            self.source.data = data
+            return True
+        return False
+
+
+class MemoryByWorker(_Replacing):
+    """Per worker: process memory (psutil RSS) and bytes held by results, within its limit."""
+
+    def __init__(self, feed: Feed, **figure_kwargs: Any) -> None:
+        super().__init__(feed)
+        self.source = ColumnDataSource({c: [] for c in (
+            "worker", "address", "nbytes", "rss", "limit", "color", "nbytes_text", "rss_text",
+            "limit_text")}, name="memory")
+        kwargs = dict(title="Memory by worker", height=250, sizing_mode="stretch_width",
+                      y_range=FactorRange(), x_range=DataRange1d(start=0), tools="reset,save",
+                      min_border_right=30)
+        kwargs.update(figure_kwargs)
+        fig = figure(**kwargs)
+        fig.hbar(source=self.source, y="worker", left=0, right="limit", height=0.85,
+                 fill_alpha=0, line_color="black", line_dash="dashed", name="limit")
+        process = fig.hbar(source=self.source, y="worker", left=0, right="rss", height=0.85,
+                           fill_color="color", fill_alpha=0.35, line_color=None, name="process")
+        results = fig.hbar(source=self.source, y="worker", left=0, right="nbytes", height=0.5,
+                           fill_color="color", fill_alpha=0.9, line_color=None, name="results")
+        fig.add_tools(HoverTool(renderers=[process, results], tooltips=[
+            ("worker", "@address"), ("results held", "@nbytes_text"),
+            ("process memory", "@rss_text"), ("limit", "@limit_text")]))
+        fig.xaxis[0].formatter = NumeralTickFormatter(format="0.0 b")
+        fig.ygrid.visible = False
+        self.figure = self.root = fig
+
+    def update(self) -> None:
+        self.feed.refresh()
+        workers = self.feed.data.get("workers", [])
+        data: dict[str, list] = {c: [] for c in self.source.data}
+        for w in workers:
+            rss, limit, nbytes = w["rss"], w["memory_limit"], w["nbytes"]
+            frac = rss / limit if limit else 0.0
+            data["worker"].append(_label(w))
+            data["address"].append(w["address"])
+            data["nbytes"].append(nbytes)
+            data["rss"].append(rss)
+            data["limit"].append(limit)
+            data["color"].append(ERROR_COLOR if frac > 0.8 else "#ff7f0e" if frac > 0.6
+                                 else RUNNING_COLOR)
+            data["nbytes_text"].append(format_bytes(nbytes))
+            data["rss_text"].append(format_bytes(rss))
+            data["limit_text"].append(format_bytes(limit) if limit else "none")
+        factors = list(data["worker"])
+        if list(self.figure.y_range.factors) != factors:
+            self.figure.y_range.factors = factors
+        self._set(data)
+
+
+class ProgressByFunction(_Replacing):
+    """Per function: done / running / waiting / erred, as one stacked bar of fractions."""
+
+    PARTS = (("done", DONE_COLOR), ("running", RUNNING_COLOR), ("waiting", WAITING_COLOR),
+             ("erred", ERROR_COLOR))
+
+    def __init__(self, feed: Feed, **figure_kwargs: Any) -> None:
+        super().__init__(feed)
+        cols = ["name", "total", "label"]
+        for part, _ in self.PARTS:
+            cols += [part, f"{part}_left", f"{part}_right"]
+        self.source = ColumnDataSource({c: [] for c in cols}, name="progress")
+        kwargs = dict(title="Progress by function", height=250, sizing_mode="stretch_width",
+                      y_range=FactorRange(), x_range=Range1d(0, 1.0), tools="reset,save")
+        kwargs.update(figure_kwargs)
+        fig = figure(**kwargs)
+        bars = [fig.hbar(source=self.source, y="name", left=f"{part}_left",
+                         right=f"{part}_right", height=0.8, fill_color=color,
+                         line_color=None, name=part) for part, color in self.PARTS]
+        fig.text(source=self.source, x=0.01, y="name", text="label", text_font_size="9pt",
+                 text_baseline="middle")
+        fig.add_tools(HoverTool(renderers=bars, tooltips=[
+            ("function", "@name"), ("done", "@done"), ("running", "@running"),
+            ("waiting", "@waiting"), ("erred", "@erred")]))
+        fig.xaxis.visible = False
+        fig.ygrid.visible = False
+        self.figure = self.root = fig
+
+    def update(self) -> None:
+        self.feed.refresh()
+        prefixes = self.feed.data.get("prefixes", {})
+        rows = []
+        for name, p in prefixes.items():
+            running = p.get("processing", 0)
+            waiting = p.get("waiting", 0) + p.get("queued", 0)
+            erred = max(p.get("failed", 0), p.get("erred", 0))
+            rows.append((running + waiting > 0, name, p.get("done", 0), running, waiting, erred))
+        rows.sort(key=lambda r: (not r[0], r[1]))
+        data: dict[str, list] = {c: [] for c in self.source.data}
+        for _, name, *counts in rows:
+            total = sum(counts) or 1
+            left = 0.0
+            for (part, _), n in zip(self.PARTS, counts):
+                data[part].append(n)
+                data[f"{part}_left"].append(left)
+                left += n / total
+                data[f"{part}_right"].append(left)
+            data["name"].append(name)
+            data["total"].append(sum(counts))
+            data["label"].append(f"{counts[0]} / {sum(counts)}")
+        if list(self.figure.y_range.factors) != data["name"]:
+            self.figure.y_range.factors = list(data["name"])
+        self._set(data)
+
+
+class WorkerTable(_Replacing):
+    """Address, threads, tasks running, memory, CPU and last seen, one row per worker."""
+
+    COLUMNS = (("name", "name"), ("address", "address"), ("threads", "threads"),
+               ("running", "running"), ("ready", "ready"), ("results", "memory"),
+               ("process", "process memory"), ("cpu", "CPU %"), ("last_seen", "last seen"))
+
+    def __init__(self, feed: Feed, clock=time.time, **table_kwargs: Any) -> None:
+        super().__init__(feed)
+        self.clock = clock
+        self.source = ColumnDataSource({c: [] for c, _ in self.COLUMNS}, name="workers")
+        kwargs = dict(height=180, sizing_mode="stretch_width", index_position=None)
+        kwargs.update(table_kwargs)
+        self.table = DataTable(source=self.source, columns=[
+            TableColumn(field=f, title=t) for f, t in self.COLUMNS], **kwargs)
+        self.root = column(Div(text="<b>Workers</b>"), self.table, sizing_mode="stretch_width")
+
+    def update(self) -> None:
+        self.feed.refresh()
+        now = self.clock()
+        data: dict[str, list] = {c: [] for c, _ in self.COLUMNS}
+        for w in self.feed.data.get("workers", []):
+            data["name"].append(w["name"])
+            data["address"].append(w["address"])
+            data["threads"].append(w["nthreads"])
+            data["running"].append(w["processing"])
+            data["ready"].append(w["ready"])
+            data["results"].append(format_bytes(w["nbytes"]))
+            data["process"].append(format_bytes(w["rss"]))
+            data["cpu"].append(round(w["cpu"], 1))
+            ago = max(0.0, now - w["last_seen"]) if w["last_seen"] else None
+            data["last_seen"].append("never" if ago is None else f"{ago:.1f} s ago")
+        self._set(data)
+
+
+COMPONENTS = {"task-stream": TaskStream, "memory": MemoryByWorker,
+              "progress": ProgressByFunction, "workers": WorkerTable}

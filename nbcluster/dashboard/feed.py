@@ -1,0 +1,150 @@
+"""The data every plot reads: the latest snapshot and a bounded history of task events.
+
+A :class:`Feed` asks its source for a snapshot (``fetch(since, transfers_since) -> dict``, see
+:mod:`nbcluster.state.snapshot`) at most every ``min_interval`` seconds, however many plots and
+browser sessions read it, and keeps at most ``history`` task and transfer entries. Plots hold
+their own cursors into it (:meth:`Feed.tasks_since`).
+
+Taking a snapshot walks every task, so its cost grows with the number of tasks. The feed keeps
+that cost under ``budget`` of the wall time: a snapshot that took 10 ms is not repeated for
+0.5 s (with the default 2 %). Nothing is fetched while nobody reads.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import deque
+from itertools import islice
+from typing import Any, Callable
+
+HISTORY = 10_000
+
+EMPTY: dict = {"workers": [], "tasks": {}, "prefixes": {}, "task_log": [], "cursor": 0,
+               "transfer_log": [], "transfer_cursor": 0, "now": 0.0,
+               "totals": {"tasks": 0, "tasks_completed": 0, "tasks_failed": 0, "workers": 0,
+                          "threads": 0, "processing": 0, "nbytes": 0, "rss": 0,
+                          "memory_limit": 0, "clients": 0}}
+
+
+class RateMeter:
+    """Events per second from samples of an ever-growing total, over the last ``window`` s."""
+
+    def __init__(self, window: float = 10.0, clock: Callable[[], float] = time.monotonic) -> None:
+        self.window = window
+        self.clock = clock
+        self._samples: deque[tuple[float, int]] = deque()
+
+    def add(self, total: int, now: float | None = None) -> None:
+        now = self.clock() if now is None else now
+        samples = self._samples
+        if samples and total < samples[-1][1]:   # another scheduler: start again
+            samples.clear()
+        samples.append((now, total))
+        # keep one sample older than the window, so a slow poller still gets a rate
+        while len(samples) > 2 and samples[1][0] < now - self.window:
+            samples.popleft()
+
+    def rate(self) -> float:
+        samples = self._samples
+        if len(samples) < 2:
+            return 0.0
+        (t0, n0), (t1, n1) = samples[0], samples[-1]
+        return (n1 - n0) / (t1 - t0) if t1 > t0 else 0.0
+
+
+def _tail(log: deque, total: int, since: int) -> list:
+    n = min(max(total - since, 0) if since <= total else len(log), len(log))
+    out = list(islice(reversed(log), n))
+    out.reverse()
+    return out
+
+
+class Feed:
+    """Shared, throttled snapshots of one scheduler, with task and transfer history."""
+
+    def __init__(self, fetch: Callable[[int, int], dict], *, min_interval: float = 0.2,
+                 budget: float = 0.02, history: int = HISTORY,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.fetch = fetch
+        self.min_interval = min_interval
+        self.budget = budget
+        self.clock = clock
+        self.data: dict = EMPTY
+        self.tasks: deque = deque(maxlen=history)      # [key, worker, start, stop, ok]
+        self.tasks_total = 0
+        self.transfers: deque = deque(maxlen=history)  # [key, from, to, start, stop, nbytes]
+        self.transfers_total = 0
+        self.rate = RateMeter(clock=clock)
+        self.version = 0
+        self.error: str | None = None
+        self._cursor = 0
+        self._transfer_cursor = 0
+        self._last = float("-inf")
+        self._cost = 0.0
+        self._lock = threading.Lock()
+
+    def refresh(self, force: bool = False) -> bool:
+        """Take a new snapshot if the last one is old enough; True if it did."""
+        with self._lock:
+            now = self.clock()
+            wait = max(self.min_interval, self._cost / self.budget if self.budget else 0.0)
+            if not force and now - self._last < wait:
+                return False
+            start = self.clock()
+            try:
+                snap = self.fetch(self._cursor, self._transfer_cursor)
+            except Exception as e:   # a plot must survive a scheduler that went away
+                self.error = f"{type(e).__name__}: {e}"
+                self._last = now
+                return False
+            end = self.clock()
+            self._cost = end - start
+            self._last = end
+            self.error = None
+            self.apply(snap, end)
+            return True
+
+    def apply(self, snap: dict, now: float | None = None) -> None:
+        """Take in a snapshot fetched with this feed's cursors."""
+        log = snap.get("task_log") or []
+        self.tasks.extend(log)
+        self.tasks_total += len(log)
+        self._cursor = int(snap.get("cursor", self._cursor))
+        transfers = snap.get("transfer_log") or []
+        self.transfers.extend(transfers)
+        self.transfers_total += len(transfers)
+        self._transfer_cursor = int(snap.get("transfer_cursor", self._transfer_cursor))
+        totals = snap.get("totals") or {}
+        self.rate.add(int(totals.get("tasks_completed", 0)) + int(totals.get("tasks_failed", 0)),
+                      now)
+        self.data = snap
+        self.version += 1
+
+    def tasks_since(self, cursor: int) -> tuple[list, int]:
+        """Task entries after ``cursor`` (at most ``history``) and the cursor to pass next."""
+        return _tail(self.tasks, self.tasks_total, cursor), self.tasks_total
+
+    def transfers_since(self, cursor: int) -> tuple[list, int]:
+        return _tail(self.transfers, self.transfers_total, cursor), self.transfers_total
+
+
+def scheduler_feed(scheduler: Any, **kwargs: Any) -> Feed:
+    """A feed that reads a Scheduler's state directly (call it on the scheduler's loop)."""
+    from ..state.snapshot import snapshot
+
+    return Feed(lambda since, tsince: snapshot(scheduler.state, since, tsince), **kwargs)
+
+
+def client_snapshot(client: Any, since: int = 0, transfers_since: int = 0) -> dict:
+    """Ask the scheduler for a snapshot through a (synchronous) Client."""
+    method = getattr(client, "snapshot", None)
+    if callable(method):
+        return method(since=since, transfers_since=transfers_since)
+    return client._sync(client._conn.request("snapshot", since=since,
+                                             transfers_since=transfers_since), timeout=10)
+
+
+def client_feed(client: Any, **kwargs: Any) -> Feed:
+    """A feed that asks the scheduler for snapshots over the client's connection."""
+    return Feed(lambda since, tsince: client_snapshot(client, since, tsince), **kwargs)

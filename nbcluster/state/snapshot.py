@@ -1,0 +1,148 @@
+"""A plain-data picture of the scheduler's state, for observers (dashboards, metrics, clients).
+
+``snapshot(state, since)`` is pure: it reads a :class:`~nbcluster.state.scheduler_state.
+SchedulerState` and returns dicts, lists, strings and numbers only (msgpack-able), so it can be
+answered over the wire or read in the scheduler's own process. It reads no clock: ``"now"`` is
+the time of the last event the state handled.
+
+Logs are read with cursors. ``state.task_log`` is a bounded deque and ``state.task_log_total``
+counts every entry ever appended; an observer passes the ``"cursor"`` of its last snapshot as
+``since`` and gets only the entries appended after it (at most what the deque still holds). A
+cursor larger than the total (the observer saw another scheduler) returns the whole log. The
+optional ``state.transfer_log`` / ``transfer_log_total`` pair is read the same way, when present.
+
+Shape of the result::
+
+    {"workers": [{"address", "name", "nthreads", "processing", "executing", "ready", "nbytes",
+                  "keys", "rss", "cpu", "memory_limit", "pid", "last_seen"}, ...],
+     "tasks": {state: count},
+     "prefixes": {prefix: {"waiting", "queued", "processing", "memory", "released", "erred",
+                           "done", "failed"}},            # done/failed: totals ever, by prefix
+     "task_log": [[key, worker, start, stop, ok], ...], "cursor": int,
+     "transfer_log": [[key, from_worker, to_worker, start, stop, nbytes], ...],
+     "transfer_cursor": int,
+     "totals": {"tasks", "tasks_completed", "tasks_failed", "workers", "threads", "nbytes",
+                "rss", "memory_limit", "clients", "processing"},
+     "now": float}
+"""
+
+from __future__ import annotations
+
+from itertools import islice
+from typing import Any
+
+TASK_STATES = ("waiting", "queued", "processing", "memory", "released", "erred")
+MAX_PREFIXES = 50
+
+
+def _tail(log: Any, total: int, since: int, limit: int | None) -> tuple[list, int]:
+    """Entries of ``log`` appended after cursor ``since``, oldest first, and the new cursor."""
+    if log is None:
+        return [], int(total or 0)
+    length = len(log)
+    n = total - since if since <= total else length   # a cursor from the future: start over
+    n = min(max(n, 0), length)
+    if limit is not None:
+        n = min(n, max(0, limit))
+    if n == 0:
+        return [], total
+    newest_first = list(islice(reversed(log), n))
+    newest_first.reverse()
+    return [list(e) for e in newest_first], total
+
+
+def _worker(ws: Any) -> dict:
+    metrics = ws.metrics or {}
+    identity = ws.identity or {}
+    return {
+        "address": ws.address,
+        "name": str(ws.name),
+        "nthreads": ws.nthreads,
+        "processing": len(ws.processing),
+        "executing": int(metrics.get("executing", 0) or 0),
+        "ready": int(metrics.get("ready", 0) or 0),
+        "nbytes": int(ws.nbytes),
+        "keys": len(ws.has_what),
+        "rss": int(metrics.get("rss", 0) or 0),
+        "cpu": float(metrics.get("cpu", 0.0) or 0.0),
+        "memory_limit": int(identity.get("memory_limit") or 0),
+        "pid": identity.get("pid"),
+        "last_seen": float(ws.last_seen or 0.0),
+    }
+
+
+def _prefix_rows(state: Any, by_prefix: dict) -> dict:
+    done: dict[str, int] = {}
+    failed: dict[str, int] = {}
+    for name, n in state.counts.items():
+        if name.endswith(" erred"):
+            failed[name[:-6]] = n
+        else:
+            done[name] = n
+    rows = {}
+    for prefix in set(by_prefix) | set(done) | set(failed):
+        row = dict.fromkeys(TASK_STATES, 0)
+        row.update(by_prefix.get(prefix, ()))
+        row["done"] = done.get(prefix, 0)
+        row["failed"] = failed.get(prefix, 0)
+        rows[prefix] = row
+    if len(rows) > MAX_PREFIXES:   # keep the active ones, then the biggest
+        def rank(item):
+            r = item[1]
+            return (r["processing"] + r["waiting"] + r["queued"] > 0,
+                    r["done"] + r["failed"] + r["memory"])
+        rows = dict(sorted(rows.items(), key=rank, reverse=True)[:MAX_PREFIXES])
+    return rows
+
+
+def snapshot(state: Any, since: int = 0, transfers_since: int = 0, *,
+             log_limit: int | None = None, prefixes: bool = True) -> dict:
+    """The state as plain data; logs only after the cursors ``since`` / ``transfers_since``.
+
+    ``log_limit`` caps how many log entries are returned (0: none); ``prefixes=False`` skips the
+    per-prefix table (the task counts by state are still computed, in the same pass).
+    """
+    workers = [_worker(ws) for ws in state.workers.values()]
+    by_state: dict[str, int] = {}
+    by_prefix: dict[str, dict[str, int]] = {}
+    for ts in state.tasks.values():
+        st = ts.state
+        by_state[st] = by_state.get(st, 0) + 1
+        if prefixes:
+            row = by_prefix.get(ts.prefix)
+            if row is None:
+                row = by_prefix[ts.prefix] = {}
+            row[st] = row.get(st, 0) + 1
+    task_log, cursor = _tail(state.task_log, state.task_log_total, since, log_limit)
+    transfer_log, transfer_cursor = _tail(getattr(state, "transfer_log", None),
+                                          getattr(state, "transfer_log_total", 0),
+                                          transfers_since, log_limit)
+    completed = failed = 0
+    for name, n in state.counts.items():
+        if name.endswith(" erred"):
+            failed += n
+        else:
+            completed += n
+    totals = {
+        "tasks": len(state.tasks),
+        "tasks_completed": completed,
+        "tasks_failed": failed,
+        "workers": len(workers),
+        "threads": sum(w["nthreads"] for w in workers),
+        "processing": sum(w["processing"] for w in workers),
+        "nbytes": sum(w["nbytes"] for w in workers),
+        "rss": sum(w["rss"] for w in workers),
+        "memory_limit": sum(w["memory_limit"] for w in workers),
+        "clients": len(state.clients),
+    }
+    return {
+        "workers": workers,
+        "tasks": by_state,
+        "prefixes": _prefix_rows(state, by_prefix) if prefixes else {},
+        "task_log": task_log,
+        "cursor": cursor,
+        "transfer_log": transfer_log,
+        "transfer_cursor": transfer_cursor,
+        "totals": totals,
+        "now": float(state.now or 0.0),
+    }

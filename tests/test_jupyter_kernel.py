@@ -1,0 +1,172 @@
+"""The notebook layer in a real ipykernel: task output in the submitting cell, live progress
+while another cell blocks, and the stop button (an interrupt) while waiting on a result."""
+
+from __future__ import annotations
+
+import queue
+import time
+
+import pytest
+
+pytest.importorskip("ipykernel")
+pytest.importorskip("ipywidgets")
+from jupyter_client.manager import start_new_kernel  # noqa: E402
+
+pytestmark = pytest.mark.timeout(90)
+
+
+class Kernel:
+    """A kernel and its client; ``run(code)`` returns every iopub message until the cell ends."""
+
+    def __init__(self) -> None:
+        self.km, self.kc = start_new_kernel(kernel_name="python3", startup_timeout=60)
+
+    def run(self, code: str, timeout: float = 30.0, on_msg=None) -> tuple[str, list[dict]]:
+        msg_id = self.kc.execute(code)
+        msgs: list[dict] = []
+        deadline = time.monotonic() + timeout
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise TimeoutError(f"cell did not finish in {timeout} s: {code!r}")
+            try:
+                msg = self.kc.get_iopub_msg(timeout=left)
+            except queue.Empty:
+                continue
+            msgs.append(msg)
+            if on_msg is not None:
+                on_msg(msg)
+            if (msg["msg_type"] == "status" and msg["content"]["execution_state"] == "idle"
+                    and msg["parent_header"].get("msg_id") == msg_id):
+                return msg_id, msgs
+
+    def check(self, code: str, timeout: float = 30.0) -> tuple[str, list[dict]]:
+        msg_id, msgs = self.run(code, timeout)
+        errors = [m["content"] for m in msgs if m["msg_type"] == "error"]
+        assert not errors, "\n".join("\n".join(e["traceback"]) for e in errors)
+        return msg_id, msgs
+
+    def value(self, expr: str):
+        _, msgs = self.check(expr)
+        results = [m for m in msgs if m["msg_type"] == "execute_result"]
+        assert results, msgs
+        return eval(results[-1]["content"]["data"]["text/plain"])   # noqa: S307 - test data
+
+    def close(self) -> None:
+        self.kc.stop_channels()
+        self.km.shutdown_kernel(now=False)
+
+
+def streams(msgs: list[dict], parent: str | None = None) -> str:
+    return "".join(m["content"]["text"] for m in msgs if m["msg_type"] == "stream"
+                   and (parent is None or m["parent_header"].get("msg_id") == parent))
+
+
+@pytest.fixture(scope="module")
+def kernel():
+    k = Kernel()
+    try:
+        k.check("%load_ext nbcluster\n%cluster start -n 2 --threads 1\n"
+                "import time, sys, logging\nimport nbcluster\nfrom operator import add")
+        yield k
+    finally:
+        try:
+            k.run("%cluster stop", timeout=20)
+        finally:
+            k.close()
+
+
+def test_output_of_a_task_appears_in_the_cell_that_waits_for_it(kernel):
+    kernel.check("def chatty(x):\n"
+                 "    print('hello from', x)\n"
+                 "    print('to stderr', file=sys.stderr)\n"
+                 "    logging.getLogger('chatty').warning('careful %s', x)\n"
+                 "    return x")
+    msg_id, msgs = kernel.check("client.submit(chatty, 7).result()")
+    out = [m for m in msgs if m["msg_type"] == "stream"]
+    assert out and all(m["parent_header"]["msg_id"] == msg_id for m in out)
+    stdout = "".join(m["content"]["text"] for m in out if m["content"]["name"] == "stdout")
+    stderr = "".join(m["content"]["text"] for m in out if m["content"]["name"] == "stderr")
+    assert "] hello from 7\n" in stdout and stdout.startswith("[chatty-")
+    assert "] to stderr\n" in stderr and "careful 7" in stderr
+    assert all(line.startswith("[chatty-") for line in (stdout + stderr).splitlines())
+
+
+def test_output_after_the_cell_ended_goes_to_that_cells_output_widget(kernel):
+    kernel.check("import threading\ngate = threading.Event()\n"
+                 "def late(x):\n    time.sleep(0.2)\n    print('late', x)\n    return x")
+    # the cell ends while the task still runs: a (so far empty) Output widget is shown in it
+    cell_id, msgs = kernel.check("fut = client.submit(late, 5)")
+    shown = [m for m in msgs if m["msg_type"] == "display_data"]
+    assert shown, msgs
+    model_id = shown[-1]["content"]["data"]["application/vnd.jupyter.widget-view+json"]["model_id"]
+    assert all(m["parent_header"]["msg_id"] == cell_id for m in shown)
+    # the output arrives while another cell runs, as an update of that widget
+    _, later = kernel.check("fut.result()")
+    updates = [m["content"]["data"]["state"]["outputs"] for m in later
+               if m["msg_type"] == "comm_msg" and m["content"]["comm_id"] == model_id
+               and "outputs" in m["content"]["data"].get("state", {})]
+    if not updates:      # the throttle may deliver it just after the cell: one more round trip
+        _, more = kernel.check("time.sleep(0.3)")
+        updates = [m["content"]["data"]["state"]["outputs"] for m in more
+                   if m["msg_type"] == "comm_msg" and m["content"]["comm_id"] == model_id]
+    text = "".join(o["text"] for o in updates[-1])
+    assert text.startswith("[late-") and text.endswith("] late 5\n")
+    assert "late 5" not in streams(later)
+
+
+def test_progress_moves_while_another_cell_blocks(kernel):
+    kernel.check("def slow_square(x):\n    time.sleep(0.05)\n    return x * x")
+    _, msgs = kernel.check("futures = client.map(slow_square, range(30))\n"
+                           "bar = nbcluster.progress(futures)")
+    bars = [m["content"]["comm_id"] for m in msgs if m["msg_type"] == "comm_open"
+            and m["content"]["data"]["state"].get("_model_name") == "IntProgressModel"]
+    assert len(bars) == 1
+    seen: list[tuple[float, int]] = []
+
+    def on_msg(m):
+        if m["msg_type"] == "comm_msg" and m["content"]["comm_id"] == bars[0]:
+            value = m["content"]["data"].get("state", {}).get("value")
+            if value is not None:
+                seen.append((time.monotonic(), value))
+
+    blocked_from = time.monotonic()
+    _, during = kernel.run("time.sleep(1.2)", on_msg=on_msg)
+    ended = [m for m in during if m["msg_type"] == "status"][-1]
+    assert ended["content"]["execution_state"] == "idle"
+    # several updates reached the front end while the cell was blocked, up to the full count
+    assert len(seen) >= 2, seen
+    assert seen[-1][1] == 30
+    assert all(t >= blocked_from for t, _ in seen)
+    assert kernel.value("(bar.done, bar.total, bar.erred)") == (30, 30, 0)
+
+
+def test_progress_shows_errors_in_red(kernel):
+    kernel.check("def boom(x):\n    raise ValueError(x)")
+    _, msgs = kernel.check("bad = client.map(boom, range(4))\nbad_bar = nbcluster.progress(bad)\n"
+                           "bad_bar.wait(20)")
+    assert kernel.value("(bad_bar.erred, bad_bar.view._rows['boom'][0].bar_style)") == (4, "danger")
+    assert "4 erred" in kernel.value("bad_bar.view._rows['boom'][1].value")
+
+
+def test_interrupt_while_waiting_on_result_and_gather(kernel):
+    for wait in ("slow.result()", "client.gather([slow])"):
+        got_error: list[float] = []
+
+        def on_msg(m):
+            # the cell says it is about to block; then press the stop button
+            if m["msg_type"] == "stream" and "waiting now" in m["content"]["text"]:
+                sent.append(time.monotonic())
+                kernel.km.interrupt_kernel()
+            if m["msg_type"] == "error":
+                got_error.append(time.monotonic())
+
+        sent: list[float] = []
+        _, msgs = kernel.run("slow = client.submit(time.sleep, 3)\n"
+                             f"print('waiting now', flush=True)\n{wait}", on_msg=on_msg)
+        errors = [m["content"] for m in msgs if m["msg_type"] == "error"]
+        assert errors and errors[0]["ename"] == "KeyboardInterrupt", errors
+        assert sent and got_error[0] - sent[0] < 1.0      # stopped waiting at once
+        # the cluster is still usable
+        assert kernel.value("client.submit(add, 1, 2).result(timeout=20)") == 3
+        kernel.check("slow.cancel()")

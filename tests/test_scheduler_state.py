@@ -1,0 +1,841 @@
+"""SchedulerState fed plain messages: no sockets, no threads, no sleeps; time is data.
+
+Each step goes through :class:`Sim`, which also checks the state's invariants and the shape of
+everything it sends (see ``check_invariants`` / ``check_out``), so every test is also a test that
+no transition leaves dangling references, leaked data or messages to peers that do not exist.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+
+from nbcluster.errors import (CancelledError, FutureLostError, KilledWorkerError, ProtocolError)
+from nbcluster.protocol import messages as m
+from nbcluster.protocol.serialize import Serialized, dumps, loads
+from nbcluster.state.scheduler_state import KILLED_WORKER_LIMIT, SchedulerState
+
+FN, FN2 = "inc-tok", "double-tok"
+BLOBS = {FN: b"<pickled inc>", FN2: b"<pickled double>"}
+C, C2 = "client-1", "client-2"
+LIVE_STATES = {"waiting", "queued", "processing", "memory", "released", "erred"}
+
+
+def spec(key, deps=(), options=None, fn=FN, args=None, kwargs=None):
+    return [key, fn, [1] if args is None else args, kwargs, list(deps), options]
+
+
+# ---------------------------------------------------------------------- checks on every step
+def check_invariants(s: SchedulerState) -> None:
+    for key, ts in s.tasks.items():
+        assert ts.key == key
+        assert ts.state in LIVE_STATES, ts
+        assert ts.who_wants or ts.dependents, f"{ts} is kept though nobody needs it"
+        for d in ts.deps:
+            assert s.tasks.get(d.key) is d, f"{ts} depends on forgotten {d}"
+            assert ts in d.dependents
+        for d in ts.dependents:
+            assert s.tasks.get(d.key) is d, f"{ts} has forgotten dependent {d}"
+            assert ts in d.deps
+        if ts.state == "processing":
+            ws = ts.processing_on
+            assert ws is not None and s.workers.get(ws.address) is ws and ts in ws.processing
+            assert all(d.state == "memory" for d in ts.deps), ts
+        else:
+            assert ts.processing_on is None, ts
+            assert not ts.executing, ts
+        if ts.state == "memory":
+            assert ts.who_has, f"{ts} in memory nowhere"
+            assert s._is_needed(ts), f"{ts} holds data nobody needs"
+        else:
+            assert not ts.who_has, f"{ts} has replicas {ts.who_has}"
+        for ws in ts.who_has:
+            assert s.workers.get(ws.address) is ws and ts in ws.has_what
+        if ts.state == "waiting":
+            assert ts.waiting_on, ts
+            assert ts.waiting_on == {d for d in ts.deps if d.state != "memory"}, ts
+            assert all(d.state in ("waiting", "queued", "processing") for d in ts.waiting_on), ts
+        if ts.state == "queued":
+            assert all(d.state == "memory" for d in ts.deps), ts
+    for ws in s.workers.values():
+        for ts in ws.processing:
+            assert ts.processing_on is ws and s.tasks.get(ts.key) is ts and ts.state == "processing"
+        for ts in ws.has_what:
+            assert ws in ts.who_has and s.tasks.get(ts.key) is ts
+        assert ws.nbytes == sum(ts.nbytes for ts in ws.has_what), ws
+
+
+def check_out(s: SchedulerState, out: list, functions: dict) -> None:
+    for peer, msg in out:
+        assert peer in s.workers or peer in s.clients, f"message to unknown peer {peer!r}: {msg}"
+        m.check(msg)
+        if msg[0] == m.FUNCTION:
+            functions.setdefault(peer, set()).add(msg[1])
+        elif msg[0] == m.COMPUTE:
+            key, fn, deps = msg[1], msg[2], msg[5]
+            assert fn in BLOBS, f"compute {key!r} with function {fn!r}"
+            assert fn in functions.get(peer, ()), f"compute {key!r} before its function"
+            for dep, holders in deps.items():
+                assert holders, f"compute {key!r} with no holder of its input {dep!r}"
+                assert all(h in s.workers for h in holders), holders
+
+
+class Sim:
+    """A SchedulerState, one client, workers; every step checks invariants and messages."""
+
+    def __init__(self, workers=("A", "B"), nthreads=1, clients=(C,)):
+        self.s = SchedulerState()
+        self.now = 100.0
+        self.functions: dict[str, set] = {}
+        for c in clients:
+            self.s.add_client(c)
+        for w in workers:
+            self.add_worker(w, nthreads)
+        for c in clients:
+            self.client(*[[m.FUNCTION, t, b] for t, b in BLOBS.items()], peer=c)
+
+    def _step(self, out):
+        self.now += 0.001
+        if any(p not in self.s.workers for p in self.functions):
+            self.functions = {p: f for p, f in self.functions.items() if p in self.s.workers}
+        check_invariants(self.s)
+        check_out(self.s, out, self.functions)
+        return out
+
+    def client(self, *msgs, peer=C):
+        return self._step(self.s.handle(peer, list(msgs), self.now))
+
+    def worker(self, addr, *msgs):
+        return self._step(self.s.handle(addr, list(msgs), self.now))
+
+    def add_worker(self, addr, nthreads=1):
+        return self._step(self.s.add_worker(addr, nthreads, addr, {"address": addr}, self.now))
+
+    def remove_worker(self, addr):
+        self.functions.pop(addr, None)
+        return self._step(self.s.remove_worker(addr, self.now))
+
+    def submit(self, *specs, peer=C):
+        return self.client([m.SUBMIT, list(specs)], peer=peer)
+
+    def release(self, *keys, peer=C):
+        return self.client([m.RELEASE, list(keys)], peer=peer)
+
+    def finish(self, addr, key, nbytes=8, value=None, has_value=None, duration=0.0005):
+        if has_value is None:
+            has_value = value is not None
+        t = self.now
+        return self.worker(addr, [m.FINISHED, key, nbytes, t, t + duration, has_value,
+                                  value, "int"])
+
+    def fail(self, addr, key, exc=None, tb="Traceback: boom"):
+        exc = exc if exc is not None else dumps(ValueError("boom"))
+        return self.worker(addr, [m.FAILED, key, exc, tb, self.now, self.now + 0.001])
+
+    def started(self, addr, key):
+        return self.worker(addr, [m.STARTED, key, self.now])
+
+    def state(self, key):
+        ts = self.s.tasks.get(key)
+        return ts.state if ts is not None else "forgotten"
+
+    def where(self, key):
+        ts = self.s.tasks[key]
+        return ts.processing_on.address if ts.processing_on else None
+
+
+def sent(out, peer=None, op=None):
+    return [msg for p, msg in out if (peer is None or p == peer) and (op is None or msg[0] == op)]
+
+
+def computes(out):
+    """{key: worker} of the COMPUTE messages in ``out``."""
+    return {msg[1]: p for p, msg in out if msg[0] == m.COMPUTE}
+
+
+def compute_order(out, peer=None):
+    return [msg[1] for msg in sent(out, peer, m.COMPUTE)]
+
+
+def compute_msg(out, key):
+    [msg] = [msg for msg in sent(out, op=m.COMPUTE) if msg[1] == key]
+    return msg
+
+
+def frees(out):
+    return {(p, k) for p, msg in out if msg[0] == m.FREE for k in msg[1]}
+
+
+def to_client(out, op, peer=C):
+    return {msg[1]: msg for msg in sent(out, peer, op)}
+
+
+# ---------------------------------------------------------------------- submitting
+def test_independent_tasks_spread_over_workers_within_window():
+    sim = Sim(("A", "B"))
+    out = sim.submit(*[spec(f"t{i}") for i in range(20)])
+    placed = computes(out)
+    window = sim.s._window(sim.s.workers["A"])
+    assert window == 6   # 1 thread * (1 + 5 ms of 1 ms tasks)
+    assert len(placed) == 2 * window
+    assert sorted(placed.values()).count("A") == window
+    assert sorted(placed.values()).count("B") == window
+    assert compute_order(out, "A") == [f"t{i}" for i in range(0, 12, 2)]   # FIFO, alternating
+    assert compute_msg(out, "t0") == [m.COMPUTE, "t0", FN, [1], None, {}, True, 0]
+    assert sum(sim.state(f"t{i}") == "queued" for i in range(20)) == 8
+    # a completion frees a slot on that worker, which takes the next task in order
+    out = sim.finish("A", "t0")
+    assert computes(out) == {"t12": "A"}
+    assert len(sent(out, C, m.DONE)) == 1
+
+
+def test_window_scales_with_threads_and_shrinks_for_slow_tasks():
+    sim = Sim(("A",), nthreads=2)
+    out = sim.submit(*[spec(f"t{i}") for i in range(40)])
+    assert len(computes(out)) == 12
+    # slow tasks: the average duration grows, so fewer tasks are queued per thread
+    order = compute_order(out)
+    for key in order[:11]:
+        out = sim.finish("A", key, duration=1.0)
+        assert not computes(out) or len(sim.s.workers["A"].processing) <= 4
+    assert len(sim.s.workers["A"].processing) == sim.s._window(sim.s.workers["A"]) == 4
+
+
+def test_function_sent_once_per_worker_per_token():
+    sim = Sim(("A", "B"))
+    out = sim.submit(*[spec(f"a{i}") for i in range(4)])
+    for w in ("A", "B"):
+        msgs = sent(out, w)
+        assert msgs[0] == [m.FUNCTION, FN, BLOBS[FN]]          # before the first compute
+        assert len(sent(out, w, m.FUNCTION)) == 1
+    out = sim.submit(spec("a9"), spec("b0", fn=FN2), spec("b1", fn=FN2))
+    assert sorted(msg[1] for msg in sent(out, op=m.FUNCTION)) == [FN2, FN2]
+    assert {p for p, msg in out if msg[0] == m.FUNCTION} == {"A", "B"}
+    out = sim.submit(spec("b2", fn=FN2))
+    assert not sent(out, op=m.FUNCTION)
+    # a worker that joins later gets the function with its first task of it
+    out = sim.add_worker("C")
+    out = sim.submit(spec("b3", fn=FN2))
+    assert computes(out) == {"b3": "C"}
+    assert sent(out, "C") == [[m.FUNCTION, FN2, BLOBS[FN2]], compute_msg(out, "b3")]
+
+
+def test_dependencies_wait_then_run_where_most_input_bytes_are():
+    sim = Sim(("A", "B", "C"))
+    out = sim.submit(spec("x"), spec("y"))
+    assert computes(out) == {"x": "A", "y": "B"}
+    out = sim.submit(spec("z", deps=["x", "y"]))
+    assert not computes(out) and sim.state("z") == "waiting"
+    out = sim.finish("A", "x", nbytes=10)
+    assert not computes(out) and sim.state("z") == "waiting"
+    out = sim.finish("B", "y", nbytes=10_000)
+    assert computes(out) == {"z": "B"}
+    msg = compute_msg(out, "z")
+    assert msg[5] == {"x": ["A"], "y": ["B"]}
+    # inputs already in memory at submission: runs at once, next to its input
+    out = sim.submit(spec("w", deps=["x"]))
+    assert computes(out) == {"w": "A"}
+    assert compute_msg(out, "w")[5] == {"x": ["A"]}
+
+
+def test_dependent_goes_elsewhere_when_holder_is_much_busier():
+    sim = Sim(("A", "B"))
+    sim.submit(spec("x", options={"workers": ["A"]}))
+    sim.finish("A", "x", nbytes=10)
+    sim.submit(*[spec(f"p{i}", options={"workers": ["A"]}) for i in range(6)])
+    out = sim.submit(spec("y", deps=["x"]))
+    assert computes(out) == {"y": "B"}          # small input, A has 6 queued, B none
+    assert compute_msg(out, "y")[5] == {"x": ["A"]}
+
+
+def test_small_result_carried_inline_to_client():
+    sim = Sim(("A",), clients=(C, C2))
+    sim.submit(spec("x"), spec("big"))
+    sim.submit(spec("x"), peer=C2)
+    out = sim.finish("A", "x", nbytes=28, value=42)
+    assert to_client(out, m.DONE, C) == {"x": [m.DONE, "x", True, 42, 28]}
+    assert to_client(out, m.DONE, C2) == {"x": [m.DONE, "x", True, 42, 28]}
+    ser = dumps(list(range(5)))
+    out = sim.finish("A", "big", nbytes=10**7)
+    assert to_client(out, m.DONE) == {"big": [m.DONE, "big", False, None, 10**7]}
+    # wanting a finished key later: DONE without the value (the client fetches it)
+    out = sim.submit(spec("big"), peer=C2)
+    assert sent(out) == [[m.DONE, "big", False, None, 10**7]]
+    assert sent(out, C2) == sent(out)
+    assert ser.nbytes > 0
+
+
+def test_want_known_and_unknown_keys():
+    sim = Sim(("A",), clients=(C, C2))
+    sim.submit(spec("x"))
+    sim.finish("A", "x")
+    out = sim.client([m.WANT, ["x", "nope"]], peer=C2)
+    assert sent(out, C2) == [[m.DONE, "x", False, None, 8],
+                             [m.CANCELLED, "nope", "the scheduler does not know this key"]]
+    sim.release("x")
+    assert sim.state("x") == "memory"          # C2 holds it now
+    out = sim.release("x", peer=C2)
+    assert frees(out) == {("A", "x")} and sim.state("x") == "forgotten"
+
+
+# ---------------------------------------------------------------------- failure
+def test_failure_errs_client_and_dependents_with_the_same_exception():
+    sim = Sim(("A", "B"))
+    sim.submit(spec("x"), spec("w"))
+    sim.submit(spec("y", deps=["x", "w"]), spec("z", deps=["y"]))
+    sim.release("w")                            # only y needs w now
+    sim.finish("B", "w", nbytes=100)
+    exc = dumps(ZeroDivisionError("division by zero"))
+    out = sim.fail("A", "x", exc, "Traceback (most recent call last): ...")
+    erred = to_client(out, m.ERRED)
+    assert set(erred) == {"x", "y", "z"}
+    for key, msg in erred.items():
+        assert msg[2] is exc and msg[3] == "Traceback (most recent call last): ..."
+        assert msg[4] == "x"                    # blamed key
+    assert isinstance(loads(exc), ZeroDivisionError)
+    assert {sim.state(k) for k in "xyz"} == {"erred"}
+    # w is no longer needed by anyone: its data is freed, its lineage forgotten with y
+    assert ("B", "w") in frees(out)
+    # a task submitted later on an erred key errs at once, with the same exception
+    out = sim.submit(spec("v", deps=["z"]))
+    assert to_client(out, m.ERRED)["v"][2] is exc and not computes(out)
+    out = sim.release("x", "y", "z", "v")
+    assert not sim.s.tasks
+
+
+def test_failure_report_from_wrong_worker_is_ignored():
+    sim = Sim(("A", "B"))
+    sim.submit(spec("x"))
+    out = sim.fail("B", "x")
+    assert out == [] and sim.state("x") == "processing"
+    out = sim.fail("ghost", "x")
+    assert out == [] and sim.state("x") == "processing"
+
+
+# ---------------------------------------------------------------------- release
+def test_release_frees_data_on_workers_and_forgets():
+    sim = Sim(("A",))
+    sim.submit(spec("x"))
+    sim.finish("A", "x", nbytes=50)
+    assert sim.s.workers["A"].nbytes == 50
+    out = sim.release("x")
+    assert out == [("A", [m.FREE, ["x"]])]
+    assert not sim.s.tasks and sim.s.workers["A"].nbytes == 0
+    out = sim.release("x")                      # twice: nothing
+    assert out == []
+
+
+def test_release_keeps_lineage_needed_by_dependents():
+    sim = Sim(("A",))
+    sim.submit(spec("x"))
+    sim.submit(spec("y", deps=["x"]))
+    out = sim.release("x")
+    assert out == [] and sim.state("x") == "processing"
+    out = sim.finish("A", "x")
+    assert computes(out) == {"y": "A"} and sim.state("x") == "memory"
+    out = sim.finish("A", "y")
+    assert frees(out) == {("A", "x")}           # data freed once y has it ...
+    assert sim.state("x") == "released"         # ... lineage kept to recompute y
+    out = sim.release("y")
+    assert frees(out) == {("A", "y")} and not sim.s.tasks
+
+
+def test_releasing_an_input_frees_it_once_no_dependent_is_pending():
+    sim = Sim(("A",))
+    sim.submit(spec("x"), spec("y", deps=["x"]), spec("z", deps=["y"]))
+    sim.finish("A", "x")
+    sim.finish("A", "y")
+    sim.finish("A", "z")
+    assert sim.state("y") == "memory"           # the client holds x, y, z
+    out = sim.release("y")
+    assert frees(out) == {("A", "y")} and sim.state("y") == "released"
+    out = sim.release("x")                      # y does not need x: y itself is done
+    assert frees(out) == {("A", "x")} and sim.state("x") == "released"
+    out = sim.release("z")
+    assert frees(out) == {("A", "z")} and not sim.s.tasks
+
+
+def test_release_of_pending_task_cancels_it_on_its_worker():
+    sim = Sim(("A",))
+    sim.submit(spec("x"), spec("y", deps=["x"]))
+    out = sim.release("x", "y")
+    assert frees(out) == {("A", "x")} and not sim.s.tasks
+    out = sim.finish("A", "x", value=1)        # the worker finished before it got FREE
+    assert out == [("A", [m.FREE, ["x"]])]
+    assert not sim.s.tasks
+
+
+def test_release_of_queued_task_never_runs_it():
+    sim = Sim(("A",))
+    sim.submit(*[spec(f"t{i}") for i in range(8)])
+    assert sim.state("t7") == "queued"
+    sim.release("t6", "t7")
+    for i in range(6):
+        out = sim.finish("A", f"t{i}")
+        assert "t6" not in computes(out) and "t7" not in computes(out)
+    assert sim.s.workers["A"].processing == set()
+
+
+def test_remove_client_forgets_its_tasks():
+    sim = Sim(("A",), clients=(C, C2))
+    sim.submit(spec("x"), spec("y"), spec("z", deps=["x"]))
+    sim.submit(spec("y"), peer=C2)
+    sim.finish("A", "x")
+    out = sim.s.remove_client(C, sim.now)
+    assert frees(out) == {("A", "x")}
+    assert set(sim.s.tasks) == {"y"}
+    check_invariants(sim.s)
+
+
+# ---------------------------------------------------------------------- cancel, fire and forget
+def test_cancel_pending_task_and_its_dependents():
+    sim = Sim(("A",))
+    sim.submit(spec("x"), spec("y", deps=["x"]), spec("done"))
+    sim.finish("A", "done")
+    out = sim.client([m.CANCEL, ["x", "done", "unknown"]])
+    cancelled = to_client(out, m.CANCELLED)
+    assert set(cancelled) == {"x", "y"}
+    assert frees(out) == {("A", "x")}
+    assert sim.state("done") == "memory"        # finished tasks are not cancelled
+    assert isinstance(loads(sim.s.tasks["y"].exception), CancelledError)
+    out = sim.finish("A", "x")                  # late result of the cancelled task
+    assert out == [("A", [m.FREE, ["x"]])] and sim.state("x") == "erred"
+    out = sim.submit(spec("w", deps=["y"]))   # depending on a cancelled task
+    assert set(to_client(out, m.ERRED)) == {"w"}
+    sim.release("x", "y", "w", "done")
+    assert not sim.s.tasks
+
+
+def test_fire_and_forget_runs_to_completion_then_forgets():
+    sim = Sim(("A",))
+    sim.submit(spec("x"))
+    sim.client([m.FIRE_AND_FORGET, ["x"]])
+    out = sim.release("x")
+    assert out == [] and sim.state("x") == "processing"
+    out = sim.finish("A", "x", value=3)
+    assert not sent(out, C)                     # the client let go of it
+    assert frees(out) == {("A", "x")} and not sim.s.tasks
+
+
+def test_fire_and_forget_keeps_inputs_until_done():
+    sim = Sim(("A",))
+    sim.submit(spec("x"), spec("y", deps=["x"]))
+    sim.client([m.FIRE_AND_FORGET, ["y"]])
+    sim.release("x", "y")
+    out = sim.finish("A", "x")
+    assert computes(out) == {"y": "A"}
+    out = sim.finish("A", "y")
+    assert frees(out) == {("A", "x"), ("A", "y")}
+    assert not sim.s.tasks
+
+
+def test_fire_and_forget_task_that_errs_is_forgotten():
+    sim = Sim(("A",))
+    sim.submit(spec("x"), spec("y", deps=["x"]))
+    sim.client([m.FIRE_AND_FORGET, ["y"]])
+    sim.release("y")
+    out = sim.fail("A", "x")
+    assert set(to_client(out, m.ERRED)) == {"x"}    # y is not the client's any more
+    assert sim.state("y") == "forgotten"
+    sim.release("x")
+    assert not sim.s.tasks
+
+
+def test_fire_and_forget_task_that_is_cancelled_is_forgotten():
+    sim = Sim(("A",))
+    sim.submit(spec("x"))
+    sim.client([m.FIRE_AND_FORGET, ["x"]])
+    sim.client([m.CANCEL, ["x"]])
+    out = sim.release("x")
+    assert out == [] and not sim.s.tasks
+
+
+# ---------------------------------------------------------------------- workers leaving
+def test_worker_removal_reschedules_its_tasks():
+    sim = Sim(("A", "B"))
+    out = sim.submit(*[spec(f"t{i}") for i in range(4)])
+    on_a = sorted(k for k, w in computes(out).items() if w == "A")
+    out = sim.remove_worker("A")
+    assert computes(out) == {k: "B" for k in on_a}
+    assert not sent(out, op=m.FUNCTION)         # B already has it
+    assert sim.remove_worker("A") == []         # unknown worker: nothing
+
+
+def test_result_held_only_by_dead_worker_is_recomputed():
+    sim = Sim(("A", "B"))
+    sim.submit(spec("x", options={"workers": ["A"]}), spec("other"))
+    sim.finish("A", "x", nbytes=5, value=1)
+    out = sim.remove_worker("A")
+    assert computes(out) == {"x": "B"}
+    out = sim.finish("B", "x", value=1)
+    assert to_client(out, m.DONE) == {} or sim.state("x") == "memory"
+
+
+def test_chain_recomputed_from_lineage_after_intermediates_were_released():
+    sim = Sim(("A", "B"))
+    sim.submit(spec("x", options={"workers": ["A"]}))
+    sim.finish("A", "x")
+    sim.submit(spec("y", deps=["x"]))
+    sim.release("x")
+    out = sim.finish("A", "y")
+    assert frees(out) == {("A", "x")}
+    sim.submit(spec("z", deps=["y"]))
+    sim.release("y")
+    out = sim.finish("A", "z", value=7)
+    assert frees(out) == {("A", "y")}
+    assert [sim.state(k) for k in "xyz"] == ["released", "released", "memory"]
+    out = sim.remove_worker("A")                # z is lost, and so is its lineage's data
+    assert computes(out) == {"x": "B"}
+    assert [sim.state(k) for k in "xyz"] == ["processing", "waiting", "waiting"]
+    out = sim.finish("B", "x")
+    assert computes(out) == {"y": "B"} and compute_msg(out, "y")[5] == {"x": ["B"]}
+    out = sim.finish("B", "y")
+    assert computes(out) == {"z": "B"} and frees(out) == {("B", "x")}
+    out = sim.finish("B", "z", value=7)
+    assert to_client(out, m.DONE) == {"z": [m.DONE, "z", True, 7, 8]}
+    assert frees(out) == {("B", "y")}
+    assert [sim.state(k) for k in "xyz"] == ["released", "released", "memory"]
+
+
+def test_dependent_sent_to_fetch_from_dead_worker_waits_for_recompute():
+    sim = Sim(("A", "B"))
+    sim.submit(spec("x", options={"workers": ["A"]}))
+    sim.finish("A", "x")
+    sim.submit(spec("y", deps=["x"], options={"workers": ["B"]}))
+    sim.started("B", "y")
+    out = sim.remove_worker("A")
+    assert ("B", "y") in frees(out)             # B cannot fetch x any more
+    assert computes(out) == {"x": "B"}
+    assert sim.state("y") == "waiting"
+    # B's result for y, sent before it got FREE: B drops it, so it must not count
+    out = sim.finish("B", "y", value=5)
+    assert not sent(out, C) and sim.state("y") == "waiting"
+    assert ("B", "y") in frees(out)
+    out = sim.finish("B", "x")
+    assert computes(out) == {"y": "B"}
+    assert sim.s.tasks["y"].suspicious == 0     # y was not running when a worker died
+    out = sim.finish("B", "y", value=5)
+    assert to_client(out, m.DONE)["y"][3] == 5
+
+
+def test_task_killing_three_workers_fails_with_killed_worker():
+    sim = Sim(("W0",))
+    sim.submit(spec("x"), spec("y", deps=["x"]))
+    for i in range(KILLED_WORKER_LIMIT):
+        assert sim.where("x") == f"W{i}"
+        sim.started(f"W{i}", "x")
+        out = sim.remove_worker(f"W{i}")
+        if i < KILLED_WORKER_LIMIT - 1:
+            assert not sent(out, C)
+            out = sim.add_worker(f"W{i + 1}")
+            assert computes(out) == {"x": f"W{i + 1}"}
+    erred = to_client(out, m.ERRED)
+    assert set(erred) == {"x", "y"}
+    err = loads(erred["x"][2])
+    assert isinstance(err, KilledWorkerError) and "3 workers" in str(err)
+    assert erred["y"][2] is erred["x"][2]
+    out = sim.add_worker("W9")
+    assert not computes(out)
+
+
+def test_workers_dying_before_task_started_do_not_count():
+    sim = Sim(("W0",))
+    sim.submit(spec("x"))
+    sim.started("W9", "x")                      # STARTED from a worker not running it
+    for i in range(2 * KILLED_WORKER_LIMIT):
+        out = sim.add_worker(f"W{i + 1}")
+        sim.remove_worker(f"W{i}")
+        assert sim.where("x") == f"W{i + 1}"
+    assert sim.s.tasks["x"].suspicious == 0
+    out = sim.finish(f"W{2 * KILLED_WORKER_LIMIT}", "x", value=1)
+    assert to_client(out, m.DONE)["x"][3] == 1
+
+
+def test_all_workers_gone_then_one_joins():
+    sim = Sim(("A",))
+    sim.submit(spec("x"), spec("y", deps=["x"]))
+    sim.finish("A", "x")
+    out = sim.remove_worker("A")
+    assert computes(out) == {}
+    assert sim.state("x") == "queued" and sim.state("y") == "waiting"
+    out = sim.add_worker("B")
+    assert computes(out) == {"x": "B"}
+    out = sim.finish("B", "x")
+    assert computes(out) == {"y": "B"}
+
+
+# ---------------------------------------------------------------------- missing inputs
+def _y_on_b_needs_x_on_a():
+    sim = Sim(("A", "B", "C"))
+    sim.submit(spec("x", options={"workers": ["A"]}))
+    sim.finish("A", "x")
+    sim.submit(spec("y", deps=["x"], options={"workers": ["B"]}))
+    return sim
+
+
+def test_missing_input_with_no_other_holder_is_recomputed():
+    sim = _y_on_b_needs_x_on_a()
+    out = sim.worker("B", [m.MISSING, "y", "x", "A"])
+    assert computes(out) == {"x": "A"}          # x is pinned to A
+    assert sim.state("y") == "waiting"
+    out = sim.finish("A", "x")
+    assert computes(out) == {"y": "B"} and compute_msg(out, "y")[5] == {"x": ["A"]}
+
+
+def test_missing_input_retries_with_remaining_holders():
+    sim = Sim(("A", "B", "C"))
+    sim.client([m.UPDATE_DATA, {"s": 100}, "A"], [m.UPDATE_DATA, {"s": 100}, "C"])
+    assert {w.address for w in sim.s.tasks["s"].who_has} == {"A", "C"}
+    out = sim.submit(spec("y", deps=["s"], options={"workers": ["B"]}))
+    assert sorted(compute_msg(out, "y")[5]["s"]) == ["A", "C"]
+    out = sim.worker("B", [m.MISSING, "y", "s", "A"])
+    assert computes(out) == {"y": "B"} and compute_msg(out, "y")[5] == {"s": ["C"]}
+    assert sim.s.workers["A"].nbytes == 0
+
+
+def test_missing_report_from_worker_not_running_the_task():
+    sim = _y_on_b_needs_x_on_a()
+    out = sim.worker("C", [m.MISSING, "y", "x", "C"])   # C holds nothing, runs nothing
+    assert out == [] and sim.state("y") == "processing"
+
+
+def test_worker_missing_data_the_scheduler_thinks_it_holds():
+    sim = Sim(("A", "B"))
+    sim.submit(spec("x", options={"workers": ["A"]}))
+    sim.finish("A", "x")
+    sim.submit(spec("y", deps=["x"], options={"workers": ["A"]}))
+    out = sim.worker("A", [m.MISSING, "y", "x", "A"])   # A lost x (its own copy)
+    assert computes(out) == {"x": "A"} and sim.state("y") == "waiting"
+
+
+def test_submit_on_unknown_key_fails_with_future_lost():
+    sim = Sim(("A",))
+    out = sim.submit(spec("y", deps=["gone"]))
+    erred = to_client(out, m.ERRED)
+    err = loads(erred["y"][2])
+    assert isinstance(err, FutureLostError) and "'gone'" in str(err)
+    assert not computes(out) and sim.state("y") == "erred"
+    sim.release("y")
+    assert not sim.s.tasks
+
+
+# ---------------------------------------------------------------------- scattered data
+def test_scattered_data_lost_with_its_worker():
+    sim = Sim(("A", "B"))
+    out = sim.client([m.UPDATE_DATA, {"s": 100}, "A"])
+    assert sent(out) == [[m.DONE, "s", False, None, 100]]
+    out = sim.submit(spec("y", deps=["s"]))
+    assert computes(out) == {"y": "A"}
+    out = sim.remove_worker("A")
+    erred = to_client(out, m.ERRED)
+    assert set(erred) == {"s", "y"}
+    assert isinstance(loads(erred["s"][2]), FutureLostError)
+    assert not computes(out)
+
+
+def test_scatter_to_unknown_worker_errs():
+    sim = Sim(("A",))
+    out = sim.client([m.UPDATE_DATA, {"s": 100}, "ghost"])
+    assert isinstance(loads(to_client(out, m.ERRED)["s"][2]), FutureLostError)
+
+
+def test_released_scattered_input_cannot_be_recomputed():
+    sim = Sim(("A", "B"))
+    sim.client([m.UPDATE_DATA, {"s": 100}, "A"])
+    sim.submit(spec("y", deps=["s"]))
+    sim.release("s")
+    out = sim.finish("A", "y")
+    assert frees(out) == {("A", "s")} and sim.state("s") == "released"
+    out = sim.remove_worker("A")                # y must be recomputed, but s is gone
+    assert not computes(out)
+    assert isinstance(loads(to_client(out, m.ERRED)["y"][2]), FutureLostError)
+
+
+# ---------------------------------------------------------------------- ordering and placement
+def test_queued_root_tasks_run_by_priority_then_fifo():
+    sim = Sim(())
+    prios = {"a": 0, "b": 5, "c": 0, "d": 5, "e": -1, "f": 0}
+    sim.submit(*[spec(k, options={"priority": p} if p else None) for k, p in prios.items()])
+    out = sim.add_worker("A")
+    assert compute_order(out) == ["b", "d", "a", "c", "f", "e"]
+    assert compute_msg(out, "b")[7] == -5 and compute_msg(out, "e")[7] == 1
+
+
+def test_high_priority_task_overtakes_queued_ones():
+    sim = Sim(("A",))
+    sim.submit(*[spec(f"t{i}") for i in range(10)])      # 6 running, 4 queued
+    sim.submit(spec("urgent", options={"priority": 10}), spec("later"))
+    out = sim.finish("A", "t0")
+    assert compute_order(out) == ["urgent"]
+    out = sim.finish("A", "t1")
+    assert compute_order(out) == ["t6"]
+
+
+def test_workers_option_pins_tasks():
+    sim = Sim(("A", "B"))
+    out = sim.submit(*[spec(f"p{i}", options={"workers": ["B"]}) for i in range(8)])
+    assert set(computes(out).values()) == {"B"} and len(computes(out)) == 8
+    # pinned to a worker that is not there: waits for it, never runs elsewhere
+    out = sim.submit(spec("q", options={"workers": ["C"]}), spec("r"))
+    assert computes(out) == {"r": "A"}
+    out = sim.add_worker("D")
+    assert "q" not in computes(out)
+    sim.remove_worker("D")
+    out = sim.finish("A", "r")
+    assert "q" not in computes(out)
+    out = sim.add_worker("C")
+    assert computes(out) == {"q": "C"}
+    # and when its worker dies it waits for that worker again
+    out = sim.remove_worker("C")
+    assert "q" not in computes(out) and sim.state("q") == "queued"
+    out = sim.add_worker("C")
+    assert computes(out) == {"q": "C"}
+
+
+# ---------------------------------------------------------------------- other worker messages
+def test_output_and_heartbeat():
+    sim = Sim(("A",), clients=(C, C2))
+    sim.submit(spec("x"))
+    sim.client([m.FIRE_AND_FORGET, ["x"]])
+    out = sim.worker("A", [m.OUTPUT, "x", "stdout", "hello\n"])
+    assert out == [(C, [m.OUTPUT, "x", "stdout", "hello\n"])]
+    out = sim.worker("A", [m.HEARTBEAT, {"rss": 1}])
+    assert out == [] and sim.s.workers["A"].metrics == {"rss": 1}
+    assert sim.worker("A", [m.OUTPUT, "nope", "stdout", "x"]) == []
+
+
+def test_story_records_transitions_when_asked():
+    sim = Sim(("A",))
+    sim.s.record_stories = True
+    sim.submit(spec("x"))
+    sim.started("A", "x")
+    sim.remove_worker("A")
+    sim.add_worker("B")
+    assert [what for _, what, _ in sim.s.story("x")] == ["submitted", "rescheduled"]
+    assert sim.s.story("nope") == []
+
+
+# ---------------------------------------------------------------------- malformed messages
+GOOD = [m.SUBMIT, [spec("ok")]]
+BAD_CLIENT_MESSAGES = {
+    "not a list": "submit",
+    "empty": [],
+    "unknown op": ["frobnicate", 1],
+    "missing field": [m.SUBMIT],
+    "extra field": [m.RELEASE, ["x"], 1],
+    "specs not a list": [m.SUBMIT, "x"],
+    "spec too short": [m.SUBMIT, [["k", FN, [], None, []]]],
+    "spec not a list": [m.SUBMIT, [{"key": "k"}]],
+    "key not a string": [m.SUBMIT, [spec(7)]],
+    "empty key": [m.SUBMIT, [spec("")]],
+    "unknown function": [m.SUBMIT, [spec("k", fn="never-sent")]],
+    "args not a list": [m.SUBMIT, [spec("k", args="abc")]],
+    "kwargs a list": [m.SUBMIT, [spec("k", kwargs=[1])]],
+    "deps not a list": [m.SUBMIT, [["k", FN, [], None, "ok", None]]],
+    "dep not a string": [m.SUBMIT, [spec("k", deps=[["ok"]])]],
+    "depends on itself": [m.SUBMIT, [spec("k", deps=["k"])]],
+    "options not a map": [m.SUBMIT, [spec("k", options=["priority"])]],
+    "workers a string": [m.SUBMIT, [spec("k", options={"workers": "A"})]],
+    "priority a string": [m.SUBMIT, [spec("k", options={"priority": "high"})]],
+    "release keys a string": [m.RELEASE, "ok"],
+    "release key unhashable": [m.RELEASE, [["ok"]]],
+    "cancel keys none": [m.CANCEL, None],
+    "want keys ints": [m.WANT, [1, 2]],
+    "fire keys map": [m.FIRE_AND_FORGET, {"ok": 1}],
+    "update sizes list": [m.UPDATE_DATA, [1], "A"],
+    "update size str": [m.UPDATE_DATA, {"s": "big"}, "A"],
+    "update worker int": [m.UPDATE_DATA, {"s": 1}, 5],
+    "function token int": [m.FUNCTION, 1, b""],
+    "function blob str": [m.FUNCTION, "t", "not bytes"],
+    "request": [m.REQUEST, 1, "info", {}],
+    "hello": [m.HELLO, "client", {}],
+    "worker message from a client": [m.FINISHED, "ok", 8, 0.0, 1.0, False, None, "int"],
+}
+BAD_WORKER_MESSAGES = {
+    "finished key int": [m.FINISHED, 5, 8, 0.0, 1.0, False, None, "int"],
+    "finished nbytes str": [m.FINISHED, "ok", "8", 0.0, 1.0, False, None, "int"],
+    "finished stop str": [m.FINISHED, "ok", 8, 0.0, "later", False, None, "int"],
+    "finished flag int": [m.FINISHED, "ok", 8, 0.0, 1.0, 2, None, "int"],
+    "failed traceback int": [m.FAILED, "ok", None, 5, 0.0, 1.0],
+    "started time str": [m.STARTED, "ok", "now"],
+    "missing dep int": [m.MISSING, "ok", 3, "A"],
+    "output text bytes": [m.OUTPUT, "ok", "stdout", b"x"],
+    "heartbeat list": [m.HEARTBEAT, [1]],
+    "client message from a worker": [m.SUBMIT, [spec("k")]],
+    "run result": [m.RUN_RESULT, 1, True, None],
+}
+
+
+def _snapshot(s):
+    return (
+        {k: (ts.state, sorted(w.address for w in ts.who_has), sorted(ts.who_wants),
+             ts.processing_on.address if ts.processing_on else None) for k, ts in s.tasks.items()},
+        {a: (sorted(t.key for t in w.processing), sorted(t.key for t in w.has_what),
+             sorted(w.functions)) for a, w in s.workers.items()},
+        sorted(t.key for t in s.queue), set(s.functions),
+    )
+
+
+@pytest.mark.parametrize("bad", list(BAD_CLIENT_MESSAGES), ids=list(BAD_CLIENT_MESSAGES))
+def test_malformed_client_message_raises_and_changes_nothing(bad):
+    sim = Sim(("A",))
+    sim.submit(spec("x"), spec("q", options={"workers": ["Z"]}))
+    before = _snapshot(sim.s)
+    for batch in ([BAD_CLIENT_MESSAGES[bad]], [GOOD, BAD_CLIENT_MESSAGES[bad]]):
+        with pytest.raises(ProtocolError):
+            sim.s.handle(C, copy.deepcopy(batch), sim.now)
+        assert _snapshot(sim.s) == before, bad
+    # the state still works
+    out = sim.client(GOOD)
+    assert "ok" in computes(out)
+
+
+@pytest.mark.parametrize("bad", list(BAD_WORKER_MESSAGES), ids=list(BAD_WORKER_MESSAGES))
+def test_malformed_worker_message_raises_and_changes_nothing(bad):
+    sim = Sim(("A",))
+    sim.submit(spec("ok"))
+    before = _snapshot(sim.s)
+    good = [m.STARTED, "ok", 1.0]
+    for batch in ([BAD_WORKER_MESSAGES[bad]], [good, BAD_WORKER_MESSAGES[bad]]):
+        with pytest.raises(ProtocolError):
+            sim.s.handle("A", copy.deepcopy(batch), sim.now)
+        assert _snapshot(sim.s) == before, bad
+        assert not sim.s.tasks["ok"].executing
+    out = sim.finish("A", "ok", value=1)
+    assert to_client(out, m.DONE)["ok"][3] == 1
+
+
+def test_batch_must_be_a_list():
+    sim = Sim(("A",))
+    with pytest.raises(ProtocolError):
+        sim.s.handle(C, None, 0.0)
+    with pytest.raises(ProtocolError):
+        sim.s.handle(C, (GOOD,), 0.0)
+
+
+def test_function_and_submit_in_one_batch():
+    sim = Sim(("A",))
+    out = sim.client([m.FUNCTION, "new-fn", b"blob"], [m.SUBMIT, [spec("k", fn="new-fn")]])
+    assert sent(out, "A") == [[m.FUNCTION, "new-fn", b"blob"], compute_msg(out, "k")]
+
+
+def test_resubmitting_a_known_key_with_an_unknown_function_is_harmless():
+    sim = Sim(("A",), clients=(C, C2))
+    sim.submit(spec("x"))
+    out = sim.submit(spec("x", fn="other-client-token"), peer=C2)
+    assert out == [] and sim.s.tasks["x"].who_wants == {C, C2}
+
+
+def test_adding_a_worker_twice_is_an_error():
+    sim = Sim(("A",))
+    with pytest.raises(ValueError):
+        sim.s.add_worker("A", 1, "A", {})
+
+
+def test_serialized_arguments_pass_through_untouched():
+    sim = Sim(("A",))
+    args, kwargs = dumps((1, 2)), dumps({"k": 3})
+    out = sim.submit(spec("x", args=args, kwargs=kwargs))
+    msg = compute_msg(out, "x")
+    assert msg[3] is args and msg[4] is kwargs and isinstance(msg[3], Serialized)
