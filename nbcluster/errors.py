@@ -12,8 +12,11 @@
     │   ├── CancelledError             the future was cancelled (also concurrent.futures')
     │   ├── KilledWorkerError          the task killed too many workers
     │   ├── FutureLostError            a result can no longer be recovered
-    │   └── RemoteError                a remote exception that could not be re-created
-    └── ClusterError                   a cluster could not start or was used after close
+    │   ├── RemoteError                a remote exception that could not be re-created
+    │   ├── TaskTimeoutError (TimeoutError)  the task ran longer than its ``timeout``
+    │   └── TaskExpiredError           the task had not started by its ``expires``
+    ├── ClusterError                   a cluster could not start or was used after close
+    └── Retry                          raised inside a task to ask for another attempt
 
 A task's own exception is never wrapped: ``future.result()`` raises it with its own type and the
 remote traceback attached (as ``__traceback__`` where possible, and always as a note).
@@ -68,6 +71,29 @@ class RemoteError(TaskError):
     """A remote exception whose original type could not be re-created here."""
 
 
+class TaskTimeoutError(TaskError, TimeoutError):
+    """The task ran longer than its ``timeout`` and was stopped."""
+
+
+class TaskExpiredError(TaskError):
+    """The task had not started by its ``expires`` time."""
+
+
+class Retry(NBClusterError):
+    """Raise inside a task to ask for another attempt, after ``delay`` seconds.
+
+    It counts against ``retries`` when the task has a retry budget; without one it is allowed
+    ``max_retries`` times (default 3)."""
+
+    def __init__(self, delay: float = 0.0, reason: str = "", max_retries: int = 3) -> None:
+        super().__init__(reason or f"retry requested (delay {delay:g} s)")
+        self.delay = float(delay)
+        self.max_retries = int(max_retries)
+
+    def __reduce__(self):
+        return (type(self), (self.delay, self.args[0] if self.args else "", self.max_retries))
+
+
 class ClusterError(NBClusterError, RuntimeError):
     """A cluster or client could not start, or was used after it closed."""
 
@@ -84,5 +110,8 @@ __all__ = [
     "KilledWorkerError",
     "FutureLostError",
     "RemoteError",
+    "TaskTimeoutError",
+    "TaskExpiredError",
+    "Retry",
     "ClusterError",
 ]

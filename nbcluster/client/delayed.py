@@ -19,7 +19,6 @@ class Delayed:
         self.fn = fn
         self.args = args
         self.kwargs = kwargs
-        name = getattr(fn, "__name__", "call").replace("<lambda>", "lambda").replace("-", "_")
         self.key = key
 
     def compute(self, client=None) -> Any:

@@ -13,8 +13,8 @@ import zlib
 from typing import Any
 
 from bokeh.layouts import column
-from bokeh.models import (ColumnDataSource, DataRange1d, DataTable, Div, FactorRange,
-                          FixedTicker, HoverTool, NumeralTickFormatter, Range1d, TableColumn)
+from bokeh.models import (ColumnDataSource, DataRange1d, DataTable, DatetimeTickFormatter,
+                          Div, FactorRange, FixedTicker, HoverTool, NumeralTickFormatter, Range1d, TableColumn)
 from bokeh.plotting import figure
 
 from .feed import HISTORY, Feed
@@ -80,11 +80,13 @@ class TaskStream(Component):
     worker's first row. The sources keep the last ``window`` tasks (and transfers).
     """
 
-    def __init__(self, feed: Feed, window: int = HISTORY, **figure_kwargs: Any) -> None:
+    def __init__(self, feed: Feed, window: int = HISTORY, backfill: int | None = None,
+                 **figure_kwargs: Any) -> None:
         super().__init__(feed)
         self.window = window
-        self._cursor = max(0, feed.tasks_total - window)
-        self._transfer_cursor = max(0, feed.transfers_total - window)
+        # a new plot starts with the last ``backfill`` tasks (all the window holds, by default)
+        self._backfill = window if backfill is None else min(backfill, window)
+        self._cursor = self._transfer_cursor = -1
         self._rows: dict[str, int] = {}          # worker address -> first row
         self._lanes: dict[str, list[float]] = {}  # worker address -> busy-until, per thread
         self._nrows = 0
@@ -112,6 +114,9 @@ class TaskStream(Component):
         fig.add_tools(HoverTool(renderers=[transfers], tooltips=[
             ("transfer", "@key"), ("from", "@source"), ("to", "@target"),
             ("size", "@nbytes"), ("duration", "@duration")]))
+        fig.xaxis.formatter = DatetimeTickFormatter(
+            milliseconds="%H:%M:%S.%3N", seconds="%H:%M:%S", minsec="%H:%M:%S",
+            minutes="%H:%M", hourmin="%H:%M", context=None)
         fig.yaxis.ticker = FixedTicker(ticks=[])
         fig.ygrid.visible = False
         fig.yaxis.axis_label = "worker threads"
@@ -155,6 +160,9 @@ class TaskStream(Component):
     def update(self) -> None:
         feed = self.feed
         feed.refresh()
+        if self._cursor < 0:
+            self._cursor = max(0, feed.tasks_total - self._backfill)
+            self._transfer_cursor = max(0, feed.transfers_total - self._backfill)
         self._place(feed.data.get("workers", []))
         entries, self._cursor = feed.tasks_since(self._cursor)
         if entries:

@@ -19,6 +19,7 @@ from itertools import islice
 from typing import Any, Callable
 
 HISTORY = 10_000
+MAX_RATE = 4.0   # plot refreshes per second, at most
 
 EMPTY: dict = {"workers": [], "tasks": {}, "prefixes": {}, "task_log": [], "cursor": 0,
                "transfer_log": [], "transfer_cursor": 0, "now": 0.0,

@@ -54,6 +54,7 @@ async def _worker(args) -> None:
     worker = Worker(address, nthreads=args.nthreads, name=args.name,
                     token=os.environ.get("NBCLUSTER_TOKEN"), memory_limit=args.memory_limit,
                     security=Security.from_env())
+    worker.exit_when_stuck = True     # a task that won't stop: exit, LocalCluster replaces us
     await worker.start()
     print(f"ADDRESS {worker.address}", flush=True)
     stop = asyncio.Event()

@@ -15,7 +15,7 @@ from .models import ClusterSnapshot, client_closed, flatten_futures, format_byte
 STATUS_COLOURS = {"finished": "#2a8a4a", "error": "#c62828", "lost": "#c62828",
                   "cancelled": "#777", "pending": "#e08e00"}
 _TABLE = "border-collapse:collapse;font-size:12px;text-align:left"
-_CELL = "padding:0 8px;line-height:1.5;border-bottom:1px solid #ddd;text-align:left"
+_CELL = "padding:0 8px;line-height:1.5;white-space:nowrap;border-bottom:1px solid #ddd;text-align:left"
 
 
 def _link(url: str | None) -> str:

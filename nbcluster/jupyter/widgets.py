@@ -32,6 +32,27 @@ def _current_msg_id() -> str | None:
         return None
 
 
+_warned = False
+
+
+def warn_if_broken_kernel() -> None:
+    """ipykernel 7.0.x drops widget updates sent from threads: say so once."""
+    global _warned
+    if _warned:
+        return
+    _warned = True
+    import sys
+
+    kernel_mod = sys.modules.get("ipykernel")
+    version = getattr(kernel_mod, "__version__", "")
+    if version.startswith("7.0."):
+        import warnings
+
+        warnings.warn(f"ipykernel {version} does not deliver widget updates sent from threads, "
+                      "so progress bars will not move; install ipykernel>=7.1 (or 6.29)",
+                      RuntimeWarning, stacklevel=3)
+
+
 class ProgressWidget:
     """One row per function name: name, bar, ``done / total`` and errors (in red)."""
 
@@ -140,6 +161,7 @@ class ProgressBar:
 
 def progress_widget(futures: Any, display: bool = True, rate: float = 10.0) -> ProgressBar:
     """A live progress bar per function name for ``futures`` (any nesting), shown at once."""
+    warn_if_broken_kernel()
     model = ProgressModel(futures, rate=rate)
     bar = ProgressBar(model, ProgressWidget(model))
     if display:
@@ -182,7 +204,10 @@ class ClusterWidget:
         self.poller = Poller(self.refresh, interval) if poll else None
 
     def refresh(self) -> ClusterSnapshot:
-        return self.model.refresh()
+        snap = self.model.refresh()
+        if snap.closed and self.poller is not None:     # the client was closed elsewhere
+            self.poller.stop()
+        return snap
 
     def _render(self, snap: ClusterSnapshot) -> None:
         with self._lock:

@@ -9,44 +9,22 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-import queue
 import sys
 import threading
 import time
-import traceback as tb_module
 
 from ..comm import Comm, connect, listen
 from ..comm.pool import DataPool
-from ..errors import ClusterError, RemoteError, SerializationError
+from ..errors import ClusterError, SerializationError
 from ..protocol import messages as m
-from ..protocol.serialize import (Serialized, dump_value, dumps, is_plain, load_value, loads,
-                                  loads_function, sizeof)
+from ..protocol.serialize import dump_value, load_value, loads_function, sizeof
 from ..state.worker_state import WorkerState
 from . import capture
+from .executor import Executor, exception_payload, work_for
 
 logger = logging.getLogger("nbcluster.worker")
 
-INLINE_RESULT = 64 * 1024     # results up to this size ride with the completion message
 HEARTBEAT_SECONDS = 1.0
-
-
-def _exception_payload(exc: BaseException) -> tuple[Serialized, str]:
-    """The exception as it travels (pickled with its traceback) and the traceback as text."""
-    text = "".join(tb_module.format_exception(type(exc), exc, exc.__traceback__))
-    try:
-        from tblib import pickling_support
-
-        pickling_support.install(exc)
-    except Exception:
-        pass
-    try:
-        return dumps(exc, what="exception"), text
-    except Exception:
-        try:
-            exc.__traceback__ = None
-            return dumps(exc, what="exception"), text
-        except Exception:
-            return dumps(RemoteError(f"{type(exc).__qualname__}: {exc}")), text
 
 
 class Worker:
@@ -71,11 +49,10 @@ class Worker:
         self.listener = None
         self.pool: DataPool | None = None
         self.finished = asyncio.Event()
-        self._work: queue.SimpleQueue = queue.SimpleQueue()
-        self._done: list = []
+        self.executor: Executor | None = None
+        self.exit_when_stuck = False      # set in worker processes
         self._outputs: list = []
         self._done_lock = threading.Lock()
-        self._threads: list[threading.Thread] = []
         self._loop: asyncio.AbstractEventLoop | None = None
         self._heartbeat: asyncio.Task | None = None
         self._closing = False
@@ -99,10 +76,9 @@ class Worker:
             raise
         self.scheduler.send([m.HELLO, "worker", identity])
         self.scheduler.start(self._on_scheduler_batch, self._on_scheduler_lost)
-        for i in range(self.nthreads):
-            t = threading.Thread(target=self._thread_main, name=f"nbcluster-task-{i}", daemon=True)
-            t.start()
-            self._threads.append(t)
+        self.executor = Executor(self.nthreads, self._loop, self.functions, self.data,
+                                 self._on_outcomes, self._output, self._is_cancelled,
+                                 self._on_stuck)
         self._heartbeat = asyncio.ensure_future(self._heartbeat_loop())
         capture.install()
         return self
@@ -119,10 +95,9 @@ class Worker:
             self.listener.stop()
         if self.pool is not None:
             self.pool.close()
-        for _ in self._threads:
-            self._work.put(None)
-        for t in self._threads:
-            await asyncio.get_running_loop().run_in_executor(None, t.join, 5)
+        if self.executor is not None:
+            for t in self.executor.close():
+                await asyncio.get_running_loop().run_in_executor(None, t.join, 5)
         self.data.clear()
         self.finished.set()
 
@@ -166,9 +141,7 @@ class Worker:
             if kind == "send":
                 send(ins[1])
             elif kind == "execute":
-                key = ins[1]
-                ts = self.state.tasks[key]
-                self._work.put((key, ts.fn, ts.args, ts.kwargs, ts.want))
+                self.executor.submit(work_for(ins[1], self.state.tasks[ins[1]]))
             elif kind == "drop":
                 data = self.data
                 for key in ins[1]:
@@ -177,35 +150,9 @@ class Worker:
                 asyncio.ensure_future(self._fetch(ins[1], ins[2]))
 
     # ------------------------------------------------------------------ execution
-    def _thread_main(self) -> None:
-        work = self._work
-        while True:
-            item = work.get()
-            if item is None:
-                return
-            key = item[0]
-            ts = self.state.tasks.get(key)
-            if ts is None or ts.cancelled:   # freed while it waited in the executor's queue
-                self._report((True, key, None, 0, 0.0, 0.0, False, None, ""))
-                continue
-            self._report(("started", key, time.time()))
-            if not self._report(self._execute(*item)):
-                return
-
-    def _report(self, outcome: tuple) -> bool:
-        """From a task thread: queue an outcome; wake the loop once per batch of them."""
-        with self._done_lock:
-            self._done.append(outcome)
-            wake = len(self._done) == 1
-        if wake:
-            try:
-                self._loop.call_soon_threadsafe(self._drain_done)
-            except RuntimeError:   # loop closed during shutdown
-                return False
-        return True
-
-    def _resolve(self, key: str):
-        return self.data[key]
+    def _is_cancelled(self, key: str) -> bool:
+        ts = self.state.tasks.get(key)        # read from a task thread: a benign race
+        return ts is None or ts.cancelled
 
     def _output(self, key: str, stream: str, text: str) -> None:
         """From a task thread: forward what the task printed (coalesced per loop tick)."""
@@ -230,45 +177,9 @@ class Worker:
         if self.scheduler is not None:
             self.scheduler.send_many(merged)
 
-    def _execute(self, key, fn_token, args, kwargs, want) -> tuple:
-        start = time.time()
-        capture.set_current_task(key, self._output)
-        try:
-            fn = self.functions[fn_token]
-            if isinstance(fn, BaseException):
-                raise fn
-            if type(args) is Serialized:
-                args = loads(args, self._resolve)
-            if type(kwargs) is Serialized:
-                kwargs = loads(kwargs, self._resolve)
-            result = fn(*args, **kwargs) if kwargs else fn(*args)
-        except BaseException as e:  # noqa: BLE001 - a task's failure, whatever it is, goes back
-            if e.__traceback__ is not None and e.__traceback__.tb_next is not None:
-                e.__traceback__ = e.__traceback__.tb_next   # start at the user's frame
-            exc, text = _exception_payload(e)
-            return (False, key, exc, text, start, time.time())
-        finally:
-            capture.set_current_task(None)
-        stop = time.time()
-        has_value, value = False, None
-        if want:
-            if is_plain(result):
-                has_value, value = True, result
-            elif sizeof(result) <= INLINE_RESULT:
-                try:
-                    value = dumps(result, what=f"the result of {key!r}")
-                except SerializationError as e:
-                    exc, text = _exception_payload(e)
-                    return (False, key, exc, text, start, stop)
-                has_value = value.nbytes <= INLINE_RESULT
-                if not has_value:
-                    value = None
-        return (True, key, result, sizeof(result), start, stop, has_value, value,
-                type(result).__name__)
-
-    def _drain_done(self) -> None:
-        with self._done_lock:
-            done, self._done = self._done, []
+    def _on_outcomes(self, done: list) -> None:
+        if self._outputs:
+            self._drain_outputs()     # what a task printed goes before its result
         st = self.state
         data = self.data
         finished = {o[1] for o in done if o[0] != "started"}
@@ -281,8 +192,15 @@ class Worker:
                 data[key] = result
                 self._apply(st.task_finished(key, nbytes, start, stop, has_value, value, typ))
             else:
-                _, key, exc, text, start, stop = outcome
+                _, key, exc, text, start, stop, retry = outcome
                 self._apply(st.task_failed(key, exc, text, start, stop))
+
+    def _on_stuck(self, key: str) -> None:
+        """A task would not stop: a worker process exits (its cluster replaces it); an
+        in-process worker has already moved on to a fresh thread."""
+        if self.exit_when_stuck and not self._closing:
+            logger.warning("task %s does not stop; this worker exits so it can be replaced", key)
+            asyncio.ensure_future(self.close("stuck task"))
 
     # ------------------------------------------------------------------ data transfer
     async def _fetch(self, peer: str, keys: list) -> None:
@@ -301,7 +219,7 @@ class Worker:
                 continue
             nbytes[key] = sizeof(obj)
         for key, text in errors.items():
-            self._apply(self.state.fetch_errored(key, _exception_payload(SerializationError(text))))
+            self._apply(self.state.fetch_errored(key, exception_payload(SerializationError(text))))
         self._apply(self.state.fetch_done(peer, nbytes, missing))
 
     def _on_peer(self, comm: Comm) -> None:
@@ -347,7 +265,7 @@ class Worker:
                 result = fn(*(args or ()))
                 payload = (True, dump_value(result, what="the result of run"))
             except BaseException as e:  # noqa: BLE001
-                payload = (False, _exception_payload(e)[0])
+                payload = (False, exception_payload(e)[0])
             self._loop.call_soon_threadsafe(
                 self.scheduler.send, [m.RUN_RESULT, request_id, payload[0], payload[1]])
 

@@ -81,11 +81,9 @@ class WorkerState:
         self.address, self.nthreads, self.name, self.identity = address, nthreads, name, identity
         self.processing: set[TaskState] = set()
         self.has_what: set[TaskState] = set()
-        self.nbytes = 0
         self.functions: set[str] = set()
         self.metrics: dict = {}
-        self.last_seen = 0.0
-        self.pinned = 0
+        self.nbytes, self.last_seen, self.pinned = 0, 0.0, 0
 
     def __repr__(self) -> str:
         return f"<Worker {self.address} {len(self.processing)} processing>"
@@ -205,7 +203,9 @@ class SchedulerState:
                 ts.suspicious += 1
                 if ts.suspicious >= KILLED_WORKER_LIMIT:
                     self._record(ts, "killed-worker", address)
-                    self._set_erred(ts, self._killed_worker_exception(ts), None, ts.key)
+                    self._set_erred(ts, _error(KilledWorkerError, f"task {ts.key!r} was running "
+                        f"on {ts.suspicious} workers that died; it is not retried again. Look "
+                        "for a crash (memory, segfault, os._exit) in that function."), None, ts.key)
                     continue
             self._record(ts, "rescheduled", address)
             ts.state = "waiting"
@@ -275,7 +275,7 @@ class SchedulerState:
             ts = self.tasks.get(key)
             if ts is None or ts.state in ("memory", "erred", "released"):
                 continue
-            self._cancel(ts, f"cancelled by {peer}")
+            self._set_erred(ts, None, None, key, cancel=f"cancelled by {peer}")
 
     def _on_fire_and_forget(self, peer, keys) -> None:
         for key in keys:
@@ -294,7 +294,8 @@ class SchedulerState:
             ts.who_wants.add(peer)
             if ws is None:
                 if ts.state != "memory":   # else another copy (broadcast) is still there
-                    self._set_erred(ts, self._lost_exception(ts, worker), None, key)
+                    self._set_erred(ts, _error(FutureLostError, f"{key!r} was scattered to "
+                        f"{worker}, which is gone; scattered data cannot be recomputed"), None, key)
                 continue
             if ts.state != "memory":   # replicas already counted keep their size
                 ts.nbytes = size
@@ -324,8 +325,7 @@ class SchedulerState:
         self.task_log.append((key, peer, start, stop, True))
         self.task_log_total += 1
         self._unassign(ts, free=False)
-        duration = stop - start
-        self.avg_duration = 0.9 * self.avg_duration + 0.1 * max(duration, 1e-6)
+        self.avg_duration = 0.9 * self.avg_duration + 0.1 * max(stop - start, 1e-6)
         self.counts[ts.prefix] += 1
         ts.nbytes = nbytes
         ts.state = "memory"
@@ -385,18 +385,10 @@ class SchedulerState:
             ws.last_seen = self.now
 
     _handlers = {
-        m.FUNCTION: _on_function,
-        m.SUBMIT: _on_submit,
-        m.RELEASE: _on_release,
-        m.WANT: _on_want,
-        m.CANCEL: _on_cancel,
-        m.FIRE_AND_FORGET: _on_fire_and_forget,
-        m.UPDATE_DATA: _on_update_data,
-        m.STARTED: _on_started,
-        m.FINISHED: _on_finished,
-        m.FAILED: _on_failed,
-        m.MISSING: _on_missing,
-        m.HEARTBEAT: _on_heartbeat,
+        m.FUNCTION: _on_function, m.SUBMIT: _on_submit, m.RELEASE: _on_release, m.WANT: _on_want,
+        m.CANCEL: _on_cancel, m.FIRE_AND_FORGET: _on_fire_and_forget,
+        m.UPDATE_DATA: _on_update_data, m.STARTED: _on_started, m.FINISHED: _on_finished,
+        m.FAILED: _on_failed, m.MISSING: _on_missing, m.HEARTBEAT: _on_heartbeat,
         m.OUTPUT: _on_output,
     }
 
@@ -421,8 +413,9 @@ class SchedulerState:
     def _recompute(self, ts: TaskState, why) -> None:
         """Bring back a released task from its lineage; scattered data has none: it errs."""
         if not ts.fn:
-            self._set_erred(ts, _error(FutureLostError, f"{ts.key!r} was scattered data that "
-                            "was released; scattered data cannot be recomputed"), None, ts.key)
+            self._set_erred(ts, _error(FutureLostError, f"{ts.key!r} was scattered data, now "
+                            "gone with its worker or released; it cannot be recomputed"),
+                            None, ts.key)
             return
         self._record(ts, "recompute", why)
         ts.state = "waiting"
@@ -477,8 +470,7 @@ class SchedulerState:
             return
         workers = list(self.workers.values())
         while queue:
-            best = None
-            best_load = None
+            best = best_load = None
             for ws in workers:
                 n = len(ws.processing)
                 if n < self._window(ws):
@@ -524,8 +516,11 @@ class SchedulerState:
             ws.has_what.add(ts)
             ws.nbytes += ts.nbytes
 
-    def _set_erred(self, ts: TaskState, exception, traceback, blame) -> None:
-        """Fail ``ts`` and, with the same error, every dependent that has not finished."""
+    def _set_erred(self, ts: TaskState, exception, traceback, blame, cancel: str = "") -> None:
+        """Fail ``ts`` and, with the same error, every dependent that has not finished.
+
+        With ``cancel`` (the reason), they are cancelled instead: CANCELLED to the clients.
+        """
         stack, erred = [ts], []
         while stack:
             t = stack.pop()
@@ -533,15 +528,15 @@ class SchedulerState:
                 continue
             if t.processing_on is not None:
                 self._unassign(t)
-            t.state = "erred"
+            t.state, t.waiting_on = "erred", set()
+            if cancel:
+                exception = _error(CancelledError, f"{t.key}: {cancel}")
+                self._tell(t, [m.CANCELLED, t.key, cancel])
+            else:
+                self._tell(t, [m.ERRED, t.key, exception, traceback, blame])
             t.exception, t.traceback, t.blame = exception, traceback, blame
-            t.waiting_on = set()
-            self._tell(t, [m.ERRED, t.key, exception, traceback, blame])
             erred.append(t)
             stack.extend(t.dependents)
-        self._after_erred(erred)
-
-    def _after_erred(self, erred: list) -> None:
         # Inputs of every erred task (not only the first) may now be unneeded, and a
         # fire-and-forget task that ended this way is let go like one that finished.
         for t in erred:
@@ -552,24 +547,6 @@ class SchedulerState:
                 t.who_wants.discard(FIRE_AND_FORGET)
                 self._maybe_forget(t)
 
-    def _cancel(self, ts: TaskState, reason: str) -> None:
-        """Cancel a task that has not finished, and its unfinished dependents."""
-        stack, erred = [ts], []
-        while stack:
-            t = stack.pop()
-            if t.state in ("memory", "erred", "released"):
-                continue
-            if t.processing_on is not None:
-                self._unassign(t)
-            t.state = "erred"
-            t.exception = _error(CancelledError, f"{t.key}: {reason}")
-            t.traceback, t.blame = None, ts.key
-            t.waiting_on = set()
-            self._tell(t, [m.CANCELLED, t.key, reason])
-            erred.append(t)
-            stack.extend(t.dependents)
-        self._after_erred(erred)
-
     def _lost_data(self, ts: TaskState) -> None:
         """The last copy of ``ts`` is gone: recompute it if anyone still needs it."""
         if ts.state in ("memory", "released"):
@@ -577,12 +554,7 @@ class SchedulerState:
             if not self._is_needed(ts):
                 self._maybe_forget(ts)
                 return
-            if not ts.fn:  # scattered data has no lineage
-                self._set_erred(ts, self._lost_exception(ts, "its worker"), None, ts.key)
-                return
-            self._record(ts, "lost", None)
-            ts.state = "waiting"
-            self._become_ready_or_wait(ts)
+            self._recompute(ts, "lost")
         # (else a rescheduled dependent has already started its recompute)
         if ts.state in ("erred", "forgotten"):
             return
@@ -659,15 +631,6 @@ class SchedulerState:
             self._recompute(ts, client)
 
     # ------------------------------------------------------------------ helpers
-    def _killed_worker_exception(self, ts: TaskState):
-        return _error(KilledWorkerError,
-            f"task {ts.key!r} was running on {ts.suspicious} workers that died; it is not "
-            "retried again. Look for a crash (memory, segfault, os._exit) in that function.")
-
-    def _lost_exception(self, ts: TaskState, where: str):
-        return _error(FutureLostError,f"{ts.key!r} was scattered to {where}, which is gone; "
-                               "scattered data cannot be recomputed")
-
     def _record(self, ts: TaskState, what: str, where) -> None:
         if self.record_stories:
             if ts.story is None:

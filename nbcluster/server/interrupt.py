@@ -1,0 +1,31 @@
+"""Stopping a running task: raise an exception inside the thread that runs it."""
+
+from __future__ import annotations
+
+import ctypes
+
+
+class TaskInterrupt(BaseException):
+    """Raised asynchronously in a task's thread (a BaseException, so ``except Exception`` in
+    user code does not swallow it). The worker turns it into the error the task ends with."""
+
+
+class TimeoutInterrupt(TaskInterrupt):
+    pass
+
+
+class CancelInterrupt(TaskInterrupt):
+    pass
+
+
+def interrupt_thread(thread_id: int, exc_type: type[BaseException]) -> bool:
+    """Ask the interpreter to raise ``exc_type`` in thread ``thread_id`` at its next bytecode.
+
+    Code blocked in C (``time.sleep`` is fine: it wakes for signals/async exceptions only at
+    its end; a long C call is not) may not notice: the worker then replaces the process."""
+    done = ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(thread_id),
+                                                      ctypes.py_object(exc_type))
+    if done > 1:   # should not happen: undo, as the C API asks
+        ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(thread_id), None)
+        return False
+    return done == 1
