@@ -99,6 +99,9 @@ def _warm_up(system, client, ctx):
     if len(set(pids.values())) != 2 or os.getpid() in pids.values():
         raise AssertionError(f"expected 2 worker processes apart from the client (pid {os.getpid()}), "
                              f"client.run(getpid) gave {pids}")
+    ran_in = system.submit(client, tasks.getpid).result()
+    if ran_in not in pids.values():
+        raise AssertionError(f"a submitted task ran in pid {ran_in}, not in a worker {pids}")
     ctx.rec.info(worker_pids=pids)
     base = ctx.unique(20)
     res = system.gather(client, [system.submit(client, tasks.add, base + i, 1) for i in range(20)])

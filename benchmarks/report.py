@@ -45,6 +45,14 @@ def _cpu_model():
     return platform.processor() or "unknown"
 
 
+def loadavg():
+    """The 1-minute load average, to show whether something else was running."""
+    try:
+        return f"{os.getloadavg()[0]:.2f}"
+    except (AttributeError, OSError):
+        return "?"
+
+
 def machine_info():
     try:
         usable = len(os.sched_getaffinity(0))
@@ -70,12 +78,14 @@ def _dist_version(name):
         return None
 
 
-def versions(child_versions):
+def versions(child_versions, import_failed=()):
     """Versions reported by the children, falling back to installed metadata."""
     out = {"python": platform.python_version()}
     for name in ("nbcluster", "dask", "distributed", "numpy"):
-        v = child_versions.get(name) or _dist_version(name)
-        out[name] = v or "not importable"
+        v = child_versions.get(name) or _dist_version(name) or "not installed"
+        if name in import_failed or (name == "distributed" and "dask" in import_failed):
+            v += " (import failed)"
+        out[name] = v
     return out
 
 
@@ -157,7 +167,8 @@ def render_section(cells, systems, metric_ids, vers, machine, command, notes, el
         f"Generated {now} by `{command}` in {elapsed_s:.0f} s.",
         "",
         f"- Machine: {machine['cpus']} CPUs ({machine['cpus_usable']} usable), {machine['cpu_model']}, "
-        f"{machine['memory_gib']} GiB RAM, {machine['platform']}",
+        f"{machine['memory_gib']} GiB RAM, {machine['platform']}; "
+        f"1-minute load average {machine.get('load', loadavg())} (well above 0 means other work shared the CPUs)",
         "- Versions: " + ", ".join(f"{k} {v}" for k, v in vers.items()),
         "- Cluster: scheduler + 2 worker processes x 1 thread, 127.0.0.1; "
         "each system and workload runs in its own fresh subprocess",

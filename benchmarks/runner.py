@@ -175,6 +175,7 @@ def _progress(msg):
 def main(argv=None):
     a = parse_args(sys.argv[1:] if argv is None else argv)
     t_start = time.monotonic()
+    load_start = report.loadavg()
     logdir = a.logs or tempfile.mkdtemp(prefix="nbcluster-bench-")
     os.makedirs(logdir, exist_ok=True)
     metric_ids = [m.id for m in METRICS if m.workload in a.workloads]
@@ -214,8 +215,9 @@ def main(argv=None):
             _progress(f"        {time.monotonic() - t0:5.1f} s {status}: {shown}")
 
     notes += _standard_notes(a, metric_ids)
-    vers = report.versions(child_versions)
+    vers = report.versions(child_versions, import_failed)
     machine = report.machine_info()
+    machine["load"] = f"{load_start} at the start, {report.loadavg()} at the end"
     command = "python -m benchmarks" + ("" if argv is None and len(sys.argv) <= 1 else " " + " ".join(
         sys.argv[1:] if argv is None else argv))
     elapsed = time.monotonic() - t_start
@@ -236,7 +238,7 @@ def main(argv=None):
 def _standard_notes(a, metric_ids):
     notes = []
     if a.mode == "quick":
-        notes.append("--quick: fewer repeats (W2 3, W3 5, W4 3/1, W5 3, W6 2, W7 2+1); W4 N=100,000 not run.")
+        notes.append("--quick: fewer repeats (W2 3, W3 5, W4 3/1, W5 3, W6 3, W7 2+1); W4 N=100,000 not run.")
     if "W4.100000" in metric_ids and "dask" in a.system_list and a.mode == "default":
         notes.append("W4 N=100,000 is not run for dask by default (it takes minutes); use --full.")
     if "W6.transfer" in metric_ids:

@@ -206,10 +206,14 @@ class NbclusterSystem(System):
         return client.submit(fn, *args, workers=list(workers))
 
     def _cli(self):
+        # Same interpreter as dask's CLI processes (python -m ...); the
+        # console script (maybe a pyenv shim) only if there is no __main__.
+        import importlib.util
+
+        if importlib.util.find_spec("nbcluster.__main__") is not None:
+            return [sys.executable, "-m", "nbcluster"]
         exe = shutil.which("nbcluster")
-        if exe:
-            return [exe]
-        return [sys.executable, "-m", "nbcluster"]
+        return [exe] if exe else [sys.executable, "-m", "nbcluster"]
 
     def scheduler_cmd(self, port):
         return self._cli() + ["scheduler", "--host", HOST, "--port", str(port)]

@@ -43,9 +43,9 @@ METRIC_BY_ID = {m.id: m for m in METRICS}
 # Repeat counts.  "full" is "default" plus dask at N=100,000 in W4.
 REPEATS = {
     "quick": dict(w1_warm=20, w1_calls=200, w2=3, w3=5, w4={1_000: 3, 10_000: 1},
-                  w5=3, w6=2, w7_inproc=2, w7_fresh=1, w8_n=100_000),
+                  w5=3, w6=3, w7_inproc=2, w7_fresh=1, w8_n=100_000),
     "default": dict(w1_warm=20, w1_calls=200, w2=5, w3=10, w4={1_000: 5, 10_000: 3, 100_000: 1},
-                    w5=5, w6=3, w7_inproc=3, w7_fresh=3, w8_n=100_000),
+                    w5=5, w6=5, w7_inproc=3, w7_fresh=3, w8_n=100_000),
 }
 REPEATS["full"] = REPEATS["default"]
 DASK_W4_CAP = 10_000

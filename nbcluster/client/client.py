@@ -15,10 +15,10 @@ from ..protocol import messages as m
 from ..protocol.serialize import Serialized, all_plain, dump_value, dumps, dumps_function, loads
 from .connection import ClientConnection, IOThread
 from .future import _NO_VALUE, CANCELLED, FINISHED, PENDING, Future, _KeyRecord
+from .options import OPTION_NAMES, build_options
 from .structure import collect_futures, rebuild
 
 _current: list["Client"] = []
-_SUBMIT_OPTIONS = ("priority", "workers")
 
 
 def default_client() -> "Client":
@@ -165,25 +165,25 @@ class Client:
         skw = dumps(kwargs, refs, what=f"a keyword argument of {name}()") if kwargs else None
         return [key, token, sargs, skw, list(dict.fromkeys(refs)), options]
 
-    def _options(self, priority, workers) -> dict | None:
-        options = None
-        if priority:
-            if type(priority) is not int:
-                raise TypeError(f"priority must be an int, got {priority!r}")
-            options = {"priority": priority}
-        if workers is not None:
-            if isinstance(workers, str):
-                workers = [workers]
-            workers = list(workers)
-            if not workers or not all(isinstance(w, str) for w in workers):
-                raise TypeError(f"workers must be a worker address or a list of them, got {workers!r}")
-            options = dict(options or {}, workers=workers)
-        return options
+    @staticmethod
+    def _split_options(kwargs: dict) -> tuple[dict, dict | None]:
+        """Separate task-control keywords from the function's own keyword arguments."""
+        if not kwargs:
+            return kwargs, None
+        control = {k: kwargs.pop(k) for k in OPTION_NAMES if k in kwargs}
+        return kwargs, build_options(control)
 
-    def submit(self, fn: Callable, *args, key: str | None = None, priority: int = 0,
-               workers: str | list[str] | None = None, **kwargs) -> Future:
-        """Run ``fn(*args, **kwargs)`` on the cluster; futures in the arguments are inputs."""
-        spec = self._spec(fn, args, kwargs, key, self._options(priority, workers))
+    def submit(self, fn: Callable, *args, key: str | None = None, **kwargs) -> Future:
+        """Run ``fn(*args, **kwargs)`` on the cluster; futures in the arguments are inputs.
+
+        Task control (keywords not passed to ``fn``): ``priority`` (higher first),
+        ``workers`` (addresses allowed to run it), ``queue``, ``retries``, ``retry_on``,
+        ``retry_backoff``, ``retry_backoff_max``, ``retry_jitter``, ``rate_limit`` ("10/s"),
+        ``limit_key``, ``concurrency``, ``timeout`` (seconds), ``countdown``/``eta``,
+        ``expires`` and ``collect_errors`` (inputs that failed arrive as their exceptions).
+        """
+        kwargs, options = self._split_options(kwargs)
+        spec = self._spec(fn, args, kwargs, key, options)
         fut = Future(spec[0], self, self._record_for(spec[0]))
         self._conn.post([m.SUBMIT, [spec]])
         if self._conn.listeners["submit"]:
@@ -191,11 +191,12 @@ class Client:
         return fut
 
     def map(self, fn: Callable, *iterables: Iterable, key: str | list | None = None,
-            priority: int = 0, workers=None, **kwargs) -> list[Future]:
-        """``submit(fn, *args)`` for each tuple of ``zip(*iterables)``."""
+            **kwargs) -> list[Future]:
+        """``submit(fn, *args, **kwargs)`` for each tuple of ``zip(*iterables)``; the same task
+        control keywords as ``submit`` apply to every task."""
         if not iterables:
             raise TypeError("map needs at least one iterable")
-        options = self._options(priority, workers)
+        kwargs, options = self._split_options(kwargs)
         specs = []
         futures = []
         keys = key if isinstance(key, (list, tuple)) else None

@@ -199,7 +199,7 @@ class Scheduler:
     def _request_run(self, peer, request_id, blob, args, workers=None):
         targets = [w for w in self.state.workers if workers is None or w in workers]
         if not targets:
-            return {}
+            return {"results": {}, "errors": {}}
         rid = next(self._request_ids)
         self._pending_runs[rid] = {"client": peer, "request": request_id, "waiting": set(targets),
                                    "results": {}, "errors": {}}
