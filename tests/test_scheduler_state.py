@@ -74,7 +74,7 @@ def check_out(s: SchedulerState, out: list, functions: dict) -> None:
             functions.setdefault(peer, set()).add(msg[1])
         elif msg[0] == m.COMPUTE:
             key, fn, deps = msg[1], msg[2], msg[5]
-            assert fn in BLOBS, f"compute {key!r} with function {fn!r}"
+            assert fn in s.functions, f"compute {key!r} with function {fn!r}"
             assert fn in functions.get(peer, ()), f"compute {key!r} before its function"
             for dep, holders in deps.items():
                 assert holders, f"compute {key!r} with no holder of its input {dep!r}"
@@ -383,7 +383,7 @@ def test_remove_client_forgets_its_tasks():
     sim.submit(spec("y"), peer=C2)
     sim.finish("A", "x")
     out = sim.s.remove_client(C, sim.now)
-    assert frees(out) == {("A", "x")}
+    assert frees(out) == {("A", "x"), ("A", "z")}     # z was running
     assert set(sim.s.tasks) == {"y"}
     check_invariants(sim.s)
 
@@ -464,17 +464,18 @@ def test_worker_removal_reschedules_its_tasks():
 
 def test_result_held_only_by_dead_worker_is_recomputed():
     sim = Sim(("A", "B"))
-    sim.submit(spec("x", options={"workers": ["A"]}), spec("other"))
+    out = sim.submit(spec("x"), spec("other"))
+    assert computes(out) == {"x": "A", "other": "B"}
     sim.finish("A", "x", nbytes=5, value=1)
     out = sim.remove_worker("A")
-    assert computes(out) == {"x": "B"}
+    assert computes(out) == {"x": "B"} and not sent(out, C)
     out = sim.finish("B", "x", value=1)
-    assert to_client(out, m.DONE) == {} or sim.state("x") == "memory"
+    assert to_client(out, m.DONE) == {"x": [m.DONE, "x", True, 1, 8]}
 
 
 def test_chain_recomputed_from_lineage_after_intermediates_were_released():
     sim = Sim(("A", "B"))
-    sim.submit(spec("x", options={"workers": ["A"]}))
+    sim.submit(spec("x"))
     sim.finish("A", "x")
     sim.submit(spec("y", deps=["x"]))
     sim.release("x")
@@ -500,7 +501,7 @@ def test_chain_recomputed_from_lineage_after_intermediates_were_released():
 
 def test_dependent_sent_to_fetch_from_dead_worker_waits_for_recompute():
     sim = Sim(("A", "B"))
-    sim.submit(spec("x", options={"workers": ["A"]}))
+    sim.submit(spec("x"))
     sim.finish("A", "x")
     sim.submit(spec("y", deps=["x"], options={"workers": ["B"]}))
     sim.started("B", "y")
@@ -839,3 +840,38 @@ def test_serialized_arguments_pass_through_untouched():
     out = sim.submit(spec("x", args=args, kwargs=kwargs))
     msg = compute_msg(out, "x")
     assert msg[3] is args and msg[4] is kwargs and isinstance(msg[3], Serialized)
+
+
+def test_missing_report_naming_no_holder_retries_elsewhere():
+    sim = _y_on_b_needs_x_on_a()
+    out = sim.worker("B", [m.MISSING, "y", "x", ""])     # B gave up on x without a culprit
+    assert computes(out) == {"y": "B"} and compute_msg(out, "y")[5] == {"x": ["A"]}
+    assert sim.state("x") == "memory"
+
+
+def test_internal_error_still_sends_what_earlier_messages_decided(monkeypatch):
+    from nbcluster.state.scheduler_state import BadBatch
+
+    def boom(self, peer, metrics):
+        raise RuntimeError("bug")
+    monkeypatch.setitem(SchedulerState._handlers, m.HEARTBEAT, boom)
+    sim = Sim(("A",))
+    sim.submit(spec("x"))
+    with pytest.raises(BadBatch) as info:
+        sim.s.handle("A", [[m.FINISHED, "x", 8, 0.0, 0.001, True, 1, "int"],
+                           [m.HEARTBEAT, {}]], sim.now)
+    assert (C, [m.DONE, "x", True, 1, 8]) in info.value.out
+    assert isinstance(info.value, ProtocolError)
+
+
+def test_broadcast_scatter_with_one_target_gone():
+    sim = Sim(("A", "B"))
+    out = sim.client([m.UPDATE_DATA, {"s": 10}, "A"], [m.UPDATE_DATA, {"s": 10}, "ghost"])
+    assert to_client(out, m.DONE) == {"s": [m.DONE, "s", False, None, 10]}
+    assert not to_client(out, m.ERRED) and sim.state("s") == "memory"
+    out = sim.client([m.UPDATE_DATA, {"s": 10}, "B"])
+    assert {w.address for w in sim.s.tasks["s"].who_has} == {"A", "B"}
+    out = sim.remove_worker("A")
+    assert out == [] and sim.state("s") == "memory"
+    out = sim.release("s")
+    assert frees(out) == {("B", "s")} and not sim.s.tasks

@@ -2,8 +2,9 @@
 
 A message is a list ``[op, *fields]``. A batch (one write on a connection) is a list of
 messages. Fields are msgpack values; user data is a ``Serialized`` or a plain value.
-The tables below are the reference: ``FIELDS[op]`` names the fields in order, and
-:func:`check` validates a message's shape where it enters a state machine.
+The tables below are the reference: ``FIELDS[op]`` names the fields in order, ``TYPES[op]``
+their types. :func:`check` validates a message's shape; :func:`check_fields` (and
+:func:`check_task` for task specs) also the field types, where a message enters a state machine.
 """
 
 from __future__ import annotations
@@ -199,14 +200,16 @@ def check_task(spec) -> None:
     """Check a task spec of SUBMIT (see TASK_FIELDS) and its options; raise ProtocolError."""
     if type(spec) is not list or len(spec) != len(TASK_FIELDS):
         raise ProtocolError(f"a task spec is a list {TASK_FIELDS}, got {_show(spec)}")
-    for name, ok, value in zip(TASK_FIELDS, _TASK_TYPES, spec):
-        if not ok(value):
-            raise ProtocolError(f"task spec: bad {name} {_show(value)}")
-    key, options = spec[0], spec[5]
+    key, fn, args, kwargs, deps, options = spec
+    if not (type(key) is str and type(fn) is str and type(args) is list and kwargs is None
+            and deps == [] and options is None):   # not the common plain call: check each
+        for name, ok, value in zip(TASK_FIELDS, _TASK_TYPES, spec):
+            if not ok(value):
+                raise ProtocolError(f"task spec: bad {name} {_show(value)}")
+        if key in deps:
+            raise ProtocolError(f"task {key!r} depends on itself")
     if not key:
         raise ProtocolError("task spec: empty key")
-    if key in spec[4]:
-        raise ProtocolError(f"task {key!r} depends on itself")
     if options:
         workers, priority = options.get("workers"), options.get("priority")
         if workers is not None and not _keys(workers):

@@ -55,8 +55,17 @@ def is_plain(value: Any) -> bool:
     if t is int:
         return _INT_MIN <= value <= _INT_MAX
     if t is str:
-        return len(value) < 65536
+        # msgpack carries UTF-8 only: a lone surrogate (os.fsdecode of odd bytes) is pickled
+        return len(value) < 65536 and (value.isascii() or _utf8(value))
     return t is float or t is bool or value is None
+
+
+def _utf8(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def all_plain(values) -> bool:
@@ -100,6 +109,8 @@ def _find_unpicklable(obj: Any, depth: int = 0) -> Any:
         else:
             parts = []
         for part in parts:
+            if isinstance(part, TaskRef):   # pickled by key (persistent id), never the culprit
+                continue
             try:
                 cloudpickle.dumps(part, protocol=PROTOCOL)
             except Exception:

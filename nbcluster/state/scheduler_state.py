@@ -173,7 +173,7 @@ class SchedulerState:
         ws.last_seen = now
         self.workers[address] = ws
         pinned, self.unrunnable = self.unrunnable, []
-        for ts in pinned:
+        for ts in dict.fromkeys(pinned):
             if ts.state == "queued":
                 self._become_ready(ts)   # back to unrunnable unless one of its workers is here
         self._fill_workers()

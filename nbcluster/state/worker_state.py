@@ -80,15 +80,18 @@ class WorkerState:
             if ts.state == "memory":
                 ts.fetched = False
                 out.append(("send", [m.FINISHED, key, ts.nbytes, 0.0, 0.0, False, None, ""]))
+            # freed while running, then given back: the running call delivers the result
+            ts.cancelled = False
             ts.want = ts.want or want
             return out
         if ts is None:
             ts = self.tasks[key] = WorkerTask(key)
         self.counter += 1
         ts.fn, ts.args, ts.kwargs, ts.want = fn, args, kwargs, want
-        ts.priority, ts.order, ts.cancelled = priority, self.counter, False
+        ts.priority, ts.order, ts.cancelled, ts.fetched = priority, self.counter, False, False
         ts.deps = list(deps)
         ts.waiting_on = set()
+        to_fetch = []
         for dkey, holders in deps.items():
             dts = self.tasks.get(dkey)
             if dts is None:
@@ -98,16 +101,22 @@ class WorkerState:
                 continue
             ts.waiting_on.add(dkey)
             if dts.state in ("new", "fetch", "missing"):
-                holders = [h for h in holders if h != self.address]
-                dts.who_has = holders
+                peers = [h for h in holders if h != self.address]
+                dts.who_has = peers
                 if dts.state != "fetch":
                     dts.state = "fetch"
                     dts.fetched = True
-                    self._queue_fetch(dts, out)
+                    # listed as a holder, yet it is not here: tell the scheduler so
+                    to_fetch.append((dts, self.address if len(peers) < len(holders) else ""))
         if ts.waiting_on:
             ts.state = "waiting"
         else:
             self._make_ready(ts)
+        # Queued only now: an input with no holder reports the task MISSING, which needs it
+        # to be waiting (before, the report was skipped and the task waited forever).
+        for dts, gone in to_fetch:
+            if dts.state == "fetch":
+                self._queue_fetch(dts, out, gone)
         self._run_ready(out)
         self._start_fetches(out)
         return out
@@ -143,7 +152,7 @@ class WorkerState:
         self.executing.discard(key)
         self._observe_duration(stop - start)
         ts = self.tasks.get(key)
-        if ts is None or ts.cancelled:
+        if ts is None or (ts.cancelled and not any(map(self._is_pending, ts.dependents))):
             if ts is not None:
                 drop: list = []
                 self._forget(ts, drop)
@@ -153,10 +162,15 @@ class WorkerState:
             self._run_ready(out)
             return out
         ts.state = "memory"
-        ts.fetched = False
         ts.nbytes = nbytes
         self.nbytes += nbytes
-        out.append(("send", [m.FINISHED, key, nbytes, start, stop, has_value, value, typ]))
+        if ts.cancelled:
+            # freed by the scheduler while running, but a task here needs it since: keep it
+            # as an uncounted copy, dropped after use (dropping it would leave that task stuck)
+            ts.cancelled, ts.fetched = False, True
+        else:
+            ts.fetched = False
+            out.append(("send", [m.FINISHED, key, nbytes, start, stop, has_value, value, typ]))
         self._input_arrived(ts, out)
         self._release_inputs(ts, out)
         self._run_ready(out)
@@ -169,6 +183,9 @@ class WorkerState:
         if ts is not None:
             if not ts.cancelled:
                 out.append(("send", [m.FAILED, key, exception, traceback, start, stop]))
+            else:   # tasks here that wait for it must get it elsewhere: hand them back
+                for dkey in list(ts.dependents):
+                    self._report_missing(dkey, key, "", out)
             drop: list = []
             self._release_inputs(ts, out)
             ts.dependents.clear()
@@ -184,7 +201,10 @@ class WorkerState:
         self.in_flight[peer] = self.in_flight.get(peer, 1) - 1
         for key, size in nbytes.items():
             ts = self.tasks.get(key)
-            if ts is None or ts.state == "memory":
+            if ts is None:   # forgotten while it travelled: the shell stored it anyway
+                out.append(("drop", [key]))
+                continue
+            if ts.state != "flight":   # here already, or now computed here
                 continue
             ts.state = "memory"
             ts.nbytes = size
@@ -206,12 +226,16 @@ class WorkerState:
         """The peer could not be reached at all."""
         out: list = []
         self.in_flight[peer] = self.in_flight.get(peer, 1) - 1
-        self.to_fetch.pop(peer, None)
+        queued = self.to_fetch.pop(peer, ())
         for key in keys:
             self._fetch_failed(key, peer, out)
         for ts in self.tasks.values():
             if ts.state == "fetch" and peer in ts.who_has:
                 ts.who_has.remove(peer)
+        for key in queued:   # they waited for this peer: another holder, or MISSING
+            ts = self.tasks.get(key)
+            if ts is not None and ts.state == "fetch":
+                self._queue_fetch(ts, out, peer)
         self._start_fetches(out)
         return out
 
@@ -303,14 +327,16 @@ class WorkerState:
             dts = self.tasks.get(dkey)
             if dts is not None:
                 dts.dependents.discard(ts.key)
-                if dts.fetched and not dts.dependents and dts.state in ("memory", "fetch"):
+                if dts.fetched and not dts.dependents and dts.state in ("memory", "fetch",
+                                                                        "missing"):
                     self._forget(dts, drop)
 
-    def _queue_fetch(self, dts: WorkerTask, out: list) -> None:
+    def _queue_fetch(self, dts: WorkerTask, out: list, gone: str = "") -> None:
+        """Queue a transfer from a holder; with none left, report MISSING (``gone`` failed)."""
         if not dts.who_has:
             dts.state = "missing"
             for dkey in list(dts.dependents):
-                self._report_missing(dkey, dts.key, "", out)
+                self._report_missing(dkey, dts.key, gone, out)
             return
         peer = self.rng.choice(dts.who_has)
         self.to_fetch.setdefault(peer, set()).add(dts.key)
@@ -332,17 +358,12 @@ class WorkerState:
 
     def _fetch_failed(self, key: str, peer: str, out: list) -> None:
         ts = self.tasks.get(key)
-        if ts is None or ts.state == "memory":
+        if ts is None or ts.state != "flight":   # not this transfer's any more
             return
         if peer in ts.who_has:
             ts.who_has.remove(peer)
         ts.state = "fetch"
-        if ts.who_has:
-            self._queue_fetch(ts, out)
-            return
-        ts.state = "missing"
-        for dkey in list(ts.dependents):
-            self._report_missing(dkey, key, peer, out)
+        self._queue_fetch(ts, out, peer)
 
     def _report_missing(self, key: str, dep: str, peer: str, out: list) -> None:
         """Give the task back to the scheduler: one of its inputs cannot be had."""

@@ -1,0 +1,425 @@
+"""WorkerState fed plain events; every step also checks the state's invariants."""
+
+from __future__ import annotations
+
+import pytest
+
+from nbcluster.protocol import messages as m
+from nbcluster.state import worker_state as wsm
+from nbcluster.state.worker_state import FETCH_BATCH, FETCHES_PER_PEER, WorkerState
+
+ME, P, Q = "tcp://me:1", "tcp://p:1", "tcp://q:1"
+
+
+class FirstChoice:
+    """Deterministic stand-in for the worker's random choice of a holder."""
+
+    def choice(self, seq):
+        return seq[0]
+
+
+def check_invariants(w: WorkerState) -> None:
+    states = {k: ts.state for k, ts in w.tasks.items()}
+    assert w.executing == {k for k, s in states.items() if s == "executing"}
+    assert w.nbytes == sum(ts.nbytes for ts in w.tasks.values() if ts.state == "memory")
+    ready = {ts.key for ts in w.ready if w.tasks.get(ts.key) is ts and ts.state == "ready"}
+    assert ready == {k for k, s in states.items() if s == "ready"}
+    queued = [k for keys in w.to_fetch.values() for k in keys
+              if k in w.tasks and w.tasks[k].state == "fetch"]
+    assert sorted(queued) == sorted(k for k, s in states.items() if s == "fetch")
+    for key, ts in w.tasks.items():
+        assert ts.key == key
+        pending = [d for d in ts.dependents if w._is_pending(d)]
+        if ts.state in ("fetch", "missing") or (ts.state == "memory" and ts.fetched):
+            assert pending, f"{ts} kept for nobody"
+        if ts.state == "waiting":
+            assert ts.waiting_on and ts.waiting_on <= set(ts.deps)
+            for d in ts.waiting_on:
+                assert d in w.tasks and w.tasks[d].state != "memory", (ts, d)
+        if ts.state in ("waiting", "ready"):
+            for d in ts.deps:
+                assert key in w.tasks[d].dependents
+    assert all(n >= 0 for n in w.in_flight.values())
+
+
+class Sim:
+    def __init__(self, nthreads=1):
+        self.w = WorkerState(ME, nthreads)
+        self.w.rng = FirstChoice()
+
+    def __getattr__(self, name):
+        method = getattr(self.w, name)
+
+        def step(*args):
+            out = method(*args)
+            check_invariants(self.w)
+            return out
+        return step
+
+    def run(self, key, deps=None, priority=0, want=True):
+        return self.compute(key, "fn-token", [1], None, deps or {}, want, priority)
+
+    def done(self, key, nbytes=8, seconds=0.5):
+        return self.task_finished(key, nbytes, 10.0, 10.0 + seconds, False, None, "int")
+
+    def state(self, key):
+        ts = self.w.tasks.get(key)
+        return ts.state if ts is not None else "forgotten"
+
+
+def executes(out):
+    return [i[1] for i in out if i[0] == "execute"]
+
+
+def fetches(out):
+    return [(i[1], sorted(i[2])) for i in out if i[0] == "fetch"]
+
+
+def sends(out, op=None):
+    return [i[1] for i in out if i[0] == "send" and (op is None or i[1][0] == op)]
+
+
+def drops(out):
+    return sorted(k for i in out if i[0] == "drop" for k in i[1])
+
+
+# ---------------------------------------------------------------------- execution
+def test_compute_without_inputs_executes_and_reports():
+    sim = Sim()
+    out = sim.run("x")
+    assert out == [("execute", "x")]
+    ts = sim.w.tasks["x"]
+    assert (ts.fn, ts.args, ts.kwargs, ts.want) == ("fn-token", [1], None, True)
+    out = sim.task_finished("x", 28, 1.0, 1.5, True, 42, "int")
+    assert out == [("send", [m.FINISHED, "x", 28, 1.0, 1.5, True, 42, "int"])]
+    assert sim.state("x") == "memory" and sim.w.nbytes == 28
+    assert ts.fn is None and ts.args is None   # the spec is not kept once done
+
+
+def test_at_most_nthreads_execute_at_once():
+    sim = Sim(nthreads=2)
+    assert executes(sim.run("a") + sim.run("b") + sim.run("c")) == ["a", "b"]
+    assert sim.state("c") == "ready"
+    out = sim.done("a")
+    assert executes(out) == ["c"] and sends(out, m.FINISHED)[0][1] == "a"
+    out = sim.task_failed("b", "exc", "tb", 1.0, 2.0)
+    assert out == [("send", [m.FAILED, "b", "exc", "tb", 1.0, 2.0])]
+    assert sim.state("b") == "forgotten"
+
+
+def test_short_tasks_are_handed_over_ahead_and_long_ones_are_not():
+    sim = Sim(nthreads=1)
+    assert sim.w.prefetch == 0
+    for i in range(30):
+        sim.run(f"s{i}")
+        sim.done(f"s{i}", seconds=0.0001)
+    assert sim.w.prefetch > 0
+    out = []
+    for i in range(5):
+        out += sim.run(f"t{i}")
+    assert len(executes(out)) == min(5, 1 + sim.w.prefetch) > 1
+    for i in range(5):
+        sim.done(f"t{i}", seconds=0.0001)
+    for i in range(30):
+        sim.run(f"l{i}")
+        sim.done(f"l{i}", seconds=1.0)
+    assert sim.w.prefetch == 0
+
+
+def test_ready_tasks_run_by_priority_then_fifo():
+    sim = Sim()
+    sim.run("first")
+    for key, prio in [("a", 0), ("b", -5), ("c", 0), ("d", -5), ("e", 3)]:
+        assert sim.run(key, priority=prio) == []
+    order = []
+    key = "first"
+    for _ in range(5):
+        [key] = executes(sim.done(key))
+        order.append(key)
+    assert order == ["b", "d", "a", "c", "e"]
+
+
+def test_duplicate_compute_is_ignored_and_finished_key_reported_again():
+    sim = Sim()
+    sim.run("x")
+    assert sim.run("x") == []
+    sim.done("x", nbytes=5)
+    out = sim.run("x")
+    assert out == [("send", [m.FINISHED, "x", 5, 0.0, 0.0, False, None, ""])]
+
+
+# ---------------------------------------------------------------------- inputs
+def test_local_input_runs_at_once_and_is_kept_after():
+    sim = Sim()
+    sim.run("x")
+    sim.done("x")
+    out = sim.run("y", {"x": [ME]})
+    assert out == [("execute", "y")]
+    out = sim.done("y")
+    assert drops(out) == []                    # the scheduler counts x as held here
+    assert sim.state("x") == "memory"
+
+
+def test_remote_inputs_fetched_in_one_transfer_per_peer():
+    sim = Sim()
+    out = sim.run("y", {"a": [P], "b": [P], "c": [Q, P]})
+    assert sorted(fetches(out)) == [(P, ["a", "b"]), (Q, ["c"])]
+    assert executes(out) == [] and sim.state("y") == "waiting"
+    assert {sim.state(k) for k in "abc"} == {"flight"}
+    out = sim.fetch_done(P, {"a": 10, "b": 20}, [])
+    assert out == [] and sim.state("y") == "waiting"
+    out = sim.fetch_done(Q, {"c": 30}, [])
+    assert out == [("execute", "y")]
+    assert sim.w.nbytes == 60
+    # fetched copies are not the scheduler's: dropped once used
+    out = sim.done("y", nbytes=1)
+    assert drops(out) == ["a", "b", "c"]
+    assert set(sim.w.tasks) == {"y"} and sim.w.nbytes == 1
+
+
+def test_fetched_copy_shared_by_two_tasks_dropped_after_both():
+    sim = Sim()
+    sim.run("y1", {"a": [P]})
+    out = sim.run("y2", {"a": [P]})
+    assert fetches(out) == []                  # already on its way
+    out = sim.fetch_done(P, {"a": 10}, [])
+    assert executes(out) == ["y1"]
+    out = sim.done("y1")
+    assert executes(out) == ["y2"] and drops(out) == []
+    out = sim.done("y2")
+    assert drops(out) == ["a"]
+
+
+def test_transfers_per_peer_are_limited():
+    sim = Sim()
+    out = []
+    for i in range(FETCHES_PER_PEER + 2):
+        out += sim.run(f"y{i}", {f"a{i}": [P]})
+    assert fetches(out) == [(P, [f"a{i}"]) for i in range(FETCHES_PER_PEER)]
+    assert sim.w.in_flight[P] == FETCHES_PER_PEER
+    out = sim.run("z", {"b": [Q]})
+    assert fetches(out) == [(Q, ["b"])]        # another peer is not held back
+    out = sim.fetch_done(P, {"a0": 1}, [])
+    assert executes(out) == ["y0"]
+    assert fetches(out) == [(P, [f"a{FETCHES_PER_PEER}", f"a{FETCHES_PER_PEER + 1}"])]
+
+
+def test_transfers_carry_at_most_fetch_batch_keys():
+    sim = Sim()
+    deps = {f"k{i}": [P] for i in range(2 * FETCH_BATCH + 20)}
+    out = sim.run("y", deps)
+    assert [len(keys) for _, keys in fetches(out)] == [FETCH_BATCH, FETCH_BATCH]
+    first = fetches(out)[0][1]
+    out = sim.fetch_done(P, {k: 1 for k in first}, [])
+    assert [len(keys) for _, keys in fetches(out)] == [20]
+
+
+def test_input_put_here_directly_readies_dependents():
+    sim = Sim()
+    sim.run("y", {"s": [P]})
+    out = sim.data_added({"s": 100})
+    assert out == [("execute", "y")]
+    out = sim.fetch_done(P, {"s": 100}, [])    # the transfer arrives too: counted once
+    assert sim.w.nbytes == 100 and out == []
+    out = sim.done("y")
+    assert drops(out) == [] and sim.state("s") == "memory"   # scattered here: kept
+
+
+# ---------------------------------------------------------------------- free
+def test_free_of_executing_task_drops_its_result_when_it_finishes():
+    sim = Sim()
+    sim.run("x")
+    assert sim.free(["x"]) == []
+    out = sim.done("x")
+    assert sends(out) == [] and drops(out) == ["x"]
+    assert sim.state("x") == "forgotten" and sim.w.nbytes == 0
+    assert sim.free(["x", "never"]) == []
+
+
+def test_free_of_ready_task_and_of_held_data():
+    sim = Sim()
+    sim.run("a")
+    sim.run("b")
+    out = sim.free(["b"])
+    assert out == [] and sim.state("b") == "forgotten"
+    out = sim.done("a")
+    assert executes(out) == []                 # b does not run
+    out = sim.free(["a"])
+    assert out == [("drop", ["a"])] and sim.w.nbytes == 0
+
+
+def test_free_of_input_still_needed_here_waits_for_its_use():
+    sim = Sim()
+    sim.run("x")
+    sim.done("x")
+    sim.run("busy")
+    sim.run("y", {"x": [ME]})                  # ready, behind "busy"
+    out = sim.free(["x"])
+    assert out == [] and sim.state("x") == "memory"
+    sim.done("busy")
+    out = sim.done("y")
+    assert drops(out) == ["x"]
+
+
+# ---------------------------------------------------------------------- transfer failures
+def test_fetch_failure_tries_another_holder_then_reports_missing():
+    sim = Sim()
+    out = sim.run("y", {"a": [P, Q]})
+    assert fetches(out) == [(P, ["a"])]
+    out = sim.fetch_failed(P, ["a"])
+    assert fetches(out) == [(Q, ["a"])]
+    out = sim.fetch_failed(Q, ["a"])
+    assert sends(out) == [[m.MISSING, "y", "a", Q]]
+    assert sim.w.tasks == {}                   # y handed back to the scheduler, a forgotten
+
+
+def test_peer_without_the_key_counts_as_failed_holder():
+    sim = Sim()
+    sim.run("y", {"a": [P, Q], "b": [P]})
+    out = sim.fetch_done(P, {"b": 5}, ["a"])
+    assert fetches(out) == [(Q, ["a"])]
+    out = sim.fetch_done(Q, {"a": 5}, [])
+    assert executes(out) == ["y"]
+
+
+def test_unreachable_peer_requeues_keys_that_waited_for_it():
+    sim = Sim()
+    out = []
+    for i in range(FETCHES_PER_PEER + 1):
+        out += sim.run(f"y{i}", {f"a{i}": [P, Q]})
+    assert fetches(out) == [(P, ["a0"]), (P, ["a1"])]       # a2 waits for a P slot
+    out = sim.fetch_failed(P, ["a0"])
+    assert fetches(out) == [(Q, ["a0", "a2"])]
+    assert sim.state("a2") == "flight"
+
+
+def test_unreachable_peer_with_no_other_holder():
+    sim = Sim()
+    for i in range(FETCHES_PER_PEER + 1):
+        sim.run(f"y{i}", {f"a{i}": [P]})
+    out = sim.fetch_failed(P, ["a0"])
+    assert sorted(sends(out)) == [[m.MISSING, "y0", "a0", P], [m.MISSING, "y2", "a2", P]]
+    assert set(sim.w.tasks) == {"y1", "a1"}
+
+
+def test_unusable_input_fails_its_dependents():
+    sim = Sim()
+    sim.run("y", {"a": [P], "b": [P]})
+    out = sim.fetch_errored("a", ("EXC", "cannot unpickle"))
+    assert out == [("send", [m.FAILED, "y", "EXC", "cannot unpickle", 0.0, 0.0])]
+    out = sim.fetch_done(P, {"b": 4}, [])
+    assert drops(out) == ["b"] and sim.w.tasks == {}
+    assert sim.fetch_errored("zzz", ("EXC", "x")) == []
+
+
+# ---------------------------------------------------------------------- races with the scheduler
+def test_input_with_no_holder_left_is_reported_missing():
+    sim = Sim()
+    out = sim.run("y", {"a": []})
+    assert sends(out) == [[m.MISSING, "y", "a", ""]]
+    assert sim.w.tasks == {}
+    # the scheduler believes this worker holds it, but it does not (any more)
+    out = sim.run("z", {"a": [ME]})
+    assert sends(out) == [[m.MISSING, "z", "a", ME]]
+    assert sim.w.tasks == {}
+
+
+def test_other_inputs_not_fetched_for_a_task_handed_back():
+    sim = Sim()
+    out = sim.run("y", {"b": [P], "a": []})
+    assert sends(out) == [[m.MISSING, "y", "a", ""]]
+    assert fetches(out) == [] and sim.w.tasks == {}
+
+
+def test_recomputed_after_being_freed_while_running():
+    sim = Sim()
+    sim.run("x")
+    sim.free(["x"])                            # the scheduler moved it ...
+    assert sim.run("x") == []                  # ... and gave it back while still running
+    out = sim.done("x", nbytes=3)
+    assert sends(out) == [[m.FINISHED, "x", 3, 10.0, 10.5, False, None, "int"]]
+    assert sim.state("x") == "memory"
+
+
+def test_freed_running_task_needed_by_a_later_one_here():
+    sim = Sim(nthreads=2)
+    sim.run("x")
+    sim.free(["x"])
+    out = sim.run("z", {"x": [Q]})             # the scheduler thinks x is on Q now
+    assert out == [] and sim.state("z") == "waiting"
+    out = sim.done("x")
+    assert sends(out) == [] and executes(out) == ["z"]
+    out = sim.done("z")
+    assert drops(out) == ["x"]
+
+
+def test_freed_running_task_that_fails_hands_back_tasks_waiting_here():
+    sim = Sim(nthreads=2)
+    sim.run("x")
+    sim.free(["x"])
+    sim.run("z", {"x": [Q]})
+    out = sim.task_failed("x", "EXC", "tb", 1.0, 2.0)
+    assert sends(out) == [[m.MISSING, "z", "x", ""]]     # no FAILED: x was not ours any more
+    assert sim.w.tasks == {}
+
+
+def test_transfer_for_a_key_forgotten_meanwhile_is_dropped():
+    sim = Sim()
+    sim.run("y", {"a": [P]})
+    sim.free(["y"])
+    sim.free(["a"])
+    assert sim.w.tasks == {}
+    out = sim.fetch_done(P, {"a": 8}, [])      # the shell stored it: it must go
+    assert out == [("drop", ["a"])] and sim.w.nbytes == 0
+
+
+@pytest.mark.parametrize("outcome", ["failed", "missing", "done"])
+def test_transfer_outcome_leaves_a_key_now_computed_here_alone(outcome):
+    sim = Sim()
+    sim.run("y", {"a": [P]})
+    sim.free(["y"])
+    out = sim.run("a")                         # the scheduler has it recomputed here
+    assert out == [("execute", "a")]
+    if outcome == "failed":
+        out = sim.fetch_failed(P, ["a"])
+    else:
+        out = sim.fetch_done(P, {"a": 8} if outcome == "done" else {}, ["a"] * (outcome == "missing"))
+    assert out == [] and sim.state("a") == "executing" and sim.w.nbytes == 0
+    out = sim.done("a", nbytes=8)
+    assert sends(out, m.FINISHED) and sim.w.nbytes == 8
+
+
+def test_freed_dependent_lets_go_of_queued_input():
+    sim = Sim()
+    for i in range(FETCHES_PER_PEER):
+        sim.run(f"busy{i}", {f"b{i}": [P]})
+    sim.run("y", {"a": [P]})                   # queued behind the two transfers
+    out = sim.free(["y"])
+    assert sim.state("a") == "forgotten"
+    out = sim.fetch_done(P, {"b0": 1}, [])
+    assert fetches(out) == []
+
+
+@pytest.mark.parametrize("nthreads", [1, 3])
+def test_many_tasks_settle(nthreads):
+    """A random-ish mix of events leaves nothing behind once everything is freed."""
+    sim = Sim(nthreads)
+    peers = [P, Q]
+    for i in range(40):
+        sim.run(f"t{i}", {f"in{i % 7}": [peers[i % 2]]} if i % 3 else {}, priority=-(i % 4))
+    for _ in range(200):
+        progressed = False
+        for peer in peers:
+            while sim.w.in_flight.get(peer):
+                keys = [k for k, ts in sim.w.tasks.items() if ts.state == "flight"]
+                sim.fetch_done(peer, {k: 1 for k in keys}, [])
+                progressed = True
+        for key in list(sim.w.executing):
+            sim.done(key)
+            progressed = True
+        if not progressed:
+            break
+    assert all(ts.state == "memory" for ts in sim.w.tasks.values())
+    sim.free([f"t{i}" for i in range(40)])
+    assert sim.w.tasks == {} and sim.w.nbytes == 0
+    assert wsm.FETCHES_PER_PEER == FETCHES_PER_PEER
