@@ -81,8 +81,16 @@ def _worker(args) -> int:
               + ("" if scheme == "tls" else ", unencrypted"), file=sys.stderr)
     asyncio.run(run_worker(address, nthreads=args.nthreads, name=args.name, token=token,
                            listen_address=f"{scheme}://{args.host}:{args.port}",
-                           security=security))
+                           security=security, queues=_queues(args.queues)))
     return 0
+
+
+def _queues(text: str | None) -> list[str] | None:
+    if not text:
+        return None
+    from .client.options import check_queue_name
+
+    return [check_queue_name(q.strip(), "--queues") for q in text.split(",")]
 
 
 def _demo(args) -> int:
@@ -113,6 +121,7 @@ def main(argv: list[str] | None = None) -> int:
     w.add_argument("--port", type=int, default=0)
     w.add_argument("--token", default=None)
     w.add_argument("--connection-file", default=None)
+    w.add_argument("--queues", default=None, help="queues to take tasks from, e.g. high,default")
     _add_tls_options(w)
     w.set_defaults(run=_worker)
 
@@ -128,7 +137,7 @@ def main(argv: list[str] | None = None) -> int:
         return args.run(args)
     except KeyboardInterrupt:
         return 130
-    except (NBClusterError, OSError) as e:
+    except (NBClusterError, OSError, ValueError) as e:
         print(f"nbcluster {args.command}: {e}", file=sys.stderr)
         return 1
 

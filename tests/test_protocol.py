@@ -115,7 +115,7 @@ def test_small_pickle_header_rides_inline():
 def test_decoded_serialized_can_be_forwarded():
     """The scheduler relays arguments it never unpickles: decode -> encode -> decode."""
     arr = np.arange(100)
-    once = decode(encode([[m.COMPUTE, "k", "fn", dumps((arr,)), None, {}, True, 0]]))
+    once = decode(encode([[m.COMPUTE, "k", "fn", dumps((arr,)), None, {}, True, 0, None]]))
     twice = decode(from_stream(to_stream(encode(once))))
     (got,) = loads(twice[0][3])
     assert np.array_equal(got, arr)
@@ -180,16 +180,16 @@ def test_check_shape():
 
 def test_check_fields():
     ser = dumps(ValueError("x"))
-    good = [[m.FINISHED, "k", 8, 0.0, 1, True, None, "int"], [m.FAILED, "k", ser, None, 0, 1.5],
-            [m.COMPUTE, "k", "fn", ser, None, {"d": ["w"]}, False, -3],
-            [m.COMPUTE, "k", "fn", [1], {"a": 1}, {}, True, 0.5],
+    good = [[m.FINISHED, "k", 8, 0.0, 1, True, None, "int"], [m.FAILED, "k", ser, None, 0, 1.5, None],
+            [m.COMPUTE, "k", "fn", ser, None, {"d": ["w"]}, False, -3, None],
+            [m.COMPUTE, "k", "fn", [1], {"a": 1}, {}, True, 0.5, {"timeout": 1.0}],
             [m.UPDATE_DATA, {"k": 10}, "tcp://w:1"], [m.MISSING, "k", "d", ""]]
     for msg in good:
         assert m.check_fields(msg) == msg[0]
     bad = [[m.FINISHED, "k", 8.0, 0.0, 1, True, None, "int"],   # nbytes a float
            [m.FINISHED, "k", True, 0.0, 1, True, None, "int"],  # nbytes a bool
            [m.FINISHED, "k", 8, 0.0, 1, 1, None, "int"],        # flag an int
-           [m.COMPUTE, "k", "fn", "args", None, {}, True, 0],
+           [m.COMPUTE, "k", "fn", "args", None, {}, True, 0, None],
            [m.UPDATE_DATA, {"k": "10"}, "w"], [m.UPDATE_DATA, {1: 10}, "w"],
            [m.RELEASE, ["a", None]], [m.FREE, "a"], [m.HEARTBEAT, None]]
     for msg in bad:
@@ -200,13 +200,16 @@ def test_check_fields():
 def test_check_task():
     m.check_task(["k", "fn", [1], None, [], None])
     m.check_task(["k", "fn", dumps(()), dumps({}), ["d"], {"priority": -2, "workers": ["w"],
-                                                            "anything": "else"}])
+                                                            "queue": "high"}])
     for bad in (("k", "fn", [], None, [], None), ["k", "fn", [], None, []], ["", "fn", [], None, [], None],
                 ["k", 1, [], None, [], None], ["k", "fn", (), None, [], None],
                 ["k", "fn", [], [], [], None], ["k", "fn", [], None, "d", None],
                 ["k", "fn", [], None, ["k"], None], ["k", "fn", [], None, [], []],
                 ["k", "fn", [], None, [], {"workers": "w"}],
-                ["k", "fn", [], None, [], {"priority": "1"}]):
+                ["k", "fn", [], None, [], {"priority": "1"}],
+                ["k", "fn", [], None, [], {"anything": "else"}],
+                ["k", "fn", [], None, [], {"retries": -1}],
+                ["k", "fn", [], None, [], {"rate": [0, 1]}]):
         with pytest.raises(ProtocolError):
             m.check_task(bad)
 

@@ -131,7 +131,7 @@ class Sim:
 
     def fail(self, addr, key, exc=None, tb="Traceback: boom"):
         exc = exc if exc is not None else dumps(ValueError("boom"))
-        return self.worker(addr, [m.FAILED, key, exc, tb, self.now, self.now + 0.001])
+        return self.worker(addr, [m.FAILED, key, exc, tb, self.now, self.now + 0.001, None])
 
     def started(self, addr, key):
         return self.worker(addr, [m.STARTED, key, self.now])
@@ -182,7 +182,7 @@ def test_independent_tasks_spread_over_workers_within_window():
     assert sorted(placed.values()).count("A") == window
     assert sorted(placed.values()).count("B") == window
     assert compute_order(out, "A") == [f"t{i}" for i in range(0, 12, 2)]   # FIFO, alternating
-    assert compute_msg(out, "t0") == [m.COMPUTE, "t0", FN, [1], None, {}, True, 0]
+    assert compute_msg(out, "t0") == [m.COMPUTE, "t0", FN, [1], None, {}, True, 0, None]
     assert sum(sim.state(f"t{i}") == "queued" for i in range(20)) == 8
     # a completion frees a slot on that worker, which takes the next task in order
     out = sim.finish("A", "t0")
@@ -758,7 +758,7 @@ BAD_WORKER_MESSAGES = {
     "finished nbytes str": [m.FINISHED, "ok", "8", 0.0, 1.0, False, None, "int"],
     "finished stop str": [m.FINISHED, "ok", 8, 0.0, "later", False, None, "int"],
     "finished flag int": [m.FINISHED, "ok", 8, 0.0, 1.0, 2, None, "int"],
-    "failed traceback int": [m.FAILED, "ok", None, 5, 0.0, 1.0],
+    "failed traceback int": [m.FAILED, "ok", None, 5, 0.0, 1.0, None],
     "started time str": [m.STARTED, "ok", "now"],
     "missing dep int": [m.MISSING, "ok", 3, "A"],
     "output text bytes": [m.OUTPUT, "ok", "stdout", b"x"],
@@ -774,7 +774,7 @@ def _snapshot(s):
              ts.processing_on.address if ts.processing_on else None) for k, ts in s.tasks.items()},
         {a: (sorted(t.key for t in w.processing), sorted(t.key for t in w.has_what),
              sorted(w.functions)) for a, w in s.workers.items()},
-        sorted(t.key for t in s.queue), set(s.functions),
+        sorted(t.key for heap in s.queues.values() for _, t in heap), set(s.functions),
     )
 
 

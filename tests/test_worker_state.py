@@ -103,7 +103,7 @@ def test_at_most_nthreads_execute_at_once():
     out = sim.done("a")
     assert executes(out) == ["c"] and sends(out, m.FINISHED)[0][1] == "a"
     out = sim.task_failed("b", "exc", "tb", 1.0, 2.0)
-    assert out == [("send", [m.FAILED, "b", "exc", "tb", 1.0, 2.0])]
+    assert out == [("send", [m.FAILED, "b", "exc", "tb", 1.0, 2.0, None])]
     assert sim.state("b") == "forgotten"
 
 
@@ -229,7 +229,7 @@ def test_input_put_here_directly_readies_dependents():
 def test_free_of_executing_task_drops_its_result_when_it_finishes():
     sim = Sim()
     sim.run("x")
-    assert sim.free(["x"]) == []
+    assert sim.free(["x"]) == [("stop", "x")]     # the running call is interrupted
     out = sim.done("x")
     assert sends(out) == [] and drops(out) == ["x"]
     assert sim.state("x") == "forgotten" and sim.w.nbytes == 0
@@ -306,7 +306,7 @@ def test_unusable_input_fails_its_dependents():
     sim = Sim()
     sim.run("y", {"a": [P], "b": [P]})
     out = sim.fetch_errored("a", ("EXC", "cannot unpickle"))
-    assert out == [("send", [m.FAILED, "y", "EXC", "cannot unpickle", 0.0, 0.0])]
+    assert out == [("send", [m.FAILED, "y", "EXC", "cannot unpickle", 0.0, 0.0, None])]
     out = sim.fetch_done(P, {"b": 4}, [])
     assert drops(out) == ["b"] and sim.w.tasks == {}
     assert sim.fetch_errored("zzz", ("EXC", "x")) == []

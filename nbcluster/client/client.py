@@ -432,6 +432,32 @@ class Client:
         self._conn.listeners[event].append(fn)
         return lambda: fn in self._conn.listeners[event] and self._conn.listeners[event].remove(fn)
 
+    def queues(self) -> dict:
+        """Per queue: ``queued`` (waiting, also with no worker to take them), ``processing``,
+        and the ``workers`` subscribed to it."""
+        return self._sync(self._conn.request("queues"))
+
+    def limits(self) -> dict:
+        """Per limit key: its rate, concurrency, tasks running and tasks held back."""
+        return self._sync(self._conn.request("limits"))
+
+    def set_limit(self, key: str, rate: str | float | None = None,
+                  concurrency: int | None = None) -> None:
+        """Change (or set) a cluster-wide limit on a running cluster. ``key`` is a
+        ``limit_key`` or ``"function:NAME"`` for the limit of one function."""
+        from .options import parse_rate
+
+        if not isinstance(key, str) or not key:
+            raise TypeError(f"set_limit needs a limit key (a string), got {key!r}")
+        if concurrency is not None and (type(concurrency) is not int or concurrency < 1):
+            raise ValueError(f"concurrency must be a positive int, got {concurrency!r}")
+        parsed = list(parse_rate(rate)) if rate is not None else None
+        self._conn.post([m.SET_LIMIT, key, parsed, concurrency])
+
+    def attempts(self, future: Future) -> list[dict]:
+        rows = self._sync(self._conn.request("attempts", key=future.key))
+        return [{"worker": w, "start": s, "duration": d, "exception": e} for w, s, d, e in rows]
+
     def scheduler_info(self) -> dict:
         return self._sync(self._conn.request("info"))
 

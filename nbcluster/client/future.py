@@ -66,6 +66,11 @@ class Future(TaskRef):
         if rec is not None:
             self.client._release_ref(rec)
 
+    @property
+    def attempts(self) -> list[dict]:
+        """Each attempt so far: worker, start (epoch seconds), duration, exception (text)."""
+        return self.client.attempts(self)
+
     def add_done_callback(self, fn: Callable[["Future"], None]) -> None:
         """Call ``fn(self)`` when the task ends (from the client's I/O thread, or at once)."""
         self._record.add_callback(lambda _rec: fn(self))

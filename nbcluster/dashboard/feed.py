@@ -12,6 +12,8 @@ that cost under ``budget`` of the wall time: a snapshot that took 10 ms is not r
 
 from __future__ import annotations
 
+import asyncio
+import concurrent.futures
 import threading
 import time
 from collections import deque
@@ -130,11 +132,50 @@ class Feed:
         return _tail(self.transfers, self.transfers_total, cursor), self.transfers_total
 
 
-def scheduler_feed(scheduler: Any, **kwargs: Any) -> Feed:
-    """A feed that reads a Scheduler's state directly (call it on the scheduler's loop)."""
+def call_on(loop: asyncio.AbstractEventLoop, fn: Callable[[], Any], timeout: float = 5.0,
+            cancelled: Callable[[], bool] = lambda: False) -> Any:
+    """``fn()`` run on ``loop``'s thread; wait here for its result (or error).
+
+    Waits in short slices and gives up when ``cancelled()`` becomes true, so a thread that
+    waits for a loop which is itself waiting for that thread (closing) is never stuck.
+    """
+    try:
+        if asyncio.get_running_loop() is loop:
+            return fn()
+    except RuntimeError:
+        pass
+    fut: concurrent.futures.Future = concurrent.futures.Future()
+
+    def run() -> None:
+        if fut.set_running_or_notify_cancel():
+            try:
+                fut.set_result(fn())
+            except BaseException as e:  # noqa: BLE001 - handed to the waiting thread
+                fut.set_exception(e)
+
+    loop.call_soon_threadsafe(run)
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            return fut.result(min(0.05, max(0.0, deadline - time.monotonic())))
+        except concurrent.futures.TimeoutError:
+            if cancelled() or time.monotonic() >= deadline:
+                fut.cancel()
+                raise TimeoutError("the scheduler's loop did not answer") from None
+
+
+def scheduler_feed(scheduler: Any, loop: asyncio.AbstractEventLoop | None = None,
+                   cancelled: Callable[[], bool] = lambda: False, **kwargs: Any) -> Feed:
+    """A feed that reads a Scheduler's state: on its ``loop``, from another thread, or directly
+    when ``loop`` is None (then call it on the scheduler's loop)."""
     from ..state.snapshot import snapshot
 
-    return Feed(lambda since, tsince: snapshot(scheduler.state, since, tsince), **kwargs)
+    def fetch(since: int, tsince: int) -> dict:
+        def take() -> dict:
+            return snapshot(scheduler.state, since, tsince)
+        return take() if loop is None else call_on(loop, take, cancelled=cancelled)
+
+    return Feed(fetch, **kwargs)
 
 
 def client_snapshot(client: Any, since: int = 0, transfers_since: int = 0) -> dict:

@@ -1,14 +1,17 @@
 """The dashboard the scheduler serves: ``start_dashboard(scheduler, ...)``.
 
 Pages: ``status`` (all plots together), ``task-stream``, ``memory``, ``progress``, ``workers``;
-plus ``metrics`` (Prometheus) and ``metrics.json`` — see :mod:`.http`. Everything runs on the
-scheduler's own event loop and reads its state between events, so no lock is needed and the
-scheduler's hot path never calls into the dashboard: plots pull a snapshot at a fixed interval,
-only while someone watches.
+plus ``metrics`` (Prometheus) and ``metrics.json`` — see :mod:`.http`.
 
-The port is bound at once, so :attr:`Dashboard.link` is known immediately; Bokeh itself (most
-of a second to import) is imported in a thread on the first page request, or at start with
-``preload=True``, while the scheduler keeps serving.
+The scheduler's loop is left alone: the dashboard has its own thread and event loop, where
+Bokeh builds pages, serializes documents, serves its 3 MB of JavaScript and talks websockets.
+The only work done on the scheduler's loop is :func:`~nbcluster.state.snapshot.snapshot`
+(plain data, between two events, so no lock is needed), at most every ``interval`` seconds and
+within a budget of its time (see :class:`~.feed.Feed`), and only while someone watches.
+
+The port is bound at once, so :attr:`Dashboard.link` is known immediately; Bokeh (most of a
+second to import) is imported by the dashboard's thread on the first page request, or at start
+with ``preload=True``.
 """
 
 from __future__ import annotations
@@ -19,14 +22,15 @@ import logging
 import secrets
 import socket
 import threading
-from typing import Any, Callable
+from functools import partial
+from typing import Any
 
 from tornado.httpserver import HTTPServer
 from tornado.ioloop import IOLoop
 from tornado.netutil import bind_sockets
 
 from ..state.snapshot import snapshot
-from .feed import MAX_RATE, Feed, scheduler_feed
+from .feed import MAX_RATE, Feed, call_on, scheduler_feed
 from .http import Gate, cookie_name, plain_app
 from .metrics import figures
 
@@ -52,22 +56,49 @@ def is_loopback(host: str) -> bool:
         return False
 
 
+class _LoopThread:
+    """The dashboard's own event loop, on a daemon thread."""
+
+    def __init__(self) -> None:
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self._main, name="nbcluster-dashboard",
+                                       daemon=True)
+        self.thread.start()
+
+    def _main(self) -> None:
+        asyncio.set_event_loop(self.loop)
+        try:
+            self.loop.run_forever()
+            pending = asyncio.all_tasks(self.loop)
+            for task in pending:
+                task.cancel()
+            if pending:
+                self.loop.run_until_complete(asyncio.gather(*pending, return_exceptions=True))
+        finally:
+            self.loop.close()
+
+
 class Dashboard:
     """A running dashboard; ``link`` is the URL of its status page (token included)."""
 
-    def __init__(self, scheduler: Any, host: str, port: int, prefix: str, token: str | None,
-                 interval: float, feed: Feed) -> None:
+    def __init__(self, scheduler: Any, scheduler_loop: asyncio.AbstractEventLoop, host: str,
+                 port: int, prefix: str, token: str | None, interval: float) -> None:
         self.scheduler = scheduler
+        self.scheduler_loop = scheduler_loop
         self.host = host
         self.port = port
         self.prefix = prefix
         self.token = token
         self.interval = interval
-        self.feed = feed
         self.closed = False
+        self.feed: Feed = scheduler_feed(scheduler, scheduler_loop, cancelled=self._closing,
+                                         min_interval=min(0.2, interval))
         self._bokeh_app: Any = None
-        self._building: asyncio.Future | None = None
         self._http: HTTPServer | None = None
+        self._thread = _LoopThread()
+
+    def _closing(self) -> bool:
+        return self.closed
 
     # ------------------------------------------------------------------ addresses
     @property
@@ -88,63 +119,36 @@ class Dashboard:
     def __repr__(self) -> str:
         return f"<Dashboard {self.address}{self.prefix}/status>"
 
-    # ------------------------------------------------------------------ figures
+    # ------------------------------------------------------------------ on the dashboard's loop
+    def _serve(self, sockets: list) -> None:
+        gate = Gate(prefix=self.prefix, token=self.token, cookie=cookie_name(self.port),
+                    plain_app=plain_app(self.prefix, self.figures), bokeh_app=self.bokeh_app,
+                    bokeh_ready=self.ready)
+        self._http = HTTPServer(gate, xheaders=False)
+        self._http.add_sockets(sockets)
+
     def figures(self) -> dict:
-        """The numbers behind ``/metrics``; call on the scheduler's loop."""
-        snap = snapshot(self.scheduler.state, log_limit=0, prefixes=False)
+        """The numbers behind ``/metrics`` (a snapshot taken on the scheduler's loop)."""
+        snap = call_on(self.scheduler_loop, lambda: snapshot(
+            self.scheduler.state, log_limit=0, prefixes=False), cancelled=self._closing)
         totals = snap["totals"]
         self.feed.rate.add(totals["tasks_completed"] + totals["tasks_failed"])
         return figures(snap, self.feed.rate.rate())
 
-    # ------------------------------------------------------------------ Bokeh, lazily
     def bokeh_app(self) -> Any:
         return self._bokeh_app
 
-    def ready(self) -> asyncio.Future:
-        """Build the Bokeh app (importing Bokeh in a thread) if not yet; await the result."""
-        self._start_build()
-        return asyncio.shield(self._building)
+    async def ready(self) -> Any:
+        """The Bokeh application, built (Bokeh imported) on first use."""
+        if self._bokeh_app is None:
+            if self.closed:
+                raise RuntimeError("the dashboard is closed")
+            self._bokeh_app = _build_bokeh_app(self)
+        return self._bokeh_app
 
-    def _start_build(self) -> None:
-        if self._building is None:
-            self._building = asyncio.get_running_loop().create_future()
-            in_thread(self._load, "import").add_done_callback(self._finish_build)
-
-    def _load(self) -> None:
-        """In a thread: import Bokeh and build one page, so the first visit finds it warm."""
-        from bokeh.server.tornado import BokehTornado  # noqa: F401 - the slow imports
-
-        _build_page(self, "status")
-
-    def _finish_build(self, fut: asyncio.Future) -> None:
-        result = self._building
-        error = fut.exception()
-        if error is None and self.closed:
-            error = RuntimeError("the dashboard is closed")
-        if error is None:
-            try:
-                self._bokeh_app = _build_bokeh_app(self)
-            except Exception as e:  # noqa: BLE001
-                error = e
-        if error is not None:
-            logger.error("dashboard could not start Bokeh: %r", error)
-            result.set_exception(error)
-            result.exception()   # retrieved: no "never retrieved" warning when nobody waits
-        else:
-            result.set_result(self._bokeh_app)
-
-    # ------------------------------------------------------------------ closing
-    def stop(self) -> None:
-        """Stop listening and close open connections and sessions; call on the loop."""
-        if self.closed:
-            return
-        self.closed = True
+    async def _shutdown(self) -> None:
         if self._http is not None:
             self._http.stop()
-            try:
-                asyncio.ensure_future(self._http.close_all_connections())
-            except RuntimeError:   # no running loop: nothing left to close on
-                pass
         app = self._bokeh_app
         if app is not None:
             try:
@@ -156,29 +160,28 @@ class Dashboard:
                 app.stop(wait=False)
             except Exception:  # noqa: BLE001 - best effort at shutdown
                 logger.debug("stopping bokeh", exc_info=True)
+        if self._http is not None:
+            await asyncio.wait_for(self._http.close_all_connections(), 5)
 
-
-def in_thread(fn: Callable[[], Any], what: str) -> asyncio.Future:
-    """Run ``fn`` in a new thread; a future of its result on the running loop."""
-    loop = asyncio.get_running_loop()
-    fut = loop.create_future()
-
-    def run() -> None:
+    # ------------------------------------------------------------------ from any thread
+    def stop(self) -> None:
+        """Stop serving: close connections and sessions, end the dashboard's thread."""
+        if self.closed:
+            return
+        self.closed = True
+        loop, thread = self._thread.loop, self._thread.thread
+        if thread is threading.current_thread():
+            asyncio.ensure_future(self._shutdown()).add_done_callback(lambda f: loop.stop())
+            return
         try:
-            value, error = fn(), None
-        except BaseException as e:  # noqa: BLE001 - handed to the loop
-            value, error = None, e
-
-        def done() -> None:
-            if not fut.done():
-                fut.set_result(value) if error is None else fut.set_exception(error)
+            asyncio.run_coroutine_threadsafe(self._shutdown(), loop).result(10)
+        except Exception:  # noqa: BLE001
+            logger.debug("dashboard shutdown", exc_info=True)
         try:
-            loop.call_soon_threadsafe(done)
-        except RuntimeError:   # the loop closed meanwhile
+            loop.call_soon_threadsafe(loop.stop)
+        except RuntimeError:
             pass
-
-    threading.Thread(target=run, name=f"nbcluster-dashboard-{what}", daemon=True).start()
-    return fut
+        thread.join(10)
 
 
 def _build_page(dashboard: Dashboard, page: str) -> tuple[dict, Any, str]:
@@ -208,39 +211,22 @@ def _build_page(dashboard: Dashboard, page: str) -> tuple[dict, Any, str]:
     return comps, layout, f"nbcluster: {title}"
 
 
-def _page_handler(dashboard: Dashboard, page: str) -> Any:
-    from bokeh.application.handlers.handler import Handler
+def _make_page(dashboard: Dashboard, page: str, doc: Any) -> None:
+    comps, layout, title = _build_page(dashboard, page)
+    doc.title = title
+    doc.add_root(layout)
 
-    class PageHandler(Handler):
-        """Builds each session's plots in a thread, then attaches them on the loop."""
+    def tick() -> None:
+        for comp in comps.values():
+            comp.update()
 
-        def __init__(self) -> None:
-            super().__init__()
-            self._built: dict[str, tuple] = {}
-
-        async def on_session_created(self, session_context: Any) -> None:
-            built = await in_thread(lambda: _build_page(dashboard, page), "page")
-            self._built[session_context.id] = built
-
-        def modify_document(self, doc: Any) -> None:
-            context = doc.session_context
-            built = self._built.pop(context.id, None) if context is not None else None
-            comps, layout, title = built or _build_page(dashboard, page)
-            doc.title = title
-            doc.add_root(layout)
-
-            def tick() -> None:
-                for comp in comps.values():
-                    comp.update()
-
-            tick()
-            doc.add_periodic_callback(tick, int(1000 * dashboard.interval))
-
-    return PageHandler()
+    tick()
+    doc.add_periodic_callback(tick, int(1000 * dashboard.interval))
 
 
 def _build_bokeh_app(dashboard: Dashboard) -> Any:
     from bokeh.application import Application
+    from bokeh.application.handlers.function import FunctionHandler
     from bokeh.resources import Resources
     from bokeh.server.tornado import BokehTornado
     from bokeh.server.views.static_handler import StaticHandler
@@ -254,7 +240,8 @@ def _build_bokeh_app(dashboard: Dashboard) -> Any:
             return Resources(mode="server", root_url="./",
                              path_versioner=StaticHandler.append_version)
 
-    apps = {f"/{page}": Application(_page_handler(dashboard, page)) for page in PAGES}
+    apps = {f"/{page}": Application(FunctionHandler(partial(_make_page, dashboard, page)))
+            for page in PAGES}
     # Any origin may open the websocket (a proxy changes it), but only with a session token
     # signed by this server, which a page of another origin cannot read.
     app = RelativeBokehTornado(
@@ -269,16 +256,18 @@ def _build_bokeh_app(dashboard: Dashboard) -> Any:
 
 def start_dashboard(scheduler: Any, host: str = "127.0.0.1", port: int = 0, prefix: str = "",
                     token: str | None = None, *, require_token: bool | None = None,
-                    interval: float = 0.5, preload: bool = False) -> Dashboard:
+                    interval: float = 0.5, preload: bool = False,
+                    loop: asyncio.AbstractEventLoop | None = None) -> Dashboard:
     """Serve the dashboard of ``scheduler`` on ``http://host:port/prefix/status``.
 
-    Call it on the scheduler's running event loop. ``port=0`` picks a free port. A token is
-    required when ``host`` is not a loopback address (or ``require_token=True``): pass one, or
-    a new random one is made; it is part of :attr:`Dashboard.link`. ``interval`` is the plot
-    refresh period in seconds (at least 0.25). ``preload`` imports Bokeh now, in a thread,
-    rather than on the first page request.
+    Call it on the scheduler's running event loop (or pass that ``loop``). ``port=0`` picks a
+    free port. A token is required when ``host`` is not a loopback address (or with
+    ``require_token=True``): pass one, or a new random one is made; it is part of
+    :attr:`Dashboard.link`. ``interval`` is the plot refresh period in seconds (at least 0.25).
+    ``preload`` imports Bokeh now (on the dashboard's thread) rather than on the first page
+    request. Returns at once; ``stop()`` ends it.
     """
-    asyncio.get_running_loop()   # raises if not on a loop: the server needs the scheduler's
+    scheduler_loop = loop or asyncio.get_running_loop()
     if require_token is None:
         require_token = not is_loopback(host)
     if require_token and not token:
@@ -288,15 +277,15 @@ def start_dashboard(scheduler: Any, host: str = "127.0.0.1", port: int = 0, pref
     prefix = ("/" + prefix.strip("/")) if prefix.strip("/") else ""
     interval = max(float(interval), 1.0 / MAX_RATE)
     sockets = bind_sockets(port, host)
-    bound = sockets[0].getsockname()[1]
-    feed = scheduler_feed(scheduler, min_interval=min(0.2, interval))
-    dash = Dashboard(scheduler, host, bound, prefix, token, interval, feed)
-    gate = Gate(prefix=prefix, token=token, cookie=cookie_name(bound),
-                plain_app=plain_app(prefix, dash.figures), bokeh_app=dash.bokeh_app,
-                bokeh_ready=dash.ready)
-    dash._http = HTTPServer(gate, xheaders=False)
-    dash._http.add_sockets(sockets)
+    try:
+        dash = Dashboard(scheduler, scheduler_loop, host, sockets[0].getsockname()[1], prefix,
+                         token, interval)
+    except BaseException:
+        for sock in sockets:
+            sock.close()
+        raise
+    dash._thread.loop.call_soon_threadsafe(dash._serve, sockets)
     if preload:
-        dash._start_build()
+        asyncio.run_coroutine_threadsafe(dash.ready(), dash._thread.loop)
     logger.info("dashboard at %s", dash.link)
     return dash

@@ -11,11 +11,17 @@ closed or the client closes.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import threading
+import time
 from typing import Any, Sequence
 
+from bokeh.document import Document
+from bokeh.events import DocumentReady
 from bokeh.layouts import column
+from bokeh.models import CustomJS
+from bokeh.protocol import Protocol
 from jupyter_bokeh import BokehModel
 
 from .components import COMPONENTS, Component
@@ -38,17 +44,33 @@ def _fetcher(client: Any):
 
 
 class DashboardWidget(BokehModel):
-    """A BokehModel whose plots a background thread keeps up to date."""
+    """A BokehModel whose plots a background thread keeps up to date.
+
+    jupyter_bokeh's front-end applies patches only once its view exists, reading each as a
+    run of comm messages: a patch sent while the view is being built is lost or, worse, read
+    out of step, and then every later one is. So the thread sends nothing until the view says
+    it has drawn the plots (a small script run on Bokeh's ``DocumentReady`` in the browser
+    touches the layout's ``tags``, which comes back to the kernel; after ``wait_for_view``
+    seconds it starts anyway), each update goes out as one patch, and a view that appears
+    later (the page was reloaded) is given the whole current state.
+    """
 
     def __init__(self, layout: Any, components: Sequence[Component], feed: Feed, client: Any,
-                 interval: float, **kwargs: Any) -> None:
+                 interval: float, wait_for_view: float = 5.0, **kwargs: Any) -> None:
         super().__init__(layout, **kwargs)
         self.components = list(components)
         self.feed = feed
         self.interval = interval
+        self.wait_for_view = wait_for_view
         self._client = client
         self._stop = threading.Event()
+        self._view_ready = threading.Event()
+        self._lock = threading.RLock()          # the document: updates vs. a new view's copy
+        self._batch: list | None = None
+        self._bundle_time = time.monotonic()
+        self._closed = False
         self.updates = 0
+        layout.on_change("tags", self._on_view_ready)
         self._thread = threading.Thread(target=self._run, name="nbcluster-dashboard-widget",
                                         daemon=True)
         self._thread.start()
@@ -60,27 +82,67 @@ class DashboardWidget(BokehModel):
     def _client_closed(self) -> bool:
         return bool(getattr(self._client, "_closed", False))
 
+    # ------------------------------------------------------------------ front-end views
+    def _on_view_ready(self, attr: str, old: Any, new: Any) -> None:
+        if not self._view_ready.is_set():
+            self._view_ready.set()
+            return
+        now = time.monotonic()   # a later view: send it everything, at most every 2 s
+        if now - self._bundle_time >= 2.0:
+            with self._lock:
+                self._bundle_time = now
+                self.render_bundle = self._model_to_traits(self._model)
+
+    def _document_patched(self, event: Any) -> None:
+        if self._batch is not None and event.setter is not self:
+            self._batch.append(event)
+        else:
+            super()._document_patched(event)
+
+    def _send_patch(self, events: list) -> None:
+        msg = Protocol().create("PATCH-DOC", events)
+        for part in (msg.header_json, msg.metadata_json, msg.content_json):
+            self.send({"msg": "patch", "payload": part})
+        for buffer in msg.buffers:
+            self.send({"msg": "patch", "payload": json.dumps(buffer.ref)})
+            self.send({"msg": "patch"}, [buffer.to_bytes()])
+
+    # ------------------------------------------------------------------ the updating thread
     def _run(self) -> None:
+        deadline = time.monotonic() + self.wait_for_view
+        while not self._view_ready.wait(0.05):
+            if self._stop.is_set() or time.monotonic() >= deadline:
+                break
         wait = 0.0
         while not self._stop.wait(wait):
             wait = self.interval
             if self._client_closed():
                 break
             try:
-                if not self.feed.refresh():
-                    continue
-                doc = self._model.document
+                if self.feed.refresh():
+                    self._update()
+            except Exception:  # noqa: BLE001 - a plot must not kill the kernel's thread
+                if self._client_closed():
+                    break
+                logger.warning("dashboard widget update failed", exc_info=True)
+
+    def _update(self) -> None:
+        with self._lock:
+            doc = self._model.document
+            self._batch = []
+            try:
                 doc.hold("combine")
                 try:
                     for comp in self.components:
                         comp.update()
                 finally:
                     doc.unhold()
-                self.updates += 1
-            except Exception:  # noqa: BLE001 - a plot must not kill the kernel's thread
-                if self._client_closed():
-                    break
-                logger.warning("dashboard widget update failed", exc_info=True)
+                events = self._batch
+            finally:
+                self._batch = None
+            if events:
+                self._send_patch(events)
+            self.updates += 1
 
     def stop(self, timeout: float = 5.0) -> None:
         """Stop updating (the plots stay as they are)."""
@@ -90,24 +152,64 @@ class DashboardWidget(BokehModel):
 
     def close(self) -> None:
         self.stop()
-        super().close()
+        if not self._closed:      # BokehModel.close is not idempotent, and __del__ calls it
+            self._closed = True
+            super().close()
+
+
+_bokehjs_loaded = False
+
+
+def load_bokehjs(resources: str = "inline") -> bool:
+    """Put BokehJS in the notebook page once per kernel (jupyter_bokeh's views need it).
+
+    ``"inline"`` works offline (it adds ~4 MB to the cell's output: save notebooks without
+    outputs); ``"cdn"`` is small but needs the internet. Does nothing outside a kernel.
+    """
+    global _bokehjs_loaded
+    if _bokehjs_loaded:
+        return False
+    try:
+        from IPython import get_ipython
+    except ImportError:
+        return False
+    shell = get_ipython()
+    if shell is None or getattr(shell, "kernel", None) is None:
+        return False
+    from bokeh.io import output_notebook
+    from bokeh.resources import CDN, INLINE
+
+    output_notebook(resources=INLINE if resources == "inline" else CDN, hide_banner=True)
+    _bokehjs_loaded = True
+    return True
 
 
 def dashboard_widget(client: Any, plots: Sequence[str] = DEFAULT_PLOTS, interval: float = 0.5,
-                     height: int = 260) -> DashboardWidget:
+                     height: int = 260, bokehjs: str | None = "inline",
+                     wait_for_view: float = 5.0) -> DashboardWidget:
     """A live widget with the task stream and memory plots (or any of ``COMPONENTS``).
 
-    ``interval`` is the refresh period in seconds (at least 0.25).
+    ``interval`` is the refresh period in seconds (at least 0.25). ``bokehjs`` says how to
+    load BokehJS into the page the first time (``"inline"``, ``"cdn"``, or None if the
+    notebook already did, e.g. with ``bokeh.io.output_notebook()``). Updates start when the
+    notebook has drawn the widget, or after ``wait_for_view`` seconds.
     """
     unknown = [p for p in plots if p not in COMPONENTS]
     if unknown:
         raise ValueError(f"unknown plots {unknown}; choose from {sorted(COMPONENTS)}")
     interval = max(float(interval), 1.0 / MAX_RATE)
+    if bokehjs:
+        load_bokehjs(bokehjs)
     feed = Feed(_fetcher(client), min_interval=0.0)
     comps = []
     for name in plots:
         cls = COMPONENTS[name]
         comps.append(cls(feed, height=height) if name != "workers" else cls(feed))
     layout = column(*[c.root for c in comps], sizing_mode="stretch_width",
-                    name="nbcluster-dashboard")
-    return DashboardWidget(layout, comps, feed, client, interval)
+                    name="nbcluster-dashboard", tags=[])
+    doc = Document()
+    doc.add_root(layout)
+    # in the browser, once drawn: tell the kernel (after the view has started listening)
+    doc.js_on_event(DocumentReady, CustomJS(args={"layout": layout}, code=(
+        "setTimeout(() => { layout.tags = [...layout.tags, 'drawn'] }, 100)")))
+    return DashboardWidget(layout, comps, feed, client, interval, wait_for_view)

@@ -16,6 +16,7 @@ from ..errors import ClusterError
 logger = logging.getLogger("nbcluster.deploy")
 
 START_TIMEOUT = 30.0
+REPLACE_ATTEMPTS = 5
 
 
 def machine_size() -> int:
@@ -27,15 +28,22 @@ def machine_size() -> int:
 class _WorkerProcess:
     """One worker process and the thread that notices when it ends."""
 
-    def __init__(self, cluster: "LocalCluster", name: str) -> None:
+    def __init__(self, cluster: "LocalCluster", name: str, queues: list[str] | None,
+                 send_address: bool = True) -> None:
         self.cluster = cluster
         self.name = name
+        self.queues = queues
         self.address = ""
-        self.proc = cluster._spawn("worker", "--nthreads", str(cluster.threads_per_worker),
-                                   "--name", name, *cluster._memory_args())
-        self.proc.stdin.write(cluster.scheduler_address.encode() + b"\n")
-        self.proc.stdin.flush()
         self.retired = False
+        self.proc = cluster._spawn("worker", "--nthreads", str(cluster.threads_per_worker),
+                                   "--name", name, *cluster._memory_args(),
+                                   *(["--queues", ",".join(queues)] if queues else []))
+        if send_address:
+            self.send_address()
+
+    def send_address(self) -> None:
+        self.proc.stdin.write(self.cluster.scheduler_address.encode() + b"\n")
+        self.proc.stdin.flush()
 
     def wait_ready(self, deadline: float) -> None:
         self.address = _read_address(self.proc, f"worker {self.name}", deadline)
@@ -81,6 +89,19 @@ def _read_address(proc: subprocess.Popen, what: str, deadline: float) -> str:
     return result[0].split(" ", 1)[1]
 
 
+def _check_queues(queues) -> list[str] | None:
+    if queues is None:
+        return None
+    if isinstance(queues, str):
+        queues = queues.split(",")
+    from ..client.options import check_queue_name
+
+    names = [check_queue_name(q.strip(), "queues") for q in queues]
+    if not names:
+        raise ValueError("queues must name at least one queue")
+    return names
+
+
 class LocalCluster:
     """A scheduler and ``n_workers`` workers on this machine.
 
@@ -92,7 +113,8 @@ class LocalCluster:
     def __init__(self, n_workers: int | None = None, threads_per_worker: int = 1,
                  processes: bool = True, memory_limit: int | str | None = "auto",
                  host: str = "127.0.0.1", scheduler_port: int = 0,
-                 token: str | None = None, security=None) -> None:
+                 token: str | None = None, security=None,
+                 queues: list[str] | None = None) -> None:
         if n_workers is None:
             n_workers = max(1, machine_size() // max(1, threads_per_worker))
         if not isinstance(n_workers, int) or n_workers < 0:
@@ -102,6 +124,7 @@ class LocalCluster:
         self.threads_per_worker = threads_per_worker
         self.processes = processes
         self.memory_limit = self._parse_memory(memory_limit, n_workers)
+        self.queues = _check_queues(queues)
         self.token = token or new_token()
         self.security = security
         self._scheme = "tls" if security is not None and security.tls else "tcp"
@@ -143,8 +166,7 @@ class LocalCluster:
         try:
             self.scheduler_address = _read_address(self._scheduler_proc, "the scheduler", deadline)
             for wp in pending:
-                wp.proc.stdin.write(self.scheduler_address.encode() + b"\n")
-                wp.proc.stdin.flush()
+                wp.send_address()
             for wp in pending:
                 wp.wait_ready(deadline)
                 self._procs.append(wp)
@@ -154,15 +176,9 @@ class LocalCluster:
             self._scheduler_proc.kill()
             raise
 
-    def _new_worker_proc(self, defer: bool = False) -> _WorkerProcess:
-        name = f"worker-{next(self._names)}"
-        if defer:
-            wp = _WorkerProcess.__new__(_WorkerProcess)
-            wp.cluster, wp.name, wp.address, wp.retired = self, name, "", False
-            wp.proc = self._spawn("worker", "--nthreads", str(self.threads_per_worker),
-                                  "--name", name, *self._memory_args())
-            return wp
-        return _WorkerProcess(self, name)
+    def _new_worker_proc(self, defer: bool = False, queues=None) -> _WorkerProcess:
+        return _WorkerProcess(self, f"worker-{next(self._names)}", queues or self.queues,
+                              send_address=not defer)
 
     def _worker_exited(self, wp: _WorkerProcess, code: int) -> None:
         with self._lock:
@@ -172,11 +188,20 @@ class LocalCluster:
                            wp.name, wp.address, code)
             if wp in self._procs:
                 self._procs.remove(wp)
-        try:
-            new = _WorkerProcess(self, f"worker-{next(self._names)}")
-            new.wait_ready(time.monotonic() + START_TIMEOUT)
-        except Exception as e:
-            logger.error("could not replace worker %s: %s", wp.name, e)
+        for attempt in range(REPLACE_ATTEMPTS):
+            # a fresh worker may be handed the task that killed the last one and die too
+            # before it reports ready: try again (the scheduler stops that task after 3)
+            try:
+                new = _WorkerProcess(self, f"worker-{next(self._names)}", wp.queues)
+                new.wait_ready(time.monotonic() + START_TIMEOUT)
+                break
+            except Exception as e:
+                logger.warning("replacement for worker %s failed (%s)", wp.name, e)
+                if self.closed:
+                    return
+        else:
+            logger.error("could not replace worker %s after %d attempts", wp.name,
+                         REPLACE_ATTEMPTS)
             return
         with self._lock:
             if self.closed:
@@ -197,12 +222,13 @@ class LocalCluster:
         for _ in range(n_workers):
             self._add_inprocess_worker()
 
-    def _add_inprocess_worker(self):
+    def _add_inprocess_worker(self, queues=None):
         from ..server.worker import Worker
 
         w = Worker(self.scheduler_address, nthreads=self.threads_per_worker,
                    name=f"worker-{next(self._names)}", token=self.token,
-                   listen_address="inproc://", memory_limit=self.memory_limit)
+                   listen_address="inproc://", memory_limit=self.memory_limit,
+                   queues=queues or self.queues)
         self._thread.run(w.start())
         self._inproc_workers.append(w)
         return w
@@ -224,11 +250,13 @@ class LocalCluster:
         while len(self.workers) > n:
             self.retire_worker()
 
-    def add_worker(self) -> str:
+    def add_worker(self, queues: list[str] | None = None) -> str:
+        """Start one more worker (subscribed to ``queues``, default: the cluster's)."""
         self._check_open()
+        queues = _check_queues(queues)
         if not self.processes:
-            return self._add_inprocess_worker().address
-        wp = _WorkerProcess(self, f"worker-{next(self._names)}")
+            return self._add_inprocess_worker(queues).address
+        wp = _WorkerProcess(self, f"worker-{next(self._names)}", queues or self.queues)
         wp.wait_ready(time.monotonic() + START_TIMEOUT)
         with self._lock:
             self._procs.append(wp)

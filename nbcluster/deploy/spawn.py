@@ -53,7 +53,8 @@ async def _worker(args) -> None:
         return
     worker = Worker(address, nthreads=args.nthreads, name=args.name,
                     token=os.environ.get("NBCLUSTER_TOKEN"), memory_limit=args.memory_limit,
-                    security=Security.from_env())
+                    security=Security.from_env(),
+                    queues=args.queues.split(",") if args.queues else None)
     worker.exit_when_stuck = True     # a task that won't stop: exit, LocalCluster replaces us
     await worker.start()
     print(f"ADDRESS {worker.address}", flush=True)
@@ -72,6 +73,7 @@ def main(argv=None) -> None:
     parser.add_argument("--nthreads", type=int, default=1)
     parser.add_argument("--name", default=None)
     parser.add_argument("--memory-limit", type=int, default=None)
+    parser.add_argument("--queues", default=None)
     args = parser.parse_args(argv)
     # Servers hold many long-lived small objects (one per task): collect young garbage less
     # often and never rescan what was there at start-up.

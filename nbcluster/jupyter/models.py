@@ -10,7 +10,7 @@ from __future__ import annotations
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable
+from typing import Any, Callable
 
 from ..client import Future
 
@@ -369,10 +369,3 @@ class Poller:
     def running(self) -> bool:
         return self.thread.is_alive() and not self._stop.is_set()
 
-
-def summarize(items: Iterable[Future]) -> dict[str, int]:
-    """Futures by status: ``{"finished": 3, "pending": 1}``."""
-    out: dict[str, int] = {}
-    for f in items:
-        out[f.status] = out.get(f.status, 0) + 1
-    return out

@@ -50,6 +50,7 @@ class OutputRouter:
         self._key_target: OrderedDict[str, _CellTarget] = OrderedDict()
         self._targets: dict[str, _CellTarget] = {}
         self._running: str | None = None
+        self._last_parent: dict = {}            # the parent of the latest cell
         self._line_start: dict[tuple[str, str], bool] = {}
         self._clients: dict[int, tuple[Any, list[Callable[[], None]]]] = {}
         shell.events.register("pre_run_cell", self._pre_run_cell)
@@ -102,7 +103,10 @@ class OutputRouter:
         return (parent.get("header") or {}).get("msg_id", "")
 
     def _pre_run_cell(self, *args: Any) -> None:
-        self._running = self._msg_id(self._parent()) or None
+        parent = self._parent()
+        self._running = self._msg_id(parent) or None
+        if self._running:
+            self._last_parent = parent
 
     def _post_run_cell(self, *args: Any) -> None:
         msg_id, self._running = self._running, None
@@ -171,7 +175,10 @@ class OutputRouter:
             marked = self._mark(key, stream, text)
         name = "stdout" if stream == "stdout" else "stderr"
         if target is None:
-            self._send(self._parent(), name, marked)
+            # not (yet) known: output can overtake the "submit" event, or come from a task
+            # submitted elsewhere. The latest cell is the best guess; not kernel.get_parent()
+            # here, whose context on this thread is that of the cell that made the client.
+            self._send(self._last_parent, name, marked)
         elif target.widget is not None:
             with target.lock:
                 target.buffer.append((name, marked))

@@ -20,6 +20,7 @@ RELEASE = "release"        # keys the client no longer holds
 WANT = "want"              # keys the client holds futures for, though it did not submit them
 CANCEL = "cancel"          # keys to cancel
 FIRE_AND_FORGET = "fire"   # keys to run to completion even when no client holds them
+SET_LIMIT = "limit"        # limit key, [count, seconds] or None, concurrency or None
 UPDATE_DATA = "update-data"  # {key: nbytes}, worker address: scattered data now on a worker
 REQUEST = "req"            # request id, request name, argument dict (replied with REPLY)
 # scheduler -> client
@@ -28,14 +29,16 @@ ERRED = "erred"            # key, exception (Serialized), traceback text, blamed
 CANCELLED = "cancelled"    # key, reason
 REPLY = "reply"            # request id, ok flag, result
 # scheduler -> worker
-COMPUTE = "compute"        # key, fn token, args, kwargs, {dep: [holders]}, want result, priority
+COMPUTE = "compute"        # key, fn token, args, kwargs, {dep: [holders]}, want result, priority,
+                           # worker options (timeout, retry_on, retries, expires, errors) or None
 FREE = "free"              # keys to forget (data and tasks)
 RUN = "run"                # request id, pickled function, args (run on the worker itself)
 CLOSE = "close"            # reason
 # worker -> scheduler
 STARTED = "started"        # key, start time
 FINISHED = "finished"      # key, nbytes, start, stop, value present flag, value, type name
-FAILED = "failed"          # key, exception (Serialized), traceback text, start, stop
+FAILED = "failed"          # key, exception (Serialized), traceback text, start, stop,
+                           # retry: None, or {"delay": seconds or None, "max": int or None}
 MISSING = "missing"        # key, dependency key, worker that did not have it
 OUTPUT = "output"          # key, stream ("stdout", "stderr", "log"), text (also to clients)
 RUN_RESULT = "run-result"  # request id, ok flag, value
@@ -53,19 +56,20 @@ FIELDS: dict[str, tuple[str, ...]] = {
     WANT: ("keys",),
     CANCEL: ("keys",),
     FIRE_AND_FORGET: ("keys",),
+    SET_LIMIT: ("key", "rate", "concurrency"),
     UPDATE_DATA: ("nbytes", "worker"),
     REQUEST: ("request_id", "name", "args"),
     DONE: ("key", "has_value", "value", "nbytes"),
     ERRED: ("key", "exception", "traceback", "blame"),
     CANCELLED: ("key", "reason"),
     REPLY: ("request_id", "ok", "result"),
-    COMPUTE: ("key", "fn", "args", "kwargs", "deps", "want", "priority"),
+    COMPUTE: ("key", "fn", "args", "kwargs", "deps", "want", "priority", "options"),
     FREE: ("keys",),
     RUN: ("request_id", "blob", "args"),
     CLOSE: ("reason",),
     STARTED: ("key", "start"),
     FINISHED: ("key", "nbytes", "start", "stop", "has_value", "value", "type"),
-    FAILED: ("key", "exception", "traceback", "start", "stop"),
+    FAILED: ("key", "exception", "traceback", "start", "stop", "retry"),
     MISSING: ("key", "dep", "worker"),
     OUTPUT: ("key", "stream", "text"),
     RUN_RESULT: ("request_id", "ok", "value"),
@@ -78,6 +82,7 @@ FIELDS: dict[str, tuple[str, ...]] = {
 # What each role may send to the scheduler.
 TO_SCHEDULER = {
     "client": frozenset((FUNCTION, SUBMIT, RELEASE, WANT, CANCEL, FIRE_AND_FORGET, UPDATE_DATA,
+                         SET_LIMIT,
                          REQUEST)),
     "worker": frozenset((STARTED, FINISHED, FAILED, MISSING, OUTPUT, RUN_RESULT, HEARTBEAT)),
 }
@@ -136,6 +141,26 @@ def _any(v) -> bool:
     return True
 
 
+def _rate(v) -> bool:
+    return type(v) is list and len(v) == 2 and all(_num(x) and x > 0 for x in v)
+
+
+def _nonneg(v) -> bool:
+    return _num(v) and v >= 0
+
+
+# Types of the task options a SUBMIT may carry (see nbcluster/client/options.py).
+OPTION_TYPES = {
+    "priority": _num, "workers": _keys, "queue": lambda v: type(v) is str and 0 < len(v) <= 64,
+    "retries": lambda v: _int(v) and v >= 0, "retry_on": lambda v: type(v) is Serialized,
+    "retry_backoff": _nonneg, "retry_backoff_max": _nonneg, "retry_jitter": _bool,
+    "rate": _rate, "limit_key": lambda v: type(v) is str and bool(v),
+    "limit_key_only": _bool, "concurrency": lambda v: _int(v) and v > 0,
+    "timeout": lambda v: _num(v) and v > 0, "not_before": _num, "expires": _num,
+    "collect_errors": _bool,
+}
+
+
 # The type of each field, checked by check_fields where a message enters a state machine.
 TYPES: dict[str, tuple] = {
     HELLO: (_str, _map),
@@ -145,19 +170,20 @@ TYPES: dict[str, tuple] = {
     WANT: (_keys,),
     CANCEL: (_keys,),
     FIRE_AND_FORGET: (_keys,),
+    SET_LIMIT: (_str, lambda v: v is None or _rate(v), lambda v: v is None or (_int(v) and v > 0)),
     UPDATE_DATA: (_sizes, _str),
     REQUEST: (_any, _str, _map),
     DONE: (_str, _bool, _any, _int),
     ERRED: (_str, _any, _text, _text),
     CANCELLED: (_str, _str),
     REPLY: (_any, _bool, _any),
-    COMPUTE: (_str, _str, _args, _kwargs, _map, _bool, _num),
+    COMPUTE: (_str, _str, _args, _kwargs, _map, _bool, _num, lambda v: v is None or _map(v)),
     FREE: (_keys,),
     RUN: (_any, _bytes, _any),
     CLOSE: (_str,),
     STARTED: (_str, _num),
     FINISHED: (_str, _int, _num, _num, _bool, _any, _str),
-    FAILED: (_str, _any, _text, _num, _num),
+    FAILED: (_str, _any, _text, _num, _num, lambda v: v is None or _map(v)),
     MISSING: (_str, _str, _str),
     OUTPUT: (_str, _str, _str),
     RUN_RESULT: (_any, _bool, _any),
@@ -211,9 +237,11 @@ def check_task(spec) -> None:
     if not key:
         raise ProtocolError("task spec: empty key")
     if options:
-        workers, priority = options.get("workers"), options.get("priority")
-        if workers is not None and not _keys(workers):
-            raise ProtocolError(f"task {key!r}: workers must be a list of addresses, "
-                                f"got {_show(workers)}")
-        if priority is not None and not _num(priority):
-            raise ProtocolError(f"task {key!r}: priority must be a number, got {_show(priority)}")
+        for name, value in options.items():
+            ok = OPTION_TYPES.get(name)
+            if ok is None:
+                raise ProtocolError(f"task {key!r}: unknown option {name!r}")
+            if not ok(value):
+                raise ProtocolError(f"task {key!r}: bad {name} {_show(value)}")
+        if "workers" in options and not options["workers"]:
+            raise ProtocolError(f"task {key!r}: workers must be a list of addresses, got []")

@@ -15,7 +15,8 @@ import time
 import traceback as tb_module
 from typing import Any, Callable
 
-from ..errors import CancelledError, RemoteError, Retry, SerializationError, TaskTimeoutError
+from ..errors import (CancelledError, RemoteError, Retry, SerializationError, TaskExpiredError,
+                      TaskTimeoutError)
 from ..protocol.serialize import Serialized, dumps, is_plain, loads, sizeof
 from . import capture
 from .interrupt import CancelInterrupt, TaskInterrupt, TimeoutInterrupt, interrupt_thread
@@ -44,11 +45,17 @@ def exception_payload(exc: BaseException) -> tuple[Serialized, str]:
 
 
 class Work:
-    __slots__ = ("key", "fn", "args", "kwargs", "want", "timeout", "retry_on")
+    __slots__ = ("key", "fn", "args", "kwargs", "want", "timeout", "retry_on", "retries",
+                 "expires", "errors")
 
-    def __init__(self, key, fn, args, kwargs, want, timeout=None, retry_on=None) -> None:
+    def __init__(self, key, fn, args, kwargs, want, options: dict | None = None) -> None:
         self.key, self.fn, self.args, self.kwargs, self.want = key, fn, args, kwargs, want
-        self.timeout, self.retry_on = timeout, retry_on
+        options = options or {}
+        self.timeout = options.get("timeout")
+        self.retry_on = options.get("retry_on")      # Serialized tuple of exception classes
+        self.retries = options.get("retries", 0)     # > 0: failures may be retried
+        self.expires = options.get("expires")
+        self.errors = options.get("errors")          # failed inputs: key -> exception
 
 
 class Executor:
@@ -83,6 +90,10 @@ class Executor:
 
     def submit(self, work: Work) -> None:
         self._work.put(work)
+
+    def will_start_now(self) -> bool:
+        """A thread is idle and nothing waits in the queue (a hint: it is read unlocked)."""
+        return self._work.empty() and len(self._running) < len(self._threads) - len(self._abandoned)
 
     # ------------------------------------------------------------------ in the task threads
     def _main(self) -> None:
@@ -125,14 +136,18 @@ class Executor:
         start = time.time()
         capture.set_current_task(key, self.on_output)
         try:
+            if work.expires is not None and start > work.expires:
+                return self._failure(work, TaskExpiredError(
+                    f"task {key!r} had not started by its expiry time"), start, retry=False)
             fn = self.functions[work.fn]
             if isinstance(fn, BaseException):
                 raise fn
             args, kwargs = work.args, work.kwargs
+            resolve = _resolver(self.data, work.errors)
             if type(args) is Serialized:
-                args = loads(args, self.data.__getitem__)
+                args = loads(args, resolve)
             if type(kwargs) is Serialized:
-                kwargs = loads(kwargs, self.data.__getitem__)
+                kwargs = loads(kwargs, resolve)
             result = fn(*args, **kwargs) if kwargs else fn(*args)
         except BaseException as e:  # noqa: BLE001 - a task's failure, whatever it is, goes back
             return self._failure(work, e, start)
@@ -154,7 +169,7 @@ class Executor:
         return (True, key, result, sizeof(result), start, stop, has_value, value,
                 type(result).__name__)
 
-    def _failure(self, work: Work, e: BaseException, start: float) -> tuple:
+    def _failure(self, work: Work, e: BaseException, start: float, retry: bool = True) -> tuple:
         stop = time.time()
         if isinstance(e, TimeoutInterrupt):
             e = TaskTimeoutError(f"task {work.key!r} ran longer than its timeout of "
@@ -163,14 +178,17 @@ class Executor:
             e = CancelledError(f"task {work.key!r} was cancelled while it ran, and stopped")
         elif e.__traceback__ is not None and e.__traceback__.tb_next is not None:
             e.__traceback__ = e.__traceback__.tb_next   # start at the user's frame
+        retryable = retry and not isinstance(e, CancelledError)
         retry = None
-        if isinstance(e, Retry):
+        if retryable and isinstance(e, Retry):
             retry = {"delay": e.delay, "max": e.max_retries}
-        elif work.retry_on is not None and not isinstance(e, (TaskTimeoutError, CancelledError)):
-            try:
-                classes = loads(work.retry_on)
-            except Exception:
-                classes = (Exception,)
+        elif retryable and work.retries:
+            classes: tuple = (Exception,)   # retry_on's default: any Exception
+            if work.retry_on is not None:
+                try:
+                    classes = loads(work.retry_on)
+                except Exception:
+                    pass
             if isinstance(e, classes):
                 retry = {"delay": None, "max": None}
         exc, text = exception_payload(e)
@@ -235,7 +253,16 @@ class Executor:
         return [t for t in self._threads if t.ident not in self._abandoned]
 
 
+def _resolver(data: dict, errors: dict | None) -> Callable[[str], Any]:
+    """Values of inputs by key; failed inputs (collect_errors) arrive as their exceptions."""
+    if not errors:
+        return data.__getitem__
+
+    def resolve(key: str) -> Any:
+        return data[key] if key in data else loads(errors[key])
+
+    return resolve
+
+
 def work_for(key: str, ts: Any) -> Work:
-    options = getattr(ts, "options", None) or {}
-    return Work(key, ts.fn, ts.args, ts.kwargs, ts.want, options.get("timeout"),
-                options.get("retry_on"))
+    return Work(key, ts.fn, ts.args, ts.kwargs, ts.want, ts.options)

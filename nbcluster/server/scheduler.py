@@ -16,6 +16,7 @@ import time
 from ..comm import Comm, listen
 from ..errors import ProtocolError
 from ..protocol import messages as m
+from ..state.gates import queue_typo
 from ..state.scheduler_state import BadBatch, SchedulerState
 
 logger = logging.getLogger("nbcluster.scheduler")
@@ -39,6 +40,8 @@ class Scheduler:
         self.started = 0.0
         self.closed = asyncio.Event()
         self.worker_events: list = []     # (time, "added"/"removed", address) for observers
+        self._wakeup: asyncio.TimerHandle | None = None
+        self._wakeup_at: float | None = None
 
     async def start(self) -> "Scheduler":
         self.listener = await listen(self.requested_address, self._on_comm, self.token,
@@ -89,6 +92,14 @@ class Scheduler:
         address = identity.get("address")
         if type(address) is not str or address in self.comms:
             raise ProtocolError(f"bad or duplicate worker address {address!r}")
+        queues = identity.get("queues") or ["default"]
+        if type(queues) is not list or not all(type(q) is str and q for q in queues):
+            raise ProtocolError(f"worker {address}: queues must be a list of names")
+        typo = queue_typo(queues, self.state.known_queues())
+        if typo is not None:
+            comm.send([m.REPLY, 0, False, f"worker {address} refused: {typo}"])
+            comm.close()
+            raise _Refused(typo)
         self.comms[address] = comm
         self.worker_events.append((self._clock(), "added", address))
         out = self.state.add_worker(address, int(identity.get("nthreads", 1)),
@@ -134,6 +145,8 @@ class Scheduler:
                         self._run_result(run, peer, msg[2], msg[3])
 
     def _send(self, out: list) -> None:
+        if self.state.timers or self.state.limits_held:
+            self._schedule_wakeup()
         comms = self.comms
         frees: dict[str, list] = {}
         for peer, msg in out:
@@ -147,6 +160,22 @@ class Scheduler:
             comm = comms.get(peer)
             if comm is not None:
                 comm.send([m.FREE, keys])
+
+    def _schedule_wakeup(self) -> None:
+        """Call the state's ``wake`` when its next timer or rate limit is due."""
+        when = self.state.next_wakeup()
+        if when is None or when == self._wakeup_at:
+            return
+        if self._wakeup is not None:
+            self._wakeup.cancel()
+        loop = asyncio.get_running_loop()
+        delay = max(0.0, when - self._clock())
+        self._wakeup_at = when
+        self._wakeup = loop.call_at(loop.time() + delay, self._wake)
+
+    def _wake(self) -> None:
+        self._wakeup = self._wakeup_at = None
+        self._send(self.state.wake(self._clock()))
 
     # ------------------------------------------------------------------ requests
     def _on_request(self, peer: str, request_id, name, args) -> None:
@@ -189,6 +218,15 @@ class Scheduler:
         tasks = self.state.tasks
         return {k: [w.address for w in tasks[k].who_has] if k in tasks else [] for k in keys}
 
+    def _request_queues(self, peer, request_id) -> dict:
+        return self.state.queues_info()
+
+    def _request_limits(self, peer, request_id) -> dict:
+        return self.state.limits_info()
+
+    def _request_attempts(self, peer, request_id, key) -> list:
+        return self.state.attempts(key)
+
     def _request_story(self, peer, request_id, key) -> list:
         return self.state.story(key)
 
@@ -226,3 +264,7 @@ class Scheduler:
 
 
 _LATER = object()
+
+
+class _Refused(ProtocolError):
+    """A worker was refused at its hello (the reason was sent to it)."""

@@ -30,11 +30,13 @@ HEARTBEAT_SECONDS = 1.0
 class Worker:
     def __init__(self, scheduler_address: str, nthreads: int = 1, name: str | None = None,
                  token: str | None = None, listen_address: str | None = None,
-                 memory_limit: int | None = None, security=None) -> None:
+                 memory_limit: int | None = None, security=None,
+                 queues: list[str] | None = None) -> None:
         if listen_address is None:   # serve data the way the scheduler is reached
             scheme = scheduler_address.split("://", 1)[0]
             listen_address = "inproc://" if scheme == "inproc" else f"{scheme}://127.0.0.1:0"
         self.security = security
+        self.queues = list(queues) if queues else ["default"]
         self.scheduler_address = scheduler_address
         self.nthreads = max(1, int(nthreads))
         self.name = name
@@ -52,6 +54,7 @@ class Worker:
         self.executor: Executor | None = None
         self.exit_when_stuck = False      # set in worker processes
         self._outputs: list = []
+        self._announced: set[str] = set()    # STARTED sent when handed to an idle thread
         self._done_lock = threading.Lock()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._heartbeat: asyncio.Task | None = None
@@ -66,7 +69,8 @@ class Worker:
         self.name = self.name or self.address
         identity = {"address": self.address, "nthreads": self.nthreads, "name": self.name,
                     "pid": os.getpid(), "memory_limit": self.memory_limit,
-                    "host": self.address.split("://")[-1].rsplit(":", 1)[0]}
+                    "host": self.address.split("://")[-1].rsplit(":", 1)[0],
+                    "queues": self.queues}
         self.pool = DataPool(self.token, {"address": self.address}, security=self.security)
         try:
             self.scheduler = await connect(self.scheduler_address, self.token,
@@ -74,11 +78,22 @@ class Worker:
         except Exception:
             self.listener.stop()
             raise
-        self.scheduler.send([m.HELLO, "worker", identity])
-        self.scheduler.start(self._on_scheduler_batch, self._on_scheduler_lost)
+        # ready before the hello: the scheduler may send work in the same batch as its answer
         self.executor = Executor(self.nthreads, self._loop, self.functions, self.data,
                                  self._on_outcomes, self._output, self._is_cancelled,
                                  self._on_stuck)
+        self._hello: asyncio.Future = self._loop.create_future()
+        self.scheduler.send([m.HELLO, "worker", identity])
+        self.scheduler.start(self._on_scheduler_batch, self._on_scheduler_lost)
+        try:   # the scheduler may refuse us (a misspelt queue): fail start with its reason
+            ok, reason = await asyncio.wait_for(self._hello, 30)
+        except (asyncio.TimeoutError, ConnectionError) as e:
+            ok, reason = False, f"no answer to hello: {e!r}"
+        if not ok:
+            self.listener.stop()
+            self.scheduler.abort("refused")
+            self.executor.close()
+            raise ClusterError(str(reason))
         self._heartbeat = asyncio.ensure_future(self._heartbeat_loop())
         capture.install()
         return self
@@ -103,6 +118,9 @@ class Worker:
 
     # ------------------------------------------------------------------ scheduler
     def _on_scheduler_lost(self, reason: str) -> None:
+        if not self._hello.done():
+            self._hello.set_result((False, f"the scheduler closed the connection: {reason}"))
+            return
         if not self._closing:
             logger.warning("lost the scheduler at %s: %s; closing", self.scheduler_address, reason)
             asyncio.ensure_future(self.close("scheduler lost"))
@@ -122,7 +140,8 @@ class Worker:
             elif op == m.CLOSE:
                 asyncio.ensure_future(self.close(msg[1]))
             elif op == m.REPLY:
-                pass
+                if msg[1] == 0 and not self._hello.done():
+                    self._hello.set_result((msg[2], msg[3]))
             else:
                 raise m.ProtocolError(f"{op!r} is not accepted by a worker")
 
@@ -141,13 +160,23 @@ class Worker:
             if kind == "send":
                 send(ins[1])
             elif kind == "execute":
-                self.executor.submit(work_for(ins[1], self.state.tasks[ins[1]]))
+                work = work_for(ins[1], self.state.tasks[ins[1]])
+                if self.executor.will_start_now():
+                    # Announce it before a thread can run it: a task that kills the process
+                    # must still be counted against (KilledWorkerError after 3 deaths).
+                    send([m.STARTED, work.key, time.time()])
+                    self._announced.add(work.key)
+                    self._loop.call_soon(self.executor.submit, work)   # after the flush
+                else:
+                    self.executor.submit(work)
             elif kind == "drop":
                 data = self.data
                 for key in ins[1]:
                     data.pop(key, None)
             elif kind == "fetch":
                 asyncio.ensure_future(self._fetch(ins[1], ins[2]))
+            elif kind == "stop":
+                self.executor.stop_task(ins[1])
 
     # ------------------------------------------------------------------ execution
     def _is_cancelled(self, key: str) -> bool:
@@ -185,7 +214,9 @@ class Worker:
         finished = {o[1] for o in done if o[0] != "started"}
         for outcome in done:
             if outcome[0] == "started":
-                if outcome[1] not in finished:   # still running: tell the scheduler
+                if outcome[1] in self._announced:
+                    self._announced.discard(outcome[1])
+                elif outcome[1] not in finished:   # still running: tell the scheduler
                     self.scheduler.send([m.STARTED, outcome[1], outcome[2]])
             elif outcome[0]:
                 _, key, result, nbytes, start, stop, has_value, value, typ = outcome
@@ -193,7 +224,7 @@ class Worker:
                 self._apply(st.task_finished(key, nbytes, start, stop, has_value, value, typ))
             else:
                 _, key, exc, text, start, stop, retry = outcome
-                self._apply(st.task_failed(key, exc, text, start, stop))
+                self._apply(st.task_failed(key, exc, text, start, stop, retry))
 
     def _on_stuck(self, key: str) -> None:
         """A task would not stop: a worker process exits (its cluster replaces it); an

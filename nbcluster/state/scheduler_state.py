@@ -6,90 +6,31 @@ pairs. It does no I/O and reads no clock: time arrives as ``now``.
 
 Task states::
 
-    waiting -> queued -> processing -> memory -> released (data freed, lineage kept) -> forgotten
-                                   \\-> erred
+    waiting -> (delayed) -> queued -> processing -> memory -> released -> forgotten
+                                                \\-> erred       (data freed, lineage kept)
 
-``waiting``: some dependency is not in memory. ``queued``: ready, waiting for a worker slot.
+``waiting``: some dependency is not in memory. ``delayed``: countdown, eta or retry back-off.
+``queued``: ready, waiting for a worker slot in its queue, or for its rate/concurrency limit.
 A task stays known while a client wants it or a dependent still needs it (lineage), so results
 lost with a worker can be recomputed.
 """
 
 from __future__ import annotations
 
-import heapq
+import random
 from collections import defaultdict, deque
 
-from ..errors import CancelledError, FutureLostError, KilledWorkerError
+from ..errors import FutureLostError, KilledWorkerError
 from ..protocol import messages as m
-from ..protocol.serialize import dumps
+from .gates import Limit, Timers, backoff
+from .model import (DEFAULT_QUEUE, FIRE_AND_FORGET, KILLED_WORKER_LIMIT,
+                    TASK_LOG_LENGTH, BadBatch, TaskState, WorkerState, error, own)
+from .transitions import Transitions
 
-FIRE_AND_FORGET = "@fire-and-forget"   # a pseudo client that lets go once the task ends
-KILLED_WORKER_LIMIT = 3
-QUEUED_WORK_SECONDS = 0.005   # aim to keep this much work queued on each thread
-TASK_LOG_LENGTH = 10_000
-MAX_WINDOW = 256               # tasks queued on a worker per thread, at most
-
-
-class BadBatch(m.ProtocolError):
-    """A message in a batch was malformed; ``out`` holds what the earlier ones produced."""
-
-    def __init__(self, message: str, out: list) -> None:
-        super().__init__(message)
-        self.out = out
+__all__ = ["SchedulerState", "TaskState", "WorkerState", "BadBatch", "FIRE_AND_FORGET"]
 
 
-def _error(cls, message: str):
-    """An nbcluster error as it travels to clients (pickled, like a task's own exception)."""
-    return dumps(cls(message))
-
-
-class TaskState:
-    __slots__ = (
-        "key", "prefix", "state", "fn", "args", "kwargs", "options", "deps", "dependents",
-        "waiting_on", "who_has", "nbytes", "processing_on", "executing", "who_wants",
-        "exception", "traceback", "blame", "priority", "suspicious", "story",
-    )
-
-    def __init__(self, key: str, fn: str, args, kwargs, options, priority: tuple) -> None:
-        self.key, self.prefix, self.state = key, key.rsplit("-", 1)[0], "new"
-        self.fn, self.args, self.kwargs, self.options = fn, args, kwargs, options
-        self.deps: list[TaskState] = []
-        self.dependents: set[TaskState] = set()
-        self.waiting_on: set[TaskState] = set()
-        self.who_has: set[WorkerState] = set()
-        self.nbytes = 0
-        self.processing_on: WorkerState | None = None
-        self.executing = False   # the worker it is on said STARTED
-        self.who_wants: set[str] = set()
-        self.exception = self.traceback = self.blame = None
-        self.priority = priority
-        self.suspicious = 0
-        self.story: list | None = None
-
-    def __lt__(self, other: "TaskState") -> bool:
-        return self.priority < other.priority
-
-    def __repr__(self) -> str:
-        return f"<Task {self.key!r} {self.state}>"
-
-
-class WorkerState:
-    __slots__ = ("address", "nthreads", "name", "processing", "has_what", "nbytes",
-                 "functions", "identity", "metrics", "last_seen", "pinned")
-
-    def __init__(self, address: str, nthreads: int, name: str, identity: dict) -> None:
-        self.address, self.nthreads, self.name, self.identity = address, nthreads, name, identity
-        self.processing: set[TaskState] = set()
-        self.has_what: set[TaskState] = set()
-        self.functions: set[str] = set()
-        self.metrics: dict = {}
-        self.nbytes, self.last_seen, self.pinned = 0, 0.0, 0
-
-    def __repr__(self) -> str:
-        return f"<Worker {self.address} {len(self.processing)} processing>"
-
-
-class SchedulerState:
+class SchedulerState(Transitions):
     """Tasks, workers and clients, and the rules that move tasks between states."""
 
     def __init__(self) -> None:
@@ -97,8 +38,12 @@ class SchedulerState:
         self.workers: dict[str, WorkerState] = {}
         self.clients: set[str] = set()
         self.functions: dict[str, bytes] = {}
-        self.queue: list[TaskState] = []          # heap of queued root tasks
+        self.queues: dict[str, list] = {DEFAULT_QUEUE: []}   # name -> heap of (priority, task)
         self.unrunnable: list[TaskState] = []     # queued, pinned to workers not connected
+        self.limits: dict[str, Limit] = {}        # limit key -> rate/concurrency budget
+        self.limits_held = False                  # some limit holds tasks back
+        self.timers = Timers()                    # countdown, eta, retry back-off, expiry
+        self.rng = random.Random(0)               # retry jitter (seeded: replayable)
         self.counter = 0
         self.avg_duration = 0.001
         self.counts: dict[str, int] = defaultdict(int)   # finished / erred totals by prefix
@@ -157,7 +102,7 @@ class SchedulerState:
         out = self.out = []
         self.clients.discard(client_id)
         for ts in [ts for ts in self.tasks.values() if client_id in ts.who_wants]:
-            ts.who_wants.discard(client_id)
+            ts.who_wants.discard(client_id)   # (a non-empty who_wants is the task's own set)
             self._maybe_forget(ts)
         self._fill_workers()
         self.out = []
@@ -200,10 +145,13 @@ class SchedulerState:
             executing = ts.executing
             self._unassign(ts, free=False)
             if executing:
+                self._attempt(ts, address, None, None, f"the worker {address} died")
                 ts.suspicious += 1
+                if ts.retries_left > 0 and ts.suspicious < KILLED_WORKER_LIMIT:
+                    ts.retries_left -= 1    # a death is a failed attempt of what it ran
                 if ts.suspicious >= KILLED_WORKER_LIMIT:
                     self._record(ts, "killed-worker", address)
-                    self._set_erred(ts, _error(KilledWorkerError, f"task {ts.key!r} was running "
+                    self._set_erred(ts, error(KilledWorkerError, f"task {ts.key!r} was running "
                         f"on {ts.suspicious} workers that died; it is not retried again. Look "
                         "for a crash (memory, segfault, os._exit) in that function."), None, ts.key)
                     continue
@@ -226,14 +174,16 @@ class SchedulerState:
             key, fn, args, kwargs, deps, options = spec
             ts = tasks.get(key)
             if ts is not None:
-                ts.who_wants.add(peer)
+                own(ts, "who_wants").add(peer)
                 self._report_if_final(ts, peer)
                 continue
             self.counter += 1
             prio = -(options.get("priority", 0) or 0) if options else 0
             ts = TaskState(key, fn, args, kwargs, options, (prio, self.counter))
             tasks[key] = ts
-            ts.who_wants.add(peer)
+            own(ts, "who_wants").add(peer)
+            if options:
+                self._apply_options(ts, options)
             self._record(ts, "submitted", peer)
             failed_dep = None
             for dkey in dict.fromkeys(deps):
@@ -242,10 +192,10 @@ class SchedulerState:
                     failed_dep = dkey
                     continue
                 ts.deps.append(dts)
-                dts.dependents.add(ts)
+                own(dts, "dependents").add(ts)
             if failed_dep is not None:
                 ts.state = "waiting"
-                self._set_erred(ts, _error(FutureLostError,
+                self._set_erred(ts, error(FutureLostError,
                     f"task {key!r} depends on {failed_dep!r}, which the scheduler does not know "
                     "(its future was released before this task was submitted)"), None, key)
                 continue
@@ -267,7 +217,7 @@ class SchedulerState:
             if ts is None:
                 self.out.append((peer, [m.CANCELLED, key, "the scheduler does not know this key"]))
                 continue
-            ts.who_wants.add(peer)
+            own(ts, "who_wants").add(peer)
             self._report_if_final(ts, peer)
 
     def _on_cancel(self, peer, keys) -> None:
@@ -281,7 +231,7 @@ class SchedulerState:
         for key in keys:
             ts = self.tasks.get(key)
             if ts is not None and ts.state not in ("memory", "erred", "released"):
-                ts.who_wants.add(FIRE_AND_FORGET)
+                own(ts, "who_wants").add(FIRE_AND_FORGET)
 
     def _on_update_data(self, peer, nbytes, worker) -> None:
         ws = self.workers.get(worker)
@@ -291,10 +241,10 @@ class SchedulerState:
                 self.counter += 1
                 ts = TaskState(key, "", None, None, None, (0, self.counter))
                 self.tasks[key] = ts
-            ts.who_wants.add(peer)
+            own(ts, "who_wants").add(peer)
             if ws is None:
                 if ts.state != "memory":   # else another copy (broadcast) is still there
-                    self._set_erred(ts, _error(FutureLostError, f"{key!r} was scattered to "
+                    self._set_erred(ts, error(FutureLostError, f"{key!r} was scattered to "
                         f"{worker}, which is gone; scattered data cannot be recomputed"), None, key)
                 continue
             if ts.state != "memory":   # replicas already counted keep their size
@@ -325,6 +275,8 @@ class SchedulerState:
         self.task_log.append((key, peer, start, stop, True))
         self.task_log_total += 1
         self._unassign(ts, free=False)
+        if ts.attempts is not None or ts.options:
+            self._attempt(ts, peer, start, stop - start, None)
         self.avg_duration = 0.9 * self.avg_duration + 0.1 * max(stop - start, 1e-6)
         self.counts[ts.prefix] += 1
         ts.nbytes = nbytes
@@ -332,18 +284,19 @@ class SchedulerState:
         self._add_replica(ts, ws)
         self._record(ts, "memory", peer)
         self._tell(ts, [m.DONE, key, has_value, value if has_value else None, nbytes])
-        ts.who_wants.discard(FIRE_AND_FORGET)
         for dts in ts.dependents:
             if ts in dts.waiting_on:
                 dts.waiting_on.discard(ts)
                 if not dts.waiting_on and dts.state == "waiting":
                     self._become_ready(dts)
+        if FIRE_AND_FORGET in ts.who_wants:
+            ts.who_wants.discard(FIRE_AND_FORGET)
         for dep in ts.deps:
             self._maybe_release_data(dep)
         if not ts.who_wants:
             self._maybe_release_data(ts)
 
-    def _on_failed(self, peer, key, exception, traceback, start, stop) -> None:
+    def _on_failed(self, peer, key, exception, traceback, start, stop, retry) -> None:
         ts = self.tasks.get(key)
         ws = self.workers.get(peer)
         if ts is None or ws is None or ts.processing_on is not ws:
@@ -351,9 +304,66 @@ class SchedulerState:
         self.task_log.append((key, peer, start, stop, False))
         self.task_log_total += 1
         self._unassign(ts, free=False)
+        self._attempt(ts, peer, start, stop - start, _last_line(traceback))
+        if retry is not None and self._retry(ts, retry):
+            return
         self.counts[ts.prefix + " erred"] += 1
         self._record(ts, "erred", peer)
         self._set_erred(ts, exception, traceback, key)
+
+    def _retry(self, ts: TaskState, retry: dict) -> bool:
+        """Another attempt, if the task's budget allows: now or after its back-off."""
+        if ts.retries_left > 0:
+            ts.retries_left -= 1
+        elif retry.get("delay") is not None and ts.retry_count < (retry.get("max") or 0) \
+                and not (ts.options and "retries" in ts.options):
+            pass   # an explicit Retry() in a task with no retry budget of its own
+        else:
+            return False
+        ts.retry_count += 1
+        options = ts.options or {}
+        delay = retry.get("delay")
+        if delay is None:
+            delay = backoff(options.get("retry_backoff", 0.0), ts.retry_count,
+                            options.get("retry_backoff_max", 600.0),
+                            options.get("retry_jitter", True), self.rng)
+        self._record(ts, "retry", delay)
+        ts.state = "waiting"
+        if delay > 0:
+            ts.state = "delayed"
+            self.timers.add(self.now + delay, "start", ts)
+        else:
+            self._become_ready_or_wait(ts)
+        return True
+
+    def _attempt(self, ts: TaskState, worker: str, start, duration, err) -> None:
+        if ts.attempts is None:
+            ts.attempts = []
+        ts.attempts.append((worker, start, duration, err))
+
+    def _apply_options(self, ts: TaskState, options: dict) -> None:
+        """Limits, and the expiry timer, of a new task."""
+        key = options.get("limit_key")
+        if key is None and ("rate" in options or "concurrency" in options):
+            key = f"function:{ts.prefix}"
+        if key is not None:
+            limit = self.limits.get(key)
+            if limit is None:
+                limit = self.limits[key] = Limit(key)
+            if "rate" in options or "concurrency" in options:
+                limit.set(options.get("rate"), options.get("concurrency"))
+            ts.limit = limit
+        if "expires" in options:
+            self.timers.add(options["expires"], "expire", ts)
+        if ts.queue not in self.queues:
+            self.queues[ts.queue] = []
+
+    def _on_set_limit(self, peer, key, rate, concurrency) -> None:
+        limit = self.limits.get(key)
+        if limit is None:
+            limit = self.limits[key] = Limit(key)
+        limit.set(rate, concurrency)
+        self.limits_held = True    # the new budget may let held tasks go
 
     def _on_missing(self, peer, key, dep_key, holder) -> None:
         """A worker could not fetch ``dep_key`` from ``holder``: fix who_has, retry ``key``."""
@@ -389,261 +399,68 @@ class SchedulerState:
         m.CANCEL: _on_cancel, m.FIRE_AND_FORGET: _on_fire_and_forget,
         m.UPDATE_DATA: _on_update_data, m.STARTED: _on_started, m.FINISHED: _on_finished,
         m.FAILED: _on_failed, m.MISSING: _on_missing, m.HEARTBEAT: _on_heartbeat,
-        m.OUTPUT: _on_output,
+        m.OUTPUT: _on_output, m.SET_LIMIT: _on_set_limit,
     }
 
-    # ------------------------------------------------------------------ transitions
-    def _become_ready_or_wait(self, ts: TaskState) -> None:
-        """Put a waiting task on its way: wait for deps (recomputing lost ones) or run."""
-        ts.waiting_on = set()
-        for dts in ts.deps:
-            if dts.state == "memory":
-                continue
-            if dts.state == "released":
-                self._recompute(dts, ts.key)
-            if ts.state == "erred":   # an input without lineage was lost: erred with it
-                return
-            if dts.state == "erred":
-                self._set_erred(ts, dts.exception, dts.traceback, dts.blame)
-                return
-            ts.waiting_on.add(dts)
-        if not ts.waiting_on:
-            self._become_ready(ts)
-
-    def _recompute(self, ts: TaskState, why) -> None:
-        """Bring back a released task from its lineage; scattered data has none: it errs."""
-        if not ts.fn:
-            self._set_erred(ts, _error(FutureLostError, f"{ts.key!r} was scattered data, now "
-                            "gone with its worker or released; it cannot be recomputed"),
-                            None, ts.key)
-            return
-        self._record(ts, "recompute", why)
-        ts.state = "waiting"
-        self._become_ready_or_wait(ts)
-
-    def _become_ready(self, ts: TaskState) -> None:
-        pinned = ts.options and ts.options.get("workers")
-        if ts.deps or pinned:
-            ws = self._pick_worker(ts)
-            if ws is not None:
-                self._assign(ts, ws)
-                return
-        ts.state = "queued"
-        if pinned:   # none of its workers is here; _fill_workers would send it to any worker
-            self.unrunnable.append(ts)
-        else:
-            heapq.heappush(self.queue, ts)
-
-    def _pick_worker(self, ts: TaskState) -> WorkerState | None:
-        """The worker holding most input bytes, unless it is much busier than the idlest."""
-        workers = self.workers
-        if not workers:
-            return None
-        options = ts.options
-        if options and options.get("workers"):
-            allowed = [workers[a] for a in options["workers"] if a in workers]
-            if not allowed:
-                return None
-            return min(allowed, key=lambda w: len(w.processing) / w.nthreads)
-        held: dict[WorkerState, int] = {}
-        for dts in ts.deps:
-            for ws in dts.who_has:
-                held[ws] = held.get(ws, 0) + dts.nbytes + 1
-        idlest = min(workers.values(), key=lambda w: len(w.processing) / w.nthreads)
-        if not held:
-            return idlest
-        best = max(held, key=held.__getitem__)
-        idle_load = len(idlest.processing) / idlest.nthreads
-        best_load = len(best.processing) / best.nthreads
-        # moving inputs costs less than idling: go elsewhere only for small inputs
-        if best_load > 2 * idle_load + 2 and held[best] < 1_000_000:
-            return idlest
-        return best
-
-    def _window(self, ws: WorkerState) -> int:
-        per_thread = int(QUEUED_WORK_SECONDS / self.avg_duration)
-        return ws.nthreads * (1 + max(1, min(MAX_WINDOW, per_thread)))
-
-    def _fill_workers(self) -> None:
-        queue = self.queue
-        if not queue or not self.workers:
-            return
-        workers = list(self.workers.values())
-        while queue:
-            best = best_load = None
-            for ws in workers:
-                n = len(ws.processing)
-                if n < self._window(ws):
-                    load = n / ws.nthreads
-                    if best is None or load < best_load:
-                        best, best_load = ws, load
-            if best is None:
-                return
-            ts = heapq.heappop(queue)
-            if ts.state != "queued":
-                continue   # cancelled or forgotten while queued
-            self._assign(ts, best)
-
-    def _assign(self, ts: TaskState, ws: WorkerState) -> None:
-        ts.state = "processing"
-        ts.processing_on = ws
-        ts.executing = False   # until this worker says STARTED
-        ws.processing.add(ts)
-        if ts.fn and ts.fn not in ws.functions:
-            ws.functions.add(ts.fn)
-            self.out.append((ws.address, [m.FUNCTION, ts.fn, self.functions[ts.fn]]))
-        deps = {dts.key: [w.address for w in dts.who_has] for dts in ts.deps}
-        self.out.append((ws.address, [m.COMPUTE, ts.key, ts.fn, ts.args, ts.kwargs, deps,
-                                      bool(ts.who_wants), ts.priority[0]]))
-
-    def _unassign(self, ts: TaskState, free: bool = True) -> None:
-        ws = ts.processing_on
-        ws.processing.discard(ts)
-        ts.processing_on = None
-        ts.executing = False
-        if free:
-            self.out.append((ws.address, [m.FREE, [ts.key]]))
-
-    def _tell(self, ts: TaskState, msg: list) -> None:
-        """Send ``msg`` to the clients that want ``ts`` (the fire-and-forget one is no peer)."""
-        for client in ts.who_wants:
-            if client != FIRE_AND_FORGET:
-                self.out.append((client, msg))
-
-    def _add_replica(self, ts: TaskState, ws: WorkerState) -> None:
-        if ws not in ts.who_has:
-            ts.who_has.add(ws)
-            ws.has_what.add(ts)
-            ws.nbytes += ts.nbytes
-
-    def _set_erred(self, ts: TaskState, exception, traceback, blame, cancel: str = "") -> None:
-        """Fail ``ts`` and, with the same error, every dependent that has not finished.
-
-        With ``cancel`` (the reason), they are cancelled instead: CANCELLED to the clients.
-        """
-        stack, erred = [ts], []
-        while stack:
-            t = stack.pop()
-            if t.state in ("erred", "memory", "released") and t is not ts:
-                continue
-            if t.processing_on is not None:
-                self._unassign(t)
-            t.state, t.waiting_on = "erred", set()
-            if cancel:
-                exception = _error(CancelledError, f"{t.key}: {cancel}")
-                self._tell(t, [m.CANCELLED, t.key, cancel])
-            else:
-                self._tell(t, [m.ERRED, t.key, exception, traceback, blame])
-            t.exception, t.traceback, t.blame = exception, traceback, blame
-            erred.append(t)
-            stack.extend(t.dependents)
-        # Inputs of every erred task (not only the first) may now be unneeded, and a
-        # fire-and-forget task that ended this way is let go like one that finished.
-        for t in erred:
-            for dep in t.deps:
-                self._maybe_release_data(dep)
-        for t in erred:
-            if FIRE_AND_FORGET in t.who_wants:
-                t.who_wants.discard(FIRE_AND_FORGET)
-                self._maybe_forget(t)
-
-    def _lost_data(self, ts: TaskState) -> None:
-        """The last copy of ``ts`` is gone: recompute it if anyone still needs it."""
-        if ts.state in ("memory", "released"):
-            ts.state = "released"
-            if not self._is_needed(ts):
-                self._maybe_forget(ts)
-                return
-            self._recompute(ts, "lost")
-        # (else a rescheduled dependent has already started its recompute)
-        if ts.state in ("erred", "forgotten"):
-            return
-        for dts in list(ts.dependents):
-            if dts.state == "processing":   # its worker can no longer fetch ts
-                self._unassign(dts)
-                dts.state = "waiting"
-                self._become_ready_or_wait(dts)
-            elif dts.state in ("waiting", "queued") and ts not in dts.waiting_on:
-                if dts.state == "queued":
-                    dts.state = "waiting"
-                dts.waiting_on.add(ts)
-
-    def _is_needed(self, ts: TaskState) -> bool:
-        if ts.who_wants:
-            return True
-        for dts in ts.dependents:
-            # a released dependent needs nothing until it is recomputed (then it waits)
-            if dts.state in ("waiting", "queued", "processing"):
-                return True
-        return False
-
-    def _maybe_release_data(self, ts: TaskState) -> None:
-        """Free the data of a task nobody needs any more (its lineage stays)."""
-        if ts.state != "memory" or self._is_needed(ts):
-            return
-        ts.state = "released"
-        self._free_replicas(ts)
-        if not ts.dependents:
-            self._forget(ts)
-
-    def _free_replicas(self, ts: TaskState) -> None:
-        for ws in ts.who_has:
-            ws.has_what.discard(ts)
-            ws.nbytes -= ts.nbytes
-            self.out.append((ws.address, [m.FREE, [ts.key]]))
-        ts.who_has = set()
-
-    def _maybe_forget(self, ts: TaskState) -> None:
-        """Called when a task lost its last wanter."""
-        if ts.who_wants:
-            return
-        if ts.dependents:
-            if ts.state == "memory":
-                self._maybe_release_data(ts)
-            return
-        self._forget(ts)
-
-    def _forget(self, ts: TaskState) -> None:
-        stack = [ts]
-        while stack:
-            t = stack.pop()
-            if t.who_wants or t.dependents or self.tasks.get(t.key) is not t:
-                continue
-            if t.processing_on is not None:
-                self._unassign(t)
-            self._free_replicas(t)
-            t.state = "forgotten"
-            del self.tasks[t.key]
-            for dep in t.deps:
-                dep.dependents.discard(t)
-                if not dep.who_wants:
-                    if dep.dependents:
-                        self._maybe_release_data(dep)
-                    else:
-                        stack.append(dep)
-
-    def _report_if_final(self, ts: TaskState, client: str) -> None:
-        if ts.state == "memory":
-            self.out.append((client, [m.DONE, ts.key, False, None, ts.nbytes]))
-        elif ts.state == "erred":
-            self.out.append((client, [m.ERRED, ts.key, ts.exception, ts.traceback, ts.blame]))
-        elif ts.state == "released":
-            self._recompute(ts, client)
-
     # ------------------------------------------------------------------ helpers
-    def _record(self, ts: TaskState, what: str, where) -> None:
-        if self.record_stories:
-            if ts.story is None:
-                ts.story = []
-            ts.story.append((self.now, what, where))
-
     def story(self, key: str) -> list:
         ts = self.tasks.get(key)
         return list(ts.story or ()) if ts is not None else []
 
+    # ------------------------------------------------------------------ time
+    def next_wakeup(self) -> float | None:
+        """When :meth:`wake` should be called next (a timer or a rate limit is due)."""
+        times = [t for t in [self.timers.next_time()] if t is not None]
+        if self.limits_held:
+            times += [t for t in (lm.wake_time() for lm in self.limits.values()) if t is not None]
+        return min(times) if times else None
+
+    def wake(self, now: float) -> list:
+        """Time has come for timers or limits: start delayed tasks, expire late ones."""
+        self.now = now
+        out = self.out = []
+        for kind, ts in self.timers.due(now):
+            if self.tasks.get(ts.key) is not ts:
+                continue
+            if kind == "start" and ts.state == "delayed":
+                ts.state = "waiting"
+                self._become_ready_or_wait(ts)
+            elif kind == "expire" and ts.state in ("waiting", "delayed", "queued"):
+                self._expired(ts)
+        self._fill_workers()
+        self.out = []
+        return out
+
     # ------------------------------------------------------------------ views
+    def queues_info(self) -> dict:
+        """Per queue: tasks waiting in it, tasks running from it, workers subscribed."""
+        info: dict = {}
+        names = set(self.queues) | {q for w in self.workers.values() for q in w.queues}
+        for name in sorted(names):
+            info[name] = {"queued": 0, "processing": 0, "workers": sorted(
+                w.address for w in self.workers.values() if name in w.queues)}
+        for ts in self.tasks.values():
+            if ts.state in ("queued", "processing", "delayed") and ts.queue in info:
+                info[ts.queue]["queued" if ts.state != "processing" else "processing"] += 1
+        return info
+
+    def limits_info(self) -> dict:
+        return {key: limit.describe() for key, limit in self.limits.items()}
+
+    def known_queues(self) -> set[str]:
+        return set(self.queues) | {q for w in self.workers.values() for q in w.queues}
+
+    def attempts(self, key: str) -> list:
+        ts = self.tasks.get(key)
+        return [list(a) for a in (ts.attempts or ())] if ts is not None else []
     def counts_by_state(self) -> dict[str, int]:
         out: dict[str, int] = defaultdict(int)
         for ts in self.tasks.values():
             out[ts.state] += 1
         return dict(out)
+
+
+def _last_line(traceback: str | None) -> str:
+    """``ValueError: bad input`` out of a formatted traceback."""
+    lines = [line for line in (traceback or "").strip().splitlines() if line.strip()]
+    return lines[-1].strip() if lines else "error"

@@ -29,7 +29,8 @@ MAX_PREFETCH = 64
 
 class WorkerTask:
     __slots__ = ("key", "state", "fn", "args", "kwargs", "deps", "waiting_on", "want",
-                 "priority", "order", "who_has", "dependents", "nbytes", "cancelled", "fetched")
+                 "priority", "order", "who_has", "dependents", "nbytes", "cancelled", "fetched",
+                 "options")
 
     def __init__(self, key: str) -> None:
         self.key = key
@@ -46,6 +47,7 @@ class WorkerTask:
         self.dependents: set[str] = set()
         self.nbytes = 0
         self.cancelled = False
+        self.options: dict | None = None
         self.fetched = False   # a copy of a peer's result: the scheduler does not count it
 
     def __lt__(self, other: "WorkerTask") -> bool:
@@ -73,7 +75,8 @@ class WorkerState:
         self.prefetch = 0                 # tasks handed to the executor beyond nthreads
 
     # ------------------------------------------------------------------ scheduler messages
-    def compute(self, key, fn, args, kwargs, deps: dict, want: bool, priority: int) -> list:
+    def compute(self, key, fn, args, kwargs, deps: dict, want: bool, priority: int,
+                options: dict | None = None) -> list:
         out: list = []
         ts = self.tasks.get(key)
         if ts is not None and ts.state in ("memory", "ready", "executing", "waiting"):
@@ -87,7 +90,7 @@ class WorkerState:
         if ts is None:
             ts = self.tasks[key] = WorkerTask(key)
         self.counter += 1
-        ts.fn, ts.args, ts.kwargs, ts.want = fn, args, kwargs, want
+        ts.fn, ts.args, ts.kwargs, ts.want, ts.options = fn, args, kwargs, want, options
         ts.priority, ts.order, ts.cancelled, ts.fetched = priority, self.counter, False, False
         ts.deps = list(deps)
         ts.waiting_on = set()
@@ -130,6 +133,7 @@ class WorkerState:
                 continue
             if ts.state == "executing":
                 ts.cancelled = True   # the result is dropped when the thread returns
+                out.append(("stop", key))   # and a running call is interrupted
                 continue
             if ts.dependents and any(self._is_pending(d) for d in ts.dependents):
                 ts.fetched = True   # no longer counted by the scheduler: drop after use
@@ -176,13 +180,13 @@ class WorkerState:
         self._run_ready(out)
         return out
 
-    def task_failed(self, key, exception, traceback, start, stop) -> list:
+    def task_failed(self, key, exception, traceback, start, stop, retry=None) -> list:
         out: list = []
         self.executing.discard(key)
         ts = self.tasks.get(key)
         if ts is not None:
             if not ts.cancelled:
-                out.append(("send", [m.FAILED, key, exception, traceback, start, stop]))
+                out.append(("send", [m.FAILED, key, exception, traceback, start, stop, retry]))
             else:   # tasks here that wait for it must get it elsewhere: hand them back
                 for dkey in list(ts.dependents):
                     self._report_missing(dkey, key, "", out)
@@ -249,7 +253,7 @@ class WorkerState:
         for dkey in list(ts.dependents):
             dts = self.tasks.get(dkey)
             if dts is not None and dts.state == "waiting":
-                out.append(("send", [m.FAILED, dkey, exception, text, 0.0, 0.0]))
+                out.append(("send", [m.FAILED, dkey, exception, text, 0.0, 0.0, None]))
                 drop: list = []
                 self._forget(dts, drop)
                 if drop:

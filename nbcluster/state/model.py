@@ -1,0 +1,97 @@
+"""What the scheduler knows of each task and each worker (plain records, no behaviour)."""
+
+from __future__ import annotations
+
+from ..protocol import messages as m
+from ..protocol.serialize import dumps
+
+FIRE_AND_FORGET = "@fire-and-forget"   # a pseudo client that lets go once the task ends
+DEFAULT_QUEUE = "default"
+KILLED_WORKER_LIMIT = 3
+QUEUED_WORK_SECONDS = 0.005   # aim to keep this much work queued on each thread
+TASK_LOG_LENGTH = 10_000
+MAX_WINDOW = 256               # tasks queued on a worker per thread, at most
+_EMPTY: frozenset = frozenset()   # shared by tasks until they need a set of their own
+
+
+class BadBatch(m.ProtocolError):
+    """A message in a batch was malformed; ``out`` holds what the earlier ones produced."""
+
+    def __init__(self, message: str, out: list) -> None:
+        super().__init__(message)
+        self.out = out
+
+
+def error(cls, message: str):
+    """An nbcluster error as it travels to clients (pickled, like a task's own exception)."""
+    return dumps(cls(message))
+
+
+class TaskState:
+    # Sets start as the shared empty frozenset and become sets when first added to (see
+    # ``own``): a pending task then costs a few hundred bytes, not a kilobyte of empty sets.
+    __slots__ = (
+        "key", "prefix", "state", "fn", "args", "kwargs", "options", "deps", "dependents",
+        "waiting_on", "who_has", "nbytes", "processing_on", "executing", "who_wants",
+        "exception", "traceback", "blame", "priority", "suspicious", "story", "queue",
+        "limit", "limited", "retries_left", "retry_count", "attempts", "collect",
+    )
+
+    def __init__(self, key: str, fn: str, args, kwargs, options, priority: tuple) -> None:
+        self.key, self.state = key, "new"
+        self.prefix = key.rsplit("-", 1)[0]
+        self.fn, self.args, self.kwargs, self.options = fn, args, kwargs, options
+        self.deps: list[TaskState] = []
+        self.dependents = self.waiting_on = self.who_has = _EMPTY
+        self.who_wants = _EMPTY
+        self.nbytes = 0
+        self.processing_on: WorkerState | None = None
+        self.executing = False   # the worker it is on said STARTED
+        self.exception = self.traceback = self.blame = None
+        self.priority = priority
+        self.suspicious = 0
+        self.story: list | None = None
+        self.queue = DEFAULT_QUEUE
+        self.limit = None        # the Limit it runs under, if any
+        self.limited = False     # counted as running by its Limit
+        self.retries_left = 0
+        self.retry_count = 0
+        self.attempts: list | None = None   # (worker, start, duration, error text or None)
+        self.collect = False     # inputs that fail arrive as their exceptions
+        if options:
+            self.queue = options.get("queue", DEFAULT_QUEUE)
+            self.retries_left = options.get("retries", 0)
+            self.collect = options.get("collect_errors", False)
+
+    def __lt__(self, other: "TaskState") -> bool:
+        return self.priority < other.priority
+
+    def __repr__(self) -> str:
+        return f"<Task {self.key!r} {self.state}>"
+
+
+def own(ts, name: str) -> set:
+    """The task's set ``name``, made its own (mutable) first if it is the shared empty one."""
+    value = getattr(ts, name)
+    if value is _EMPTY:
+        value = set()
+        setattr(ts, name, value)
+    return value
+
+
+class WorkerState:
+    __slots__ = ("address", "nthreads", "name", "processing", "has_what", "nbytes",
+                 "functions", "identity", "metrics", "last_seen", "pinned", "queues")
+
+    def __init__(self, address: str, nthreads: int, name: str, identity: dict) -> None:
+        self.address, self.nthreads, self.name, self.identity = address, nthreads, name, identity
+        self.processing: set[TaskState] = set()
+        self.has_what: set[TaskState] = set()
+        self.functions: set[str] = set()
+        self.metrics: dict = {}
+        self.nbytes, self.last_seen, self.pinned = 0, 0.0, 0
+        queues = identity.get("queues") if isinstance(identity, dict) else None
+        self.queues = frozenset(queues) if queues else frozenset((DEFAULT_QUEUE,))
+
+    def __repr__(self) -> str:
+        return f"<Worker {self.address} {len(self.processing)} processing>"

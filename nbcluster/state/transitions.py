@@ -1,0 +1,366 @@
+"""How tasks move between states, and where they run: the rules SchedulerState applies.
+
+A base class of SchedulerState (split out to keep modules small); it owns no state of its
+own, everything lives on the SchedulerState instance, and nothing here does I/O or reads a
+clock: ``self.now`` is the time of the event being handled.
+"""
+
+from __future__ import annotations
+
+import heapq
+
+from ..errors import CancelledError, FutureLostError, TaskExpiredError
+from ..protocol import messages as m
+from .model import _EMPTY, FIRE_AND_FORGET, MAX_WINDOW, QUEUED_WORK_SECONDS, TaskState, \
+    WorkerState, error, own
+
+
+class Transitions:
+    # ------------------------------------------------------------------ becoming ready
+    def _become_ready_or_wait(self, ts: TaskState) -> None:
+        """Put a waiting task on its way: wait for deps (recomputing lost ones) or run."""
+        ts.waiting_on = _EMPTY
+        for dts in ts.deps:
+            if dts.state == "memory":
+                continue
+            if dts.state == "released":
+                self._recompute(dts, ts.key)
+            if ts.state == "erred":   # an input without lineage was lost: erred with it
+                return
+            if dts.state == "erred":
+                if ts.collect:
+                    continue          # it receives the exception in place of the value
+                self._set_erred(ts, dts.exception, dts.traceback, dts.blame)
+                return
+            own(ts, "waiting_on").add(dts)
+        if not ts.waiting_on:
+            self._become_ready(ts)
+
+    def _recompute(self, ts: TaskState, why) -> None:
+        """Bring back a released task from its lineage; scattered data has none: it errs."""
+        if not ts.fn:
+            self._set_erred(ts, error(FutureLostError, f"{ts.key!r} was scattered data, now "
+                            "gone with its worker or released; it cannot be recomputed"),
+                            None, ts.key)
+            return
+        self._record(ts, "recompute", why)
+        ts.state = "waiting"
+        self._become_ready_or_wait(ts)
+
+    def _become_ready(self, ts: TaskState) -> None:
+        options = ts.options
+        if options:
+            not_before = options.get("not_before")
+            if not_before is not None and not_before > self.now:
+                ts.state = "delayed"       # countdown / eta / retry back-off
+                self.timers.add(not_before, "start", ts)
+                return
+            if self._expired(ts):
+                return
+            if ts.limit is not None:
+                ts.state = "queued"
+                heapq.heappush(ts.limit.held, (ts.priority, ts))
+                return
+        pinned = options and options.get("workers")
+        if ts.deps or pinned:
+            ws = self._pick_worker(ts)
+            if ws is not None:
+                self._assign(ts, ws)
+                return
+        ts.state = "queued"
+        if pinned and not any(a in self.workers for a in pinned):
+            self.unrunnable.append(ts)   # waits for one of its workers to join
+        else:
+            heap = self.queues.get(ts.queue)
+            if heap is None:
+                heap = self.queues[ts.queue] = []
+            heapq.heappush(heap, (ts.priority, ts))
+
+    def _expired(self, ts: TaskState) -> bool:
+        expires = ts.options.get("expires") if ts.options else None
+        if expires is None or self.now < expires:
+            return False
+        self._record(ts, "expired", None)
+        self._set_erred(ts, error(TaskExpiredError, f"task {ts.key!r} had not started by its "
+                        f"expiry time ({expires - self.now:+.3f} s from now)"), None, ts.key)
+        return True
+
+    # ------------------------------------------------------------------ placement
+    def _eligible(self, ts: TaskState) -> list[WorkerState]:
+        pinned = ts.options.get("workers") if ts.options else None
+        if pinned:
+            workers = [self.workers[a] for a in pinned if a in self.workers]
+        else:
+            workers = self.workers.values()
+        return [w for w in workers if ts.queue in w.queues]
+
+    def _pick_worker(self, ts: TaskState, idle_only: bool = False) -> WorkerState | None:
+        """The worker holding most input bytes, unless it is much busier than the idlest."""
+        candidates = self._eligible(ts)
+        if idle_only:
+            candidates = [w for w in candidates if len(w.processing) < w.nthreads]
+        if not candidates:
+            return None
+        idlest = min(candidates, key=lambda w: len(w.processing) / w.nthreads)
+        if not ts.deps:
+            return idlest
+        allowed = set(candidates)
+        held: dict[WorkerState, int] = {}
+        for dts in ts.deps:
+            for ws in dts.who_has:
+                if ws in allowed:
+                    held[ws] = held.get(ws, 0) + dts.nbytes + 1
+        if not held:
+            return idlest
+        best = max(held, key=held.__getitem__)
+        idle_load = len(idlest.processing) / idlest.nthreads
+        best_load = len(best.processing) / best.nthreads
+        # moving inputs costs less than idling: go elsewhere only for small inputs
+        if best_load > 2 * idle_load + 2 and held[best] < 1_000_000:
+            return idlest
+        return best
+
+    def _window(self, ws: WorkerState) -> int:
+        per_thread = int(QUEUED_WORK_SECONDS / self.avg_duration)
+        return ws.nthreads * (1 + max(1, min(MAX_WINDOW, per_thread)))
+
+    def _fill_workers(self) -> None:
+        if self.limits_held:
+            self._release_limited()
+        if not self.workers:
+            return
+        for name, heap in self.queues.items():
+            if not heap:
+                continue
+            workers = [w for w in self.workers.values() if name in w.queues]
+            while heap and workers:
+                best = best_load = None
+                for ws in workers:
+                    n = len(ws.processing)
+                    if n < self._window(ws):
+                        load = n / ws.nthreads
+                        if best is None or load < best_load:
+                            best, best_load = ws, load
+                if best is None:
+                    break
+                _, ts = heapq.heappop(heap)
+                if ts.state != "queued":
+                    continue   # cancelled or forgotten while queued
+                if self._expired(ts):
+                    continue
+                if ts.deps or (ts.options and ts.options.get("workers")):
+                    ws = self._pick_worker(ts)
+                    if ws is None:
+                        self.unrunnable.append(ts)
+                        continue
+                    best = ws
+                self._assign(ts, best)
+
+    def _release_limited(self) -> None:
+        """Start held tasks whose limit allows it, each on an idle thread."""
+        still = False
+        for limit in list(self.limits.values()):
+            held = limit.held
+            while held and limit.can_start(self.now):
+                _, ts = held[0]
+                if ts.state != "queued" or ts.limit is not limit:
+                    heapq.heappop(held)
+                    continue
+                if self._expired(ts):
+                    heapq.heappop(held)
+                    continue
+                ws = self._pick_worker(ts, idle_only=True)
+                if ws is None:
+                    break
+                heapq.heappop(held)
+                limit.started(self.now)
+                ts.limited = True
+                self._assign(ts, ws)
+            still = still or bool(held)
+        self.limits_held = still
+
+    def _assign(self, ts: TaskState, ws: WorkerState) -> None:
+        ts.state = "processing"
+        ts.processing_on = ws
+        ts.executing = False   # until this worker says STARTED
+        ws.processing.add(ts)
+        if ts.fn and ts.fn not in ws.functions:
+            ws.functions.add(ts.fn)
+            self.out.append((ws.address, [m.FUNCTION, ts.fn, self.functions[ts.fn]]))
+        deps = {dts.key: [w.address for w in dts.who_has] for dts in ts.deps
+                if dts.state != "erred"}
+        self.out.append((ws.address, [m.COMPUTE, ts.key, ts.fn, ts.args, ts.kwargs, deps,
+                                      bool(ts.who_wants), ts.priority[0],
+                                      self._worker_options(ts)]))
+
+    def _worker_options(self, ts: TaskState) -> dict | None:
+        """What the worker needs to know to run a task: limits, retry rules, failed inputs."""
+        options = ts.options
+        if not options and not ts.collect:
+            return None
+        out = {}
+        for name in ("timeout", "retry_on", "expires"):
+            if name in options:
+                out[name] = options[name]
+        if ts.retries_left > 0:
+            out["retries"] = ts.retries_left
+        if ts.collect:
+            out["errors"] = {d.key: d.exception for d in ts.deps if d.state == "erred"}
+        return out or None
+
+    def _unassign(self, ts: TaskState, free: bool = True) -> None:
+        ws = ts.processing_on
+        ws.processing.discard(ts)
+        ts.processing_on = None
+        ts.executing = False
+        if ts.limited:
+            ts.limited = False
+            ts.limit.running -= 1
+            if ts.limit.held:
+                self.limits_held = True
+        if free:
+            self.out.append((ws.address, [m.FREE, [ts.key]]))
+
+    # ------------------------------------------------------------------ ends
+    def _tell(self, ts: TaskState, msg: list) -> None:
+        """Send ``msg`` to the clients that want ``ts`` (the fire-and-forget one is no peer)."""
+        for client in ts.who_wants:
+            if client != FIRE_AND_FORGET:
+                self.out.append((client, msg))
+
+    def _add_replica(self, ts: TaskState, ws: WorkerState) -> None:
+        if ws not in ts.who_has:
+            own(ts, "who_has").add(ws)
+            ws.has_what.add(ts)
+            ws.nbytes += ts.nbytes
+
+    def _set_erred(self, ts: TaskState, exception, traceback, blame, cancel: str = "") -> None:
+        """Fail ``ts`` and, with the same error, every dependent that has not finished.
+
+        With ``cancel`` (the reason), they are cancelled instead: CANCELLED to the clients.
+        Dependents that collect errors get the exception as an input instead of failing.
+        """
+        stack, erred, ready = [ts], [], []
+        while stack:
+            t = stack.pop()
+            if t.state in ("erred", "memory", "released") and t is not ts:
+                continue
+            if t.processing_on is not None:
+                self._unassign(t)
+            t.state, t.waiting_on = "erred", _EMPTY
+            if cancel:
+                exception = error(CancelledError, f"{t.key}: {cancel}")
+                self._tell(t, [m.CANCELLED, t.key, cancel])
+            else:
+                self._tell(t, [m.ERRED, t.key, exception, traceback, blame])
+            t.exception, t.traceback, t.blame = exception, traceback, blame
+            erred.append(t)
+            for d in t.dependents:
+                if d.collect and d.state == "waiting" and not cancel:
+                    ready.append((d, t))
+                else:
+                    stack.append(d)
+        # Inputs of every erred task (not only the first) may now be unneeded, and a
+        # fire-and-forget task that ended this way is let go like one that finished.
+        for t in erred:
+            for dep in t.deps:
+                self._maybe_release_data(dep)
+        for t in erred:
+            if FIRE_AND_FORGET in t.who_wants:
+                t.who_wants.discard(FIRE_AND_FORGET)
+                self._maybe_forget(t)
+        for d, t in ready:
+            if t in d.waiting_on:
+                d.waiting_on.discard(t)
+                if not d.waiting_on and d.state == "waiting":
+                    self._become_ready(d)
+
+    def _lost_data(self, ts: TaskState) -> None:
+        """The last copy of ``ts`` is gone: recompute it if anyone still needs it."""
+        if ts.state in ("memory", "released"):
+            ts.state = "released"
+            if not self._is_needed(ts):
+                self._maybe_forget(ts)
+                return
+            self._recompute(ts, "lost")
+        # (else a rescheduled dependent has already started its recompute)
+        if ts.state in ("erred", "forgotten"):
+            return
+        for dts in list(ts.dependents):
+            if dts.state == "processing":   # its worker can no longer fetch ts
+                self._unassign(dts)
+                dts.state = "waiting"
+                self._become_ready_or_wait(dts)
+            elif dts.state in ("waiting", "queued") and ts not in dts.waiting_on:
+                if dts.state == "queued":
+                    dts.state = "waiting"
+                own(dts, "waiting_on").add(ts)
+
+    def _is_needed(self, ts: TaskState) -> bool:
+        if ts.who_wants:
+            return True
+        for dts in ts.dependents:
+            # a released dependent needs nothing until it is recomputed (then it waits)
+            if dts.state in ("waiting", "queued", "processing", "delayed"):
+                return True
+        return False
+
+    def _maybe_release_data(self, ts: TaskState) -> None:
+        """Free the data of a task nobody needs any more (its lineage stays)."""
+        if ts.state != "memory" or self._is_needed(ts):
+            return
+        ts.state = "released"
+        self._free_replicas(ts)
+        if not ts.dependents:
+            self._forget(ts)
+
+    def _free_replicas(self, ts: TaskState) -> None:
+        for ws in ts.who_has:
+            ws.has_what.discard(ts)
+            ws.nbytes -= ts.nbytes
+            self.out.append((ws.address, [m.FREE, [ts.key]]))
+        ts.who_has = _EMPTY
+
+    def _maybe_forget(self, ts: TaskState) -> None:
+        """Called when a task lost its last wanter."""
+        if ts.who_wants:
+            return
+        if ts.dependents:
+            if ts.state == "memory":
+                self._maybe_release_data(ts)
+            return
+        self._forget(ts)
+
+    def _forget(self, ts: TaskState) -> None:
+        stack = [ts]
+        while stack:
+            t = stack.pop()
+            if t.who_wants or t.dependents or self.tasks.get(t.key) is not t:
+                continue
+            if t.processing_on is not None:
+                self._unassign(t)
+            self._free_replicas(t)
+            t.state = "forgotten"
+            del self.tasks[t.key]
+            for dep in t.deps:
+                if t in dep.dependents:
+                    dep.dependents.discard(t)
+                if not dep.who_wants:
+                    if dep.dependents:
+                        self._maybe_release_data(dep)
+                    else:
+                        stack.append(dep)
+
+    def _report_if_final(self, ts: TaskState, client: str) -> None:
+        if ts.state == "memory":
+            self.out.append((client, [m.DONE, ts.key, False, None, ts.nbytes]))
+        elif ts.state == "erred":
+            self.out.append((client, [m.ERRED, ts.key, ts.exception, ts.traceback, ts.blame]))
+        elif ts.state == "released":
+            self._recompute(ts, client)
+
+    def _record(self, ts: TaskState, what: str, where) -> None:
+        if self.record_stories:
+            if ts.story is None:
+                ts.story = []
+            ts.story.append((self.now, what, where))
