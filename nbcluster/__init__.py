@@ -5,6 +5,8 @@ from .client import (ALL_COMPLETED, FIRST_COMPLETED, FIRST_EXCEPTION, AsyncClien
                      Delayed, Future, as_completed, compute, default_client, delayed, wait)
 from .deploy import LocalCluster
 from .errors import CancelledError, KilledWorkerError, NBClusterError
+from .canvas import Signature, chain, chord, group, s
+from .errors import Retry, TaskExpiredError, TaskTimeoutError
 from .progress import progress
 
 __version__ = "0.1.0"
@@ -39,6 +41,7 @@ def fire_and_forget(futures) -> None:
 
 __all__ = [
     "Client", "AsyncClient", "LocalCluster", "Future", "Delayed", "delayed", "compute", "wait",
-    "as_completed", "fire_and_forget", "progress", "default_client", "errors", "NBClusterError",
+    "as_completed", "fire_and_forget", "progress", "Signature", "s", "chain", "group", "chord",
+    "Retry", "TaskTimeoutError", "TaskExpiredError", "default_client", "errors", "NBClusterError",
     "CancelledError", "KilledWorkerError", "ALL_COMPLETED", "FIRST_COMPLETED", "FIRST_EXCEPTION",
 ]

@@ -19,7 +19,7 @@ from nbcluster.state.scheduler_state import KILLED_WORKER_LIMIT, SchedulerState
 FN, FN2 = "inc-tok", "double-tok"
 BLOBS = {FN: b"<pickled inc>", FN2: b"<pickled double>"}
 C, C2 = "client-1", "client-2"
-LIVE_STATES = {"waiting", "queued", "processing", "memory", "released", "erred"}
+LIVE_STATES = {"waiting", "delayed", "queued", "processing", "memory", "released", "erred"}
 
 
 def spec(key, deps=(), options=None, fn=FN, args=None, kwargs=None):
@@ -41,7 +41,8 @@ def check_invariants(s: SchedulerState) -> None:
         if ts.state == "processing":
             ws = ts.processing_on
             assert ws is not None and s.workers.get(ws.address) is ws and ts in ws.processing
-            assert all(d.state == "memory" for d in ts.deps), ts
+            assert all(d.state == "memory" or (ts.collect and d.state == "erred")
+                       for d in ts.deps), ts
         else:
             assert ts.processing_on is None, ts
             assert not ts.executing, ts
@@ -54,7 +55,8 @@ def check_invariants(s: SchedulerState) -> None:
             assert s.workers.get(ws.address) is ws and ts in ws.has_what
         if ts.state == "waiting":
             assert ts.waiting_on, ts
-            assert ts.waiting_on == {d for d in ts.deps if d.state != "memory"}, ts
+            assert ts.waiting_on == {d for d in ts.deps if d.state != "memory"
+                                     and not (ts.collect and d.state == "erred")}, ts
             assert all(d.state in ("waiting", "queued", "processing") for d in ts.waiting_on), ts
         if ts.state == "queued":
             assert all(d.state == "memory" for d in ts.deps), ts

@@ -77,13 +77,16 @@ class TaskStream(Component):
     """One row per worker thread, one rectangle per task from its start to its end.
 
     Coloured by function, red for errors; transfers are hatched grey marks on the receiving
-    worker's first row. The sources keep the last ``window`` tasks (and transfers).
+    worker's first row. The sources keep the last ``window`` tasks (and transfers); one update
+    adds at most ``max_new`` (the newest: more would be narrower than a pixel anyway), which
+    bounds what goes to the browser whatever the task rate.
     """
 
     def __init__(self, feed: Feed, window: int = HISTORY, backfill: int | None = None,
-                 **figure_kwargs: Any) -> None:
+                 max_new: int | None = None, **figure_kwargs: Any) -> None:
         super().__init__(feed)
         self.window = window
+        self.max_new = min(window, max_new or window)
         # a new plot starts with the last ``backfill`` tasks (all the window holds, by default)
         self._backfill = window if backfill is None else min(backfill, window)
         self._cursor = self._transfer_cursor = -1
@@ -91,8 +94,8 @@ class TaskStream(Component):
         self._lanes: dict[str, list[float]] = {}  # worker address -> busy-until, per thread
         self._nrows = 0
         self.source = ColumnDataSource({c: [] for c in (
-            "left", "right", "bottom", "top", "color", "key", "name", "worker", "duration",
-            "ok")}, name="task_stream")
+            "left", "right", "bottom", "top", "color", "key", "worker", "duration")},
+            name="task_stream")
         self.transfer_source = ColumnDataSource({c: [] for c in (
             "left", "right", "bottom", "top", "key", "source", "target", "nbytes",
             "duration")}, name="task_stream_transfers")
@@ -166,26 +169,23 @@ class TaskStream(Component):
         self._place(feed.data.get("workers", []))
         entries, self._cursor = feed.tasks_since(self._cursor)
         if entries:
-            entries = sorted(entries[-self.window:], key=lambda e: e[2])
+            entries = sorted(entries[-self.max_new:], key=lambda e: e[2])
             new: dict[str, list] = {c: [] for c in self.source.data}
             for key, worker, start, stop, ok in entries:
                 row = self._lane(worker, start, stop)
-                name = prefix_of(key)
                 new["left"].append(start * 1000)
                 new["right"].append(stop * 1000)
                 new["bottom"].append(row - 0.4)
                 new["top"].append(row + 0.4)
-                new["color"].append(color_of(name) if ok else ERROR_COLOR)
+                new["color"].append(color_of(prefix_of(key)) if ok else ERROR_COLOR)
                 new["key"].append(key)
-                new["name"].append(name)
                 new["worker"].append(worker)
                 new["duration"].append(format_duration(stop - start))
-                new["ok"].append(bool(ok))
             self.source.stream(new, rollover=self.window)
         transfers, self._transfer_cursor = feed.transfers_since(self._transfer_cursor)
         if transfers:
             new = {c: [] for c in self.transfer_source.data}
-            for key, source, target, start, stop, nbytes in transfers[-self.window:]:
+            for key, source, target, start, stop, nbytes in transfers[-self.max_new:]:
                 if target not in self._rows:
                     self._add_rows(target, 1, target)
                 row = self._rows[target]

@@ -36,6 +36,7 @@ from .metrics import figures
 
 logger = logging.getLogger("nbcluster.dashboard")
 BACKFILL = 2_000   # tasks a new page starts with (it then keeps up to 10,000)
+MAX_NEW = 2_000    # tasks one refresh adds to a page, at most
 
 # page -> (title, components on it, in order)
 PAGES: dict[str, tuple[str, tuple[str, ...]]] = {
@@ -192,7 +193,7 @@ def _build_page(dashboard: Dashboard, page: str) -> tuple[dict, Any, str]:
     from .components import COMPONENTS, TaskStream
 
     title, names = PAGES[page]
-    comps = {name: (COMPONENTS[name](dashboard.feed, backfill=BACKFILL)
+    comps = {name: (COMPONENTS[name](dashboard.feed, backfill=BACKFILL, max_new=MAX_NEW)
                     if COMPONENTS[name] is TaskStream else COMPONENTS[name](dashboard.feed))
              for name in names}
     links = " | ".join(

@@ -30,6 +30,7 @@ from .feed import MAX_RATE, Feed, client_snapshot
 logger = logging.getLogger("nbcluster.dashboard")
 
 DEFAULT_PLOTS = ("task-stream", "memory")
+MAX_NEW = 1_000   # task rectangles one update sends to the notebook, at most
 
 
 def _fetcher(client: Any):
@@ -46,17 +47,22 @@ def _fetcher(client: Any):
 class DashboardWidget(BokehModel):
     """A BokehModel whose plots a background thread keeps up to date.
 
-    jupyter_bokeh's front-end applies patches only once its view exists, reading each as a
-    run of comm messages: a patch sent while the view is being built is lost or, worse, read
-    out of step, and then every later one is. So the thread sends nothing until the view says
-    it has drawn the plots (a small script run on Bokeh's ``DocumentReady`` in the browser
-    touches the layout's ``tags``, which comes back to the kernel; after ``wait_for_view``
-    seconds it starts anyway), each update goes out as one patch, and a view that appears
-    later (the page was reloaded) is given the whole current state.
+    jupyter_bokeh's front-end hears patches only once its view exists, and reads each as a
+    run of three comm messages (header, metadata, content): a view that starts listening in
+    the middle of a run reads every later patch out of step. Three things keep it right:
+
+    - each update is one patch, sent as three *identical* messages that each hold both the
+      header and the content, so a view reads every patch whatever run it starts in;
+    - the view tells the kernel when it has drawn the plots (a small script run on Bokeh's
+      ``DocumentReady`` in the browser touches the layout's ``tags``, which comes back);
+      updates start then, or after ``wait_for_view`` seconds, because the kernel hears the
+      browser only between cells;
+    - a view that may have missed patches (it spoke after some were sent, or it appeared
+      later: the page was reloaded) is given the whole current state (at most every 2 s).
     """
 
     def __init__(self, layout: Any, components: Sequence[Component], feed: Feed, client: Any,
-                 interval: float, wait_for_view: float = 5.0, **kwargs: Any) -> None:
+                 interval: float, wait_for_view: float = 1.0, **kwargs: Any) -> None:
         super().__init__(layout, **kwargs)
         self.components = list(components)
         self.feed = feed
@@ -65,12 +71,14 @@ class DashboardWidget(BokehModel):
         self._client = client
         self._stop = threading.Event()
         self._view_ready = threading.Event()
-        self._lock = threading.RLock()          # the document: updates vs. a new view's copy
+        self._lock = threading.RLock()          # the document: updates vs. a view's copy
         self._batch: list | None = None
         self._bundle_time = time.monotonic()
+        self._sent_since_bundle = 0
         self._closed = False
         self.updates = 0
-        layout.on_change("tags", self._on_view_ready)
+        self.resyncs = 0
+        layout.on_change("tags", self._on_view_drawn)
         self._thread = threading.Thread(target=self._run, name="nbcluster-dashboard-widget",
                                         daemon=True)
         self._thread.start()
@@ -83,29 +91,40 @@ class DashboardWidget(BokehModel):
         return bool(getattr(self._client, "_closed", False))
 
     # ------------------------------------------------------------------ front-end views
-    def _on_view_ready(self, attr: str, old: Any, new: Any) -> None:
-        if not self._view_ready.is_set():
-            self._view_ready.set()
-            return
-        now = time.monotonic()   # a later view: send it everything, at most every 2 s
-        if now - self._bundle_time >= 2.0:
-            with self._lock:
+    def _on_view_drawn(self, attr: str, old: Any, new: Any) -> None:
+        first = not self._view_ready.is_set()
+        self._view_ready.set()
+        with self._lock:
+            now = time.monotonic()
+            if self._sent_since_bundle and (first or now - self._bundle_time >= 2.0):
                 self._bundle_time = now
+                self._sent_since_bundle = 0
+                self.resyncs += 1
                 self.render_bundle = self._model_to_traits(self._model)
 
     def _document_patched(self, event: Any) -> None:
-        if self._batch is not None and event.setter is not self:
+        if event.setter is self:        # the change came from the browser
+            return
+        if self._batch is not None:
             self._batch.append(event)
         else:
-            super()._document_patched(event)
+            with self._lock:
+                self._send_patch([event])
 
     def _send_patch(self, events: list) -> None:
         msg = Protocol().create("PATCH-DOC", events)
-        for part in (msg.header_json, msg.metadata_json, msg.content_json):
-            self.send({"msg": "patch", "payload": part})
-        for buffer in msg.buffers:
-            self.send({"msg": "patch", "payload": json.dumps(buffer.ref)})
-            self.send({"msg": "patch"}, [buffer.to_bytes()])
+        self._sent_since_bundle += 1
+        if msg.buffers:   # binary columns (numpy): Bokeh's own framing
+            for part in (msg.header_json, msg.metadata_json, msg.content_json):
+                self.send({"msg": "patch", "payload": part})
+            for buffer in msg.buffers:
+                self.send({"msg": "patch", "payload": json.dumps(buffer.ref)})
+                self.send({"msg": "patch"}, [buffer.to_bytes()])
+            return
+        whole = json.dumps({"msgid": msg.header["msgid"], "msgtype": msg.header["msgtype"],
+                            **json.loads(msg.content_json)})
+        for _ in range(3):
+            self.send({"msg": "patch", "payload": whole})
 
     # ------------------------------------------------------------------ the updating thread
     def _run(self) -> None:
@@ -186,7 +205,7 @@ def load_bokehjs(resources: str = "inline") -> bool:
 
 def dashboard_widget(client: Any, plots: Sequence[str] = DEFAULT_PLOTS, interval: float = 0.5,
                      height: int = 260, bokehjs: str | None = "inline",
-                     wait_for_view: float = 5.0) -> DashboardWidget:
+                     wait_for_view: float = 1.0) -> DashboardWidget:
     """A live widget with the task stream and memory plots (or any of ``COMPONENTS``).
 
     ``interval`` is the refresh period in seconds (at least 0.25). ``bokehjs`` says how to
@@ -204,7 +223,10 @@ def dashboard_widget(client: Any, plots: Sequence[str] = DEFAULT_PLOTS, interval
     comps = []
     for name in plots:
         cls = COMPONENTS[name]
-        comps.append(cls(feed, height=height) if name != "workers" else cls(feed))
+        if name == "task-stream":
+            comps.append(cls(feed, height=height, max_new=MAX_NEW))
+        else:
+            comps.append(cls(feed, height=height) if name != "workers" else cls(feed))
     layout = column(*[c.root for c in comps], sizing_mode="stretch_width",
                     name="nbcluster-dashboard", tags=[])
     doc = Document()

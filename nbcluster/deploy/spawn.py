@@ -96,11 +96,17 @@ def main(argv=None) -> None:
         pass
     except Exception as e:
         print(f"ERROR {e}", flush=True)
-        sys.exit(1)
+        sys.stderr.flush()
+        os._exit(1)
     finally:
         if profiler is not None:
             profiler.disable()
             profiler.dump_stats(os.path.join(profile_dir, f"{args.role}-{os.getpid()}.prof"))
+        # Leave at once: the daemon thread blocked reading stdin (the parent watch) and task
+        # threads abandoned mid-call would otherwise crash interpreter shutdown.
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(0)
 
 
 if __name__ == "__main__":

@@ -22,7 +22,7 @@ from . import capture
 from .interrupt import CancelInterrupt, TaskInterrupt, TimeoutInterrupt, interrupt_thread
 
 INLINE_RESULT = 64 * 1024     # results up to this size ride with the completion message
-GRACE_SECONDS = 3.0           # after an interrupt, how long a task may take to stop
+GRACE_SECONDS = 1.0           # after an interrupt, how long a task may take to stop
 
 
 def exception_payload(exc: BaseException) -> tuple[Serialized, str]:

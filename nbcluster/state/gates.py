@@ -38,9 +38,10 @@ class Limit:
         if self.interval is not None:
             self.next_start = max(now, self.next_start) + self.interval
 
-    def wake_time(self) -> float | None:
-        """When a held task could start (None: not time but a finishing task frees it)."""
-        if not self.held or self.interval is None:
+    def wake_time(self, now: float) -> float | None:
+        """When a held task could start (None: not time but a finishing task or a free
+        thread lets it go, and that is an event of its own)."""
+        if not self.held or self.interval is None or self.next_start <= now:
             return None
         if self.concurrency is not None and self.running >= self.concurrency:
             return None

@@ -81,7 +81,8 @@ def own(ts, name: str) -> set:
 
 class WorkerState:
     __slots__ = ("address", "nthreads", "name", "processing", "has_what", "nbytes",
-                 "functions", "identity", "metrics", "last_seen", "pinned", "queues")
+                 "functions", "identity", "metrics", "last_seen", "pinned", "queues",
+                 "assigned")
 
     def __init__(self, address: str, nthreads: int, name: str, identity: dict) -> None:
         self.address, self.nthreads, self.name, self.identity = address, nthreads, name, identity
@@ -90,6 +91,7 @@ class WorkerState:
         self.functions: set[str] = set()
         self.metrics: dict = {}
         self.nbytes, self.last_seen, self.pinned = 0, 0.0, 0
+        self.assigned = 0        # tasks ever sent here: spreads ties between idle workers
         queues = identity.get("queues") if isinstance(identity, dict) else None
         self.queues = frozenset(queues) if queues else frozenset((DEFAULT_QUEUE,))
 

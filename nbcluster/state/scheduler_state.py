@@ -412,7 +412,8 @@ class SchedulerState(Transitions):
         """When :meth:`wake` should be called next (a timer or a rate limit is due)."""
         times = [t for t in [self.timers.next_time()] if t is not None]
         if self.limits_held:
-            times += [t for t in (lm.wake_time() for lm in self.limits.values()) if t is not None]
+            times += [t for t in (lm.wake_time(self.now) for lm in self.limits.values())
+                      if t is not None]
         return min(times) if times else None
 
     def wake(self, now: float) -> list:

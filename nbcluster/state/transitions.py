@@ -60,6 +60,7 @@ class Transitions:
             if ts.limit is not None:
                 ts.state = "queued"
                 heapq.heappush(ts.limit.held, (ts.priority, ts))
+                self.limits_held = True
                 return
         pinned = options and options.get("workers")
         if ts.deps or pinned:
@@ -81,8 +82,8 @@ class Transitions:
         if expires is None or self.now < expires:
             return False
         self._record(ts, "expired", None)
-        self._set_erred(ts, error(TaskExpiredError, f"task {ts.key!r} had not started by its "
-                        f"expiry time ({expires - self.now:+.3f} s from now)"), None, ts.key)
+        self._set_erred(ts, error(TaskExpiredError, f"task {ts.key!r} had not started when "
+                        f"it expired ({self.now - expires:.3f} s ago)"), None, ts.key)
         return True
 
     # ------------------------------------------------------------------ placement
@@ -101,7 +102,7 @@ class Transitions:
             candidates = [w for w in candidates if len(w.processing) < w.nthreads]
         if not candidates:
             return None
-        idlest = min(candidates, key=lambda w: len(w.processing) / w.nthreads)
+        idlest = min(candidates, key=lambda w: (len(w.processing) / w.nthreads, w.assigned))
         if not ts.deps:
             return idlest
         allowed = set(candidates)
@@ -184,6 +185,7 @@ class Transitions:
         ts.processing_on = ws
         ts.executing = False   # until this worker says STARTED
         ws.processing.add(ts)
+        ws.assigned += 1
         if ts.fn and ts.fn not in ws.functions:
             ws.functions.add(ts.fn)
             self.out.append((ws.address, [m.FUNCTION, ts.fn, self.functions[ts.fn]]))
