@@ -12,6 +12,7 @@ from .progress import progress
 __version__ = "0.1.0"
 
 Client._default_cluster_factory = LocalCluster
+Client._progress_hook = staticmethod(lambda futures: progress(futures, wait=False))
 
 
 def load_ipython_extension(ip) -> None:

@@ -44,8 +44,10 @@ class Client:
     ``token=``, the ``NBCLUSTER_TOKEN`` variable, or the scheduler's connection file).
     """
 
-    # set by nbcluster/__init__ so that the client layer does not import deploy
+    # set by nbcluster/__init__ so that the client layer does not import the layers above it
     _default_cluster_factory: Callable[[], Any] | None = None
+    _progress_hook: Callable[[list], Any] | None = None     # progress=True on gather/wait
+    _creation_hooks: list[Callable[["Client"], None]] = []  # called with each new client
 
     def __init__(self, address: Any = None, *, token: str | None = None, timeout: float = 10.0,
                  asynchronous: bool = False, set_as_default: bool = True,
@@ -93,6 +95,13 @@ class Client:
                 raise
         if set_as_default:
             _current.append(self)
+        for hook in list(Client._creation_hooks):
+            try:
+                hook(self)
+            except Exception:   # an observer must not stop a client from starting
+                import logging
+
+                logging.getLogger("nbcluster.client").exception("error in a client hook")
 
     def __await__(self):
         if self._started is not None:
@@ -185,9 +194,9 @@ class Client:
         kwargs, options = self._split_options(kwargs)
         spec = self._spec(fn, args, kwargs, key, options)
         fut = Future(spec[0], self, self._record_for(spec[0]))
-        self._conn.post([m.SUBMIT, [spec]])
-        if self._conn.listeners["submit"]:
+        if self._conn.listeners["submit"]:   # before it can run: observers see it first
             self._conn.emit("submit", [spec[0]])
+        self._conn.post([m.SUBMIT, [spec]])
         return fut
 
     def map(self, fn: Callable, *iterables: Iterable, key: str | list | None = None,
@@ -211,9 +220,9 @@ class Client:
         finally:
             if gc_was_enabled:
                 gc.enable()
-        self._conn.post([m.SUBMIT, specs])
         if self._conn.listeners["submit"]:
             self._conn.emit("submit", [s[0] for s in specs])
+        self._conn.post([m.SUBMIT, specs])
         return futures
 
     # ------------------------------------------------------------------ waiting, gathering
@@ -234,7 +243,13 @@ class Client:
 
         for rec in pending:
             rec.add_callback(one_done)
-        if not event.wait(timeout):
+        try:
+            finished = event.wait(timeout)
+        except KeyboardInterrupt as e:
+            e.add_note(f"stopped waiting for {what}; the task still runs on the cluster "
+                       "(future.cancel() stops it)")
+            raise
+        if not finished:
             raise TimeoutError(f"{what} did not finish within {timeout:g} s")
 
     async def _wait_records_async(self, records: list) -> None:
@@ -311,11 +326,15 @@ class Client:
             out.append(v)
         return out
 
-    def gather(self, futures: Any, errors: str = "raise", timeout: float | None = None) -> Any:
-        """Results for a future, or a list/tuple/dict/set structure of them (same shape back)."""
+    def gather(self, futures: Any, errors: str = "raise", timeout: float | None = None,
+               progress: bool = False) -> Any:
+        """Results for a future, or a list/tuple/dict/set structure of them (same shape back).
+        ``progress=True`` shows a progress bar while waiting (a widget in a notebook)."""
         if errors not in ("raise", "skip"):
             raise ValueError(f"errors must be 'raise' or 'skip', got {errors!r}")
         found = collect_futures(futures)
+        if progress and Client._progress_hook is not None:
+            Client._progress_hook(found)
         if self.asynchronous:
             return self._gather_async(futures, found, errors)
         self._wait_records([f._record for f in found], timeout, f"gather of {len(found)} futures")
@@ -358,6 +377,8 @@ class Client:
         for f in found:
             if f._record.status == PENDING:
                 f._record.cancel_reason = "cancelled by the client"
+                if self._conn.listeners["task"]:
+                    self._conn.emit("task", f.key, CANCELLED)
                 f._record.finish(CANCELLED)
         self._conn.post([m.CANCEL, [f.key for f in found]])
 
@@ -524,6 +545,10 @@ class Client:
 
     async def __aexit__(self, *exc) -> None:
         await self.close()
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
 
     def __repr__(self) -> str:
         state = "closed" if self._closed else "connected"

@@ -144,6 +144,7 @@ class ClientConnection:
         task_listeners = self.listeners["task"]
         for msg in batch:
             op = msg[0]
+            # observers hear of an end before any waiter wakes up
             if op == m.DONE:
                 rec = records.get(msg[1])
                 if rec is not None:
@@ -151,16 +152,22 @@ class ClientConnection:
                         rec.value = msg[3]
                     rec.nbytes = msg[4]
                     if rec.status != FINISHED:
+                        if task_listeners:
+                            self.emit("task", msg[1], FINISHED)
                         rec.finish(FINISHED)
             elif op == m.ERRED:
                 rec = records.get(msg[1])
                 if rec is not None and rec.status == PENDING:
                     rec.exc, rec.traceback = msg[2], msg[3]
+                    if task_listeners:
+                        self.emit("task", msg[1], ERROR)
                     rec.finish(ERROR)
             elif op == m.CANCELLED:
                 rec = records.get(msg[1])
                 if rec is not None and rec.status == PENDING:
                     rec.cancel_reason = msg[2]
+                    if task_listeners:
+                        self.emit("task", msg[1], CANCELLED)
                     rec.finish(CANCELLED)
             elif op == m.REPLY:
                 fut = self._replies.pop(msg[1], None)
@@ -169,10 +176,6 @@ class ClientConnection:
                 continue
             elif op == m.OUTPUT:
                 self._on_output(msg[1], msg[2], msg[3])
-                continue
-            if task_listeners:
-                status = {m.DONE: FINISHED, m.ERRED: ERROR, m.CANCELLED: CANCELLED}[op]
-                self.emit("task", msg[1], status)
 
     def emit(self, event: str, *args) -> None:
         for fn in list(self.listeners[event]):

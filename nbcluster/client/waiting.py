@@ -18,12 +18,17 @@ ALL_COMPLETED = "ALL_COMPLETED"
 
 
 def wait(fs: Future | Iterable[Future], timeout: float | None = None,
-         return_when: str = ALL_COMPLETED) -> DoneAndNotDone:
-    """Wait until the futures are done: all, the first, or the first to fail."""
+         return_when: str = ALL_COMPLETED, progress: bool = False) -> DoneAndNotDone:
+    """Wait until the futures are done: all, the first, or the first to fail.
+    ``progress=True`` shows a progress bar while waiting (a widget in a notebook)."""
     if return_when not in (FIRST_COMPLETED, FIRST_EXCEPTION, ALL_COMPLETED):
         raise ValueError(f"return_when must be one of ALL_COMPLETED, FIRST_COMPLETED, "
                          f"FIRST_EXCEPTION; got {return_when!r}")
     futures = collect_futures(fs)
+    if progress and futures:
+        hook = type(futures[0].client)._progress_hook
+        if hook is not None:
+            hook(futures)
     event = threading.Event()
     lock = threading.Lock()
     pending = [f for f in futures if f._record.status == PENDING]

@@ -298,12 +298,17 @@ class LocalCluster:
             procs = [wp.proc for wp in self._procs] + [self._scheduler_proc]
             for wp in self._procs:
                 wp.stop()
+            deadline = time.monotonic() + 5
+            for wp in self._procs:   # workers first: then none of them sees the scheduler go
+                try:
+                    wp.proc.wait(max(0.1, deadline - time.monotonic()))
+                except subprocess.TimeoutExpired:
+                    pass
             if self._scheduler_proc is not None:
                 try:
                     self._scheduler_proc.stdin.close()
                 except OSError:
                     pass
-            deadline = time.monotonic() + 5
             for p in procs:
                 if p is None:
                     continue
