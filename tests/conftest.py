@@ -33,10 +33,15 @@ def no_leftovers():
             t.join(0.05)
         psutil.wait_procs(children, timeout=0.05)
     else:
+        described = []
         for p in children:
-            p.kill()
+            try:
+                described.append(f"{p.pid} {' '.join(p.cmdline())[:120]}")
+                p.kill()
+            except psutil.Error:
+                pass
         pytest.fail(f"left behind threads {sorted(t.name for t in threads)} "
-                    f"and processes {[p.pid for p in children]}")
+                    f"and processes {described}")
 
 
 @pytest.fixture

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import secrets
 import shutil
 import signal
@@ -140,14 +141,14 @@ def test_progress_bar_reaches_100_in_jupyterlab(lab):
 
             # the first bar (40 tasks of slow_square) fills to 100% and turns green
             bars = page.locator(".nbcluster-progress .progress-bar")
-            expect(bars.first).to_have_class(__import__("re").compile("progress-bar-success"),
+            expect(bars.first).to_have_class(re.compile("progress-bar-success"),
                                              timeout=60_000)
             page.wait_for_function(
                 "() => { const b = document.querySelector('.nbcluster-progress .progress-bar');"
                 " return b && b.style.width === '100%'; }")
             expect(page.locator(".nbcluster-progress-count").first).to_have_text("40 / 40")
             # the failing tasks show a red bar and a red count
-            expect(bars.nth(1)).to_have_class(__import__("re").compile("progress-bar-danger"))
+            expect(bars.nth(1)).to_have_class(re.compile("progress-bar-danger"))
             expect(page.locator(".nbcluster-progress-count").nth(1)).to_contain_text("3 erred")
             # what the tasks printed on the workers is in the notebook, marked with their keys
             expect(page.locator(".jp-OutputArea-output").filter(

@@ -54,18 +54,19 @@ def test_throttle_calls_at_once_then_delivers_the_last_request_later():
 
 
 def test_progress_model_counts_by_function_and_status(client):
-    def ok(x):
+    def ok(x, gate):
         return x
 
-    def bad(x):
+    def bad(x, gate):
         raise ValueError(x)
 
-    futs = client.map(ok, range(5)) + client.map(bad, range(2))
+    gate = client.submit(time.sleep, 0.2)     # holds the tasks back while we subscribe
+    futs = client.map(ok, range(5), [gate] * 5) + client.map(bad, range(2), [gate] * 2)
     model = ProgressModel({"a": futs[:3], "b": (futs[3:], futs[0])}, rate=1000)
-    assert model.total == 7
-    assert [g.name for g in model.snapshot()] == ["ok", "bad"]
     seen = []
     model.subscribe(lambda m: seen.append(m.done))
+    assert model.total == 7
+    assert [g.name for g in model.snapshot()] == ["ok", "bad"]
     assert model.wait(10)
     groups = {g.name: g for g in model.snapshot()}
     assert (groups["ok"].finished, groups["ok"].erred) == (5, 0)

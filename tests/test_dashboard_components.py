@@ -1,0 +1,183 @@
+"""Dashboard components on an in-process cluster: run tasks, call ``update()``, read sources."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from collections import deque
+
+import pytest
+
+from nbcluster import Client, LocalCluster
+from nbcluster.dashboard.components import (ERROR_COLOR, MemoryByWorker, ProgressByFunction,
+                                            TaskStream, WorkerTable, color_of)
+from nbcluster.dashboard.feed import scheduler_feed
+
+pytestmark = pytest.mark.timeout(30)
+GATE = threading.Event()
+
+
+def inc(x):
+    return x + 1
+
+
+def boom(x):
+    raise ValueError(x)
+
+
+def gated(x):
+    GATE.wait(10)
+    return x
+
+
+def nap(x):
+    time.sleep(0.1)
+    return x
+
+
+def on_loop(cluster, fn, *args):
+    """Run ``fn`` on the scheduler's loop, as the dashboard server does, and return its value."""
+    async def call():
+        return fn(*args)
+    return asyncio.run_coroutine_threadsafe(call(), cluster._thread.loop).result(10)
+
+
+def wait_for(predicate, timeout=5.0):
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, "condition not met in time"
+        time.sleep(0.01)
+
+
+@pytest.fixture
+def cluster():
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=False) as c:
+        yield c
+
+
+@pytest.fixture
+def client(cluster):
+    with Client(cluster) as c:
+        yield c
+
+
+def make(cluster, cls, **kwargs):
+    feed = on_loop(cluster, lambda: scheduler_feed(cluster.scheduler, min_interval=0, budget=0))
+    return on_loop(cluster, lambda: cls(feed, **kwargs))
+
+
+def test_task_stream_one_rect_per_task_coloured_by_function(cluster, client):
+    client.gather(client.map(inc, range(20)))
+    with pytest.raises(ValueError):
+        client.submit(boom, 1).result()
+    ts = make(cluster, TaskStream)
+    on_loop(cluster, ts.update)
+    data = ts.source.data
+    assert len(data["key"]) == 21
+    names = [key.rsplit("-", 1)[0] for key in data["key"]]
+    assert sorted(names) == ["boom"] + ["inc"] * 20
+    for name, color in zip(names, data["color"]):
+        assert color == (color_of("inc") if name == "inc" else ERROR_COLOR)
+    assert all(r >= left for left, r in zip(data["left"], data["right"]))
+    assert set(data["worker"]) <= set(cluster.workers)
+    assert all(d.endswith(("us", "ms", " s")) for d in data["duration"])
+    # one row per worker thread, labelled with the worker's name
+    assert {round(b + 0.4, 6) for b in data["bottom"]} <= {0.0, 1.0}
+    labels = ts.figure.yaxis.major_label_overrides.values()
+    assert any("worker-0" in str(label) for label in labels)
+    hover = [t for t in ts.figure.tools if type(t).__name__ == "HoverTool"][0]
+    assert [name for name, _ in hover.tooltips] == ["key", "duration", "worker"]
+    # the next update adds only what is new
+    client.gather(client.map(inc, range(100, 105)))
+    on_loop(cluster, ts.update)
+    assert len(ts.source.data["key"]) == 26
+
+
+def test_task_stream_keeps_a_bounded_window(cluster, client):
+    capped = make(cluster, TaskStream, max_new=5)
+    client.gather(client.map(inc, range(200, 230)))
+    on_loop(cluster, capped.update)
+    assert len(capped.source.data["key"]) == 5      # the newest 5 of 30 new ones
+    ts = make(cluster, TaskStream, window=10)
+    client.gather(client.map(inc, range(30)))
+    on_loop(cluster, ts.update)
+    assert len(ts.source.data["key"]) == 10
+    client.gather(client.map(inc, range(30, 60)))
+    on_loop(cluster, ts.update)
+    assert len(ts.source.data["key"]) == 10
+    assert all(int(k.rsplit("-", 1)[1], 16) >= 0 for k in ts.source.data["key"])
+    newest = max(ts.source.data["right"])
+    assert newest == max(e[3] for e in cluster.scheduler.state.task_log) * 1000
+
+
+def test_task_stream_puts_concurrent_tasks_on_separate_threads():
+    with LocalCluster(n_workers=1, threads_per_worker=2, processes=False) as cluster, \
+            Client(cluster) as client:
+        client.gather([client.submit(nap, i) for i in range(2)])
+        ts = make(cluster, TaskStream)
+        on_loop(cluster, ts.update)
+        rows = sorted(b + 0.4 for b in ts.source.data["bottom"])
+        assert rows == pytest.approx([0.0, 1.0])
+
+
+def test_task_stream_draws_transfers_when_the_scheduler_logs_them(cluster, client):
+    ts = make(cluster, TaskStream)
+    on_loop(cluster, ts.update)            # today's scheduler: no transfer log, no marks
+    assert ts.transfer_source.data["key"] == []
+    a, b = cluster.workers
+    now = time.time()
+
+    def add_log():
+        st = cluster.scheduler.state
+        st.transfer_log = deque([("x-1", a, b, now, now + 0.5, 2_000_000)], maxlen=10_000)
+        st.transfer_log_total = 1
+    on_loop(cluster, add_log)
+    on_loop(cluster, ts.update)
+    t = ts.transfer_source.data
+    assert t["key"] == ["x-1"] and t["source"] == [a] and t["target"] == [b]
+    assert t["nbytes"] == ["2.0 MB"] and t["duration"] == ["500.0 ms"]
+    assert t["left"] == [now * 1000] and t["right"] == [(now + 0.5) * 1000]
+
+
+def test_memory_progress_and_worker_table(cluster, client):
+    GATE.clear()
+    try:
+        held = client.scatter(list(range(1000)))
+        running = client.map(gated, range(3))
+        waiting = client.submit(sum, running)
+        wait_for(lambda: sum(len(w.processing) for w in cluster.scheduler.state.workers.values())
+                 == 3)
+        feed = on_loop(cluster, lambda: scheduler_feed(cluster.scheduler, min_interval=0, budget=0))
+        mem, prog, table = (on_loop(cluster, lambda c=c: c(feed))
+                            for c in (MemoryByWorker, ProgressByFunction, WorkerTable))
+        for comp in (mem, prog, table):
+            on_loop(cluster, comp.update)
+        state = cluster.scheduler.state
+        m = mem.source.data
+        assert sorted(m["address"]) == sorted(cluster.workers)
+        for address, nbytes, limit in zip(m["address"], m["nbytes"], m["limit"]):
+            assert nbytes == state.workers[address].nbytes
+            assert limit == cluster.memory_limit
+        assert sum(m["nbytes"]) > 1000                      # the scattered list
+        assert list(mem.figure.y_range.factors) == m["worker"]
+        p = prog.source.data
+        row = p["name"].index("gated")
+        assert (p["done"][row], p["running"][row], p["waiting"][row], p["erred"][row]) == \
+            (0, 3, 0, 0)
+        srow = p["name"].index("sum")
+        assert p["waiting"][srow] == 1
+        assert p["running_right"][row] == pytest.approx(1.0)
+        t = table.source.data
+        assert sorted(t["address"]) == sorted(cluster.workers)
+        assert t["threads"] == [1, 1] and sum(t["running"]) == 3
+        assert all(s.endswith("s ago") for s in t["last_seen"])
+        GATE.set()
+        assert waiting.result(10) == 3
+        on_loop(cluster, prog.update)
+        p = prog.source.data
+        row = p["name"].index("gated")
+        assert (p["done"][row], p["running"][row], p["label"][row]) == (3, 0, "3 / 3")
+        del held
+    finally:
+        GATE.set()
