@@ -155,9 +155,6 @@ class Dashboard:
             try:
                 for conn in list(app._clients):      # open websockets: browsers see the end
                     conn._socket.close()
-                for context in app.applications.values():
-                    for session in list(context.sessions):
-                        session.destroy()            # and their periodic callbacks stop
                 app.stop(wait=False)
             except Exception:  # noqa: BLE001 - best effort at shutdown
                 logger.debug("stopping bokeh", exc_info=True)
@@ -218,6 +215,8 @@ def _make_page(dashboard: Dashboard, page: str, doc: Any) -> None:
     doc.add_root(layout)
 
     def tick() -> None:
+        if dashboard.closed:
+            return
         for comp in comps.values():
             comp.update()
 

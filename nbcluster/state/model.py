@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sys
+
 from ..protocol import messages as m
 from ..protocol.serialize import dumps
 
@@ -39,11 +41,12 @@ class TaskState:
 
     def __init__(self, key: str, fn: str, args, kwargs, options, priority: tuple) -> None:
         self.key, self.state = key, "new"
-        self.prefix = key.rsplit("-", 1)[0]
+        self.prefix = sys.intern(key.rsplit("-", 1)[0])   # shared by a function's tasks
         self.fn, self.args, self.kwargs, self.options = fn, args, kwargs, options
         self.deps: list[TaskState] = []
         self.dependents = self.waiting_on = self.who_has = _EMPTY
-        self.who_wants = _EMPTY
+        self.who_wants: tuple = ()   # client ids: usually one, a tuple is the smallest
+        
         self.nbytes = 0
         self.processing_on: WorkerState | None = None
         self.executing = False   # the worker it is on said STARTED
@@ -68,6 +71,15 @@ class TaskState:
 
     def __repr__(self) -> str:
         return f"<Task {self.key!r} {self.state}>"
+
+
+def want(ts, client: str) -> None:
+    if client not in ts.who_wants:
+        ts.who_wants = ts.who_wants + (client,)
+
+
+def unwant(ts, client: str) -> None:
+    ts.who_wants = tuple(c for c in ts.who_wants if c != client)
 
 
 def own(ts, name: str) -> set:

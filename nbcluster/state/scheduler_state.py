@@ -24,7 +24,8 @@ from ..errors import FutureLostError, KilledWorkerError
 from ..protocol import messages as m
 from .gates import Limit, Timers, backoff
 from .model import (DEFAULT_QUEUE, FIRE_AND_FORGET, KILLED_WORKER_LIMIT,
-                    TASK_LOG_LENGTH, BadBatch, TaskState, WorkerState, error, own)
+                    TASK_LOG_LENGTH, BadBatch, TaskState, WorkerState, error, own, unwant,
+                    want)
 from .transitions import Transitions
 
 __all__ = ["SchedulerState", "TaskState", "WorkerState", "BadBatch", "FIRE_AND_FORGET"]
@@ -102,7 +103,7 @@ class SchedulerState(Transitions):
         out = self.out = []
         self.clients.discard(client_id)
         for ts in [ts for ts in self.tasks.values() if client_id in ts.who_wants]:
-            ts.who_wants.discard(client_id)   # (a non-empty who_wants is the task's own set)
+            unwant(ts, client_id)   # (a non-empty who_wants is the task's own set)
             self._maybe_forget(ts)
         self._fill_workers()
         self.out = []
@@ -174,14 +175,14 @@ class SchedulerState(Transitions):
             key, fn, args, kwargs, deps, options = spec
             ts = tasks.get(key)
             if ts is not None:
-                own(ts, "who_wants").add(peer)
+                want(ts, peer)
                 self._report_if_final(ts, peer)
                 continue
             self.counter += 1
             prio = -(options.get("priority", 0) or 0) if options else 0
             ts = TaskState(key, fn, args, kwargs, options, (prio, self.counter))
             tasks[key] = ts
-            own(ts, "who_wants").add(peer)
+            want(ts, peer)
             if options:
                 self._apply_options(ts, options)
             self._record(ts, "submitted", peer)
@@ -207,7 +208,7 @@ class SchedulerState(Transitions):
         for key in keys:
             ts = tasks.get(key)
             if ts is not None and peer in ts.who_wants:
-                ts.who_wants.discard(peer)
+                unwant(ts, peer)
                 if not ts.who_wants:
                     self._maybe_forget(ts)
 
@@ -217,7 +218,7 @@ class SchedulerState(Transitions):
             if ts is None:
                 self.out.append((peer, [m.CANCELLED, key, "the scheduler does not know this key"]))
                 continue
-            own(ts, "who_wants").add(peer)
+            want(ts, peer)
             self._report_if_final(ts, peer)
 
     def _on_cancel(self, peer, keys) -> None:
@@ -231,7 +232,7 @@ class SchedulerState(Transitions):
         for key in keys:
             ts = self.tasks.get(key)
             if ts is not None and ts.state not in ("memory", "erred", "released"):
-                own(ts, "who_wants").add(FIRE_AND_FORGET)
+                want(ts, FIRE_AND_FORGET)
 
     def _on_update_data(self, peer, nbytes, worker) -> None:
         ws = self.workers.get(worker)
@@ -241,7 +242,7 @@ class SchedulerState(Transitions):
                 self.counter += 1
                 ts = TaskState(key, "", None, None, None, (0, self.counter))
                 self.tasks[key] = ts
-            own(ts, "who_wants").add(peer)
+            want(ts, peer)
             if ws is None:
                 if ts.state != "memory":   # else another copy (broadcast) is still there
                     self._set_erred(ts, error(FutureLostError, f"{key!r} was scattered to "
@@ -290,7 +291,7 @@ class SchedulerState(Transitions):
                 if not dts.waiting_on and dts.state == "waiting":
                     self._become_ready(dts)
         if FIRE_AND_FORGET in ts.who_wants:
-            ts.who_wants.discard(FIRE_AND_FORGET)
+            unwant(ts, FIRE_AND_FORGET)
         for dep in ts.deps:
             self._maybe_release_data(dep)
         if not ts.who_wants:

@@ -12,7 +12,7 @@ import heapq
 from ..errors import CancelledError, FutureLostError, TaskExpiredError
 from ..protocol import messages as m
 from .model import _EMPTY, FIRE_AND_FORGET, MAX_WINDOW, QUEUED_WORK_SECONDS, TaskState, \
-    WorkerState, error, own
+    WorkerState, error, own, unwant
 
 
 class Transitions:
@@ -269,7 +269,7 @@ class Transitions:
                 self._maybe_release_data(dep)
         for t in erred:
             if FIRE_AND_FORGET in t.who_wants:
-                t.who_wants.discard(FIRE_AND_FORGET)
+                unwant(t, FIRE_AND_FORGET)
                 self._maybe_forget(t)
         for d, t in ready:
             if t in d.waiting_on:
