@@ -63,7 +63,8 @@ class Executor:
                  data: dict, on_outcomes: Callable[[list], None],
                  on_output: Callable[[str, str, str], None],
                  is_cancelled: Callable[[str], bool],
-                 on_stuck: Callable[[str], None]) -> None:
+                 on_stuck: Callable[[str], None],
+                 on_task_end: Callable[[str], None] = lambda key: None) -> None:
         self.loop = loop
         self.functions = functions
         self.data = data
@@ -71,6 +72,7 @@ class Executor:
         self.on_output = on_output
         self.is_cancelled = is_cancelled
         self.on_stuck = on_stuck
+        self.on_task_end = on_task_end
         self._work: queue.SimpleQueue = queue.SimpleQueue()
         self._done: list = []
         self._lock = threading.Lock()
@@ -153,6 +155,7 @@ class Executor:
             return self._failure(work, e, start)
         finally:
             capture.set_current_task(None)
+            self.on_task_end(key)
         stop = time.time()
         has_value, value = False, None
         if work.want:

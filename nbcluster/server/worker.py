@@ -54,6 +54,7 @@ class Worker:
         self.executor: Executor | None = None
         self.exit_when_stuck = False      # set in worker processes
         self._outputs: list = []
+        self._partial: dict[tuple[str, str], str] = {}   # printed text not yet ending a line
         self._announced: set[str] = set()    # STARTED sent when handed to an idle thread
         self._done_lock = threading.Lock()
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -81,7 +82,7 @@ class Worker:
         # ready before the hello: the scheduler may send work in the same batch as its answer
         self.executor = Executor(self.nthreads, self._loop, self.functions, self.data,
                                  self._on_outcomes, self._output, self._is_cancelled,
-                                 self._on_stuck)
+                                 self._on_stuck, self._task_ended)
         self._hello: asyncio.Future = self._loop.create_future()
         self.scheduler.send([m.HELLO, "worker", identity])
         self.scheduler.start(self._on_scheduler_batch, self._on_scheduler_lost)
@@ -184,15 +185,33 @@ class Worker:
         return ts is None or ts.cancelled
 
     def _output(self, key: str, stream: str, text: str) -> None:
-        """From a task thread: forward what the task printed (coalesced per loop tick)."""
+        """From a task thread: forward what the task printed, whole lines at a time (print
+        writes its parts separately), coalesced per loop tick; the rest at the task's end."""
         with self._done_lock:
-            self._outputs.append([m.OUTPUT, key, stream, text])
+            held = self._partial.pop((key, stream), "") + text
+            cut = held.rfind("\n") + 1
+            if cut == 0 and len(held) < 4096:
+                self._partial[(key, stream)] = held
+                return
+            if cut and cut < len(held):
+                self._partial[(key, stream)] = held[cut:]
+                held = held[:cut]
+            self._outputs.append([m.OUTPUT, key, stream, held])
             wake = len(self._outputs) == 1
         if wake:
             try:
                 self._loop.call_soon_threadsafe(self._drain_outputs)
             except RuntimeError:
                 pass
+
+    def _task_ended(self, key: str) -> None:
+        """From a task thread, as a task ends: send what it printed without a final newline."""
+        if self._partial:
+            for stream in ("stdout", "stderr", "log"):
+                with self._done_lock:
+                    rest = self._partial.pop((key, stream), None)
+                if rest:
+                    self._output(key, stream, rest + "\n")
 
     def _drain_outputs(self) -> None:
         with self._done_lock:
