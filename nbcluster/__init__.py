@@ -15,6 +15,15 @@ Client._default_cluster_factory = LocalCluster
 Client._progress_hook = staticmethod(lambda futures: progress(futures, wait=False))
 
 
+def _dashboard_widget(client, **kwargs):
+    from .dashboard.widget import dashboard_widget   # bokeh is imported only when asked
+
+    return dashboard_widget(client, **kwargs)
+
+
+Client._dashboard_factory = staticmethod(_dashboard_widget)
+
+
 def load_ipython_extension(ip) -> None:
     """``%load_ext nbcluster``: the %cluster magic, widgets, reprs, task output in cells."""
     from .jupyter import load_ipython_extension as load

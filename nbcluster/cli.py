@@ -55,6 +55,19 @@ def _scheduler(args) -> int:
                                     security=security).start()
         path = write_connection_file(scheduler.address, token, args.connection_file)
         print(f"nbcluster scheduler at {scheduler.address}", flush=True)
+        if args.dashboard_port >= 0:
+            try:
+                from .dashboard.server import start_dashboard
+
+                dash = start_dashboard(scheduler, host=args.host, port=args.dashboard_port)
+                scheduler.dashboard_link = dash.link
+                print(f"dashboard at {dash.link}", flush=True)
+            except ImportError:
+                print("no dashboard: install bokeh (pip install 'nbcluster[jupyter]')",
+                      flush=True)
+            except OSError as e:
+                print(f"no dashboard: cannot listen on port {args.dashboard_port}: {e}",
+                      flush=True)
         print(f"connection file (address and token, readable only by you): {path}", flush=True)
         await scheduler.closed.wait()
 
@@ -110,6 +123,8 @@ def main(argv: list[str] | None = None) -> int:
     s.add_argument("--token", default=None, help="shared secret (default: a new random one)")
     s.add_argument("--connection-file", default=None,
                    help="where to write address and token (default: a per-user runtime dir)")
+    s.add_argument("--dashboard-port", type=int, default=0,
+                   help="port of the dashboard (0: a free one, -1: none)")
     _add_tls_options(s)
     s.set_defaults(run=_scheduler)
 

@@ -48,6 +48,7 @@ class Client:
     _default_cluster_factory: Callable[[], Any] | None = None
     _progress_hook: Callable[[list], Any] | None = None     # progress=True on gather/wait
     _creation_hooks: list[Callable[["Client"], None]] = []  # called with each new client
+    _dashboard_factory: Callable[..., Any] | None = None    # client.dashboard()
 
     def __init__(self, address: Any = None, *, token: str | None = None, timeout: float = 10.0,
                  asynchronous: bool = False, set_as_default: bool = True,
@@ -453,6 +454,19 @@ class Client:
         self._conn.listeners[event].append(fn)
         return lambda: fn in self._conn.listeners[event] and self._conn.listeners[event].remove(fn)
 
+    def snapshot(self, since: int = 0, transfers_since: int = 0) -> dict:
+        """The scheduler's state as plain data (workers, tasks by state and function, the task
+        log after cursor ``since``): what dashboards draw."""
+        return self._sync(self._conn.request("snapshot", since=since,
+                                             transfers_since=transfers_since), timeout=30)
+
+    def dashboard(self, **kwargs):
+        """The task stream and memory plots, live, inline in the notebook (no extra port)."""
+        if Client._dashboard_factory is None:
+            raise ClusterError("the inline dashboard needs bokeh and jupyter_bokeh "
+                               "(pip install 'nbcluster[jupyter]')")
+        return Client._dashboard_factory(self, **kwargs)
+
     def queues(self) -> dict:
         """Per queue: ``queued`` (waiting, also with no worker to take them), ``processing``,
         and the ``workers`` subscribed to it."""
@@ -502,7 +516,13 @@ class Client:
 
     @property
     def dashboard_link(self) -> str | None:
-        return getattr(self.cluster, "dashboard_link", None)
+        link = getattr(self.cluster, "dashboard_link", None)
+        if link is None and self.cluster is None:
+            try:   # connected by address: ask the scheduler where its dashboard is
+                link = self._sync(self._conn.request("info"), timeout=10).get("dashboard")
+            except Exception:
+                link = None
+        return link
 
     # ------------------------------------------------------------------ closing
     def close(self) -> None:

@@ -165,14 +165,16 @@ def call_on(loop: asyncio.AbstractEventLoop, fn: Callable[[], Any], timeout: flo
 
 
 def scheduler_feed(scheduler: Any, loop: asyncio.AbstractEventLoop | None = None,
-                   cancelled: Callable[[], bool] = lambda: False, **kwargs: Any) -> Feed:
+                   cancelled: Callable[[], bool] = lambda: False, log_limit: int | None = None,
+                   **kwargs: Any) -> Feed:
     """A feed that reads a Scheduler's state: on its ``loop``, from another thread, or directly
-    when ``loop`` is None (then call it on the scheduler's loop)."""
+    when ``loop`` is None (then call it on the scheduler's loop). ``log_limit``: at most this
+    many (the newest) task and transfer entries per snapshot."""
     from ..state.snapshot import snapshot
 
     def fetch(since: int, tsince: int) -> dict:
         def take() -> dict:
-            return snapshot(scheduler.state, since, tsince)
+            return snapshot(scheduler.state, since, tsince, log_limit=log_limit)
         return take() if loop is None else call_on(loop, take, cancelled=cancelled)
 
     return Feed(fetch, **kwargs)

@@ -35,8 +35,7 @@ from .http import Gate, cookie_name, plain_app
 from .metrics import figures
 
 logger = logging.getLogger("nbcluster.dashboard")
-BACKFILL = 2_000   # tasks a new page starts with (it then keeps up to 10,000)
-MAX_NEW = 2_000    # tasks one refresh adds to a page, at most
+MAX_NEW = 1_000    # tasks one refresh adds to a page (and a new page starts with), at most
 
 # page -> (title, components on it, in order)
 PAGES: dict[str, tuple[str, tuple[str, ...]]] = {
@@ -93,7 +92,7 @@ class Dashboard:
         self.interval = interval
         self.closed = False
         self.feed: Feed = scheduler_feed(scheduler, scheduler_loop, cancelled=self._closing,
-                                         min_interval=min(0.2, interval))
+                                         min_interval=min(0.2, interval), log_limit=MAX_NEW)
         self._bokeh_app: Any = None
         self._http: HTTPServer | None = None
         self._thread = _LoopThread()
@@ -190,7 +189,8 @@ def _build_page(dashboard: Dashboard, page: str) -> tuple[dict, Any, str]:
     from .components import COMPONENTS, TaskStream
 
     title, names = PAGES[page]
-    comps = {name: (COMPONENTS[name](dashboard.feed, backfill=BACKFILL, max_new=MAX_NEW)
+    comps = {name: (COMPONENTS[name](dashboard.feed, backfill=MAX_NEW, max_new=MAX_NEW,
+                                     binary=True)
                     if COMPONENTS[name] is TaskStream else COMPONENTS[name](dashboard.feed))
              for name in names}
     links = " | ".join(

@@ -67,7 +67,9 @@ class _WorkerProcess:
             self.proc.kill()
 
 
-def _read_address(proc: subprocess.Popen, what: str, deadline: float) -> str:
+def _read_address(proc: subprocess.Popen, what: str, deadline: float,
+                  extras: dict | None = None) -> str:
+    """The address a child prints once it serves; ``extras`` collects its other notices."""
     result: list[str] = []
 
     def read():
@@ -76,6 +78,9 @@ def _read_address(proc: subprocess.Popen, what: str, deadline: float) -> str:
             if line.startswith("ADDRESS ") or line.startswith("ERROR "):
                 result.append(line)
                 return
+            if extras is not None and " " in line:
+                word, rest = line.split(" ", 1)
+                extras[word.lower()] = rest
 
     t = threading.Thread(target=read, daemon=True)
     t.start()
@@ -114,7 +119,8 @@ class LocalCluster:
                  processes: bool = True, memory_limit: int | str | None = "auto",
                  host: str = "127.0.0.1", scheduler_port: int = 0,
                  token: str | None = None, security=None,
-                 queues: list[str] | None = None) -> None:
+                 queues: list[str] | None = None, dashboard: bool = True,
+                 dashboard_port: int = 0) -> None:
         if n_workers is None:
             n_workers = max(1, machine_size() // max(1, threads_per_worker))
         if not isinstance(n_workers, int) or n_workers < 0:
@@ -125,6 +131,9 @@ class LocalCluster:
         self.processes = processes
         self.memory_limit = self._parse_memory(memory_limit, n_workers)
         self.queues = _check_queues(queues)
+        self._dashboard_port = dashboard_port if dashboard else -1
+        self._dashboard_link: str | None = None
+        self._dashboard = None
         self.token = token or new_token()
         self.security = security
         self._scheme = "tls" if security is not None and security.tls else "tcp"
@@ -159,12 +168,16 @@ class LocalCluster:
 
     def _start_processes(self, n_workers: int, host: str, port: int) -> None:
         deadline = time.monotonic() + START_TIMEOUT
-        self._scheduler_proc = self._spawn("scheduler", "--address",
-                                           f"{self._scheme}://{host}:{port}")
+        self._scheduler_proc = self._spawn(
+            "scheduler", "--address", f"{self._scheme}://{host}:{port}",
+            "--dashboard-port", str(self._dashboard_port))
         # workers import while the scheduler starts; they read its address from stdin
         pending = [self._new_worker_proc(defer=True) for _ in range(n_workers)]
         try:
-            self.scheduler_address = _read_address(self._scheduler_proc, "the scheduler", deadline)
+            notices: dict = {}
+            self.scheduler_address = _read_address(self._scheduler_proc, "the scheduler",
+                                                   deadline, notices)
+            self._dashboard_link = notices.get("dashboard")
             for wp in pending:
                 wp.send_address()
             for wp in pending:
@@ -219,6 +232,15 @@ class LocalCluster:
         self.scheduler = self._thread.run(Scheduler(f"inproc://scheduler-{id(self)}",
                                                     token=self.token).start())
         self.scheduler_address = self.scheduler.address
+        if self._dashboard_port >= 0:
+            try:
+                from ..dashboard.server import start_dashboard
+
+                self._dashboard = start_dashboard(self.scheduler, port=self._dashboard_port,
+                                                  loop=self._thread.loop)
+                self._dashboard_link = self.scheduler.dashboard_link = self._dashboard.link
+            except ImportError:
+                logger.info("no dashboard: bokeh is not installed")
         for _ in range(n_workers):
             self._add_inprocess_worker()
 
@@ -323,6 +345,8 @@ class LocalCluster:
                     except Exception:
                         pass
         elif self._thread is not None:
+            if self._dashboard is not None:
+                self._dashboard.stop()
             for w in self._inproc_workers:
                 self._thread.run(w.close("cluster closing"))
             self._thread.run(self.scheduler.close())
@@ -352,7 +376,8 @@ class LocalCluster:
 
     @property
     def dashboard_link(self) -> str | None:
-        return None
+        """The dashboard's status page (None without bokeh or with ``dashboard=False``)."""
+        return self._dashboard_link
 
     def __enter__(self) -> "LocalCluster":
         return self

@@ -35,10 +35,24 @@ async def _scheduler(args) -> None:
 
     scheduler = await Scheduler(args.address, token=os.environ.get("NBCLUSTER_TOKEN"),
                                 security=Security.from_env()).start()
+    dashboard = None
+    if args.dashboard_port >= 0:
+        try:
+            from ..dashboard.server import start_dashboard
+
+            host = args.address.split("://", 1)[1].rsplit(":", 1)[0] or "127.0.0.1"
+            # its own token if it needs one: the cluster's token must not travel in URLs
+            dashboard = start_dashboard(scheduler, host=host, port=args.dashboard_port)
+            scheduler.dashboard_link = dashboard.link
+            print(f"DASHBOARD {dashboard.link}", flush=True)
+        except ImportError as e:   # bokeh not installed: the cluster works without it
+            print(f"NODASHBOARD {e}", flush=True)
     print(f"ADDRESS {scheduler.address}", flush=True)
     stop = asyncio.Event()
     _exit_when_parent_goes(asyncio.get_running_loop(), stop)
     await stop.wait()
+    if dashboard is not None:
+        dashboard.stop()
     await scheduler.close()
 
 
@@ -74,6 +88,7 @@ def main(argv=None) -> None:
     parser.add_argument("--name", default=None)
     parser.add_argument("--memory-limit", type=int, default=None)
     parser.add_argument("--queues", default=None)
+    parser.add_argument("--dashboard-port", type=int, default=-1, help="-1: no dashboard")
     args = parser.parse_args(argv)
     # Servers hold many long-lived small objects (one per task): collect young garbage less
     # often and never rescan what was there at start-up.

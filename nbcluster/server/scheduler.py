@@ -40,6 +40,7 @@ class Scheduler:
         self.started = 0.0
         self.closed = asyncio.Event()
         self.worker_events: list = []     # (time, "added"/"removed", address) for observers
+        self.dashboard_link: str | None = None   # set by whoever starts a dashboard for it
         self._wakeup: asyncio.TimerHandle | None = None
         self._wakeup_at: float | None = None
 
@@ -210,6 +211,7 @@ class Scheduler:
                 for a, w in st.workers.items()
             },
             "tasks": st.counts_by_state(),
+            "dashboard": self.dashboard_link,
             "clients": len(st.clients),
             "done_by_prefix": dict(st.counts),
         }
@@ -217,6 +219,11 @@ class Scheduler:
     def _request_who_has(self, peer, request_id, keys) -> dict:
         tasks = self.state.tasks
         return {k: [w.address for w in tasks[k].who_has] if k in tasks else [] for k in keys}
+
+    def _request_snapshot(self, peer, request_id, since=0, transfers_since=0) -> dict:
+        from ..state.snapshot import snapshot
+
+        return snapshot(self.state, int(since), int(transfers_since))
 
     def _request_queues(self, peer, request_id) -> dict:
         return self.state.queues_info()
