@@ -10,8 +10,14 @@ from collections import deque
 import pytest
 
 from nbcluster import Client, LocalCluster
-from nbcluster.dashboard.components import (ERROR_COLOR, MemoryByWorker, ProgressByFunction,
-                                            TaskStream, WorkerTable, color_of)
+from nbcluster.dashboard.components import (
+    ERROR_COLOR,
+    MemoryByWorker,
+    ProgressByFunction,
+    TaskStream,
+    WorkerTable,
+    color_of,
+)
 from nbcluster.dashboard.feed import scheduler_feed
 
 pytestmark = pytest.mark.timeout(30)
@@ -81,12 +87,13 @@ def test_task_stream_one_rect_per_task_coloured_by_function(cluster, client):
         assert color == (color_of("inc") if name == "inc" else ERROR_COLOR)
     assert all(r >= left for left, r in zip(data["left"], data["right"]))
     assert set(data["worker"]) <= set(cluster.workers)
-    assert all(d.endswith(("us", "ms", " s")) for d in data["duration"])
+    for left, right, ms in zip(data["left"], data["right"], data["duration"]):
+        assert ms == pytest.approx(right - left, abs=1e-3)    # hover: "@duration ms"
     # one row per worker thread, labelled with the worker's name
     assert {round(b + 0.4, 6) for b in data["bottom"]} <= {0.0, 1.0}
     labels = ts.figure.yaxis.major_label_overrides.values()
     assert any("worker-0" in str(label) for label in labels)
-    hover = [t for t in ts.figure.tools if type(t).__name__ == "HoverTool"][0]
+    hover = next(t for t in ts.figure.tools if type(t).__name__ == "HoverTool")
     assert [name for name, _ in hover.tooltips] == ["key", "duration", "worker"]
     # the next update adds only what is new
     client.gather(client.map(inc, range(100, 105)))
@@ -99,10 +106,11 @@ def test_task_stream_keeps_a_bounded_window(cluster, client):
     client.gather(client.map(inc, range(200, 230)))
     on_loop(cluster, capped.update)
     assert len(capped.source.data["key"]) == 5      # the newest 5 of 30 new ones
-    ts = make(cluster, TaskStream, window=10)
+    ts = make(cluster, TaskStream, window=10, binary=True)
     client.gather(client.map(inc, range(30)))
     on_loop(cluster, ts.update)
     assert len(ts.source.data["key"]) == 10
+    assert type(ts.source.data["left"]).__name__ == "ndarray"   # sent as binary buffers
     client.gather(client.map(inc, range(30, 60)))
     on_loop(cluster, ts.update)
     assert len(ts.source.data["key"]) == 10

@@ -75,7 +75,7 @@ def test_status_page_and_one_page_per_plot(cluster, serve):
     dash = serve()
     assert re.fullmatch(r"http://127\.0\.0\.1:\d+/status", dash.link)
     assert dash.bokeh_app() is None            # Bokeh is set up on the first page request
-    status, headers, html = get(dash.link)
+    status, _, html = get(dash.link)
     assert status == 200 and "<title>nbcluster: Status</title>" in html
     srcs = scripts(html)
     assert srcs and all(s.startswith("./static/") for s in srcs), srcs   # relative: proxies

@@ -18,6 +18,11 @@ pytestmark = pytest.mark.timeout(10)
 C = "client-1"
 
 
+def msg(op: str, *fields) -> list:
+    """A message; fields the protocol added since (options) left as None."""
+    return [op, *fields, *[None] * (len(m.FIELDS[op]) - len(fields))]
+
+
 class Cluster:
     """A SchedulerState with one client and two workers, fed messages by hand."""
 
@@ -28,29 +33,32 @@ class Cluster:
         for w, n in (("A", 1), ("B", 2)):
             self.s.add_worker(w, n, f"worker-{w}", {"address": w, "memory_limit": 1000, "pid": 7},
                               self.now)
-        self.s.handle(C, [[m.FUNCTION, "tok", b"fn"]], self.now)
+        self.s.handle(C, [msg(m.FUNCTION, "tok", b"fn")], self.now)
 
     def submit(self, *keys: str) -> None:
-        self.s.handle(C, [[m.SUBMIT, [[k, "tok", [1], None, [], None] for k in keys]]], self.now)
+        spec = [None] * len(m.TASK_FIELDS)   # key, fn, args, kwargs, deps, options, ...
+        specs = [[k, "tok", [1], None, [], None, *spec[6:]] for k in keys]
+        self.s.handle(C, [msg(m.SUBMIT, specs)], self.now)
 
     def where(self, key: str) -> str:
         return self.s.tasks[key].processing_on.address
 
     def finish(self, key: str, nbytes: int = 8) -> None:
         self.now += 0.01
-        self.s.handle(self.where(key), [[m.FINISHED, key, nbytes, self.now - 0.005, self.now,
-                                         False, None, "int"]], self.now)
+        self.s.handle(self.where(key), [msg(m.FINISHED, key, nbytes, self.now - 0.005, self.now,
+                                            False, None, "int")], self.now)
 
     def fail(self, key: str) -> None:
         self.now += 0.01
-        self.s.handle(self.where(key), [[m.FAILED, key, dumps(ValueError("x")), "tb",
-                                         self.now - 0.005, self.now]], self.now)
+        self.s.handle(self.where(key), [msg(m.FAILED, key, dumps(ValueError("x")), "tb",
+                                            self.now - 0.005, self.now)], self.now)
 
 
 def test_snapshot_counts_workers_and_log_as_plain_data():
     c = Cluster()
     c.submit("inc-1", "inc-2", "inc-3", "inc-4", "boom-1")
-    c.s.handle("A", [[m.HEARTBEAT, {"rss": 500, "cpu": 12.5, "executing": 1, "ready": 0}]], c.now)
+    c.s.handle("A", [msg(m.HEARTBEAT, {"rss": 500, "cpu": 12.5, "executing": 1, "ready": 0})],
+               c.now)
     c.finish("inc-1", nbytes=100)
     c.finish("inc-2", nbytes=50)
     c.fail("boom-1")
@@ -99,7 +107,8 @@ def test_snapshot_reads_a_transfer_log_when_the_state_has_one():
     c.s.transfer_log = deque([("x-1", "A", "B", 1.0, 1.5, 800), ("y-1", "B", "A", 2.0, 2.1, 8)])
     c.s.transfer_log_total = 2
     snap = snapshot(c.s)
-    assert snap["transfer_log"] == [["x-1", "A", "B", 1.0, 1.5, 800], ["y-1", "B", "A", 2.0, 2.1, 8]]
+    assert snap["transfer_log"] == [["x-1", "A", "B", 1.0, 1.5, 800],
+                                    ["y-1", "B", "A", 2.0, 2.1, 8]]
     assert snap["transfer_cursor"] == 2
     assert snapshot(c.s, transfers_since=1)["transfer_log"] == [["y-1", "B", "A", 2.0, 2.1, 8]]
 
@@ -152,7 +161,7 @@ def test_feed_survives_a_failing_source_and_spends_within_budget():
 def test_rate_meter_window():
     r = RateMeter(window=10.0, clock=lambda: 0.0)
     assert r.rate() == 0.0
-    for t in range(0, 31):
+    for t in range(31):
         r.add(100 * t, now=float(t))
     assert r.rate() == pytest.approx(100.0)
     r.add(5, now=31.0)               # the total went down: another scheduler

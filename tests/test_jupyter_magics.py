@@ -77,12 +77,13 @@ def test_start_status_scale_stop(ip, capsys):
     assert "in-process" in out and "Workers: 1, threads: 2" in out    # the cluster, as text
     ip.run_line_magic("cluster", "status")
     out = capsys.readouterr().out
-    assert "Tasks by state:" in out and "/ 1.0 GB" in out and "Dashboard: not available" in out
+    assert "Tasks by state:" in out and "/ 1.0 GB" in out
+    assert "Dashboard: http://127.0.0.1:" in out and out.rstrip().endswith("/status")
     ip.run_line_magic("cluster", "scale 2")
     assert "2 workers" in capsys.readouterr().out
     assert len(client.cluster.workers) == 2
-    ip.run_line_magic("cluster", "dashboard")
-    assert "no dashboard" in capsys.readouterr().out
+    ip.run_line_magic("cluster", "dashboard")     # not in a kernel: the link only
+    assert "/status" in capsys.readouterr().out
     with pytest.raises(UsageError, match="already running"):
         ip.run_line_magic("cluster", "start")
     ip.run_line_magic("cluster", "stop")

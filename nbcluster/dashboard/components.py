@@ -14,7 +14,8 @@ from typing import Any
 
 from bokeh.layouts import column
 from bokeh.models import (ColumnDataSource, DataRange1d, DataTable, DatetimeTickFormatter,
-                          Div, FactorRange, FixedTicker, HoverTool, NumeralTickFormatter, Range1d, TableColumn)
+                          Div, FactorRange, FixedTicker, HoverTool, NumeralTickFormatter,
+                          Range1d, TableColumn)
 from bokeh.plotting import figure
 
 from .feed import HISTORY, Feed
@@ -99,8 +100,9 @@ class TaskStream(Component):
         self._rows: dict[str, int] = {}          # worker address -> first row
         self._lanes: dict[str, list[float]] = {}  # worker address -> busy-until, per thread
         self._nrows = 0
-        self.source = ColumnDataSource({c: self._column([]) if c in self.NUMERIC else [] for c in (
-            "left", "right", "bottom", "top", "color", "key", "worker", "duration")},
+        columns = ("left", "right", "bottom", "top", "color", "key", "worker", "duration")
+        self.source = ColumnDataSource(
+            {c: self._column([]) if c in self.NUMERIC else [] for c in columns},
             name="task_stream")
         self.transfer_source = ColumnDataSource({c: [] for c in (
             "left", "right", "bottom", "top", "key", "source", "target", "nbytes",
@@ -134,7 +136,7 @@ class TaskStream(Component):
     def _column(self, values: list) -> Any:
         if not self.binary:
             return values
-        import numpy as np   # Bokeh's own dependency
+        import numpy as np  # Bokeh's own dependency
 
         return np.asarray(values, dtype=float)
 
@@ -343,7 +345,8 @@ class WorkerTable(_Replacing):
         super().__init__(feed)
         self.clock = clock
         self.source = ColumnDataSource({c: [] for c, _ in self.COLUMNS}, name="workers")
-        kwargs = dict(height=180, sizing_mode="stretch_width", index_position=None)
+        kwargs = dict(height=180, sizing_mode="stretch_width", index_position=None,
+                      reorderable=False)
         kwargs.update(table_kwargs)
         self.table = DataTable(source=self.source, columns=[
             TableColumn(field=f, title=t) for f, t in self.COLUMNS], **kwargs)

@@ -17,8 +17,9 @@ import concurrent.futures
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from itertools import islice
-from typing import Any, Callable
+from typing import Any
 
 HISTORY = 10_000
 MAX_RATE = 4.0   # plot refreshes per second, at most

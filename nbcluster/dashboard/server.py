@@ -25,13 +25,10 @@ import threading
 from functools import partial
 from typing import Any
 
-from tornado.httpserver import HTTPServer
-from tornado.ioloop import IOLoop
 from tornado.netutil import bind_sockets
 
 from ..state.snapshot import snapshot
 from .feed import MAX_RATE, Feed, call_on, scheduler_feed
-from .http import Gate, cookie_name, plain_app
 from .metrics import figures
 
 logger = logging.getLogger("nbcluster.dashboard")
@@ -94,7 +91,7 @@ class Dashboard:
         self.feed: Feed = scheduler_feed(scheduler, scheduler_loop, cancelled=self._closing,
                                          min_interval=min(0.2, interval), log_limit=MAX_NEW)
         self._bokeh_app: Any = None
-        self._http: HTTPServer | None = None
+        self._http: Any = None        # tornado HTTPServer, made on the dashboard's thread
         self._thread = _LoopThread()
 
     def _closing(self) -> bool:
@@ -121,6 +118,10 @@ class Dashboard:
 
     # ------------------------------------------------------------------ on the dashboard's loop
     def _serve(self, sockets: list) -> None:
+        from tornado.httpserver import HTTPServer   # imported here: off the scheduler's start
+
+        from .http import Gate, cookie_name, plain_app
+
         gate = Gate(prefix=self.prefix, token=self.token, cookie=cookie_name(self.port),
                     plain_app=plain_app(self.prefix, self.figures), bokeh_app=self.bokeh_app,
                     bokeh_ready=self.ready)
@@ -230,6 +231,7 @@ def _build_bokeh_app(dashboard: Dashboard) -> Any:
     from bokeh.resources import Resources
     from bokeh.server.tornado import BokehTornado
     from bokeh.server.views.static_handler import StaticHandler
+    from tornado.ioloop import IOLoop
 
     class RelativeBokehTornado(BokehTornado):
         """Pages ask for ``./static/...``: right under a prefix and behind a proxy."""
@@ -240,6 +242,8 @@ def _build_bokeh_app(dashboard: Dashboard) -> Any:
             return Resources(mode="server", root_url="./",
                              path_versioner=StaticHandler.append_version)
 
+    # a tab closed while an update was on its way is not worth a warning in the scheduler's log
+    logging.getLogger("bokeh.server.views.ws").setLevel(logging.ERROR)
     apps = {f"/{page}": Application(FunctionHandler(partial(_make_page, dashboard, page)))
             for page in PAGES}
     # Any origin may open the websocket (a proxy changes it), but only with a session token

@@ -15,7 +15,8 @@ import json
 import logging
 import threading
 import time
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 from bokeh.document import Document
 from bokeh.events import DocumentReady

@@ -161,12 +161,19 @@ class ClusterMagics(Magics):
         print(f"nbcluster: stopped {address}")
 
     def _dashboard(self, opts: Any) -> None:
+        """In a kernel: the live task stream and memory plots inline (over the kernel's own
+        channel, so it works on Binder), and the link to the full dashboard page."""
         self._session.require()
         link = self._session.dashboard_link
-        if not link:
+        if link:
+            self._show(_Link(link))
+        if _in_kernel(self.shell):
+            try:
+                self._show(self._session.client.dashboard())
+            except ImportError as e:
+                print(f"nbcluster: no inline dashboard ({e}); install 'nbcluster[jupyter]'")
+        elif not link:
             print("nbcluster: this cluster has no dashboard")
-            return
-        self._show(_Link(link))
 
     # ------------------------------------------------------------------ helpers
     @staticmethod

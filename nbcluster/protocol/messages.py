@@ -41,6 +41,7 @@ FAILED = "failed"          # key, exception (Serialized), traceback text, start,
                            # retry: None, or {"delay": seconds or None, "max": int or None}
 MISSING = "missing"        # key, dependency key, worker that did not have it
 OUTPUT = "output"          # key, stream ("stdout", "stderr", "log"), text (also to clients)
+TRANSFERS = "transfers"    # [[key, from worker, start, stop, nbytes], ...] fetched by a worker
 RUN_RESULT = "run-result"  # request id, ok flag, value
 HEARTBEAT = "heartbeat"    # metrics dict
 # worker <-> worker and client -> worker
@@ -72,6 +73,7 @@ FIELDS: dict[str, tuple[str, ...]] = {
     FAILED: ("key", "exception", "traceback", "start", "stop", "retry"),
     MISSING: ("key", "dep", "worker"),
     OUTPUT: ("key", "stream", "text"),
+    TRANSFERS: ("entries",),
     RUN_RESULT: ("request_id", "ok", "value"),
     HEARTBEAT: ("metrics",),
     GET_DATA: ("request_id", "keys"),
@@ -84,7 +86,8 @@ TO_SCHEDULER = {
     "client": frozenset((FUNCTION, SUBMIT, RELEASE, WANT, CANCEL, FIRE_AND_FORGET, UPDATE_DATA,
                          SET_LIMIT,
                          REQUEST)),
-    "worker": frozenset((STARTED, FINISHED, FAILED, MISSING, OUTPUT, RUN_RESULT, HEARTBEAT)),
+    "worker": frozenset((STARTED, FINISHED, FAILED, MISSING, OUTPUT, RUN_RESULT, HEARTBEAT,
+                         TRANSFERS)),
 }
 
 # A task spec inside SUBMIT: [key, fn token, args, kwargs, dependency keys, options]
@@ -186,6 +189,9 @@ TYPES: dict[str, tuple] = {
     FAILED: (_str, _any, _text, _num, _num, lambda v: v is None or _map(v)),
     MISSING: (_str, _str, _str),
     OUTPUT: (_str, _str, _str),
+    TRANSFERS: (lambda v: type(v) is list and all(
+        type(e) is list and len(e) == 5 and type(e[0]) is str and type(e[1]) is str
+        and _num(e[2]) and _num(e[3]) and _int(e[4]) for e in v),),
     RUN_RESULT: (_any, _bool, _any),
     HEARTBEAT: (_map,),
     GET_DATA: (_any, _keys),

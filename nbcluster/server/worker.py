@@ -254,6 +254,7 @@ class Worker:
 
     # ------------------------------------------------------------------ data transfer
     async def _fetch(self, peer: str, keys: list) -> None:
+        start = time.time()
         try:
             values, missing, errors = await self.pool.get_data(peer, keys)
         except Exception as e:
@@ -268,6 +269,9 @@ class Worker:
                 errors[key] = f"cannot unpickle {key!r} from {peer}: {e}"
                 continue
             nbytes[key] = sizeof(obj)
+        stop = time.time()
+        if nbytes:   # for the dashboard's task stream: one mark per transfer
+            self.scheduler.send([m.TRANSFERS, [[k, peer, start, stop, n] for k, n in nbytes.items()]])
         for key, text in errors.items():
             self._apply(self.state.fetch_errored(key, exception_payload(SerializationError(text))))
         self._apply(self.state.fetch_done(peer, nbytes, missing))

@@ -54,6 +54,9 @@ class SchedulerState(Transitions):
         # (key, worker, start, stop, ok) of recent tasks, for observers such as the dashboard
         self.task_log: deque = deque(maxlen=TASK_LOG_LENGTH)
         self.task_log_total = 0       # entries ever appended: observers keep a cursor
+        # (key, from worker, to worker, start, stop, nbytes) of recent worker-to-worker copies
+        self.transfer_log: deque = deque(maxlen=TASK_LOG_LENGTH)
+        self.transfer_log_total = 0
 
     # ------------------------------------------------------------------ entry points
     def handle(self, peer: str, batch: list, now: float) -> list:
@@ -389,6 +392,11 @@ class SchedulerState(Transitions):
         if ts is not None:
             self._tell(ts, [m.OUTPUT, key, stream, text])
 
+    def _on_transfers(self, peer, entries) -> None:
+        for key, source, start, stop, nbytes in entries:
+            self.transfer_log.append((key, source, peer, start, stop, nbytes))
+        self.transfer_log_total += len(entries)
+
     def _on_heartbeat(self, peer, metrics) -> None:
         ws = self.workers.get(peer)
         if ws is not None:
@@ -400,7 +408,7 @@ class SchedulerState(Transitions):
         m.CANCEL: _on_cancel, m.FIRE_AND_FORGET: _on_fire_and_forget,
         m.UPDATE_DATA: _on_update_data, m.STARTED: _on_started, m.FINISHED: _on_finished,
         m.FAILED: _on_failed, m.MISSING: _on_missing, m.HEARTBEAT: _on_heartbeat,
-        m.OUTPUT: _on_output, m.SET_LIMIT: _on_set_limit,
+        m.OUTPUT: _on_output, m.SET_LIMIT: _on_set_limit, m.TRANSFERS: _on_transfers,
     }
 
     # ------------------------------------------------------------------ helpers
