@@ -1,16 +1,18 @@
 """Does the dashboard cost the hot path anything?  The seed workloads, dashboard off and on.
 
-    python -m benchmarks.dashboard_overhead                 # W1-W5, 3 rounds, about 3 minutes
+    python -m benchmarks.dashboard_overhead                 # W1-W5, 3 rounds, about 2 minutes
     python -m benchmarks.dashboard_overhead --rounds 1 --only W1,W4 --modes off,watched
 
 Each round starts, for every mode, a fresh cluster of the standard shape (a scheduler process
 and 2 worker processes with 1 thread each, on 127.0.0.1) and runs the workloads of
-``benchmarks.workloads`` against it from this process, in the ``quick`` repeat counts:
+``benchmarks.workloads`` against it from this process, in the ``quick`` repeat counts (or
+``--repeats default``):
 
 - ``off``: the scheduler serves no dashboard;
 - ``on``: the scheduler serves the dashboard (``start_dashboard``), nobody watches;
-- ``watched``: as ``on``, with headless chromium showing ``/status`` (plots refreshing twice a
-  second) and ``/metrics`` scraped every second, from processes of their own.
+- ``watched``: as ``on``, with headless chromium showing ``/status`` (or ``--page``; plots
+  refreshing twice a second) and ``/metrics`` scraped every second, from processes of their
+  own.
 
 Modes alternate within each round, so a drift of the machine hits them alike. The table gives
 the median over rounds of each metric and its ratio to ``off`` (for times, off / mode; for
@@ -30,12 +32,11 @@ import subprocess
 import sys
 import tempfile
 import threading
-import time
 import urllib.request
 
 from .child import Context, Recorder, _warm_up
 from .systems import NbclusterSystem, child_env
-from .workloads import METRIC_BY_ID, WORKLOADS, metrics_of
+from .workloads import METRIC_BY_ID, REPEATS, WORKLOADS, metrics_of
 
 MODES = ("off", "on", "watched")
 SEED = ("W1", "W2", "W3", "W4", "W5")
@@ -87,8 +88,7 @@ def _watch(link: str) -> None:
         page = ctx.new_page()
         page.goto(link)
         page.wait_for_function("() => window.Bokeh && Bokeh.documents.length > 0 && "
-                               "Bokeh.documents[0].get_model_by_name('task_stream') != null",
-                               timeout=60_000)
+                               "Bokeh.documents[0].roots().length > 0", timeout=60_000)
         print("WATCHING", flush=True)
         while not stop.wait(1.0):
             urllib.request.urlopen(metrics, timeout=10).read()
@@ -97,23 +97,30 @@ def _watch(link: str) -> None:
 
 # --------------------------------------------------------------------------- a cluster
 def _read_line(proc: subprocess.Popen, prefix: str, what: str) -> str:
-    deadline = time.monotonic() + START_TIMEOUT
-    while time.monotonic() < deadline:
-        line = proc.stdout.readline().decode(errors="replace")
-        if not line:
-            raise RuntimeError(f"{what} exited (code {proc.poll()}) before saying {prefix}")
-        if line.startswith(prefix + " "):
-            return line.split(" ", 1)[1].strip()
-    raise TimeoutError(f"{what} did not say {prefix} within {START_TIMEOUT} s")
+    """The rest of the first line of ``proc``'s output that starts with ``prefix``."""
+    timer = threading.Timer(START_TIMEOUT, proc.kill)   # readline itself has no timeout
+    timer.start()
+    try:
+        while True:
+            line = proc.stdout.readline().decode(errors="replace")
+            if not line:
+                raise RuntimeError(f"{what} exited (code {proc.poll()}) before saying {prefix} "
+                                   f"(killed after {START_TIMEOUT:g} s if it said nothing)")
+            word, _, rest = line.strip().partition(" ")
+            if word == prefix:
+                return rest
+    finally:
+        timer.cancel()
 
 
 class Cluster:
     """Scheduler + 2 workers as processes; ``mode`` as in the module's docstring."""
 
-    def __init__(self, mode: str) -> None:
+    def __init__(self, mode: str, page: str = "status") -> None:
         from nbcluster.comm.auth import new_token
 
         self.mode = mode
+        self.page = page
         self.token = new_token()
         self.dashboard_link = None
         self.procs: list[subprocess.Popen] = []
@@ -127,7 +134,7 @@ class Cluster:
         self.procs.append(proc)
         return proc
 
-    def __enter__(self) -> "Cluster":
+    def __enter__(self) -> Cluster:
         try:
             args = ["-m", "benchmarks.dashboard_overhead", "scheduler"]
             sched = self._spawn(*args, *(["--dashboard"] if self.mode != "off" else []))
@@ -142,8 +149,8 @@ class Cluster:
             for w in workers:
                 _read_line(w, "ADDRESS", "a worker")
             if self.mode == "watched":
-                watcher = self._spawn("-m", "benchmarks.dashboard_overhead", "watch",
-                                      self.dashboard_link)
+                link = self.dashboard_link.replace("/status", f"/{self.page}")
+                watcher = self._spawn("-m", "benchmarks.dashboard_overhead", "watch", link)
                 _read_line(watcher, "WATCHING", "the browser")
         except BaseException:
             self.__exit__()
@@ -166,23 +173,25 @@ class Cluster:
 class _System(NbclusterSystem):
     """The benchmark adapter, on a cluster this module started."""
 
-    def __init__(self, mode: str) -> None:
+    def __init__(self, mode: str, page: str = "status") -> None:
         super().__init__()
         self.mode = mode
+        self.page = page
 
     def local_cluster(self):
-        return Cluster(self.mode)
+        return Cluster(self.mode, self.page)
 
 
 # --------------------------------------------------------------------------- the runs
-def run_mode(mode: str, workloads: list[str], out_dir: str) -> dict[str, float]:
-    system = _System(mode)
+def run_mode(mode: str, workloads: list[str], out_dir: str, page: str,
+             repeats: str = "quick") -> dict[str, float]:
+    system = _System(mode, page)
     values: dict[str, float] = {}
     with system.local_cluster() as cluster, system.client(cluster) as client:
         for wid in workloads:
             path = os.path.join(out_dir, f"{mode}-{wid}.json")
             rec = Recorder(path, "nbcluster", wid)
-            ctx = Context(system, client, "quick", rec, sys.stderr)
+            ctx = Context(system, client, repeats, rec, sys.stderr)
             if wid == workloads[0]:
                 system.wait_for_workers(client, 2)
                 _warm_up(system, client, ctx)
@@ -206,6 +215,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--only", default=",".join(SEED), help="workloads, e.g. W1,W4")
     ap.add_argument("--modes", default=",".join(MODES))
     ap.add_argument("--json", default=None, help="also write every round's numbers here")
+    ap.add_argument("--page", default="status", help="the page the browser shows (watched)")
+    ap.add_argument("--repeats", default="quick", choices=sorted(REPEATS),
+                    help="repeat counts of benchmarks.workloads (default: quick)")
     a = ap.parse_args(argv)
     if a.cmd == "scheduler":
         _serve_scheduler(a.dashboard)
@@ -223,7 +235,7 @@ def main(argv: list[str] | None = None) -> int:
             results = {}
             for mode in (modes if r % 2 == 0 else modes[::-1]):
                 print(f"round {r + 1}/{a.rounds}: {mode}", file=sys.stderr, flush=True)
-                results[mode] = run_mode(mode, workloads, out_dir)
+                results[mode] = run_mode(mode, workloads, out_dir, a.page, a.repeats)
             rounds.append(results)
     if a.json:
         with open(a.json, "w") as f:
