@@ -6,11 +6,11 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
-import threading
 import uuid
 from collections import deque
 
 from ..comm import Comm, connect
+from ..loop_thread import LoopThread
 from ..comm.pool import DataPool
 from ..errors import ClusterError, CommError
 from ..protocol import messages as m
@@ -19,34 +19,8 @@ from .future import CANCELLED, ERROR, FINISHED, LOST, PENDING, _KeyRecord
 logger = logging.getLogger("nbcluster.client")
 
 
-class IOThread:
-    """An asyncio loop running in a daemon thread, for synchronous callers."""
-
-    def __init__(self, name: str) -> None:
-        self.loop = asyncio.new_event_loop()
-        self._ready = threading.Event()
-        self.thread = threading.Thread(target=self._main, name=name, daemon=True)
-        self.thread.start()
-        self._ready.wait()
-
-    def _main(self) -> None:
-        asyncio.set_event_loop(self.loop)
-        self.loop.call_soon(self._ready.set)
-        self.loop.run_forever()
-        # cancel leftovers so nothing warns at interpreter exit
-        pending = asyncio.all_tasks(self.loop)
-        for task in pending:
-            task.cancel()
-        if pending:
-            self.loop.run_until_complete(asyncio.gather(*pending, return_exceptions=True))
-        self.loop.close()
-
-    def stop(self) -> None:
-        if self.loop.is_closed():
-            return
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        if threading.current_thread() is not self.thread:
-            self.thread.join(10)
+class IOThread(LoopThread):
+    """The client's I/O thread: an asyncio loop for synchronous callers."""
 
 
 class ClientConnection:

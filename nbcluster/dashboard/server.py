@@ -30,6 +30,7 @@ from tornado.netutil import bind_sockets
 from ..state.snapshot import snapshot
 from .feed import MAX_RATE, Feed, call_on, scheduler_feed
 from .metrics import figures
+from ..loop_thread import LoopThread
 
 logger = logging.getLogger("nbcluster.dashboard")
 MAX_NEW = 1_000    # tasks one refresh adds to a page (and a new page starts with), at most
@@ -53,28 +54,6 @@ def is_loopback(host: str) -> bool:
         return False
 
 
-class _LoopThread:
-    """The dashboard's own event loop, on a daemon thread."""
-
-    def __init__(self) -> None:
-        self.loop = asyncio.new_event_loop()
-        self.thread = threading.Thread(target=self._main, name="nbcluster-dashboard",
-                                       daemon=True)
-        self.thread.start()
-
-    def _main(self) -> None:
-        asyncio.set_event_loop(self.loop)
-        try:
-            self.loop.run_forever()
-            pending = asyncio.all_tasks(self.loop)
-            for task in pending:
-                task.cancel()
-            if pending:
-                self.loop.run_until_complete(asyncio.gather(*pending, return_exceptions=True))
-        finally:
-            self.loop.close()
-
-
 class Dashboard:
     """A running dashboard; ``link`` is the URL of its status page (token included)."""
 
@@ -92,7 +71,7 @@ class Dashboard:
                                          min_interval=min(0.2, interval), log_limit=MAX_NEW)
         self._bokeh_app: Any = None
         self._http: Any = None        # tornado HTTPServer, made on the dashboard's thread
-        self._thread = _LoopThread()
+        self._thread = LoopThread("nbcluster-dashboard")
 
     def _closing(self) -> bool:
         return self.closed
