@@ -145,6 +145,13 @@ class LocalCluster:
         self._thread = None
         self._inproc_workers: list = []
         self.restarts = 0
+        if host not in ("127.0.0.1", "localhost", "::1"):
+            import warnings
+
+            warnings.warn(f"LocalCluster listens on {host}: other machines can reach it; anyone "
+                          "with the cluster's token can run code here"
+                          + ("" if self._scheme == "tls" else ", and traffic is not encrypted "
+                             "(pass security=Security.temporary() for TLS)"), stacklevel=2)
         if processes:
             self._start_processes(n_workers, host, scheduler_port)
         else:
