@@ -877,3 +877,16 @@ def test_broadcast_scatter_with_one_target_gone():
     assert out == [] and sim.state("s") == "memory"
     out = sim.release("s")
     assert frees(out) == {("B", "s")} and not sim.s.tasks
+
+
+def test_functions_of_a_client_that_left_are_forgotten_once_unused():
+    sim = Sim(workers=("A",), clients=(C, C2))
+    sim.client([m.FUNCTION, "mine-tok", b"<blob>"], peer=C2)
+    sim.submit(spec("kept", fn="mine-tok"), peer=C2)
+    sim.client([m.FIRE_AND_FORGET, ["kept"]], peer=C2)
+    sim.s.remove_client(C2, sim.now)
+    assert "mine-tok" in sim.s.functions          # a task still needs it (lineage, retries)
+    sim.finish("A", "kept")
+    sim.s.remove_client("client-gone-later", sim.now)   # any later departure re-checks
+    assert "mine-tok" not in sim.s.functions
+    assert all(t in sim.s.functions for t in BLOBS)     # the other client's stay

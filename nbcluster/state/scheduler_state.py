@@ -39,6 +39,7 @@ class SchedulerState(Transitions):
         self.workers: dict[str, WorkerState] = {}
         self.clients: set[str] = set()
         self.functions: dict[str, bytes] = {}
+        self.function_owners: dict[str, str] = {}   # token -> the client that sent it
         self.queues: dict[str, list] = {DEFAULT_QUEUE: []}   # name -> heap of (priority, task)
         self.unrunnable: list[TaskState] = []     # queued, pinned to workers not connected
         self.limits: dict[str, Limit] = {}        # limit key -> rate/concurrency budget
@@ -108,9 +109,24 @@ class SchedulerState(Transitions):
         for ts in [ts for ts in self.tasks.values() if client_id in ts.who_wants]:
             unwant(ts, client_id)   # (a non-empty who_wants is the task's own set)
             self._maybe_forget(ts)
+        self._forget_functions()
         self._fill_workers()
         self.out = []
         return out
+
+    def _forget_functions(self) -> None:
+        """Drop the pickled functions of clients that left, once no task still needs them
+        (tokens are per client, so a long-lived scheduler would otherwise only grow)."""
+        gone = [t for t, owner in self.function_owners.items() if owner not in self.clients]
+        if not gone:
+            return
+        in_use = {ts.fn for ts in self.tasks.values()}
+        for token in gone:
+            if token not in in_use:
+                del self.functions[token]
+                del self.function_owners[token]
+                for ws in self.workers.values():
+                    ws.functions.discard(token)
 
     def add_worker(self, address: str, nthreads: int, name: str, identity: dict,
                    now: float = 0.0) -> list:
@@ -170,7 +186,9 @@ class SchedulerState(Transitions):
 
     # ------------------------------------------------------------------ client messages
     def _on_function(self, peer, token, blob) -> None:
-        self.functions.setdefault(token, blob)
+        if token not in self.functions:
+            self.functions[token] = blob
+            self.function_owners[token] = peer
 
     def _on_submit(self, peer, specs) -> None:
         tasks = self.tasks
