@@ -2,7 +2,7 @@
 
 from . import errors
 from .client import (ALL_COMPLETED, FIRST_COMPLETED, FIRST_EXCEPTION, AsyncClient, Client,
-                     Delayed, Future, as_completed, compute, default_client, delayed, wait)
+                     Delayed, Future, as_completed, compute, default_client, delayed, futures_of, wait)
 from .deploy import LocalCluster
 from .errors import CancelledError, KilledWorkerError, NBClusterError
 from .canvas import Signature, chain, chord, group, s
@@ -39,9 +39,7 @@ def unload_ipython_extension(ip) -> None:
 
 def fire_and_forget(futures) -> None:
     """Let these tasks run to the end even when no client holds their futures."""
-    from .client.structure import collect_futures
-
-    found = collect_futures(futures)
+    found = futures_of(futures)
     by_client: dict = {}
     for f in found:
         by_client.setdefault(id(f.client), (f.client, []))[1].append(f)
@@ -51,7 +49,7 @@ def fire_and_forget(futures) -> None:
 
 __all__ = [
     "Client", "AsyncClient", "LocalCluster", "Future", "Delayed", "delayed", "compute", "wait",
-    "as_completed", "fire_and_forget", "progress", "Signature", "s", "chain", "group", "chord",
+    "as_completed", "fire_and_forget", "futures_of", "progress", "Signature", "s", "chain", "group", "chord",
     "Retry", "TaskTimeoutError", "TaskExpiredError", "default_client", "errors", "NBClusterError",
     "CancelledError", "KilledWorkerError", "ALL_COMPLETED", "FIRST_COMPLETED", "FIRST_EXCEPTION",
 ]

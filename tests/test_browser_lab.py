@@ -4,23 +4,13 @@ shown in red, and task output shown in the submitting cell after that cell ended
 
 from __future__ import annotations
 
-import json
 import os
 import re
-import secrets
 import shutil
-import signal
-import socket
-import subprocess
-import sys
-import time
-import urllib.request
 
-import nbformat
-import psutil
 import pytest
+from labserver import CHROMIUM, running_lab
 
-CHROMIUM = "/usr/bin/chromium"
 pytestmark = pytest.mark.timeout(150)
 
 CELLS = [
@@ -32,12 +22,6 @@ CELLS = [
     "nbcluster.progress(bad)",
     "time.sleep(1.5)   # the bars above keep moving while this cell blocks",
 ]
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _have_browser() -> bool:
@@ -57,65 +41,8 @@ def lab(tmp_path):
         if os.environ.get("CI"):
             pytest.fail("CI needs chromium (apt), playwright and jupyterlab (pip) for this test")
         pytest.skip("needs /usr/bin/chromium, playwright and jupyterlab")
-    root = tmp_path / "root"
-    root.mkdir()
-    nb = nbformat.v4.new_notebook()
-    nb.cells = [nbformat.v4.new_code_cell(src) for src in CELLS]
-    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3 (ipykernel)",
-                                 "language": "python"}
-    nbformat.write(nb, root / "demo.ipynb")
-    settings = tmp_path / "settings" / "@jupyterlab" / "apputils-extension"
-    settings.mkdir(parents=True)
-    (settings / "notification.jupyterlab-settings").write_text(json.dumps({"fetchNews": "false"}))
-    workspaces = tmp_path / "workspaces"
-    workspaces.mkdir()
-    port, token = _free_port(), secrets.token_hex(16)
-    env = dict(os.environ, JUPYTERLAB_SETTINGS_DIR=str(tmp_path / "settings"),
-               JUPYTERLAB_WORKSPACES_DIR=str(workspaces),
-               JUPYTER_RUNTIME_DIR=str(tmp_path / "runtime"))
-    log = open(tmp_path / "lab.log", "wb")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "jupyter", "lab", "--no-browser", "--allow-root",
-         "--ServerApp.ip=127.0.0.1", f"--ServerApp.port={port}",
-         f"--IdentityProvider.token={token}", f"--ServerApp.root_dir={root}",
-         "--LabApp.news_url=", "--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate"],
-        stdout=log, stderr=subprocess.STDOUT, env=env, cwd=root)
-    base = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                urllib.request.urlopen(f"{base}/api/status?token={token}", timeout=1).read()
-                break
-            except OSError:
-                if proc.poll() is not None or time.monotonic() > deadline:
-                    pytest.fail("jupyter lab did not start:\n" +
-                                (tmp_path / "lab.log").read_text()[-3000:])
-                time.sleep(0.1)   # polling a server that is starting: nothing to wait on
+    with running_lab(tmp_path, "demo.ipynb", CELLS) as (base, token):
         yield base, token, tmp_path
-    finally:
-        _stop_lab(proc, base, token)
-        log.close()
-
-
-def _stop_lab(proc: subprocess.Popen, base: str, token: str) -> None:
-    """Shut the server down (it shuts its kernels down, which stop their clusters)."""
-    try:
-        req = urllib.request.Request(f"{base}/api/shutdown?token={token}", method="POST")
-        urllib.request.urlopen(req, timeout=5).read()
-    except OSError:
-        pass
-    try:
-        proc.wait(20)
-    except subprocess.TimeoutExpired:
-        proc.send_signal(signal.SIGINT)
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            for child in psutil.Process(proc.pid).children(recursive=True):
-                child.kill()
-            proc.kill()
-            proc.wait()
 
 
 def test_progress_bar_reaches_100_in_jupyterlab(lab):

@@ -28,7 +28,7 @@ ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-f
 
 
 def nap(x):
-    time.sleep(0.02)
+    time.sleep(0.02)   # a task that lasts long enough to be drawn
     return x
 
 

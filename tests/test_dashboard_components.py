@@ -38,7 +38,7 @@ def gated(x):
 
 
 def nap(x):
-    time.sleep(0.1)
+    time.sleep(0.1)   # a task that lasts long enough to be drawn
     return x
 
 
@@ -53,7 +53,7 @@ def wait_for(predicate, timeout=5.0):
     deadline = time.monotonic() + timeout
     while not predicate():
         assert time.monotonic() < deadline, "condition not met in time"
-        time.sleep(0.01)
+        time.sleep(0.01)   # the scheduler thread updates this state: no event to wait on
 
 
 @pytest.fixture

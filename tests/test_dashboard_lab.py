@@ -3,19 +3,11 @@ loaded offline, and its plots fill with tasks while the cell that runs them stil
 
 from __future__ import annotations
 
-import json
 import os
-import secrets
-import signal
-import socket
-import subprocess
-import sys
-import time
-import urllib.request
 
 import pytest
+from labserver import CHROMIUM, running_lab
 
-CHROMIUM = "/usr/bin/chromium"
 nbformat = pytest.importorskip("nbformat")
 sync_api = pytest.importorskip("playwright.sync_api")
 pytest.importorskip("jupyterlab")
@@ -26,15 +18,9 @@ pytestmark = [pytest.mark.timeout(120),
 CELLS = [
     """\
 from nbcluster import Client, LocalCluster
-from nbcluster.dashboard.widget import dashboard_widget
-from nbcluster.state.snapshot import snapshot
 cluster = LocalCluster(n_workers=2, processes=False)
-s = cluster.scheduler
-if not hasattr(type(s), "_request_snapshot"):   # until the scheduler answers it itself
-    s._request_snapshot = lambda peer, rid, since=0, transfers_since=0: \\
-        snapshot(s.state, since, transfers_since)
 client = Client(cluster)
-dashboard_widget(client)""",
+client.dashboard()""",
     """\
 import time
 def nap(x):
@@ -53,59 +39,10 @@ STATE = """() => {
 }"""
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture
 def lab(tmp_path):
-    root = tmp_path / "root"
-    root.mkdir()
-    nb = nbformat.v4.new_notebook()
-    nb.cells = [nbformat.v4.new_code_cell(src) for src in CELLS]
-    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3 (ipykernel)",
-                                 "language": "python"}
-    nbformat.write(nb, root / "dash.ipynb")
-    settings = tmp_path / "settings" / "@jupyterlab" / "apputils-extension"
-    settings.mkdir(parents=True)
-    (settings / "notification.jupyterlab-settings").write_text(json.dumps({"fetchNews": "false"}))
-    port, token = _free_port(), secrets.token_hex(16)
-    env = dict(os.environ, JUPYTERLAB_SETTINGS_DIR=str(tmp_path / "settings"),
-               JUPYTERLAB_WORKSPACES_DIR=str(tmp_path), JUPYTER_RUNTIME_DIR=str(tmp_path / "rt"))
-    log = open(tmp_path / "lab.log", "wb")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "jupyter", "lab", "--no-browser", "--allow-root",
-         "--ServerApp.ip=127.0.0.1", f"--ServerApp.port={port}",
-         f"--IdentityProvider.token={token}", f"--ServerApp.root_dir={root}",
-         "--LabApp.news_url=", "--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate"],
-        stdout=log, stderr=subprocess.STDOUT, env=env, cwd=root)
-    base = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                urllib.request.urlopen(f"{base}/api/status?token={token}", timeout=1).read()
-                break
-            except OSError:
-                if proc.poll() is not None or time.monotonic() > deadline:
-                    pytest.fail("jupyter lab did not start:\n" +
-                                (tmp_path / "lab.log").read_text()[-3000:])
-                time.sleep(0.1)   # a server that is starting: nothing to wait on but its port
+    with running_lab(tmp_path, "dash.ipynb", CELLS) as (base, token):
         yield base, token, tmp_path
-    finally:
-        try:
-            req = urllib.request.Request(f"{base}/api/shutdown?token={token}", method="POST")
-            urllib.request.urlopen(req, timeout=5).read()
-        except OSError:
-            pass
-        try:
-            proc.wait(20)
-        except subprocess.TimeoutExpired:
-            proc.send_signal(signal.SIGKILL)
-            proc.wait()
-        log.close()
 
 
 def test_inline_dashboard_updates_in_jupyterlab(lab):

@@ -24,7 +24,7 @@ def wait_for(predicate, timeout=10.0):
     deadline = time.monotonic() + timeout
     while not predicate():
         assert time.monotonic() < deadline, "condition not met in time"
-        time.sleep(0.02)
+        time.sleep(0.02)   # the scheduler thread updates this state: no event to wait on
 
 
 def serve_snapshots(scheduler) -> None:

@@ -3,7 +3,9 @@
 from .client import AsyncClient, Client, default_client
 from .delayed import Delayed, compute, delayed
 from .future import Future
+from .output import OutputMarker
+from .structure import collect_futures as futures_of
 from .waiting import ALL_COMPLETED, FIRST_COMPLETED, FIRST_EXCEPTION, as_completed, wait
 
-__all__ = ["Client", "AsyncClient", "default_client", "Future", "Delayed", "delayed", "compute",
+__all__ = ["futures_of", "OutputMarker", "Client", "AsyncClient", "default_client", "Future", "Delayed", "delayed", "compute",
            "wait", "as_completed", "ALL_COMPLETED", "FIRST_COMPLETED", "FIRST_EXCEPTION"]

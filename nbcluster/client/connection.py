@@ -15,6 +15,7 @@ from ..comm.pool import DataPool
 from ..errors import ClusterError, CommError
 from ..protocol import messages as m
 from .future import CANCELLED, ERROR, FINISHED, LOST, PENDING, _KeyRecord
+from .output import OutputMarker
 
 logger = logging.getLogger("nbcluster.client")
 
@@ -45,7 +46,7 @@ class ClientConnection:
         self.lost_reason = ""
         # observers: "output" (key, stream, text), "task" (key, status), "submit" (keys)
         self.listeners: dict[str, list] = {"output": [], "task": [], "submit": []}
-        self._line_start: dict = {}
+        self._marker = OutputMarker()
 
     async def connect(self) -> None:
         self.comm = await connect(self.address, self.token, self.timeout, self.security)
@@ -165,15 +166,7 @@ class ClientConnection:
         import sys
 
         target = sys.stdout if stream == "stdout" else sys.stderr
-        at_start = self._line_start.get((key, stream), True)
-        parts = []
-        for line in text.splitlines(keepends=True):
-            parts.append(f"[{key}] {line}" if at_start else line)
-            at_start = line.endswith("\n")
-        self._line_start[(key, stream)] = at_start
-        if len(self._line_start) > 10_000:
-            self._line_start.clear()
-        target.write("".join(parts))
+        target.write(self._marker.mark(key, stream, text))
         target.flush()
 
     def _on_close(self, reason: str) -> None:

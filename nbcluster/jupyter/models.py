@@ -12,25 +12,12 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from ..client import Future
+from ..client import Future, futures_of
 
 
 def flatten_futures(obj: Any) -> list[Future]:
     """Every Future inside ``obj`` (lists, tuples, sets, dicts, nested), each key once."""
-    out: list[Future] = []
-    seen: set[str] = set()
-    stack = [obj]
-    while stack:
-        x = stack.pop()
-        if isinstance(x, Future):
-            if x.key not in seen:
-                seen.add(x.key)
-                out.append(x)
-        elif isinstance(x, (list, tuple, set, frozenset)):
-            stack.extend(reversed(list(x)))
-        elif isinstance(x, dict):
-            stack.extend(reversed(list(x.values())))
-    return out
+    return futures_of(obj)
 
 
 def client_closed(client: Any) -> bool:

@@ -16,6 +16,7 @@ import threading
 from collections import OrderedDict
 from typing import Any, Callable
 
+from ..client import OutputMarker
 from .models import Throttle
 
 MAX_KEYS = 100_000           # keys remembered (oldest forgotten first)
@@ -51,7 +52,7 @@ class OutputRouter:
         self._targets: dict[str, _CellTarget] = {}
         self._running: str | None = None
         self._last_parent: dict = {}            # the parent of the latest cell
-        self._line_start: dict[tuple[str, str], bool] = {}
+        self._marker = OutputMarker()
         self._clients: dict[int, tuple[Any, list[Callable[[], None]]]] = {}
         shell.events.register("pre_run_cell", self._pre_run_cell)
         shell.events.register("post_run_cell", self._post_run_cell)
@@ -172,7 +173,7 @@ class OutputRouter:
     def _on_output(self, key: str, stream: str, text: str) -> None:
         with self._lock:
             target = self._key_target.get(key)
-            marked = self._mark(key, stream, text)
+            marked = self._marker.mark(key, stream, text)
         name = "stdout" if stream == "stdout" else "stderr"
         if target is None:
             # not (yet) known: output can overtake the "submit" event, or come from a task
@@ -186,17 +187,6 @@ class OutputRouter:
         else:
             # the cell is running (or just ended without tasks left): a plain stream message
             self._send(target.parent, name, marked)
-
-    def _mark(self, key: str, stream: str, text: str) -> str:
-        at_start = self._line_start.get((key, stream), True)
-        parts = []
-        for line in text.splitlines(keepends=True):
-            parts.append(f"[{key}] {line}" if at_start else line)
-            at_start = line.endswith("\n")
-        self._line_start[(key, stream)] = at_start
-        if len(self._line_start) > 10_000:
-            self._line_start.clear()
-        return "".join(parts)
 
     def _send(self, parent: dict, name: str, text: str) -> None:
         kernel = self.kernel
