@@ -25,7 +25,6 @@ LARGE = 64 * 1024
 _U32 = struct.Struct("<I")
 
 
-SOCKET_BUFFER = 4 * 1024 * 1024
 CHUNK = 1024 * 1024       # large frames are written in pieces of this size
 
 
@@ -111,8 +110,7 @@ class _Protocol(asyncio.BufferedProtocol):
         if sock is not None:
             try:
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-                sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SOCKET_BUFFER)
-                sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, SOCKET_BUFFER)
+                # buffer sizes are left to the kernel: setting them turns its tuning off
             except OSError:
                 pass
         transport.set_write_buffer_limits(high=2 * CHUNK, low=CHUNK // 2)
