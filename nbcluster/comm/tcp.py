@@ -1,8 +1,8 @@
 """TCP transport: asyncio BufferedProtocol, authenticated handshake, zero-copy large frames.
 
-Small reads land in one reusable buffer; a frame larger than ``LARGE`` gets a bytearray of its
-own size and the socket reads straight into it, so a 200 MB array is copied once by the kernel
-and never again in Python.
+Small reads land in one reusable buffer; a frame larger than ``LARGE`` gets memory of its own
+(warm huge pages when it is large, see ``buffers``) and the socket reads straight into it, so a
+200 MB array is copied once by the kernel and never again in Python.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ from collections import deque
 from ..errors import AuthenticationError, ConnectError, ProtocolError
 from ..protocol.framing import decode, frame_header
 from . import auth
+from .buffers import receive_buffer
 from .core import MAX_FRAME, MAX_FRAMES, Comm, Listener
 
 logger = logging.getLogger("nbcluster.comm")
@@ -99,7 +100,7 @@ class _Protocol(asyncio.BufferedProtocol):
         self._nonce = b""
         self._lengths: list[int] = []
         self._frames: list = []
-        self._large: bytearray | None = None
+        self._large = None                # receive buffer of the large frame being read
         self._large_pos = 0
         self.peer = ""
 
@@ -229,7 +230,7 @@ class _Protocol(asyncio.BufferedProtocol):
                 self._frame_done(frame)
                 return True
             if size - avail >= LARGE:
-                target = bytearray(size)
+                target = receive_buffer(size)
                 target[:avail] = self._buf[self._pos:self._n]
                 self._pos = self._n = 0
                 self._large, self._large_pos = target, avail
