@@ -1,4 +1,4 @@
-"""Large receive buffers: huge-page regions reused once nothing refers to them."""
+"""Large receive buffers: mapped regions reused once nothing refers to them."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from nbcluster.comm import core
-from nbcluster.comm.buffers import HUGE_FROM, PAGE, ReceivePool
+from nbcluster.comm.buffers import POOLED_FROM, GRAIN, ReceivePool
 from nbcluster.protocol.serialize import Serialized, dumps, loads
 
 pytestmark = pytest.mark.timeout(30)
@@ -28,13 +28,13 @@ class Clock:
 def pool():
     p = ReceivePool(max_free_bytes=64 * MB, idle_seconds=10.0, clock=Clock())
     if not p.enabled:
-        pytest.skip("no MADV_HUGEPAGE here: every frame gets a bytearray")
+        pytest.skip("no reference counts or private mappings here: every frame gets a bytearray")
     return p
 
 
 def test_small_frames_get_a_bytearray(pool):
-    buf = pool.take(HUGE_FROM - 1)
-    assert type(buf) is bytearray and len(buf) == HUGE_FROM - 1
+    buf = pool.take(POOLED_FROM - 1)
+    assert type(buf) is bytearray and len(buf) == POOLED_FROM - 1
     assert pool.stats()["regions"] == 0
 
 
@@ -44,7 +44,7 @@ def test_large_frame_gets_writable_memory_of_exactly_its_size(pool):
     assert len(buf) == size and not buf.readonly
     buf[-3:] = b"end"
     assert bytes(buf[-3:]) == b"end"
-    assert pool.stats()["bytes"] == -(-size // PAGE) * PAGE   # whole huge pages
+    assert pool.stats()["bytes"] == -(-size // GRAIN) * GRAIN   # whole grains
 
 
 def test_region_is_reused_only_after_every_user_let_go(pool):
@@ -91,7 +91,7 @@ def test_free_bytes_are_capped_oldest_first(pool):
         pool._clock.now += 1.0
     assert pool.stats()["bytes"] == 100 * MB
     views.clear()                               # all free: 100 MB over the 64 MB cap
-    pool.take(HUGE_FROM)                        # any large take releases down to the cap
+    pool.take(POOLED_FROM)                        # any large take releases down to the cap
     stats = pool.stats()
     assert stats["free_bytes"] <= 64 * MB
     assert stats["regions"] == 4                # three 20 MB kept, plus the new 4 MB
@@ -102,9 +102,9 @@ def test_a_frame_larger_than_the_cap_is_still_delivered(pool):
     buf[:1] = b"x"
     assert bytes(buf[:1]) == b"x"
     del buf
-    held = pool.take(HUGE_FROM)
-    assert pool.stats() == {"regions": 1, "bytes": HUGE_FROM, "free_bytes": 0}
-    assert len(held) == HUGE_FROM
+    held = pool.take(POOLED_FROM)
+    assert pool.stats() == {"regions": 1, "bytes": POOLED_FROM, "free_bytes": 0}
+    assert len(held) == POOLED_FROM
 
 
 def test_repeated_large_transfers_over_tcp_carry_the_right_bytes():
@@ -124,7 +124,7 @@ def test_repeated_large_transfers_over_tcp_carry_the_right_bytes():
         try:
             sums = []
             for fill in (1, 2, 3, 4):
-                arr = np.full(3 * MB, fill, dtype="u8")          # 24 MB, above HUGE_FROM
+                arr = np.full(3 * MB, fill, dtype="u8")          # 24 MB, above POOLED_FROM
                 comm.send(["data", dumps(arr)])
                 batch = await asyncio.wait_for(got.get(), 10)
                 value = loads(batch[0][1])

@@ -1,7 +1,7 @@
 """TCP transport: asyncio BufferedProtocol, authenticated handshake, zero-copy large frames.
 
 Small reads land in one reusable buffer; a frame larger than ``LARGE`` gets memory of its own
-(warm huge pages when it is large, see ``buffers``) and the socket reads straight into it, so a
+(reused warm memory when it is large, see ``buffers``) and the socket reads straight into it, so a
 200 MB array is copied once by the kernel and never again in Python.
 """
 
