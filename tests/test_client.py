@@ -24,6 +24,25 @@ def boom(x):
     raise ValueError(f"bad input {x}")
 
 
+# module level: in-process workers share them (functions are pickled by reference)
+GATE, HELD = threading.Event(), threading.Event()
+
+
+def held(value):
+    """A task that runs until the test opens GATE; HELD says it started."""
+    HELD.set()
+    assert GATE.wait(10), "the test never opened the gate"
+    return value
+
+
+@pytest.fixture
+def gate():
+    GATE.clear()
+    HELD.clear()
+    yield GATE
+    GATE.set()
+
+
 def wait_for(predicate, timeout=5.0):
     """Wait on a condition that another thread makes true (checked as the cluster reports)."""
     end = time.monotonic() + timeout
@@ -131,6 +150,39 @@ def test_scatter_shapes(client):
     assert client.submit(add, d["k1"], d["k2"]).result() == 3
     single = client.scatter(5)
     assert single.result() == 5
+
+
+def test_scatter_refuses_the_key_of_a_submitted_task(client, gate):
+    running = client.submit(held, 41, key="answer")
+    finished = client.submit(inc, 1, key="done-key")
+    assert finished.result() == 2
+    with pytest.raises(ValueError, match=r"'answer' \(processing\).*'done-key' \(memory\)"):
+        client.scatter({"answer": 0, "done-key": 0, "fresh": 1})
+    gate.set()
+    assert running.result() == 41 and finished.result() == 2
+    assert client.submit(inc, finished).result() == 3
+    with pytest.raises(TypeError, match="non-empty strings"):
+        client.scatter({1: "x"})
+
+
+def test_scatter_under_the_same_key_replaces_the_value_everywhere(client):
+    workers = list(client.run(lambda: 0))
+    first = client.scatter({"table": [1, 2]}, broadcast=True)
+    assert first["table"].result() == [1, 2]
+    second = client.scatter({"table": [3]}, workers=[workers[0]])
+    assert second["table"].result() == [3] and first["table"].result() == [3]
+    for w in workers:                           # no worker keeps the old copy
+        assert client.submit(sum, second["table"], workers=[w]).result() == 3
+
+
+def test_a_worker_refuses_to_take_data_under_its_task_keys(client, gate):
+    workers = list(client.run(lambda: 0))
+    running = client.submit(held, "computed", key="busy", workers=[workers[0]])
+    assert HELD.wait(5)
+    with pytest.raises(ValueError, match="refused the data: 'busy' already name tasks"):
+        client._sync(client._conn.pool.put_data(workers[0], {"busy": 1}))
+    gate.set()
+    assert running.result() == "computed"
 
 
 def test_gather_errors_skip(client):

@@ -655,6 +655,26 @@ def test_released_scattered_input_cannot_be_recomputed():
     assert isinstance(loads(to_client(out, m.ERRED)["y"][2]), FutureLostError)
 
 
+def test_scatter_under_a_running_task_key_frees_the_copy_and_keeps_the_task():
+    sim = Sim(("A", "B"), clients=(C, "c2"))
+    sim.submit(spec("x", options={"workers": ["A"]}))
+    out = sim.client([m.UPDATE_DATA, {"x": 100}, "B"], peer="c2")   # another client's scatter
+    assert frees(out) == {("B", "x")} and not sent(out, peer="c2")
+    assert sim.state("x") == "processing" and sim.where("x") == "A"
+    out = sim.finish("A", "x")
+    assert "x" in to_client(out, m.DONE, peer="c2") and "x" in to_client(out, m.DONE)
+
+
+def test_scatter_under_a_finished_task_key_answers_with_the_task_result():
+    sim = Sim(("A", "B"), clients=(C, "c2"))
+    sim.submit(spec("x", options={"workers": ["A"]}))
+    sim.finish("A", "x", nbytes=8)
+    out = sim.client([m.UPDATE_DATA, {"x": 100}, "B"], peer="c2")
+    assert frees(out) == {("B", "x")}
+    assert sent(out, peer="c2") == [[m.DONE, "x", False, None, 8]]
+    assert {w.address for w in sim.s.tasks["x"].who_has} == {"A"}
+
+
 # ---------------------------------------------------------------------- ordering and placement
 def test_queued_root_tasks_run_by_priority_then_fifo():
     sim = Sim(())

@@ -225,6 +225,21 @@ def test_input_put_here_directly_readies_dependents():
     assert drops(out) == [] and sim.state("s") == "memory"   # scattered here: kept
 
 
+def test_scattered_values_may_be_replaced_but_task_keys_are_refused():
+    sim = Sim()
+    sim.run("x")                                  # executing
+    sim.run("w", {"x": [ME]})                     # waiting on x
+    sim.data_added({"s": 100})
+    assert sim.w.refuses_data(["x", "w", "s", "new"]) == ["x", "w"]
+    sim.done("x")
+    assert sim.w.refuses_data(["x"]) == ["x"]     # a computed result is not replaced either
+    sim.data_added({"s": 30})                     # replaced: counted once, at its new size
+    assert sim.w.nbytes == 30 + 8 and sim.w.tasks["s"].scattered
+    sim.run("s2", {"p": [P]})
+    sim.fetch_done(P, {"p": 5}, [])               # a fetched copy may be overwritten
+    assert sim.w.refuses_data(["p"]) == []
+
+
 # ---------------------------------------------------------------------- free
 def test_free_of_executing_task_drops_its_result_when_it_finishes():
     sim = Sim()

@@ -402,8 +402,10 @@ class Client:
             targets = wanted
         if not targets:
             raise ClusterError("scatter: the cluster has no workers")
+        holders: dict = {}
         if isinstance(data, dict):
             items = list(data.items())
+            holders = await self._scatter_check([k for k, _ in items])
         elif isinstance(data, (list, tuple, set, frozenset)):
             items = [(f"{type(v).__name__}-{uuid.uuid4().hex}", v) for v in data]
         else:
@@ -411,20 +413,43 @@ class Client:
         plan: dict[str, dict] = {}
         for i, (key, value) in enumerate(items):
             dests = targets if broadcast else [targets[i % len(targets)]]
+            # a key scattered before is replaced: its old holders get the new value too
+            dests = dests + [w for w in holders.get(key, ()) if w not in dests]
             payload = dump_value(value, what=f"scattered value {key!r}")
             for w in dests:
                 plan.setdefault(w, {})[key] = payload
-        await asyncio.gather(*(self._conn.pool.put_data(w, vals) for w, vals in plan.items()))
+        placed = list(plan.items())
+        results = await asyncio.gather(*(self._conn.pool.put_data(w, vals) for w, vals in placed),
+                                       return_exceptions=True)
         futures = {key: Future(key, self, self._record_for(key)) for key, _ in items}
-        for w, vals in plan.items():
-            nbytes = {k: (v.nbytes if type(v) is Serialized else 64) for k, v in vals.items()}
-            self._conn.post([m.UPDATE_DATA, nbytes, w])
+        for (w, vals), res in zip(placed, results):
+            if not isinstance(res, BaseException):   # what did land is announced (then released)
+                nbytes = {k: (v.nbytes if type(v) is Serialized else 64) for k, v in vals.items()}
+                self._conn.post([m.UPDATE_DATA, nbytes, w])
+        failed = [res for res in results if isinstance(res, BaseException)]
+        if failed:
+            raise failed[0]
+        for key in holders:                  # replaced: fetch the new value when asked
+            futures[key]._record.value = _NO_VALUE
         await self._wait_records_async([f._record for f in futures.values()])
         if isinstance(data, dict):
             return futures
         if isinstance(data, (list, tuple, set, frozenset)):
             return list(futures.values()) if not isinstance(data, tuple) else tuple(futures.values())
         return next(iter(futures.values()))
+
+    async def _scatter_check(self, keys: list) -> dict:
+        """{key: old holders} for keys scattered before; refuses keys that name tasks."""
+        bad = [k for k in keys if not isinstance(k, str) or not k]
+        if bad:
+            raise TypeError(f"scatter: keys must be non-empty strings, got {bad[0]!r}")
+        found = await self._conn.request("scatter_check", keys=keys)
+        tasks = {k: v["task"] for k, v in found.items() if "task" in v}
+        if tasks:
+            named = ", ".join(f"{k!r} ({state})" for k, state in tasks.items())
+            raise ValueError(f"scatter: {named} already name submitted tasks; a scattered value "
+                             "cannot take a task's key (choose other keys)")
+        return {k: v["holders"] for k, v in found.items() if "holders" in v}
 
     def run(self, fn: Callable, *args, workers: list[str] | None = None) -> Any:
         """Run ``fn(*args)`` once on every worker: ``{worker address: result}``."""

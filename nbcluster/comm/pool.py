@@ -85,7 +85,7 @@ class DataPool:
     async def put_data(self, address: str, values: dict) -> None:
         msg = await self._request(address, m.PUT_DATA, values)
         if msg[0] == m.REPLY and not msg[2]:
-            raise CommError(f"{address} refused the data: {msg[3]}")
+            raise ValueError(f"scatter: {address} refused the data: {msg[3]}")
 
     def close(self) -> None:
         for comm in list(self.comms.values()):

@@ -220,6 +220,20 @@ class Scheduler:
         tasks = self.state.tasks
         return {k: [w.address for w in tasks[k].who_has] if k in tasks else [] for k in keys}
 
+    def _request_scatter_check(self, peer, request_id, keys) -> dict:
+        """For keys a client wants to scatter under: which already name a submitted task
+        (refused) and where existing scattered values live (to be replaced there too)."""
+        tasks, found = self.state.tasks, {}
+        for key in keys:
+            ts = tasks.get(key)
+            if ts is None:
+                continue
+            if ts.fn:
+                found[key] = {"task": ts.state}
+            elif ts.who_has:
+                found[key] = {"holders": [w.address for w in ts.who_has]}
+        return found
+
     def _request_snapshot(self, peer, request_id, since=0, transfers_since=0) -> dict:
         from ..state.snapshot import snapshot
 

@@ -304,6 +304,10 @@ class Worker:
         return [m.DATA, request_id, values, extra]
 
     def _put_data(self, request_id, values) -> list:
+        refused = self.state.refuses_data(values)
+        if refused:
+            return [m.REPLY, request_id, False,
+                    f"{', '.join(map(repr, refused))} already name tasks on this worker"]
         nbytes = {}
         for key, value in values.items():
             self.data[key] = obj = load_value(value)

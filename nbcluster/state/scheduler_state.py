@@ -264,6 +264,14 @@ class SchedulerState(Transitions):
                 ts = TaskState(key, "", None, None, None, (0, self.counter))
                 self.tasks[key] = ts
             want(ts, peer)
+            if ts.fn:
+                # the key names a submitted task (the client checks first; this is a race
+                # with another client): the task's own result wins, the put copy goes
+                if ws is not None and ws not in ts.who_has:
+                    self.out.append((worker, [m.FREE, [key]]))
+                if ts.state == "memory":
+                    self.out.append((peer, [m.DONE, key, False, None, ts.nbytes]))
+                continue
             if ws is None:
                 if ts.state != "memory":   # else another copy (broadcast) is still there
                     self._set_erred(ts, error(FutureLostError, f"{key!r} was scattered to "

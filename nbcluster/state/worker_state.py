@@ -30,7 +30,7 @@ MAX_PREFETCH = 64
 class WorkerTask:
     __slots__ = ("key", "state", "fn", "args", "kwargs", "deps", "waiting_on", "want",
                  "priority", "order", "who_has", "dependents", "nbytes", "cancelled", "fetched",
-                 "options")
+                 "options", "scattered")
 
     def __init__(self, key: str) -> None:
         self.key = key
@@ -49,6 +49,7 @@ class WorkerTask:
         self.cancelled = False
         self.options: dict | None = None
         self.fetched = False   # a copy of a peer's result: the scheduler does not count it
+        self.scattered = False  # put here by a client (scatter), not computed
 
     def __lt__(self, other: "WorkerTask") -> bool:
         return (self.priority, self.order) < (other.priority, other.order)
@@ -92,6 +93,7 @@ class WorkerState:
         self.counter += 1
         ts.fn, ts.args, ts.kwargs, ts.want, ts.options = fn, args, kwargs, want, options
         ts.priority, ts.order, ts.cancelled, ts.fetched = priority, self.counter, False, False
+        ts.scattered = False
         ts.deps = list(deps)
         ts.waiting_on = set()
         to_fetch = []
@@ -262,12 +264,26 @@ class WorkerState:
             self._forget(ts, [])
         return out
 
+    def refuses_data(self, keys) -> list[str]:
+        """The keys a client may not put here: tasks this worker runs, waits on or computed.
+        A scattered value, or a copy fetched from a peer, may be replaced."""
+        refused = []
+        for key in keys:
+            ts = self.tasks.get(key)
+            if ts is not None and (self._is_pending(key) or (
+                    ts.state == "memory" and not ts.scattered and not ts.fetched)):
+                refused.append(key)
+        return refused
+
     def data_added(self, nbytes: dict) -> list:
         """Values were put here directly (scatter)."""
         out: list = []
         for key, size in nbytes.items():
             ts = self.tasks.get(key) or self.tasks.setdefault(key, WorkerTask(key))
+            if ts.state == "memory":
+                self.nbytes -= ts.nbytes      # a scattered value replaced
             ts.state = "memory"
+            ts.scattered = True
             ts.fetched = False
             ts.nbytes = size
             self.nbytes += size
