@@ -11,6 +11,7 @@ import pytest
 
 from nbcluster import Client, LocalCluster
 from nbcluster.dashboard.components import (
+    _axis_ms,
     ERROR_COLOR,
     MemoryByWorker,
     ProgressByFunction,
@@ -116,7 +117,7 @@ def test_task_stream_keeps_a_bounded_window(cluster, client):
     assert len(ts.source.data["key"]) == 10
     assert all(int(k.rsplit("-", 1)[1], 16) >= 0 for k in ts.source.data["key"])
     newest = max(ts.source.data["right"])
-    assert newest == max(e[3] for e in cluster.scheduler.state.task_log) * 1000
+    assert newest == _axis_ms(max(e[3] for e in cluster.scheduler.state.task_log))
 
 
 def test_task_stream_puts_concurrent_tasks_on_separate_threads():
@@ -145,7 +146,18 @@ def test_task_stream_draws_transfers_when_the_scheduler_logs_them(cluster, clien
     t = ts.transfer_source.data
     assert t["key"] == ["x-1"] and t["source"] == [a] and t["target"] == [b]
     assert t["nbytes"] == ["2.0 MB"] and t["duration"] == ["500.0 ms"]
-    assert t["left"] == [now * 1000] and t["right"] == [(now + 0.5) * 1000]
+    assert t["left"] == [_axis_ms(now)] and t["right"] == [_axis_ms(now + 0.5)]
+
+
+def test_task_stream_axis_reads_as_local_time(monkeypatch):
+    monkeypatch.setenv("TZ", "Asia/Kolkata")      # +05:30, no daylight saving
+    time.tzset()
+    try:
+        t = 1_700_000_000.0                       # 2023-11-14 22:13:20 UTC
+        assert _axis_ms(t) == (t + 5.5 * 3600) * 1000
+    finally:
+        monkeypatch.undo()
+        time.tzset()
 
 
 def test_memory_progress_and_worker_table(cluster, client):

@@ -32,6 +32,11 @@ PALETTE = ("#1f77b4", "#aec7e8", "#ff7f0e", "#ffbb78", "#2ca02c", "#98df8a", "#9
 TOOLS = "pan,xwheel_zoom,box_zoom,reset,save"
 
 
+def _axis_ms(t: float) -> float:
+    """Epoch seconds to the plot's x value: Bokeh draws datetimes as UTC, so shift them by
+    the local UTC offset (at that moment, for daylight saving) to read as local time."""
+    return (t + time.localtime(t).tm_gmtoff) * 1000
+
 def color_of(name: str) -> str:
     """The same colour for the same function name, in every session and process."""
     return PALETTE[zlib.crc32(name.encode()) % len(PALETTE)]
@@ -131,6 +136,7 @@ class TaskStream(Component):
         fig.yaxis.ticker = FixedTicker(ticks=[])
         fig.ygrid.visible = False
         fig.yaxis.axis_label = "worker threads"
+        fig.xaxis.axis_label = f"local time ({time.strftime('%Z') or 'scheduler clock'})"
         self.figure = self.root = fig
 
     def _column(self, values: list) -> Any:
@@ -188,8 +194,8 @@ class TaskStream(Component):
             new: dict[str, list] = {c: [] for c in self.source.data}
             for key, worker, start, stop, ok in entries:
                 row = self._lane(worker, start, stop)
-                new["left"].append(start * 1000)
-                new["right"].append(stop * 1000)
+                new["left"].append(_axis_ms(start))
+                new["right"].append(_axis_ms(stop))
                 new["bottom"].append(row - 0.4)
                 new["top"].append(row + 0.4)
                 new["color"].append(color_of(prefix_of(key)) if ok else ERROR_COLOR)
@@ -206,8 +212,8 @@ class TaskStream(Component):
                 if target not in self._rows:
                     self._add_rows(target, 1, target)
                 row = self._rows[target]
-                new["left"].append(start * 1000)
-                new["right"].append(stop * 1000)
+                new["left"].append(_axis_ms(start))
+                new["right"].append(_axis_ms(stop))
                 new["bottom"].append(row - 0.4)
                 new["top"].append(row + 0.4)
                 new["key"].append(key)
