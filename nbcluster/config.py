@@ -6,6 +6,19 @@ import json
 import os
 from pathlib import Path
 
+# A worker process that ends itself because its memory went over its limit exits with this.
+MEMORY_EXIT_CODE = 99
+
+
+def check_fraction(name: str, value) -> float | None:
+    """A memory threshold: a fraction of the memory limit in (0, 1], or None for never."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value <= 1:
+        raise ValueError(f"{name} must be a fraction of the memory limit in (0, 1] or None, "
+                         f"got {value!r}")
+    return float(value)
+
 
 def runtime_dir() -> Path:
     base = os.environ.get("NBCLUSTER_RUNTIME_DIR")

@@ -191,6 +191,7 @@ def test_memory_progress_and_worker_table(cluster, client):
         t = table.source.data
         assert sorted(t["address"]) == sorted(cluster.workers)
         assert t["threads"] == [1, 1] and sum(t["running"]) == 3
+        assert t["status"] == ["running", "running"]
         assert all(s.endswith("s ago") for s in t["last_seen"])
         GATE.set()
         assert waiting.result(10) == 3

@@ -98,6 +98,16 @@ def test_cluster_snapshot_from_scheduler_info():
     assert repr(report) == text and report._repr_html_() == html
 
 
+def test_paused_workers_are_marked():
+    info = {"address": "tcp://s:1", "workers": {
+        "a": {"name": "w-a", "nthreads": 1, "status": "paused"},
+        "b": {"name": "w-b", "nthreads": 1}}}
+    snap = ClusterSnapshot.from_info(info)
+    assert [w.status for w in snap.workers] == ["paused", "running"]
+    assert "w-a <span" in snapshot_html(snap) and "(paused)" in snapshot_html(snap)
+    assert snap.text().count("(paused)") == 1
+
+
 def test_html_escapes_names():
     info = {"address": "<x>", "workers": {"a": {"name": "<script>", "nthreads": 1}}}
     html = snapshot_html(ClusterSnapshot.from_info(info))

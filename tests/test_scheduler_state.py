@@ -542,6 +542,56 @@ def test_task_killing_three_workers_fails_with_killed_worker():
     assert not computes(out)
 
 
+def test_killed_worker_error_names_what_the_last_worker_said():
+    sim = Sim(("W0",))
+    sim.submit(spec("x"))
+    for i in range(KILLED_WORKER_LIMIT):
+        sim.started(f"W{i}", "x")
+        sim.worker(f"W{i}", [m.STATUS, "terminating", f"process memory {i} MiB is over"])
+        out = sim.remove_worker(f"W{i}")
+        if i < KILLED_WORKER_LIMIT - 1:
+            sim.add_worker(f"W{i + 1}")
+    err = loads(to_client(out, m.ERRED)["x"][2])
+    assert "The last one said: process memory 2 MiB is over" in str(err)
+    assert sim.s.tasks["x"].attempts[-1][-1].endswith("2 MiB is over")   # (worker, start, duration, error)
+
+
+# ---------------------------------------------------------------------- paused workers
+def test_paused_worker_gets_no_new_tasks_until_it_resumes():
+    sim = Sim(("A", "B"))
+    sim.worker("A", [m.STATUS, "paused", "memory 85% of the limit"])
+    out = sim.submit(*[spec(f"t{i}") for i in range(20)])
+    assert set(computes(out).values()) == {"B"}       # up to B's window; the rest wait
+    assert sim.s.workers["A"].paused and len(computes(out)) < 20
+    out = sim.worker("A", [m.STATUS, "running", "memory 40%"])
+    assert set(computes(out).values()) == {"A"}, "queued tasks go to the resumed worker"
+
+
+def test_paused_worker_is_avoided_for_tasks_with_inputs_it_holds():
+    sim = Sim(("A", "B"))
+    sim.submit(spec("x", options={"workers": ["A"]}))
+    sim.finish("A", "x", nbytes=10_000_000)
+    sim.worker("A", [m.STATUS, "paused", "memory"])
+    out = sim.submit(spec("y", deps=["x"]))
+    assert computes(out) == {"y": "B"}
+
+
+def test_task_pinned_to_a_paused_worker_waits_there():
+    sim = Sim(("A", "B"))
+    sim.worker("A", [m.STATUS, "paused", "memory"])
+    out = sim.submit(spec("p", options={"workers": ["A"]}))
+    assert computes(out) == {"p": "A"}      # the worker starts it once it resumes
+
+
+def test_all_workers_paused_holds_root_tasks_in_the_scheduler():
+    sim = Sim(("A",))
+    sim.worker("A", [m.STATUS, "paused", "memory"])
+    out = sim.submit(spec("t"))
+    assert not computes(out) and sim.state("t") == "queued"
+    out = sim.worker("A", [m.STATUS, "running", ""])
+    assert computes(out) == {"t": "A"}
+
+
 def test_workers_dying_before_task_started_do_not_count():
     sim = Sim(("W0",))
     sim.submit(spec("x"))

@@ -43,8 +43,8 @@ def check_invariants(w: WorkerState) -> None:
 
 
 class Sim:
-    def __init__(self, nthreads=1):
-        self.w = WorkerState(ME, nthreads)
+    def __init__(self, nthreads=1, **memory):
+        self.w = WorkerState(ME, nthreads, **memory)
         self.w.rng = FirstChoice()
 
     def __getattr__(self, name):
@@ -238,6 +238,45 @@ def test_scattered_values_may_be_replaced_but_task_keys_are_refused():
     sim.run("s2", {"p": [P]})
     sim.fetch_done(P, {"p": 5}, [])               # a fetched copy may be overwritten
     assert sim.w.refuses_data(["p"]) == []
+
+
+# ---------------------------------------------------------------------- memory
+MB = 2**20
+
+
+def test_worker_pauses_over_the_threshold_and_resumes_below_it():
+    sim = Sim(memory_limit=1000 * MB, pause_at=0.8, terminate_at=0.95)
+    assert sim.memory_used(500 * MB) == []
+    out = sim.memory_used(850 * MB)
+    assert [s[:2] for s in sends(out)] == [[m.STATUS, "paused"]] and sim.w.paused
+    assert "85% of the worker's limit of 1,000 MiB" in sends(out)[0][2]
+    assert sim.memory_used(900 * MB) == []           # said once
+    assert executes(sim.run("x")) == []              # ready, not started
+    assert sim.state("x") == "ready"
+    out = sim.memory_used(700 * MB)
+    assert [s[:2] for s in sends(out)] == [[m.STATUS, "running"]]
+    assert executes(out) == ["x"] and not sim.w.paused
+
+
+def test_a_running_task_finishes_while_paused_and_the_next_waits():
+    sim = Sim(memory_limit=100 * MB)
+    sim.run("a")
+    sim.run("b")
+    sim.memory_used(90 * MB)
+    out = sim.done("a")
+    assert sends(out, m.FINISHED) and executes(out) == []
+
+
+def test_worker_asks_to_terminate_over_the_terminate_threshold():
+    sim = Sim(memory_limit=100 * MB, pause_at=None, terminate_at=0.9)
+    assert sim.memory_used(85 * MB) == []            # no pause threshold
+    out = sim.memory_used(95 * MB)
+    assert out[0][0] == "terminate" and "95% of the worker's limit of 100 MiB" in out[0][1]
+
+
+def test_no_limit_no_memory_decisions():
+    sim = Sim()
+    assert sim.memory_used(10**12) == [] and not sim.w.paused
 
 
 # ---------------------------------------------------------------------- free

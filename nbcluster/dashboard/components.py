@@ -343,7 +343,8 @@ class ProgressByFunction(_Replacing):
 class WorkerTable(_Replacing):
     """Address, threads, tasks running, memory, CPU and last seen, one row per worker."""
 
-    COLUMNS = (("name", "name"), ("address", "address"), ("threads", "threads"),
+    COLUMNS = (("name", "name"), ("address", "address"), ("status", "status"),
+               ("threads", "threads"),
                ("running", "running"), ("ready", "ready"), ("results", "memory"),
                ("process", "process memory"), ("cpu", "CPU %"), ("last_seen", "last seen"))
 
@@ -365,6 +366,7 @@ class WorkerTable(_Replacing):
         for w in self.feed.data.get("workers", []):
             data["name"].append(w["name"])
             data["address"].append(w["address"])
+            data["status"].append(w.get("status", "running"))   # "paused": over its memory
             data["threads"].append(w["nthreads"])
             data["running"].append(w["processing"])
             data["ready"].append(w["ready"])

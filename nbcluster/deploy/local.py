@@ -11,6 +11,7 @@ import threading
 import time
 
 from ..comm.auth import new_token
+from ..config import MEMORY_EXIT_CODE, check_fraction
 from ..errors import ClusterError
 
 logger = logging.getLogger("nbcluster.deploy")
@@ -120,7 +121,8 @@ class LocalCluster:
                  host: str = "127.0.0.1", scheduler_port: int = 0,
                  token: str | None = None, security=None,
                  queues: list[str] | None = None, dashboard: bool = True,
-                 dashboard_port: int = 0) -> None:
+                 dashboard_port: int = 0, memory_pause: float | None = 0.80,
+                 memory_terminate: float | None = 0.95) -> None:
         if n_workers is None:
             n_workers = max(1, machine_size() // max(1, threads_per_worker))
         if not isinstance(n_workers, int) or n_workers < 0:
@@ -130,6 +132,10 @@ class LocalCluster:
         self.threads_per_worker = threads_per_worker
         self.processes = processes
         self.memory_limit = self._parse_memory(memory_limit, n_workers)
+        # worker processes pause above memory_pause of their limit and are replaced above
+        # memory_terminate; in-process workers share this process's memory: not watched
+        self.memory_pause = check_fraction("memory_pause", memory_pause)
+        self.memory_terminate = check_fraction("memory_terminate", memory_terminate)
         self.queues = _check_queues(queues)
         self._dashboard_port = dashboard_port if dashboard else -1
         self._dashboard_link: str | None = None
@@ -171,7 +177,11 @@ class LocalCluster:
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env, start_new_session=True)
 
     def _memory_args(self) -> list[str]:
-        return ["--memory-limit", str(self.memory_limit)] if self.memory_limit else []
+        if not self.memory_limit:
+            return []
+        return ["--memory-limit", str(self.memory_limit),
+                "--memory-pause", str(self.memory_pause or "none"),
+                "--memory-terminate", str(self.memory_terminate or "none")]
 
     def _start_processes(self, n_workers: int, host: str, port: int) -> None:
         deadline = time.monotonic() + START_TIMEOUT
@@ -204,8 +214,9 @@ class LocalCluster:
         with self._lock:
             if self.closed or wp.retired:
                 return
-            logger.warning("worker %s (%s) exited with code %s; starting a replacement",
-                           wp.name, wp.address, code)
+            why = "went over its memory limit" if code == MEMORY_EXIT_CODE else \
+                f"exited with code {code}"
+            logger.warning("worker %s (%s) %s; starting a replacement", wp.name, wp.address, why)
             if wp in self._procs:
                 self._procs.remove(wp)
         for attempt in range(REPLACE_ATTEMPTS):
@@ -257,7 +268,7 @@ class LocalCluster:
         w = Worker(self.scheduler_address, nthreads=self.threads_per_worker,
                    name=f"worker-{next(self._names)}", token=self.token,
                    listen_address="inproc://", memory_limit=self.memory_limit,
-                   queues=queues or self.queues)
+                   queues=queues or self.queues, memory_pause=None, memory_terminate=None)
         self._thread.run(w.start())
         self._inproc_workers.append(w)
         return w
@@ -406,8 +417,13 @@ class LocalCluster:
                 f"{' closed' if self.closed else ''}>")
 
     def _repr_html_(self) -> str:
+        from html import escape
+
         rows = "".join(f"<li><code>{a}</code></li>" for a in self.workers)
+        link = self.dashboard_link
+        dash = (f"<br>Dashboard: <a href='{escape(link, quote=True)}' target='_blank'>"
+                f"{escape(link)}</a>" if link else "")
         return (f"<div><b>LocalCluster</b> ({'processes' if self.processes else 'in-process'})"
-                f"<br>Scheduler: <code>{self.scheduler_address}</code><br>"
+                f"<br>Scheduler: <code>{self.scheduler_address}</code>{dash}<br>"
                 f"Workers ({len(self.workers)}, {self.threads_per_worker} threads each):"
                 f"<ul>{rows}</ul></div>")

@@ -68,7 +68,8 @@ async def _worker(args) -> None:
     worker = Worker(address, nthreads=args.nthreads, name=args.name,
                     token=os.environ.get("NBCLUSTER_TOKEN"), memory_limit=args.memory_limit,
                     security=Security.from_env(),
-                    queues=args.queues.split(",") if args.queues else None)
+                    queues=args.queues.split(",") if args.queues else None,
+                    memory_pause=args.memory_pause, memory_terminate=args.memory_terminate)
     worker.exit_when_stuck = True     # a task that won't stop: exit, LocalCluster replaces us
     await worker.start()
     print(f"ADDRESS {worker.address}", flush=True)
@@ -80,6 +81,10 @@ async def _worker(args) -> None:
     await worker.close()
 
 
+def _fraction_or_none(text: str) -> float | None:
+    return None if text == "none" else float(text)
+
+
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(prog="nbcluster.deploy.spawn")
     parser.add_argument("role", choices=["scheduler", "worker"])
@@ -87,6 +92,8 @@ def main(argv=None) -> None:
     parser.add_argument("--nthreads", type=int, default=1)
     parser.add_argument("--name", default=None)
     parser.add_argument("--memory-limit", type=int, default=None)
+    parser.add_argument("--memory-pause", type=_fraction_or_none, default=None)
+    parser.add_argument("--memory-terminate", type=_fraction_or_none, default=None)
     parser.add_argument("--queues", default=None)
     parser.add_argument("--dashboard-port", type=int, default=-1, help="-1: no dashboard")
     args = parser.parse_args(argv)

@@ -58,7 +58,9 @@ def snapshot_html(snap: ClusterSnapshot, title: str = "nbcluster") -> str:
     rows = []
     for w in snap.workers:
         limit = f" / {format_bytes(w.memory_limit)}" if w.memory_limit else ""
-        rows.append([escape(w.name), f"<code>{escape(w.address)}</code>", str(w.nthreads),
+        name = escape(w.name) if w.status == "running" else \
+            f"{escape(w.name)} <span style='color:{STATUS_COLOURS['error']}'>({escape(w.status)})</span>"
+        rows.append([name, f"<code>{escape(w.address)}</code>", str(w.nthreads),
                      f"{format_bytes(w.rss)}{limit}", format_bytes(w.memory), f"{w.cpu:.0f}%",
                      str(w.processing), str(w.keys)])
     workers = (_table(["worker", "address", "threads", "memory", "results", "cpu",

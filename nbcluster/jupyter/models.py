@@ -214,6 +214,7 @@ class WorkerRow:
     cpu: float
     processing: int
     keys: int
+    status: str = "running"   # "paused": over its memory pause threshold
 
 
 @dataclass
@@ -257,7 +258,8 @@ class ClusterSnapshot:
                 memory_limit=ident.get("memory_limit"),
                 cpu=float(metrics.get("cpu", 0.0) or 0.0),
                 processing=int(w.get("processing", 0) or 0),
-                keys=int(w.get("keys", 0) or 0)))
+                keys=int(w.get("keys", 0) or 0),
+                status=str(w.get("status", "running"))))
         return cls(scheduler=str(info.get("address", "")), workers=rows,
                    tasks=dict(info.get("tasks", {})),
                    done_by_prefix=dict(info.get("done_by_prefix", {})),
@@ -276,7 +278,8 @@ class ClusterSnapshot:
             limit = f" / {format_bytes(w.memory_limit)}" if w.memory_limit else ""
             lines.append(f"  {w.name:<10} {w.address:<24} threads {w.nthreads}  "
                          f"memory {format_bytes(w.rss)}{limit}  cpu {w.cpu:.0f}%  "
-                         f"processing {w.processing}  keys {w.keys}")
+                         f"processing {w.processing}  keys {w.keys}"
+                         + ("" if w.status == "running" else f"  ({w.status})"))
         tasks = ", ".join(f"{k}: {v}" for k, v in sorted(self.tasks.items())) or "none"
         lines.append(f"Tasks by state: {tasks}")
         lines.append(f"Dashboard: {self.dashboard_link or 'not available'}")

@@ -44,6 +44,8 @@ OUTPUT = "output"          # key, stream ("stdout", "stderr", "log"), text (also
 TRANSFERS = "transfers"    # [[key, from worker, start, stop, nbytes], ...] fetched by a worker
 RUN_RESULT = "run-result"  # request id, ok flag, value
 HEARTBEAT = "heartbeat"    # metrics dict
+STATUS = "status"          # "running", "paused" (memory above the pause threshold) or
+                           # "terminating" (over the memory limit: about to exit), detail
 # worker <-> worker and client -> worker
 GET_DATA = "get"           # request id, keys
 DATA = "data"              # request id, {key: value}, missing keys
@@ -76,6 +78,7 @@ FIELDS: dict[str, tuple[str, ...]] = {
     TRANSFERS: ("entries",),
     RUN_RESULT: ("request_id", "ok", "value"),
     HEARTBEAT: ("metrics",),
+    STATUS: ("status", "detail"),
     GET_DATA: ("request_id", "keys"),
     DATA: ("request_id", "values", "missing"),
     PUT_DATA: ("request_id", "values"),
@@ -87,7 +90,7 @@ TO_SCHEDULER = {
                          SET_LIMIT,
                          REQUEST)),
     "worker": frozenset((STARTED, FINISHED, FAILED, MISSING, OUTPUT, RUN_RESULT, HEARTBEAT,
-                         TRANSFERS)),
+                         TRANSFERS, STATUS)),
 }
 
 # A task spec inside SUBMIT: [key, fn token, args, kwargs, dependency keys, options]
@@ -194,6 +197,7 @@ TYPES: dict[str, tuple] = {
         and _num(e[2]) and _num(e[3]) and _int(e[4]) for e in v),),
     RUN_RESULT: (_any, _bool, _any),
     HEARTBEAT: (_map,),
+    STATUS: (lambda v: v in ("running", "paused", "terminating"), _str),
     GET_DATA: (_any, _keys),
     DATA: (_any, _map, _any),
     PUT_DATA: (_any, _map),

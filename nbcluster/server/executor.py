@@ -100,8 +100,12 @@ class Executor:
     # ------------------------------------------------------------------ in the task threads
     def _main(self) -> None:
         me = threading.get_ident()
+        work = outcome = None
         while True:
             try:
+                # drop the last task's inputs and result before waiting: a thread idling
+                # with them would keep freed data alive
+                work = outcome = None
                 work = self._work.get()
                 if work is None or me in self._abandoned:
                     return

@@ -15,23 +15,27 @@ import time
 
 from ..comm import Comm, connect, listen
 from ..comm.pool import DataPool
+from ..config import MEMORY_EXIT_CODE, check_fraction
 from ..errors import ClusterError, SerializationError
 from ..protocol import messages as m
 from ..protocol.serialize import dump_value, load_value, loads_function, sizeof
-from ..state.worker_state import WorkerState
+from ..state.worker_state import PAUSE_AT, TERMINATE_AT, WorkerState
 from . import capture
 from .executor import Executor, exception_payload, work_for
 
 logger = logging.getLogger("nbcluster.worker")
 
 HEARTBEAT_SECONDS = 1.0
+MEMORY_CHECK_SECONDS = 0.1   # only with a memory limit; psutil's rss read costs ~20 us
+TERMINATE_GRACE_SECONDS = 0.05   # time for the last words to leave before the process exits
 
 
 class Worker:
     def __init__(self, scheduler_address: str, nthreads: int = 1, name: str | None = None,
                  token: str | None = None, listen_address: str | None = None,
                  memory_limit: int | None = None, security=None,
-                 queues: list[str] | None = None) -> None:
+                 queues: list[str] | None = None, memory_pause: float | None = PAUSE_AT,
+                 memory_terminate: float | None = TERMINATE_AT) -> None:
         if listen_address is None:   # serve data the way the scheduler is reached
             scheme = scheduler_address.split("://", 1)[0]
             listen_address = "inproc://" if scheme == "inproc" else f"{scheme}://127.0.0.1:0"
@@ -43,6 +47,8 @@ class Worker:
         self.token = token
         self.listen_address = listen_address
         self.memory_limit = memory_limit
+        self.memory_pause = check_fraction("memory_pause", memory_pause)
+        self.memory_terminate = check_fraction("memory_terminate", memory_terminate)
         self.data: dict = {}
         self.functions: dict = {}
         self.address = ""
@@ -59,6 +65,9 @@ class Worker:
         self._done_lock = threading.Lock()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._heartbeat: asyncio.Task | None = None
+        self._memory_watch: asyncio.Task | None = None
+        self._over_limit_told = False
+        self._terminating = False
         self._closing = False
 
     async def start(self) -> "Worker":
@@ -66,7 +75,8 @@ class Worker:
         self.listener = await listen(self.listen_address, self._on_peer, self.token,
                                      self.security)
         self.address = self.listener.address
-        self.state = WorkerState(self.address, self.nthreads)
+        self.state = WorkerState(self.address, self.nthreads, self.memory_limit,
+                                 self.memory_pause, self.memory_terminate)
         self.name = self.name or self.address
         identity = {"address": self.address, "nthreads": self.nthreads, "name": self.name,
                     "pid": os.getpid(), "memory_limit": self.memory_limit,
@@ -96,6 +106,8 @@ class Worker:
             self.executor.close()
             raise ClusterError(str(reason))
         self._heartbeat = asyncio.ensure_future(self._heartbeat_loop())
+        if self.memory_limit and (self.memory_pause or self.memory_terminate):
+            self._memory_watch = asyncio.ensure_future(self._memory_loop())
         capture.install()
         return self
 
@@ -105,6 +117,8 @@ class Worker:
         self._closing = True
         if self._heartbeat is not None:
             self._heartbeat.cancel()
+        if self._memory_watch is not None:
+            self._memory_watch.cancel()
         if self.scheduler is not None:
             self.scheduler.close()
         if self.listener is not None:
@@ -178,6 +192,8 @@ class Worker:
                 asyncio.ensure_future(self._fetch(ins[1], ins[2]))
             elif kind == "stop":
                 self.executor.stop_task(ins[1])
+            elif kind == "terminate":
+                self._terminate(ins[1])
 
     # ------------------------------------------------------------------ execution
     def _is_cancelled(self, key: str) -> bool:
@@ -342,6 +358,38 @@ class Worker:
             except Exception:  # metrics are best effort
                 logger.debug("heartbeat failed", exc_info=True)
             await asyncio.sleep(HEARTBEAT_SECONDS)
+
+
+    async def _memory_loop(self) -> None:
+        """Measure the process's memory often enough to pause before it runs out."""
+        import psutil
+
+        proc = psutil.Process()
+        while not self._closing:
+            try:
+                self._apply(self.state.memory_used(proc.memory_info().rss))
+            except psutil.Error:
+                logger.debug("memory measurement failed", exc_info=True)
+            await asyncio.sleep(MEMORY_CHECK_SECONDS)
+
+    def _terminate(self, reason: str) -> None:
+        if not self.exit_when_stuck:
+            # a worker thread in the user's process cannot be replaced: stay, but say so once
+            if not self._over_limit_told:
+                self._over_limit_told = True
+                logger.warning("worker %s: %s; an in-process worker cannot be restarted",
+                               self.address, reason)
+            return
+        if self._terminating:
+            return
+        self._terminating = True
+        # as an out-of-memory kill would, but with the reason: LocalCluster starts a
+        # replacement and the scheduler recomputes what was lost from lineage (and names the
+        # reason if a task keeps doing this)
+        print(f"nbcluster worker {self.address} terminating: {reason}", file=sys.stderr,
+              flush=True)
+        self.scheduler.send([m.STATUS, "terminating", reason])
+        self._loop.call_later(TERMINATE_GRACE_SECONDS, os._exit, MEMORY_EXIT_CODE)
 
 
 async def run_worker(scheduler_address: str, **kwargs) -> None:

@@ -94,7 +94,7 @@ def own(ts, name: str) -> set:
 class WorkerState:
     __slots__ = ("address", "nthreads", "name", "processing", "has_what", "nbytes",
                  "functions", "identity", "metrics", "last_seen", "pinned", "queues",
-                 "assigned")
+                 "assigned", "paused", "last_words")
 
     def __init__(self, address: str, nthreads: int, name: str, identity: dict) -> None:
         self.address, self.nthreads, self.name, self.identity = address, nthreads, name, identity
@@ -104,6 +104,8 @@ class WorkerState:
         self.metrics: dict = {}
         self.nbytes, self.last_seen, self.pinned = 0, 0.0, 0
         self.assigned = 0        # tasks ever sent here: spreads ties between idle workers
+        self.paused = False      # memory above its pause threshold: no new work placed here
+        self.last_words = ""     # why it is about to exit, when it said so (STATUS)
         queues = identity.get("queues") if isinstance(identity, dict) else None
         self.queues = frozenset(queues) if queues else frozenset((DEFAULT_QUEUE,))
 

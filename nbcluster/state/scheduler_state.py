@@ -165,15 +165,18 @@ class SchedulerState(Transitions):
             executing = ts.executing
             self._unassign(ts, free=False)
             if executing:
-                self._attempt(ts, address, None, None, f"the worker {address} died")
+                died = f"the worker {address} died" + (f": {ws.last_words}" if ws.last_words else "")
+                self._attempt(ts, address, None, None, died)
                 ts.suspicious += 1
                 if ts.retries_left > 0 and ts.suspicious < KILLED_WORKER_LIMIT:
                     ts.retries_left -= 1    # a death is a failed attempt of what it ran
                 if ts.suspicious >= KILLED_WORKER_LIMIT:
                     self._record(ts, "killed-worker", address)
+                    last = (f" The last one said: {ws.last_words}." if ws.last_words else
+                            " Look for a crash (memory, segfault, os._exit) in that function.")
                     self._set_erred(ts, error(KilledWorkerError, f"task {ts.key!r} was running "
-                        f"on {ts.suspicious} workers that died; it is not retried again. Look "
-                        "for a crash (memory, segfault, os._exit) in that function."), None, ts.key)
+                        f"on {ts.suspicious} workers that died; it is not retried again.{last}"),
+                        None, ts.key)
                     continue
             self._record(ts, "rescheduled", address)
             ts.state = "waiting"
@@ -429,12 +432,25 @@ class SchedulerState(Transitions):
             ws.metrics = metrics
             ws.last_seen = self.now
 
+    def _on_status(self, peer, status, detail) -> None:
+        ws = self.workers.get(peer)
+        if ws is None:
+            return
+        if status == "terminating":
+            ws.last_words = detail
+        paused = status != "running"
+        if paused != ws.paused:
+            ws.paused = paused
+            if not paused:
+                self._fill_workers()
+
     _handlers = {
         m.FUNCTION: _on_function, m.SUBMIT: _on_submit, m.RELEASE: _on_release, m.WANT: _on_want,
         m.CANCEL: _on_cancel, m.FIRE_AND_FORGET: _on_fire_and_forget,
         m.UPDATE_DATA: _on_update_data, m.STARTED: _on_started, m.FINISHED: _on_finished,
         m.FAILED: _on_failed, m.MISSING: _on_missing, m.HEARTBEAT: _on_heartbeat,
         m.OUTPUT: _on_output, m.SET_LIMIT: _on_set_limit, m.TRANSFERS: _on_transfers,
+        m.STATUS: _on_status,
     }
 
     # ------------------------------------------------------------------ helpers

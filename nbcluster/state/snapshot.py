@@ -14,7 +14,7 @@ optional ``state.transfer_log`` / ``transfer_log_total`` pair is read the same w
 Shape of the result::
 
     {"workers": [{"address", "name", "nthreads", "processing", "executing", "ready", "nbytes",
-                  "keys", "rss", "cpu", "memory_limit", "pid", "last_seen"}, ...],
+                  "keys", "rss", "cpu", "memory_limit", "pid", "last_seen", "status"}, ...],
      "tasks": {state: count},
      "prefixes": {prefix: {"waiting", "queued", "processing", "memory", "released", "erred",
                            "done", "failed"}},            # done/failed: totals ever, by prefix
@@ -68,6 +68,7 @@ def _worker(ws: Any) -> dict:
         "memory_limit": int(identity.get("memory_limit") or 0),
         "pid": identity.get("pid"),
         "last_seen": float(ws.last_seen or 0.0),
+        "status": "paused" if ws.paused else "running",
     }
 
 

@@ -102,6 +102,9 @@ class Transitions:
             candidates = [w for w in candidates if len(w.processing) < w.nthreads]
         if not candidates:
             return None
+        # a paused worker (out of memory) gets work only when no other may take it: it is
+        # run there once the worker resumes
+        candidates = [w for w in candidates if not w.paused] or candidates
         idlest = min(candidates, key=lambda w: (len(w.processing) / w.nthreads, w.assigned))
         if not ts.deps:
             return idlest
@@ -133,7 +136,7 @@ class Transitions:
         for name, heap in self.queues.items():
             if not heap:
                 continue
-            workers = [w for w in self.workers.values() if name in w.queues]
+            workers = [w for w in self.workers.values() if name in w.queues and not w.paused]
             while heap and workers:
                 best = best_load = None
                 for ws in workers:

@@ -7,6 +7,8 @@ by the worker's shell); each returns a list of instructions for the shell:
 - ``("fetch", worker, [keys])`` get these keys from a peer worker
 - ``("send", message)``         send to the scheduler
 - ``("drop", [keys])``          delete these values from the data store
+- ``("stop", key)``             interrupt the running task (it was freed)
+- ``("terminate", reason)``     memory is over the limit: end this worker process
 
 Task states on a worker::
 
@@ -25,6 +27,12 @@ FETCHES_PER_PEER = 2    # concurrent transfers from one peer
 FETCH_BATCH = 50        # keys per transfer request
 PREFETCH_SECONDS = 0.002  # work handed to the executor ahead of time, for short tasks
 MAX_PREFETCH = 64
+PAUSE_AT = 0.80        # of the memory limit: start no new task above this
+TERMINATE_AT = 0.95    # of the memory limit: the process asks to be replaced above this
+
+
+def _mib(n: int) -> str:
+    return f"{n / 2**20:,.0f} MiB"
 
 
 class WorkerTask:
@@ -61,9 +69,15 @@ class WorkerTask:
 class WorkerState:
     """What this worker holds, runs, waits for and fetches."""
 
-    def __init__(self, address: str, nthreads: int) -> None:
+    def __init__(self, address: str, nthreads: int, memory_limit: int | None = None,
+                 pause_at: float | None = PAUSE_AT, terminate_at: float | None = TERMINATE_AT
+                 ) -> None:
         self.address = address
         self.nthreads = nthreads
+        self.memory_limit = memory_limit or None
+        self.pause_at = pause_at              # fractions of memory_limit; None: never
+        self.terminate_at = terminate_at
+        self.paused = False                   # no new task starts while paused
         self.tasks: dict[str, WorkerTask] = {}
         self.ready: list[WorkerTask] = []
         self.executing: set[str] = set()
@@ -291,6 +305,33 @@ class WorkerState:
         self._run_ready(out)
         return out
 
+    def memory_used(self, rss: int) -> list:
+        """The process's memory was measured: pause above ``pause_at`` of the limit (running
+        tasks go on, new ones wait), resume below it, and ask to be terminated (the process
+        is replaced and its results recomputed) above ``terminate_at``."""
+        out: list = []
+        limit = self.memory_limit
+        if not limit:
+            return out
+        share = rss / limit
+        if self.terminate_at is not None and share >= self.terminate_at:
+            out.append(("terminate", f"process memory {_mib(rss)} is {share:.0%} of the worker's "
+                        f"limit of {_mib(limit)} (terminates at {self.terminate_at:.0%})"))
+            return out
+        if self.pause_at is None:
+            return out
+        if not self.paused and share >= self.pause_at:
+            self.paused = True
+            out.append(("send", [m.STATUS, "paused", f"process memory {_mib(rss)} is "
+                                 f"{share:.0%} of the worker's limit of {_mib(limit)} (pauses "
+                                 f"at {self.pause_at:.0%})"]))
+        elif self.paused and share < self.pause_at:
+            self.paused = False
+            out.append(("send", [m.STATUS, "running", f"process memory {_mib(rss)}, "
+                                 f"{share:.0%} of the limit"]))
+            self._run_ready(out)
+        return out
+
     # ------------------------------------------------------------------ internals
     def _is_pending(self, key: str) -> bool:
         ts = self.tasks.get(key)
@@ -301,6 +342,8 @@ class WorkerState:
         heapq.heappush(self.ready, ts)
 
     def _run_ready(self, out: list) -> None:
+        if self.paused:
+            return
         ready = self.ready
         # Short tasks: hand the executor a few more than it has threads, so a thread moves on
         # to the next task without waiting for the event loop (completions then batch up).

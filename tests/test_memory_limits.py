@@ -1,0 +1,66 @@
+"""Workers over their memory limit: pause (no new tasks) and terminate (replaced), for real."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from nbcluster import Client, LocalCluster, wait
+from nbcluster.errors import KilledWorkerError
+
+pytestmark = pytest.mark.timeout(60)
+
+MB = 2**20
+
+
+def hold(nbytes):
+    return bytearray(nbytes)        # zero-filled: every page is touched, so RSS grows
+
+
+def hog(nbytes):
+    block = bytearray(nbytes)
+    time.sleep(5)                   # still running when the worker measures its memory
+    return len(block)
+
+
+def worker_status(client):
+    return [w["status"] for w in client.scheduler_info()["workers"].values()]
+
+
+def wait_until(predicate, what, timeout=20.0):
+    """Poll a condition in other processes (no event crosses to the test for it)."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.05)
+
+
+def test_worker_pauses_over_its_memory_threshold_and_resumes_when_memory_is_freed():
+    with LocalCluster(n_workers=1, memory_limit=400 * MB, memory_pause=0.8,
+                      memory_terminate=None, dashboard=False) as cluster, Client(cluster) as client:
+        assert client.submit(hold, 1).result() == bytearray(1)
+        big = client.submit(hold, 340 * MB)
+        wait([big], timeout=20)      # done, without bringing 340 MB to the test
+        wait_until(lambda: worker_status(client) == ["paused"], "the worker to pause")
+        later = client.submit(time.time)
+        assert later.status == "pending"
+        released_at = time.time()
+        del big                      # the worker frees 340 MB and goes back under 80 %
+        ran_at = later.result(timeout=20)
+        assert ran_at >= released_at, "a task started on a paused worker"
+        assert worker_status(client) == ["running"]
+
+
+def test_worker_over_its_terminate_threshold_is_replaced_and_the_task_fails_with_the_reason():
+    with LocalCluster(n_workers=1, memory_limit=300 * MB, memory_pause=None,
+                      memory_terminate=0.95, dashboard=False) as cluster, Client(cluster) as client:
+        first_pid = next(iter(cluster.worker_pids().values()))
+        with pytest.raises(KilledWorkerError, match=r"The last one said: process memory .* MiB is "
+                           r"\d+% of the worker's limit of 300 MiB"):
+            client.submit(hog, 400 * MB).result(timeout=45)
+        wait_until(lambda: cluster.restarts >= 3 and len(cluster.workers) == 1,
+                   "the third replacement worker")
+        assert client.submit(sum, [1, 2]).result(timeout=20) == 3
+        assert first_pid not in cluster.worker_pids().values()
