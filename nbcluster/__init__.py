@@ -37,6 +37,18 @@ def unload_ipython_extension(ip) -> None:
     unload(ip)
 
 
+def __getattr__(name: str):
+    if name == "SSHCluster":   # imported when first used (asyncssh only when one starts)
+        from .deploy.ssh import SSHCluster
+
+        return SSHCluster
+    raise AttributeError(f"module 'nbcluster' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | {"SSHCluster"})
+
+
 def fire_and_forget(futures) -> None:
     """Let these tasks run to the end even when no client holds their futures."""
     found = futures_of(futures)
@@ -48,7 +60,7 @@ def fire_and_forget(futures) -> None:
 
 
 __all__ = [
-    "Client", "AsyncClient", "LocalCluster", "Future", "Delayed", "delayed", "compute", "wait",
+    "Client", "AsyncClient", "LocalCluster", "SSHCluster", "Future", "Delayed", "delayed", "compute", "wait",
     "as_completed", "fire_and_forget", "futures_of", "progress", "Signature", "s", "chain", "group", "chord",
     "Retry", "TaskTimeoutError", "TaskExpiredError", "default_client", "errors", "NBClusterError",
     "CancelledError", "KilledWorkerError", "ALL_COMPLETED", "FIRST_COMPLETED", "FIRST_EXCEPTION",

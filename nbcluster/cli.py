@@ -27,6 +27,13 @@ def _security(args):
     return Security(args.tls_ca_file, args.tls_cert, args.tls_key, args.require_encryption)
 
 
+def _add_token_options(parser) -> None:
+    parser.add_argument("--token", default=None, help="shared secret (shown by ps: prefer "
+                        "NBCLUSTER_TOKEN, --token-stdin or the connection file)")
+    parser.add_argument("--token-stdin", action="store_true",
+                        help="read the token from the first line of standard input")
+
+
 def _add_tls_options(parser) -> None:
     parser.add_argument("--tls-ca-file", default=None, help="CA certificate (PEM) for tls://")
     parser.add_argument("--tls-cert", default=None, help="this process's certificate (PEM)")
@@ -35,12 +42,27 @@ def _add_tls_options(parser) -> None:
                         help="refuse plain tcp:// connections")
 
 
+def _token(args) -> str | None:
+    """``--token``, or the first line of stdin with ``--token-stdin``.
+
+    A token on the command line can be read by every user of the machine (``ps``); stdin is
+    how a launcher such as SSHCluster hands it over without showing it to anyone."""
+    if not args.token_stdin:
+        return args.token
+    if args.token:
+        raise ValueError("give --token or --token-stdin, not both")
+    token = sys.stdin.readline().strip()
+    if not token:
+        raise ValueError("--token-stdin: standard input gave no token (an empty first line)")
+    return token
+
+
 def _scheduler(args) -> int:
     from .comm.auth import new_token
     from .config import write_connection_file
     from .server.scheduler import Scheduler
 
-    token = args.token or os.environ.get("NBCLUSTER_TOKEN") or new_token()
+    token = _token(args) or os.environ.get("NBCLUSTER_TOKEN") or new_token()
     security = _security(args)
     scheme = "tls" if security is not None and security.tls else "tcp"
     if not _is_loopback(args.host):
@@ -80,7 +102,7 @@ def _worker(args) -> int:
     from .server.worker import run_worker
 
     address = args.address
-    token = args.token
+    token = _token(args)
     if args.connection_file:
         address, token = read_connection_file(args.connection_file)
     if not address:
@@ -120,7 +142,7 @@ def main(argv: list[str] | None = None) -> int:
     s = sub.add_parser("scheduler", help="run a scheduler")
     s.add_argument("--host", default="127.0.0.1")
     s.add_argument("--port", type=int, default=8786)
-    s.add_argument("--token", default=None, help="shared secret (default: a new random one)")
+    _add_token_options(s)   # default: NBCLUSTER_TOKEN, else a new random token
     s.add_argument("--connection-file", default=None,
                    help="where to write address and token (default: a per-user runtime dir)")
     s.add_argument("--dashboard-port", type=int, default=0,
@@ -134,7 +156,7 @@ def main(argv: list[str] | None = None) -> int:
     w.add_argument("--name", default=None)
     w.add_argument("--host", default="127.0.0.1", help="interface the worker serves data on")
     w.add_argument("--port", type=int, default=0)
-    w.add_argument("--token", default=None)
+    _add_token_options(w)
     w.add_argument("--connection-file", default=None)
     w.add_argument("--queues", default=None, help="queues to take tasks from, e.g. high,default")
     _add_tls_options(w)
