@@ -98,7 +98,7 @@ def _scheduler(args) -> int:
 
 
 def _worker(args) -> int:
-    from .config import find_token, read_connection_file
+    from .config import find_token, parse_memory_limit, read_connection_file
     from .server.worker import run_worker
 
     address = args.address
@@ -116,8 +116,24 @@ def _worker(args) -> int:
               + ("" if scheme == "tls" else ", unencrypted"), file=sys.stderr)
     asyncio.run(run_worker(address, nthreads=args.nthreads, name=args.name, token=token,
                            listen_address=f"{scheme}://{args.host}:{args.port}",
-                           security=security, queues=_queues(args.queues)))
+                           security=security, queues=_queues(args.queues),
+                           memory_limit=parse_memory_limit(args.memory_limit),
+                           memory_pause=_fraction("--memory-pause", args.memory_pause),
+                           memory_terminate=_fraction("--memory-terminate",
+                                                      args.memory_terminate)))
     return 0
+
+
+def _fraction(option: str, text: str) -> float | None:
+    from .config import check_fraction
+
+    if text.strip().lower() == "none":
+        return None
+    try:
+        return check_fraction(option, float(text))
+    except ValueError:
+        raise ValueError(f"{option} must be a fraction of the memory limit such as 0.8, or "
+                         f"'none', got {text!r}") from None
 
 
 def _queues(text: str | None) -> list[str] | None:
@@ -159,6 +175,12 @@ def main(argv: list[str] | None = None) -> int:
     _add_token_options(w)
     w.add_argument("--connection-file", default=None)
     w.add_argument("--queues", default=None, help="queues to take tasks from, e.g. high,default")
+    w.add_argument("--memory-limit", default="auto",
+                   help="e.g. 4GB; auto: this machine's memory; none: no limit")
+    w.add_argument("--memory-pause", default="0.8",
+                   help="start no new task above this fraction of the limit (none: never)")
+    w.add_argument("--memory-terminate", default="0.95",
+                   help="end the process above this fraction of the limit (none: never)")
     _add_tls_options(w)
     w.set_defaults(run=_worker)
 

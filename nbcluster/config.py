@@ -10,6 +10,36 @@ from pathlib import Path
 MEMORY_EXIT_CODE = 99
 
 
+def parse_memory_limit(limit, share: int = 1) -> int | None:
+    """Bytes from ``4GB``/``512MiB``/a number; ``"auto"``: this machine's memory divided by
+    ``share`` (the workers on it); ``None``, 0 or ``"none"``: no limit."""
+    if limit in (None, 0) or (isinstance(limit, str) and limit.strip().lower() == "none"):
+        return None
+    if limit == "auto":
+        import psutil
+
+        return int(psutil.virtual_memory().total / max(1, share))
+    if isinstance(limit, (int, float)) and not isinstance(limit, bool) and limit > 0:
+        return int(limit)
+    if isinstance(limit, str):
+        units = {"kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12,
+                 "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40, "b": 1}
+        text = limit.strip().lower().replace(" ", "")
+        for unit in sorted(units, key=len, reverse=True):
+            if text.endswith(unit):
+                try:
+                    value = float(text[: -len(unit)])
+                except ValueError:
+                    break
+                if value > 0:
+                    return int(value * units[unit])
+                break
+        else:
+            if text.isdigit():
+                return int(text) or None
+    raise ValueError(f"memory limit must be bytes, 'auto', 'none' or like '4GB', got {limit!r}")
+
+
 def check_fraction(name: str, value) -> float | None:
     """A memory threshold: a fraction of the memory limit in (0, 1], or None for never."""
     if value is None:

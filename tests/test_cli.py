@@ -71,7 +71,8 @@ def test_scheduler_and_worker_from_the_command_line(cli_env, monkeypatch):
         conn_line = read_line(scheduler, "connection file")
         path = conn_line.rsplit(" ", 1)[1]
         assert oct(os.stat(path).st_mode & 0o777) == "0o600"
-        workers = [start(["worker", address, "--nthreads", "2", "--name", f"w{i}"], cli_env,
+        workers = [start(["worker", address, "--nthreads", "2", "--name", f"w{i}",
+                          "--memory-limit", f"{i + 1}GiB"], cli_env,
                          stderr=subprocess.PIPE) for i in range(2)]
         monkeypatch.setenv("NBCLUSTER_RUNTIME_DIR", cli_env["NBCLUSTER_RUNTIME_DIR"])
         with Client(address) as client:   # token found in the connection file
@@ -84,6 +85,7 @@ def test_scheduler_and_worker_from_the_command_line(cli_env, monkeypatch):
             info = client.scheduler_info()["workers"]
             assert sorted(w["name"] for w in info.values()) == ["w0", "w1"]
             assert all(w["nthreads"] == 2 for w in info.values())
+            assert sorted(w["identity"]["memory_limit"] for w in info.values()) == [2**30, 2**31]
             assert client.gather(client.map(add, range(100), range(100))) == [2 * i for i in range(100)]
         # a wrong token is refused with a message naming the address
         with pytest.raises(AuthenticationError, match=address):
@@ -108,6 +110,18 @@ def test_worker_to_missing_address_fails_fast(cli_env):
                           capture_output=True, text=True, env=cli_env, timeout=30)
     assert proc.returncode == 1
     assert f"tcp://127.0.0.1:{port}" in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+@pytest.mark.parametrize("option, value, message", [
+    ("--memory-limit", "lots", "memory limit must be bytes, 'auto', 'none' or like '4GB'"),
+    ("--memory-pause", "1.5", "--memory-pause must be a fraction of the memory limit"),
+    ("--memory-terminate", "x", "--memory-terminate must be a fraction of the memory limit"),
+])
+def test_worker_refuses_bad_memory_options(cli_env, option, value, message):
+    proc = subprocess.run([sys.executable, "-m", "nbcluster", "worker", "tcp://127.0.0.1:9",
+                           option, value], capture_output=True, text=True, env=cli_env, timeout=30)
+    assert proc.returncode != 0 and message in proc.stderr
     assert "Traceback" not in proc.stderr
 
 

@@ -102,7 +102,8 @@ def cmdline(pid):
 def test_tasks_run_and_data_moves_between_remote_workers(sshd, tmp_path):
     from nbcluster import SSHCluster
 
-    with SSHCluster(["127.0.0.1"] * 3, connect_options=sshd, worker_options={"nthreads": 2},
+    with SSHCluster(["127.0.0.1"] * 3, connect_options=sshd,
+                    worker_options={"nthreads": 2, "memory_limit": "3GiB", "memory_pause": None},
                     **cluster_kwargs(tmp_path)) as cluster:
         assert cluster.scheduler_address.startswith("tcp://127.0.0.1:")
         assert len(cluster.workers) == 2
@@ -111,6 +112,7 @@ def test_tasks_run_and_data_moves_between_remote_workers(sshd, tmp_path):
             info = client.scheduler_info()["workers"]
             assert sorted(info) == sorted(cluster.workers)
             assert all(w["nthreads"] == 2 for w in info.values())
+            assert all(w["identity"]["memory_limit"] == 3 * 2**30 for w in info.values())
             a, b = cluster.workers
             x = client.submit(bytes, 1_000_000, workers=[a])
             n = client.submit(len, x, workers=[b])

@@ -11,7 +11,7 @@ import threading
 import time
 
 from ..comm.auth import new_token
-from ..config import MEMORY_EXIT_CODE, check_fraction
+from ..config import MEMORY_EXIT_CODE, check_fraction, parse_memory_limit
 from ..errors import ClusterError
 
 logger = logging.getLogger("nbcluster.deploy")
@@ -131,7 +131,7 @@ class LocalCluster:
             raise ValueError(f"threads_per_worker must be a positive int, got {threads_per_worker!r}")
         self.threads_per_worker = threads_per_worker
         self.processes = processes
-        self.memory_limit = self._parse_memory(memory_limit, n_workers)
+        self.memory_limit = parse_memory_limit(memory_limit, share=n_workers)
         # worker processes pause above memory_pause of their limit and are replaced above
         # memory_terminate; in-process workers share this process's memory: not watched
         self.memory_pause = check_fraction("memory_pause", memory_pause)
@@ -369,28 +369,6 @@ class LocalCluster:
                 self._thread.run(w.close("cluster closing"))
             self._thread.run(self.scheduler.close())
             self._thread.stop()
-
-    @staticmethod
-    def _parse_memory(limit, n_workers: int) -> int | None:
-        if limit in (None, 0):
-            return None
-        if limit == "auto":
-            import psutil
-
-            return int(psutil.virtual_memory().total / max(1, n_workers))
-        if isinstance(limit, (int, float)):
-            return int(limit)
-        if isinstance(limit, str):
-            units = {"kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12,
-                     "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40, "b": 1}
-            text = limit.strip().lower().replace(" ", "")
-            for unit in sorted(units, key=len, reverse=True):
-                if text.endswith(unit):
-                    try:
-                        return int(float(text[: -len(unit)]) * units[unit])
-                    except ValueError:
-                        break
-        raise ValueError(f"memory_limit must be bytes, 'auto' or like '4GB', got {limit!r}")
 
     @property
     def dashboard_link(self) -> str | None:

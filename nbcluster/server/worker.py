@@ -395,6 +395,9 @@ class Worker:
 async def run_worker(scheduler_address: str, **kwargs) -> None:
     """Run a worker until the scheduler tells it to stop or goes away."""
     worker = Worker(scheduler_address, **kwargs)
+    # a process of its own: a task that cannot be stopped, or memory over the limit, ends it
+    # (whoever started it, such as SSHCluster, starts another)
+    worker.exit_when_stuck = True
     try:
         await worker.start()
     except Exception as e:
