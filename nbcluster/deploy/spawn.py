@@ -71,6 +71,7 @@ async def _worker(args) -> None:
                     queues=args.queues.split(",") if args.queues else None,
                     memory_pause=args.memory_pause, memory_terminate=args.memory_terminate)
     worker.exit_when_stuck = True     # a task that won't stop: exit, LocalCluster replaces us
+    worker.own_process = True
     await worker.start()
     print(f"ADDRESS {worker.address}", flush=True)
     stop = asyncio.Event()

@@ -58,7 +58,8 @@ class Worker:
         self.pool: DataPool | None = None
         self.finished = asyncio.Event()
         self.executor: Executor | None = None
-        self.exit_when_stuck = False      # set in worker processes
+        self.exit_when_stuck = False      # set in LocalCluster's worker processes
+        self.own_process = False          # the process is this worker's alone (may exit)
         self._outputs: list = []
         self._partial: dict[tuple[str, str], str] = {}   # printed text not yet ending a line
         self._announced: set[str] = set()    # STARTED sent when handed to an idle thread
@@ -373,7 +374,7 @@ class Worker:
             await asyncio.sleep(MEMORY_CHECK_SECONDS)
 
     def _terminate(self, reason: str) -> None:
-        if not self.exit_when_stuck:
+        if not self.own_process:
             # a worker thread in the user's process cannot be replaced: stay, but say so once
             if not self._over_limit_told:
                 self._over_limit_told = True
@@ -395,9 +396,9 @@ class Worker:
 async def run_worker(scheduler_address: str, **kwargs) -> None:
     """Run a worker until the scheduler tells it to stop or goes away."""
     worker = Worker(scheduler_address, **kwargs)
-    # a process of its own: a task that cannot be stopped, or memory over the limit, ends it
-    # (whoever started it, such as SSHCluster, starts another)
-    worker.exit_when_stuck = True
+    # a process of its own: memory over the limit ends it (as the kernel's OOM killer would,
+    # but first); whoever started it, such as SSHCluster, starts another
+    worker.own_process = True
     try:
         await worker.start()
     except Exception as e:
