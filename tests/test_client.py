@@ -185,6 +185,23 @@ def test_a_worker_refuses_to_take_data_under_its_task_keys(client, gate):
     assert running.result() == "computed"
 
 
+def test_restart_of_an_in_process_cluster_forgets_everything_and_keeps_working(client):
+    from nbcluster import CancelledError
+
+    held = client.scatter({"data": [1, 2, 3]})["data"]
+    total = client.submit(sum, held)
+    assert total.result() == 6
+    workers_before = len(client.scheduler_info()["workers"])
+    client.restart(timeout=20)
+    assert total.status == "cancelled" and held.status == "cancelled"
+    with pytest.raises(CancelledError, match="restarted"):
+        total.result()
+    info = client.scheduler_info()
+    assert len(info["workers"]) == workers_before and info["tasks"] == {}
+    assert all(w["memory"] == 0 for w in info["workers"].values())
+    assert client.submit(inc, 41).result() == 42
+
+
 def test_gather_errors_skip(client):
     good, bad = client.submit(inc, 1), client.submit(boom, 1)
     assert client.gather([good, bad], errors="skip") == [2]

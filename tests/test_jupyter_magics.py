@@ -43,7 +43,7 @@ def test_load_ext_registers_cluster_and_help_explains_every_subcommand(ip):
     magic = ip.find_line_magic("cluster")
     assert magic is not None
     doc = magic.__doc__
-    for word in ("start", "connect", "status", "scale", "stop", "dashboard", "--workers",
+    for word in ("start", "connect", "status", "scale", "restart", "stop", "dashboard", "--workers",
                  "--threads", "--no-processes", "--memory-limit", "--name", "lazy_magics"):
         assert word in doc, word
 
@@ -56,6 +56,7 @@ def test_load_ext_registers_cluster_and_help_explains_every_subcommand(ip):
     ("start --threads 0", "--threads must be >= 1"),
     ("scale", "the following arguments are required: N"),
     ("status", "no cluster: start one with %cluster start"),
+    ("restart", "no cluster: start one with %cluster start"),
     ("start 'unclosed", "No closing quotation"),
 ])
 def test_mistakes_are_one_line_usage_errors(ip, capsys, line, message):
@@ -82,6 +83,11 @@ def test_start_status_scale_stop(ip, capsys):
     ip.run_line_magic("cluster", "scale 2")
     assert "2 workers" in capsys.readouterr().out
     assert len(client.cluster.workers) == 2
+    held = client.submit(sum, [3, 4])
+    assert held.result() == 7
+    ip.run_line_magic("cluster", "restart")
+    assert "restarted: 2 workers, every future cancelled" in capsys.readouterr().out
+    assert held.status == "cancelled" and client.submit(sum, [1]).result() == 1
     ip.run_line_magic("cluster", "dashboard")     # not in a kernel: the link only
     assert "/status" in capsys.readouterr().out
     with pytest.raises(UsageError, match="already running"):

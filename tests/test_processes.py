@@ -96,3 +96,27 @@ def test_worker_to_worker_transfer_of_numpy(proc_cluster, pclient):
     s = pclient.submit(np.sum, x, workers=[b])
     assert s.result(timeout=30) == 5_000_000
     assert pclient.who_has([s])[s.key] == [b]
+
+
+def test_restart_replaces_worker_processes_and_cancels_every_future(proc_cluster, pclient):
+    from nbcluster import CancelledError
+
+    kept = pclient.submit(add, 1, 2)
+    assert kept.result() == 3
+    stuck = pclient.submit(time.sleep, 60)          # a task that would hold a worker for a minute
+    with Client(proc_cluster) as other:
+        theirs = other.submit(add, 2, 2)
+        assert theirs.result() == 4
+        old_pids = set(proc_cluster.worker_pids().values())
+        started = time.monotonic()
+        pclient.restart(timeout=30)
+        assert time.monotonic() - started < 15      # the sleeping worker is killed after 2 s
+        assert len(proc_cluster.workers) == 2
+        assert not old_pids & set(proc_cluster.worker_pids().values())
+        for future in (kept, stuck, theirs):
+            assert future.status == "cancelled"
+            with pytest.raises(CancelledError, match="restarted"):
+                future.result(timeout=5)
+        assert pclient.scheduler_info()["tasks"] == {}
+        assert pclient.gather(pclient.map(add, range(10), range(10))) == list(range(0, 20, 2))
+        assert other.submit(add, 5, 5).result(timeout=10) == 10

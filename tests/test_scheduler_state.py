@@ -556,6 +556,25 @@ def test_killed_worker_error_names_what_the_last_worker_said():
     assert sim.s.tasks["x"].attempts[-1][-1].endswith("2 MiB is over")   # (worker, start, duration, error)
 
 
+def test_restart_forgets_every_task_and_tells_clients_and_workers():
+    sim = Sim(("A", "B"), clients=(C, "c2"))
+    sim.submit(spec("x", options={"workers": ["A"]}))
+    sim.finish("A", "x")
+    sim.submit(spec("y", deps=["x"], options={"workers": ["B"]}))      # running on B
+    sim.submit(*[spec(f"q{i}") for i in range(20)], peer="c2")        # some still queued
+    sim.client([m.SET_LIMIT, "api", [1, 1.0], None])
+    out = sim._step(sim.s.restart("restarted", sim.now))
+    assert set(to_client(out, m.CANCELLED)) == {"x", "y"}
+    assert len(to_client(out, m.CANCELLED, peer="c2")) == 20
+    assert ("A", "x") in frees(out) and ("B", "y") in frees(out)
+    assert sim.s.tasks == {} and all(not h for h in sim.s.queues.values())
+    assert all(not w.processing and not w.has_what and w.nbytes == 0
+               for w in sim.s.workers.values())
+    assert "api" in sim.s.limits                  # settings stay
+    out = sim.submit(spec("z"))
+    assert computes(out)                          # and work goes on
+
+
 # ---------------------------------------------------------------------- paused workers
 def test_paused_worker_gets_no_new_tasks_until_it_resumes():
     sim = Sim(("A", "B"))

@@ -139,6 +139,13 @@ def test_scale_and_close_leave_nothing_running(sshd, tmp_path):
         wait_until(lambda: len(client.scheduler_info()["workers"]) == 1,
                    "the scheduler noticing retired workers")
         assert client.submit(add, 1, 1).result(timeout=30) == 2
+        before = {p["pid"] for p in cluster.remote_processes() if p["role"] == "worker"}
+        client.restart(timeout=30)                  # new worker processes on the same hosts
+        after = {p["pid"] for p in cluster.remote_processes() if p["role"] == "worker"}
+        assert len(after) == 1 and not before & after
+        assert not any(psutil.pid_exists(pid) for pid in before)
+        pids += list(after)
+        assert client.submit(add, 2, 2).result(timeout=30) == 4
     cluster.close()
     cluster.close()   # idempotent
     assert not any(psutil.pid_exists(pid) for pid in pids)

@@ -518,6 +518,27 @@ class Client:
         rows = self._sync(self._conn.request("attempts", key=future.key))
         return [{"worker": w, "start": s, "duration": d, "exception": e} for w, s, d, e in rows]
 
+    def restart(self, timeout: float = 60.0) -> None:
+        """Start afresh: every task is forgotten (all futures, of every client, become
+        cancelled), workers drop their data, and the cluster's workers are replaced by new
+        processes when this client started or was given the cluster (LocalCluster,
+        SSHCluster). Returns once as many workers as before are connected."""
+        return self._sync(self._restart(timeout), timeout=timeout + 5)
+
+    async def _restart(self, timeout: float) -> None:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        before = len((await self._conn.request("info"))["workers"])
+        await self._conn.request("restart")
+        restart_workers = getattr(self.cluster, "restart_workers", None)
+        if restart_workers is not None:    # blocking: off the client's I/O loop
+            await loop.run_in_executor(None, restart_workers, timeout)
+        while len((await self._conn.request("info"))["workers"]) < before:
+            if loop.time() > deadline:     # they join over the network: ask again shortly
+                raise TimeoutError(f"restart: {before} workers did not come back within "
+                                   f"{timeout:g} s")
+            await asyncio.sleep(0.05)
+
     def scheduler_info(self) -> dict:
         return self._sync(self._conn.request("info"))
 

@@ -14,7 +14,7 @@ from ..loop_thread import LoopThread
 from ..comm.pool import DataPool
 from ..errors import ClusterError, CommError
 from ..protocol import messages as m
-from .future import CANCELLED, ERROR, FINISHED, LOST, PENDING, _KeyRecord
+from .future import _NO_VALUE, CANCELLED, ERROR, FINISHED, LOST, PENDING, _KeyRecord
 from .output import OutputMarker
 
 logger = logging.getLogger("nbcluster.client")
@@ -138,9 +138,11 @@ class ClientConnection:
                         self.emit("task", msg[1], ERROR)
                     rec.finish(ERROR)
             elif op == m.CANCELLED:
+                # also for a finished or failed key: the scheduler forgot it (a restart)
                 rec = records.get(msg[1])
-                if rec is not None and rec.status == PENDING:
+                if rec is not None and rec.status != CANCELLED:
                     rec.cancel_reason = msg[2]
+                    rec.value, rec.exc, rec.traceback = _NO_VALUE, None, None
                     if task_listeners:
                         self.emit("task", msg[1], CANCELLED)
                     rec.finish(CANCELLED)

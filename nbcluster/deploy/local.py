@@ -18,6 +18,7 @@ logger = logging.getLogger("nbcluster.deploy")
 
 START_TIMEOUT = 30.0
 REPLACE_ATTEMPTS = 5
+RESTART_GRACE = 2.0       # seconds a worker has to exit on restart before it is killed
 
 
 def machine_size() -> int:
@@ -321,6 +322,40 @@ class LocalCluster:
                 raise ValueError(f"no worker {address!r} in this cluster")
             self._inproc_workers.remove(w)
             self._thread.run(w.close("retired"))
+
+    def restart_workers(self, timeout: float = START_TIMEOUT) -> None:
+        """Replace every worker with a new one: new processes, so their memory starts clean
+        (what ``client.restart()`` calls). In-process workers are closed and made again."""
+        self._check_open()
+        if not self.processes:
+            old, self._inproc_workers = self._inproc_workers, []
+            for w in old:
+                self._thread.run(w.close("restart"))
+            for w in old:
+                self._add_inprocess_worker(w.queues)
+            return
+        with self._lock:
+            old, self._procs = self._procs, []
+        for wp in old:
+            wp.stop()                      # asked to exit (stdin closes) ...
+        deadline = time.monotonic() + RESTART_GRACE
+        for wp in old:
+            try:
+                wp.proc.wait(max(0.0, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                wp.kill()                  # ... and killed if a task holds it up
+                wp.proc.wait()
+        new = [_WorkerProcess(self, f"worker-{next(self._names)}", wp.queues) for wp in old]
+        deadline = time.monotonic() + timeout
+        try:
+            for wp in new:
+                wp.wait_ready(deadline)
+        except Exception:
+            for wp in new:
+                wp.kill()
+            raise
+        with self._lock:
+            self._procs.extend(new)
 
     def worker_pids(self) -> dict[str, int]:
         return {wp.address: wp.proc.pid for wp in self._procs}

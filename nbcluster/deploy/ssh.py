@@ -317,6 +317,22 @@ class SSHCluster:
         self._check_open()
         self._run(self._stop_worker(address), self.close_timeout + 15)
 
+    def restart_workers(self, timeout: float | None = None) -> None:
+        """Replace every worker by a new process on the same host (``client.restart()``)."""
+        self._check_open()
+        self._run(self._restart_workers(), (timeout or self.timeout) + self.close_timeout + 30)
+
+    async def _restart_workers(self) -> None:
+        old, self._workers = list(self._workers), []
+        for remote in old:
+            self._remotes.discard(remote)
+        await asyncio.gather(*(r.stop(self.close_timeout) for r in old), return_exceptions=True)
+        results = await asyncio.gather(*(self._start_worker(r.index, r.queues) for r in old),
+                                       return_exceptions=True)
+        errors = [r for r in results if isinstance(r, BaseException)]
+        if errors:
+            raise errors[0]
+
     def _check_open(self) -> None:
         if self.closed:
             raise ClusterError("this SSHCluster is closed")

@@ -12,7 +12,7 @@ from IPython.core.magic_arguments import MagicArgumentParser
 
 from .session import ClusterSession, SessionError
 
-SUBCOMMANDS = ("start", "connect", "status", "scale", "stop", "dashboard")
+SUBCOMMANDS = ("start", "connect", "status", "scale", "restart", "stop", "dashboard")
 
 
 def _parsers() -> dict[str, MagicArgumentParser]:
@@ -42,6 +42,8 @@ def _parsers() -> dict[str, MagicArgumentParser]:
     scale.add_argument("n", type=int, metavar="N", help="number of workers")
     return {"start": start, "connect": connect, "scale": scale,
             "status": parser("status", "Workers, threads, memory, tasks by state, dashboard."),
+            "restart": parser("restart", "Forget every task (all futures are cancelled) "
+                              "and start the workers afresh."),
             "stop": parser("stop", "Close the client and the cluster it started."),
             "dashboard": parser("dashboard", "Show the dashboard link.")}
 
@@ -57,7 +59,7 @@ def _doc() -> str:
         parts += ["  " + line if line else "" for line in text.splitlines()
                   if line.strip() != "options:"] + [""]
     parts += ["Examples:", "  %cluster start -n 2 --threads 1", "  %cluster status",
-              "  %cluster scale 4", "  %cluster stop", "",
+              "  %cluster scale 4", "  %cluster restart", "  %cluster stop", "",
               "Load with %load_ext nbcluster; to have %cluster without it, add to the profile's",
               "ipython_kernel_config.py:  c.MagicsManager.lazy_magics = {'cluster': 'nbcluster'}"]
     return "\n".join(parts)
@@ -150,6 +152,12 @@ class ClusterMagics(Magics):
     def _scale(self, opts: Any) -> None:
         self._session.scale(opts.n)
         print(f"nbcluster: {len(self._session.cluster.workers)} workers")
+
+    def _restart(self, opts: Any) -> None:
+        client = self._session.require()
+        client.restart()
+        n = len(client.scheduler_info()["workers"])
+        print(f"nbcluster: restarted: {n} workers, every future cancelled")
 
     def _stop(self, opts: Any) -> None:
         client = self._session.client

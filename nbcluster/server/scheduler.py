@@ -280,6 +280,14 @@ class Scheduler:
             comm.send([m.REPLY, run["request"], True, {"results": run["results"],
                                                         "errors": run["errors"]}])
 
+    def _request_restart(self, peer, request_id) -> dict:
+        """Forget every task; the futures of every client are cancelled first."""
+        cancelled = len(self.state.tasks)
+        self._send(self.state.restart("the cluster was restarted (client.restart())",
+                                      self._clock()))
+        logger.info("restart requested by %s: %d tasks forgotten", peer, cancelled)
+        return {"tasks": cancelled, "workers": len(self.state.workers)}
+
     def _request_close(self, peer, request_id) -> bool:
         asyncio.get_running_loop().call_soon(lambda: asyncio.ensure_future(self.close()))
         return True

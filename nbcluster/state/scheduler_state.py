@@ -114,6 +114,39 @@ class SchedulerState(Transitions):
         self.out = []
         return out
 
+    def restart(self, reason: str, now: float = 0.0) -> list:
+        """Forget every task (``client.restart()``): clients hear CANCELLED for each key they
+        hold, workers drop all their data and stop what runs. Workers, clients, functions,
+        queues and limits (their settings) stay."""
+        self.now = now
+        out = self.out = []
+        on_worker: dict[str, list] = defaultdict(list)
+        for ts in self.tasks.values():
+            for client in ts.who_wants:
+                if client in self.clients:
+                    out.append((client, [m.CANCELLED, ts.key, reason]))
+            for ws in ts.who_has:
+                on_worker[ws.address].append(ts.key)
+            if ts.processing_on is not None:
+                on_worker[ts.processing_on.address].append(ts.key)
+        for address, keys in on_worker.items():
+            out.append((address, [m.FREE, keys]))
+        self.tasks.clear()
+        for heap in self.queues.values():
+            heap.clear()
+        self.unrunnable.clear()
+        for limit in self.limits.values():
+            limit.held.clear()
+            limit.running = 0
+        self.limits_held = False
+        self.timers = Timers()
+        for ws in self.workers.values():
+            ws.processing.clear()
+            ws.has_what.clear()
+            ws.nbytes = 0
+        self.out = []
+        return out
+
     def _forget_functions(self) -> None:
         """Drop the pickled functions of clients that left, once no task still needs them
         (tokens are per client, so a long-lived scheduler would otherwise only grow)."""
