@@ -118,6 +118,8 @@ def _worker(args) -> int:
                            listen_address=f"{scheme}://{args.host}:{args.port}",
                            security=security, queues=_queues(args.queues),
                            memory_limit=parse_memory_limit(args.memory_limit),
+                           memory_spill=_fraction("--memory-spill", args.memory_spill),
+                           spill_dir=args.spill_dir,
                            memory_pause=_fraction("--memory-pause", args.memory_pause),
                            memory_terminate=_fraction("--memory-terminate",
                                                       args.memory_terminate)))
@@ -177,6 +179,10 @@ def main(argv: list[str] | None = None) -> int:
     w.add_argument("--queues", default=None, help="queues to take tasks from, e.g. high,default")
     w.add_argument("--memory-limit", default="auto",
                    help="e.g. 4GB; auto: this machine's memory; none: no limit")
+    w.add_argument("--memory-spill", default="0.6",
+                   help="results beyond this fraction of the limit go to disk (none: never)")
+    w.add_argument("--spill-dir", default=None,
+                   help="where spilled results go (default: a new temporary directory)")
     w.add_argument("--memory-pause", default="0.8",
                    help="start no new task above this fraction of the limit (none: never)")
     w.add_argument("--memory-terminate", default="0.95",

@@ -8,6 +8,7 @@ import pytest
 
 from nbcluster import Client, LocalCluster, wait
 from nbcluster.errors import KilledWorkerError
+from polling import wait_until
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -26,15 +27,6 @@ def hog(nbytes):
 
 def worker_status(client):
     return [w["status"] for w in client.scheduler_info()["workers"].values()]
-
-
-def wait_until(predicate, what, timeout=20.0):
-    """Poll a condition in other processes (no event crosses to the test for it)."""
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.05)
 
 
 def test_worker_pauses_over_its_memory_threshold_and_resumes_when_memory_is_freed():

@@ -40,6 +40,9 @@ def check_invariants(w: WorkerState) -> None:
             for d in ts.deps:
                 assert key in w.tasks[d].dependents
     assert all(n >= 0 for n in w.in_flight.values())
+    assert w.spilled == sum(ts.nbytes for ts in w.tasks.values() if ts.spilled)
+    assert all(ts.state == "memory" for ts in w.tasks.values() if ts.spilled)
+    assert all(k in w.tasks and not w.tasks[k].spilled for k in w.lru)
 
 
 class Sim:
@@ -272,6 +275,64 @@ def test_worker_asks_to_terminate_over_the_terminate_threshold():
     assert sim.memory_used(85 * MB) == []            # no pause threshold
     out = sim.memory_used(95 * MB)
     assert out[0][0] == "terminate" and "95% of the worker's limit of 100 MiB" in out[0][1]
+
+
+def spill_sim(limit=100 * MB, spill_at=0.5):
+    return Sim(memory_limit=limit, pause_at=None, terminate_at=None, spill_at=spill_at)
+
+
+def spills(out):
+    return [k for i in out if i[0] == "spill" for k in i[1]]
+
+
+def test_results_over_the_spill_limit_go_to_disk_least_recently_used_first():
+    sim = spill_sim()                                  # spill above 50 MiB in memory
+    for key in ("a", "b", "c"):
+        sim.run(key)
+        assert spills(sim.done(key, nbytes=15 * MB)) == []
+    sim.run("user", {"a": [ME]})                       # a is used: b is now the oldest
+    sim.run("d")
+    out = sim.done("d", nbytes=15 * MB)                # 60 MiB: one must go
+    assert spills(out) == ["b"]
+    assert sim.w.spilled == 15 * MB and sim.w.nbytes == 60 * MB
+    assert sim.state("b") == "memory" and sim.w.tasks["b"].spilled
+    sim.run("e")
+    assert spills(sim.done("e", nbytes=15 * MB)) == ["c"]    # then c; a was used later
+
+
+def test_a_value_larger_than_the_limit_goes_at_once_and_a_failed_spill_is_not_retried():
+    sim = spill_sim()
+    sim.run("big")
+    assert spills(sim.done("big", nbytes=70 * MB)) == ["big"]
+    sim.spill_failed("big")                            # unpicklable: it stays in memory
+    assert sim.w.spilled == 0 and sim.w.tasks["big"].unspillable
+    sim.run("x")
+    assert spills(sim.done("x", nbytes=1 * MB)) == ["x"]     # the only one that can go
+    assert "big" not in sim.w.lru
+
+
+def test_forgetting_a_spilled_result_drops_it_and_its_bytes():
+    sim = spill_sim()
+    sim.run("a")
+    sim.done("a", nbytes=60 * MB)
+    assert sim.w.spilled == 60 * MB
+    out = sim.free(["a"])
+    assert drops(out) == ["a"] and sim.w.spilled == 0 and sim.w.nbytes == 0
+
+
+def test_scattered_values_spill_and_a_replaced_one_is_counted_again():
+    sim = spill_sim()
+    sim.data_added({"s": 30 * MB})
+    out = sim.data_added({"t": 30 * MB})
+    assert spills(out) == ["s"]
+    sim.data_added({"s": 10 * MB})                     # scattered again: in memory, new size
+    assert sim.w.spilled == 0 and sim.w.nbytes == 40 * MB and not sim.w.tasks["s"].spilled
+
+
+def test_without_a_limit_nothing_is_tracked_for_spilling():
+    sim = Sim()
+    sim.run("a")
+    assert spills(sim.done("a", nbytes=10**12)) == [] and sim.w.lru == {}
 
 
 def test_no_limit_no_memory_decisions():

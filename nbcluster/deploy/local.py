@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 
@@ -39,6 +41,7 @@ class _WorkerProcess:
         self.retired = False
         self.proc = cluster._spawn("worker", "--nthreads", str(cluster.threads_per_worker),
                                    "--name", name, *cluster._memory_args(),
+                                   "--spill-dir", os.path.join(cluster.local_directory, name),
                                    *(["--queues", ",".join(queues)] if queues else []))
         if send_address:
             self.send_address()
@@ -122,7 +125,8 @@ class LocalCluster:
                  host: str = "127.0.0.1", scheduler_port: int = 0,
                  token: str | None = None, security=None,
                  queues: list[str] | None = None, dashboard: bool = True,
-                 dashboard_port: int = 0, memory_pause: float | None = 0.80,
+                 dashboard_port: int = 0, memory_spill: float | None = 0.60,
+                 memory_pause: float | None = 0.80,
                  memory_terminate: float | None = 0.95) -> None:
         if n_workers is None:
             n_workers = max(1, machine_size() // max(1, threads_per_worker))
@@ -133,8 +137,10 @@ class LocalCluster:
         self.threads_per_worker = threads_per_worker
         self.processes = processes
         self.memory_limit = parse_memory_limit(memory_limit, share=n_workers)
-        # worker processes pause above memory_pause of their limit and are replaced above
-        # memory_terminate; in-process workers share this process's memory: not watched
+        # worker processes spill results to disk above memory_spill of their limit, pause
+        # above memory_pause and are replaced above memory_terminate; in-process workers
+        # share this process's memory: not watched
+        self.memory_spill = check_fraction("memory_spill", memory_spill)
         self.memory_pause = check_fraction("memory_pause", memory_pause)
         self.memory_terminate = check_fraction("memory_terminate", memory_terminate)
         self.queues = _check_queues(queues)
@@ -152,6 +158,8 @@ class LocalCluster:
         self._thread = None
         self._inproc_workers: list = []
         self.restarts = 0
+        # worker processes spill to disk under here; removed when the cluster closes
+        self.local_directory = tempfile.mkdtemp(prefix="nbcluster-") if processes else ""
         if host not in ("127.0.0.1", "localhost", "::1"):
             import warnings
 
@@ -160,7 +168,11 @@ class LocalCluster:
                           + ("" if self._scheme == "tls" else ", and traffic is not encrypted "
                              "(pass security=Security.temporary() for TLS)"), stacklevel=2)
         if processes:
-            self._start_processes(n_workers, host, scheduler_port)
+            try:
+                self._start_processes(n_workers, host, scheduler_port)
+            except BaseException:
+                shutil.rmtree(self.local_directory, ignore_errors=True)
+                raise
         else:
             self._start_inprocess(n_workers)
 
@@ -181,6 +193,7 @@ class LocalCluster:
         if not self.memory_limit:
             return []
         return ["--memory-limit", str(self.memory_limit),
+                "--memory-spill", str(self.memory_spill or "none"),
                 "--memory-pause", str(self.memory_pause or "none"),
                 "--memory-terminate", str(self.memory_terminate or "none")]
 
@@ -269,7 +282,8 @@ class LocalCluster:
         w = Worker(self.scheduler_address, nthreads=self.threads_per_worker,
                    name=f"worker-{next(self._names)}", token=self.token,
                    listen_address="inproc://", memory_limit=self.memory_limit,
-                   queues=queues or self.queues, memory_pause=None, memory_terminate=None)
+                   queues=queues or self.queues, memory_pause=None, memory_terminate=None,
+                   memory_spill=None)
         self._thread.run(w.start())
         self._inproc_workers.append(w)
         return w
@@ -397,6 +411,8 @@ class LocalCluster:
                         stream.close()
                     except Exception:
                         pass
+            # spilled results of workers that could not clean up (killed, over memory)
+            shutil.rmtree(self.local_directory, ignore_errors=True)
         elif self._thread is not None:
             if self._dashboard is not None:
                 self._dashboard.stop()

@@ -69,7 +69,8 @@ async def _worker(args) -> None:
                     token=os.environ.get("NBCLUSTER_TOKEN"), memory_limit=args.memory_limit,
                     security=Security.from_env(),
                     queues=args.queues.split(",") if args.queues else None,
-                    memory_pause=args.memory_pause, memory_terminate=args.memory_terminate)
+                    memory_pause=args.memory_pause, memory_terminate=args.memory_terminate,
+                    memory_spill=args.memory_spill, spill_dir=args.spill_dir)
     worker.exit_when_stuck = True     # a task that won't stop: exit, LocalCluster replaces us
     worker.own_process = True
     await worker.start()
@@ -95,6 +96,8 @@ def main(argv=None) -> None:
     parser.add_argument("--memory-limit", type=int, default=None)
     parser.add_argument("--memory-pause", type=_fraction_or_none, default=None)
     parser.add_argument("--memory-terminate", type=_fraction_or_none, default=None)
+    parser.add_argument("--memory-spill", type=_fraction_or_none, default=None)
+    parser.add_argument("--spill-dir", default=None)
     parser.add_argument("--queues", default=None)
     parser.add_argument("--dashboard-port", type=int, default=-1, help="-1: no dashboard")
     args = parser.parse_args(argv)

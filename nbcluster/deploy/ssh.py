@@ -25,8 +25,8 @@ from .ssh_remote import RemoteProcess, import_asyncssh
 logger = logging.getLogger("nbcluster.deploy.ssh")
 
 SCHEDULER_OPTIONS = ("host", "port", "dashboard_port", "connection_file")
-WORKER_OPTIONS = ("nthreads", "queues", "host", "port", "memory_limit", "memory_pause",
-                  "memory_terminate")
+WORKER_OPTIONS = ("nthreads", "queues", "host", "port", "memory_limit", "memory_spill",
+                  "memory_pause", "memory_terminate")
 
 _open_clusters: "weakref.WeakSet[SSHCluster]" = weakref.WeakSet()
 
@@ -84,7 +84,8 @@ class SSHCluster:
     host (default ``hosts[0]``, the address the workers and clients reach it on), port
     (default 0: any free one), dashboard_port (-1: none), connection_file. ``worker_options``:
     nthreads, queues, host (default: the worker's host name), port, memory_limit ("4GB",
-    default "auto": the host's memory), memory_pause, memory_terminate (fractions). With
+    default "auto": the host's memory), memory_spill, memory_pause, memory_terminate
+    (fractions of it). With
     ``security=Security(...)`` everything talks TLS; its files are copied to each host.
     ``token``: the cluster's shared secret (default: a new random one). ``timeout``: seconds
     each process has to connect and report its address; ``close_timeout``: how long a process
@@ -173,7 +174,8 @@ class SSHCluster:
                 "--nthreads", str(opts.get("nthreads", 1)), "--host", str(opts.get("host", host)),
                 "--port", str(opts.get("port", 0)),
                 *(["--queues", ",".join(queues)] if queues else []),
-                *[arg for name in ("memory_limit", "memory_pause", "memory_terminate")
+                *[arg for name in ("memory_limit", "memory_spill", "memory_pause",
+                                   "memory_terminate")
                   if name in opts
                   for arg in (f"--{name.replace('_', '-')}", str(opts[name]).lower())]]
         remote.queues = queues

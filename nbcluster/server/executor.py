@@ -19,6 +19,7 @@ from ..errors import (CancelledError, RemoteError, Retry, SerializationError, Ta
                       TaskTimeoutError)
 from ..protocol.serialize import Serialized, dumps, is_plain, loads, sizeof
 from . import capture
+from .spill import Spilled
 from .interrupt import CancelInterrupt, TaskInterrupt, TimeoutInterrupt, interrupt_thread
 
 INLINE_RESULT = 64 * 1024     # results up to this size ride with the completion message
@@ -261,12 +262,14 @@ class Executor:
 
 
 def _resolver(data: dict, errors: dict | None) -> Callable[[str], Any]:
-    """Values of inputs by key; failed inputs (collect_errors) arrive as their exceptions."""
-    if not errors:
-        return data.__getitem__
+    """Values of inputs by key; failed inputs (collect_errors) arrive as their exceptions;
+    a spilled input is read back from disk for this task (the store keeps the file)."""
 
     def resolve(key: str) -> Any:
-        return data[key] if key in data else loads(errors[key])
+        if errors and key not in data:
+            return loads(errors[key])
+        value = data[key]
+        return value.load() if type(value) is Spilled else value
 
     return resolve
 

@@ -19,9 +19,10 @@ from ..config import MEMORY_EXIT_CODE, check_fraction
 from ..errors import ClusterError, SerializationError
 from ..protocol import messages as m
 from ..protocol.serialize import dump_value, load_value, loads_function, sizeof
-from ..state.worker_state import PAUSE_AT, TERMINATE_AT, WorkerState
+from ..state.worker_state import PAUSE_AT, SPILL_AT, TERMINATE_AT, WorkerState
 from . import capture
 from .executor import Executor, exception_payload, work_for
+from .spill import Spilled, SpillStore
 
 logger = logging.getLogger("nbcluster.worker")
 
@@ -35,7 +36,8 @@ class Worker:
                  token: str | None = None, listen_address: str | None = None,
                  memory_limit: int | None = None, security=None,
                  queues: list[str] | None = None, memory_pause: float | None = PAUSE_AT,
-                 memory_terminate: float | None = TERMINATE_AT) -> None:
+                 memory_terminate: float | None = TERMINATE_AT,
+                 memory_spill: float | None = SPILL_AT, spill_dir: str | None = None) -> None:
         if listen_address is None:   # serve data the way the scheduler is reached
             scheme = scheduler_address.split("://", 1)[0]
             listen_address = "inproc://" if scheme == "inproc" else f"{scheme}://127.0.0.1:0"
@@ -49,6 +51,8 @@ class Worker:
         self.memory_limit = memory_limit
         self.memory_pause = check_fraction("memory_pause", memory_pause)
         self.memory_terminate = check_fraction("memory_terminate", memory_terminate)
+        self.memory_spill = check_fraction("memory_spill", memory_spill)
+        self.spill = SpillStore(spill_dir)
         self.data: dict = {}
         self.functions: dict = {}
         self.address = ""
@@ -77,7 +81,7 @@ class Worker:
                                      self.security)
         self.address = self.listener.address
         self.state = WorkerState(self.address, self.nthreads, self.memory_limit,
-                                 self.memory_pause, self.memory_terminate)
+                                 self.memory_pause, self.memory_terminate, self.memory_spill)
         self.name = self.name or self.address
         identity = {"address": self.address, "nthreads": self.nthreads, "name": self.name,
                     "pid": os.getpid(), "memory_limit": self.memory_limit,
@@ -130,6 +134,7 @@ class Worker:
             for t in self.executor.close():
                 await asyncio.get_running_loop().run_in_executor(None, t.join, 5)
         self.data.clear()
+        self.spill.close()
         self.finished.set()
 
     # ------------------------------------------------------------------ scheduler
@@ -188,13 +193,17 @@ class Worker:
             elif kind == "drop":
                 data = self.data
                 for key in ins[1]:
-                    data.pop(key, None)
+                    value = data.pop(key, None)
+                    if type(value) is Spilled:
+                        self.spill.remove(value)
             elif kind == "fetch":
                 asyncio.ensure_future(self._fetch(ins[1], ins[2]))
             elif kind == "stop":
                 self.executor.stop_task(ins[1])
             elif kind == "terminate":
                 self._terminate(ins[1])
+            elif kind == "spill":
+                self._spill(ins[1])
 
     # ------------------------------------------------------------------ execution
     def _is_cancelled(self, key: str) -> bool:
@@ -269,6 +278,30 @@ class Worker:
             logger.warning("task %s does not stop; this worker exits so it can be replaced", key)
             asyncio.ensure_future(self.close("stuck task"))
 
+    # ------------------------------------------------------------------ spilling
+    def _spill(self, keys: list) -> None:
+        data, tasks = self.data, self.state.tasks
+        for key in keys:
+            value = data.get(key)
+            if value is not None and type(value) is not Spilled:
+                self.spill.write_later(key, value, tasks[key].nbytes, self._spill_written)
+
+    def _spill_written(self, key, value, marker, error) -> None:
+        """On the spill thread: hand the outcome to the event loop."""
+        try:
+            self._loop.call_soon_threadsafe(self._spill_done, key, value, marker, error)
+        except RuntimeError:     # loop closed: the worker is gone
+            pass
+
+    def _spill_done(self, key, value, marker, error) -> None:
+        if error is not None:
+            logger.warning("cannot spill %s to disk, it stays in memory: %s", key, error)
+            self._apply(self.state.spill_failed(key))
+        elif self.data.get(key) is value:
+            self.data[key] = marker      # the value itself is freed (unless a task holds it)
+        else:                            # dropped or replaced while it was written
+            self.spill.remove(marker)
+
     # ------------------------------------------------------------------ data transfer
     async def _fetch(self, peer: str, keys: list) -> None:
         start = time.time()
@@ -280,6 +313,10 @@ class Worker:
             return
         nbytes = {}
         for key, value in values.items():
+            held = self.data.get(key)
+            if held is not None:     # computed or fetched here meanwhile: keep that copy
+                nbytes[key] = held.nbytes if type(held) is Spilled else sizeof(held)
+                continue
             try:
                 self.data[key] = obj = load_value(value)
             except Exception as e:
@@ -314,7 +351,9 @@ class Worker:
                 missing.append(key)
                 continue
             try:
-                values[key] = dump_value(data[key], what=f"the result of {key!r}")
+                value = data[key]
+                values[key] = value.serialized() if type(value) is Spilled else \
+                    dump_value(value, what=f"the result of {key!r}")
             except SerializationError as e:
                 errors[key] = str(e)
         extra = {"missing": missing, "errors": errors} if errors else missing
@@ -327,6 +366,8 @@ class Worker:
                     f"{', '.join(map(repr, refused))} already name tasks on this worker"]
         nbytes = {}
         for key, value in values.items():
+            if type(self.data.get(key)) is Spilled:
+                self.spill.remove(self.data[key])
             self.data[key] = obj = load_value(value)
             nbytes[key] = sizeof(obj)
         self._apply(self.state.data_added(nbytes))
@@ -353,7 +394,8 @@ class Worker:
         while not self._closing:
             try:
                 metrics = {"rss": proc.memory_info().rss, "cpu": proc.cpu_percent(),
-                           "nbytes": self.state.nbytes, "executing": len(self.state.executing),
+                           "nbytes": self.state.nbytes, "spilled": self.state.spilled,
+                           "executing": len(self.state.executing),
                            "ready": len(self.state.ready), "time": time.time()}
                 self.scheduler.send([m.HEARTBEAT, metrics])
             except Exception:  # metrics are best effort

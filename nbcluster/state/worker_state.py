@@ -9,6 +9,7 @@ by the worker's shell); each returns a list of instructions for the shell:
 - ``("drop", [keys])``          delete these values from the data store
 - ``("stop", key)``             interrupt the running task (it was freed)
 - ``("terminate", reason)``     memory is over the limit: end this worker process
+- ``("spill", [keys])``         write these values to disk (least recently used first)
 
 Task states on a worker::
 
@@ -27,6 +28,7 @@ FETCHES_PER_PEER = 2    # concurrent transfers from one peer
 FETCH_BATCH = 50        # keys per transfer request
 PREFETCH_SECONDS = 0.002  # work handed to the executor ahead of time, for short tasks
 MAX_PREFETCH = 64
+SPILL_AT = 0.60        # of the memory limit: results beyond this go to disk
 PAUSE_AT = 0.80        # of the memory limit: start no new task above this
 TERMINATE_AT = 0.95    # of the memory limit: the process asks to be replaced above this
 
@@ -38,7 +40,7 @@ def _mib(n: int) -> str:
 class WorkerTask:
     __slots__ = ("key", "state", "fn", "args", "kwargs", "deps", "waiting_on", "want",
                  "priority", "order", "who_has", "dependents", "nbytes", "cancelled", "fetched",
-                 "options", "scattered")
+                 "options", "scattered", "spilled", "unspillable")
 
     def __init__(self, key: str) -> None:
         self.key = key
@@ -58,6 +60,8 @@ class WorkerTask:
         self.options: dict | None = None
         self.fetched = False   # a copy of a peer's result: the scheduler does not count it
         self.scattered = False  # put here by a client (scatter), not computed
+        self.spilled = False    # its value is on disk (still here, loaded when needed)
+        self.unspillable = False  # writing it to disk failed: it stays in memory
 
     def __lt__(self, other: "WorkerTask") -> bool:
         return (self.priority, self.order) < (other.priority, other.order)
@@ -70,14 +74,18 @@ class WorkerState:
     """What this worker holds, runs, waits for and fetches."""
 
     def __init__(self, address: str, nthreads: int, memory_limit: int | None = None,
-                 pause_at: float | None = PAUSE_AT, terminate_at: float | None = TERMINATE_AT
-                 ) -> None:
+                 pause_at: float | None = PAUSE_AT, terminate_at: float | None = TERMINATE_AT,
+                 spill_at: float | None = None) -> None:
         self.address = address
         self.nthreads = nthreads
         self.memory_limit = memory_limit or None
         self.pause_at = pause_at              # fractions of memory_limit; None: never
         self.terminate_at = terminate_at
         self.paused = False                   # no new task starts while paused
+        # results held in memory beyond spill_limit bytes go to disk, least recently used first
+        self.spill_limit = int(memory_limit * spill_at) if memory_limit and spill_at else None
+        self.spilled = 0                      # bytes of results on disk (part of nbytes)
+        self.lru: dict[str, None] = {}        # spillable results in memory, oldest use first
         self.tasks: dict[str, WorkerTask] = {}
         self.ready: list[WorkerTask] = []
         self.executing: set[str] = set()
@@ -191,6 +199,9 @@ class WorkerState:
         else:
             ts.fetched = False
             out.append(("send", [m.FINISHED, key, nbytes, start, stop, has_value, value, typ]))
+            if self.spill_limit is not None:
+                self.lru[key] = None
+                self._maybe_spill(out)
         self._input_arrived(ts, out)
         self._release_inputs(ts, out)
         self._run_ready(out)
@@ -238,6 +249,8 @@ class WorkerState:
             self._input_arrived(ts, out)
         for key in missing:
             self._fetch_failed(key, peer, out)
+        if nbytes and self.spill_limit is not None:
+            self._maybe_spill(out)
         self._run_ready(out)
         self._start_fetches(out)
         return out
@@ -296,14 +309,31 @@ class WorkerState:
             ts = self.tasks.get(key) or self.tasks.setdefault(key, WorkerTask(key))
             if ts.state == "memory":
                 self.nbytes -= ts.nbytes      # a scattered value replaced
+                if ts.spilled:
+                    self.spilled -= ts.nbytes
             ts.state = "memory"
             ts.scattered = True
-            ts.fetched = False
+            ts.fetched = ts.spilled = ts.unspillable = False
+            if self.spill_limit is not None:
+                self.lru.pop(key, None)
+                self.lru[key] = None
             ts.nbytes = size
             self.nbytes += size
             self._input_arrived(ts, out)
+        if self.spill_limit is not None:
+            self._maybe_spill(out)
         self._run_ready(out)
         return out
+
+    def spill_failed(self, key: str) -> list:
+        """Writing ``key`` to disk failed (it cannot be pickled, or the disk is full): it
+        stays in memory and is not tried again."""
+        ts = self.tasks.get(key)
+        if ts is not None and ts.spilled:
+            ts.spilled = False
+            ts.unspillable = True
+            self.spilled -= ts.nbytes
+        return []
 
     def memory_used(self, rss: int) -> list:
         """The process's memory was measured: pause above ``pause_at`` of the limit (running
@@ -332,6 +362,32 @@ class WorkerState:
             self._run_ready(out)
         return out
 
+    def _maybe_spill(self, out: list) -> None:
+        """Results in memory over ``spill_limit``: send the least recently used to disk."""
+        limit = self.spill_limit
+        in_memory = self.nbytes - self.spilled
+        if in_memory <= limit:
+            return
+        chosen, gone = [], []
+        tasks = self.tasks
+        for key in self.lru:
+            if in_memory <= limit:
+                break
+            ts = tasks.get(key)
+            if ts is None or ts.state != "memory" or ts.fetched or ts.unspillable or ts.spilled:
+                gone.append(key)
+                continue
+            chosen.append(ts)
+            in_memory -= ts.nbytes
+        for key in gone:
+            del self.lru[key]
+        for ts in chosen:
+            del self.lru[ts.key]
+            ts.spilled = True
+            self.spilled += ts.nbytes
+        if chosen:
+            out.append(("spill", [ts.key for ts in chosen]))
+
     # ------------------------------------------------------------------ internals
     def _is_pending(self, key: str) -> bool:
         ts = self.tasks.get(key)
@@ -348,6 +404,7 @@ class WorkerState:
         # Short tasks: hand the executor a few more than it has threads, so a thread moves on
         # to the next task without waiting for the event loop (completions then batch up).
         limit = self.nthreads + self.prefetch
+        lru = self.lru if self.spill_limit is not None else None
         while ready and len(self.executing) < limit:
             ts = heapq.heappop(ready)
             if ts.state != "ready":
@@ -355,6 +412,11 @@ class WorkerState:
             ts.state = "executing"
             self.executing.add(ts.key)
             out.append(("execute", ts.key))
+            if lru is not None:
+                for dkey in ts.deps:      # used now: the last to go to disk
+                    if dkey in lru:
+                        del lru[dkey]
+                        lru[dkey] = None
 
     def _input_arrived(self, ts: WorkerTask, out: list) -> None:
         for dkey in ts.dependents:
@@ -383,6 +445,10 @@ class WorkerState:
     def _forget(self, ts: WorkerTask, drop: list) -> None:
         if ts.state == "memory":
             self.nbytes -= ts.nbytes
+            if ts.spilled:
+                self.spilled -= ts.nbytes
+                ts.spilled = False
+            self.lru.pop(ts.key, None)
             drop.append(ts.key)
         ts.state = "forgotten"
         self.tasks.pop(ts.key, None)
