@@ -7,6 +7,11 @@ import pytest
 
 from nbcluster import Client, LocalCluster
 
+# Dashboard links depend on these (JupyterHub sets the first in its terminals): the tests
+# expect plain links unless a test sets them itself.
+for _name in ("JUPYTERHUB_SERVICE_PREFIX", "NBCLUSTER_DASHBOARD_LINK"):
+    os.environ.pop(_name, None)
+
 
 def _our_threads():
     return {t for t in threading.enumerate() if t.name.startswith("nbcluster")}

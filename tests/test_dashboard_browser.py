@@ -9,6 +9,7 @@ with a token.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import time
 
@@ -128,6 +129,22 @@ def task_rgb(name: str) -> list[int]:
     return [round(0.9 * int(hexa[i:i + 2], 16) + 0.1 * 255) for i in (0, 2, 4)]
 
 
+@contextlib.contextmanager
+def chromium_page(tmp_path):
+    """A page in headless Debian chromium, and the list its JavaScript errors go to."""
+    with sync_api.sync_playwright() as p:
+        ctx = p.chromium.launch_persistent_context(
+            str(tmp_path / "profile"), executable_path=CHROMIUM, headless=True, args=ARGS,
+            viewport={"width": 1280, "height": 900})
+        try:
+            page = ctx.new_page()
+            errors: list[str] = []
+            page.on("pageerror", lambda e: errors.append(str(e)))
+            yield page, errors
+        finally:
+            ctx.close()
+
+
 def check_page(page, url: str, rgb: list[int], shot=None) -> int:
     page.goto(url)
     page.wait_for_function(f"({COUNT})() > 3", timeout=20_000)
@@ -150,25 +167,16 @@ def test_status_page_draws_running_tasks(tmp_path):
             proxy_port = start_proxy(proxy_thread)
             futures = client.map(nap, range(1500))    # 15 s of work: runs all through the test
             rgb = task_rgb("nap")
-            with sync_api.sync_playwright() as p:
-                ctx = p.chromium.launch_persistent_context(
-                    str(tmp_path / "profile"), executable_path=CHROMIUM, headless=True, args=ARGS,
-                    viewport={"width": 1280, "height": 900})
-                try:
-                    page = ctx.new_page()
-                    errors = []
-                    page.on("pageerror", lambda e: errors.append(str(e)))
-                    shot = tmp_path / "status.png"
-                    assert check_page(page, dash.link, rgb, shot) > 200
-                    assert shot.stat().st_size > 10_000
-                    # Binder / JupyterHub: a proxy that strips /proxy/<port>
-                    proxied = f"http://127.0.0.1:{proxy_port}/proxy/{dash.port}/pfx/status"
-                    check_page(page, proxied, rgb, tmp_path / "proxied.png")
-                    # a token: the link sets the cookie the page's websocket then carries
-                    check_page(page, secure.link, rgb)
-                    assert not errors, errors
-                finally:
-                    ctx.close()
+            with chromium_page(tmp_path) as (page, errors):
+                shot = tmp_path / "status.png"
+                assert check_page(page, dash.link, rgb, shot) > 200
+                assert shot.stat().st_size > 10_000
+                # Binder / JupyterHub: a proxy that strips /proxy/<port>
+                proxied = f"http://127.0.0.1:{proxy_port}/proxy/{dash.port}/pfx/status"
+                check_page(page, proxied, rgb, tmp_path / "proxied.png")
+                # a token: the link sets the cookie the page's websocket then carries
+                check_page(page, secure.link, rgb)
+                assert not errors, errors
             client.cancel(futures)
         finally:
             on_loop(cluster, dash.stop)

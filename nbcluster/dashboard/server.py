@@ -20,7 +20,6 @@ import asyncio
 import ipaddress
 import logging
 import secrets
-import socket
 import threading
 from functools import partial
 from typing import Any
@@ -29,6 +28,7 @@ from tornado.netutil import bind_sockets
 
 from ..state.snapshot import snapshot
 from .feed import MAX_RATE, Feed, call_on, scheduler_feed
+from .links import display_host, format_link, register, unregister
 from .metrics import figures
 from ..loop_thread import LoopThread
 
@@ -80,17 +80,13 @@ class Dashboard:
     @property
     def address(self) -> str:
         """``http://HOST:PORT`` (a wildcard host is shown as this machine's name)."""
-        host = self.host
-        if host in ("", "0.0.0.0", "::"):
-            host = socket.gethostname()
-        if ":" in host and not host.startswith("["):
-            host = f"[{host}]"
-        return f"http://{host}:{self.port}"
+        return f"http://{display_host(self.host)}:{self.port}"
 
     @property
     def link(self) -> str:
-        base = f"{self.address}{self.prefix}/status"
-        return f"{base}?token={self.token}" if self.token else base
+        """The status page as users should open it: ``NBCLUSTER_DASHBOARD_LINK``, or through
+        the Jupyter server on JupyterHub / Binder (see :mod:`.links`), token included."""
+        return format_link(self.host, self.port, self.prefix, self.token)
 
     def __repr__(self) -> str:
         return f"<Dashboard {self.address}{self.prefix}/status>"
@@ -146,6 +142,7 @@ class Dashboard:
         if self.closed:
             return
         self.closed = True
+        unregister(self.port)
         loop, thread = self._thread.loop, self._thread.thread
         if thread is threading.current_thread():
             asyncio.ensure_future(self._shutdown()).add_done_callback(lambda f: loop.stop())
@@ -268,6 +265,7 @@ def start_dashboard(scheduler: Any, host: str = "127.0.0.1", port: int = 0, pref
             sock.close()
         raise
     dash._thread.loop.call_soon_threadsafe(dash._serve, sockets)
+    register(dash.port, host, prefix, token, getattr(scheduler, "address", None))  # Jupyter proxy
     if preload:
         asyncio.run_coroutine_threadsafe(dash.ready(), dash._thread.loop)
     logger.info("dashboard at %s", dash.link)

@@ -1,0 +1,286 @@
+"""nbcluster's Jupyter server extension: dashboards reachable through the Jupyter server.
+
+On JupyterHub and Binder the browser reaches only the Jupyter server, so a dashboard on
+``127.0.0.1:PORT`` is a dead link there. This extension adds, behind Jupyter's own login:
+
+- ``{base_url}nbcluster/dashboard/{port}/{path}``: GET and WebSocket (Bokeh's ``/ws``) proxied
+  to ``http://127.0.0.1:{port}/{path}``, never to any other host, and only for ports of running
+  nbcluster dashboards (see below);
+- ``{base_url}nbcluster/clusters``: JSON list of the clusters known on this machine, with the
+  scheduler address, the number of workers and the proxied dashboard link.
+
+Which ports: only those in nbcluster's dashboard registry (files that each dashboard writes in
+nbcluster's runtime directory, private to the user, and removes when it stops), and only while
+the registered process is alive and still listens on that port (:func:`live_dashboard`). So
+the proxy cannot be pointed at a database, the hub's API or another user's service on this
+machine, and no unknown port is ever contacted (not even to ask it what it is). Proxied
+requests carry no Jupyter cookies or tokens: the dashboard's own token, if it has one, is
+taken from the registry and sent as a header.
+
+Enabled by ``etc/jupyter/jupyter_server_config.d/nbcluster.json``, which ``pip install
+"nbcluster[jupyter]"`` installs; by hand: ``jupyter server extension enable
+nbcluster.jupyter.server_extension``. Nothing else in nbcluster imports this module.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import Any
+from urllib.parse import parse_qsl, urlencode
+
+from jupyter_server.auth.decorator import authorized
+from jupyter_server.base.handlers import APIHandler, JupyterHandler
+from jupyter_server.utils import url_path_join
+from tornado import httpclient, httputil, web, websocket
+from tornado.routing import PathMatches, Rule
+
+try:
+    from jupyter_server.base.websocket import WebSocketMixin
+except ImportError:   # jupyter_server < 2.4
+    from jupyter_server.base.zmqhandlers import WebSocketMixin
+
+from ..config import read_connection_file, runtime_dir
+from ..dashboard.links import describe, live_dashboard, live_dashboards
+
+AUTH_RESOURCE = "nbcluster"
+NAME = "nbcluster.jupyter.server_extension"
+# request headers worth passing on; cookies and Authorization stay with Jupyter
+FORWARD_REQUEST = ("Accept", "Accept-Language", "If-None-Match", "If-Modified-Since",
+                   "User-Agent")
+FORWARD_RESPONSE = ("Content-Type", "Location", "ETag", "Cache-Control", "Last-Modified",
+                    "Expires")
+
+
+def _jupyter_server_extension_points() -> list[dict]:
+    return [{"module": NAME}]
+
+
+def _load_jupyter_server_extension(serverapp: Any) -> None:
+    base = serverapp.web_app.settings["base_url"]
+    dash = url_path_join(base, r"nbcluster/dashboard/(\d+)(/.*)?")
+    serverapp.web_app.add_handlers(".*$", [
+        Rule(_WebSocketUpgrade(dash), DashboardWebSocket),
+        (dash, DashboardHandler),
+        (url_path_join(base, "nbcluster/clusters"), ClustersHandler),
+    ])
+    serverapp.log.info("nbcluster: dashboards proxied at %snbcluster/dashboard/<port>/", base)
+
+
+class _WebSocketUpgrade(PathMatches):
+    """The dashboard path, for requests that ask to become a websocket."""
+
+    def match(self, request: httputil.HTTPServerRequest) -> dict[str, Any] | None:
+        if request.headers.get("Upgrade", "").lower() != "websocket":
+            return None
+        return super().match(request)
+
+
+class ProxyError(web.HTTPError):
+    """The proxy's own answer (refused port, dashboard gone): shown as one line of text."""
+
+
+async def _target(handler: JupyterHandler, port: str) -> _Target:
+    """Where the request goes, if ``port`` is a running dashboard's (else a 404)."""
+    number = int(port)
+    entry = await asyncio.to_thread(live_dashboard, number) if 0 < number < 65536 else None
+    if entry is None:
+        raise ProxyError(404, f"no nbcluster dashboard is running on port {port} of this "
+                              "machine; only dashboards of nbcluster clusters are proxied "
+                              "(GET nbcluster/clusters lists them)")
+    return _Target(handler, port, entry)
+
+
+class _Target:
+    """Where one proxied request goes: the registered dashboard, path and query upstream."""
+
+    def __init__(self, handler: JupyterHandler, port: str, entry: dict) -> None:
+        mount = url_path_join(handler.base_url, f"nbcluster/dashboard/{port}")
+        self.path = handler.request.path[len(mount):] or "/"   # still percent-encoded
+        # a ?token= was for Jupyter's login (or the dashboard's, sent below as a header)
+        query = [(k, v) for k, v in parse_qsl(handler.request.query, keep_blank_values=True)
+                 if k != "token"]
+        self.query = ("?" + urlencode(query)) if query else ""
+        self.port = int(entry["port"])
+        self.mount = mount
+        self.headers = httputil.HTTPHeaders()
+        if entry.get("token"):
+            self.headers["Authorization"] = f"token {entry['token']}"
+
+    def url(self, scheme: str) -> str:
+        return f"{scheme}://127.0.0.1:{self.port}{self.path}{self.query}"   # no other host
+
+
+class DashboardHandler(JupyterHandler):
+    """GET ``nbcluster/dashboard/<port>/<path>``: the page, scripts and JSON of a dashboard."""
+
+    auth_resource = AUTH_RESOURCE
+
+    @web.authenticated
+    @authorized
+    async def get(self, port: str, rest: str | None) -> None:
+        if rest is None:      # ".../<port>": pages are relative to ".../<port>/"
+            self.redirect(url_path_join(self.base_url, f"nbcluster/dashboard/{port}/"))
+            return
+        target = await _target(self, port)
+        for name in FORWARD_REQUEST:
+            if name in self.request.headers:
+                target.headers[name] = self.request.headers[name]
+        request = httpclient.HTTPRequest(target.url("http"), headers=target.headers,
+                                         follow_redirects=False, request_timeout=60)
+        resp = await httpclient.AsyncHTTPClient().fetch(request, raise_error=False)
+        if resp.code == 599:
+            raise ProxyError(502, f"the dashboard on port {port} did not answer: {resp.error}")
+        self.set_status(resp.code, resp.reason)
+        for name in FORWARD_RESPONSE:
+            if name in resp.headers:
+                self.set_header(name, resp.headers[name])
+        location = resp.headers.get("Location", "")
+        for origin in (f"http://127.0.0.1:{target.port}", f"http://localhost:{target.port}"):
+            if location.startswith(origin):      # an absolute redirect to the dashboard itself
+                self.set_header("Location", target.mount + location[len(origin):])
+        if resp.code == 304:
+            self.finish()
+        else:
+            self.finish(resp.body or b"")
+
+    def write_error(self, status_code: int, **kwargs: Any) -> None:
+        error = kwargs.get("exc_info", (None, None))[1]
+        if not isinstance(error, ProxyError):
+            return super().write_error(status_code, **kwargs)
+        self.set_header("Content-Type", "text/plain; charset=utf-8")
+        self.finish(f"{status_code}: {error.log_message}\n")
+
+
+class DashboardWebSocket(WebSocketMixin, websocket.WebSocketHandler, JupyterHandler):
+    """The page's websocket (Bokeh's ``.../ws``), joined to one opened to the dashboard."""
+
+    auth_resource = AUTH_RESOURCE
+    upstream: websocket.WebSocketClientConnection | None = None
+
+    def set_default_headers(self) -> None:
+        """No page headers (Content-Security-Policy and such) on a websocket handshake."""
+
+    @authorized
+    async def get(self, port: str, rest: str | None) -> None:
+        origin = self.request.headers.get("Origin")
+        if origin is not None and not self.check_origin(origin):   # before the dashboard
+            raise web.HTTPError(403, "cross-origin websocket refused")    # hears of it
+        target = await _target(self, port)
+        protocols = [p.strip() for p in self.request.headers.get(
+            "Sec-WebSocket-Protocol", "").split(",") if p.strip()]
+        self._pending: list[tuple[Any, bool]] | None = []
+        request = httpclient.HTTPRequest(target.url("ws"), headers=target.headers,
+                                         request_timeout=30)
+        try:
+            self.upstream = await websocket.websocket_connect(
+                request, subprotocols=protocols or None, on_message_callback=self._from_upstream)
+        except Exception as e:   # noqa: BLE001 - refused, closed, 403: the browser sees 502
+            raise ProxyError(502, f"the dashboard on port {port} refused the websocket: "
+                                     f"{e}") from None
+        try:
+            await super().get(port, rest)          # the handshake with the browser
+        finally:
+            if self.ws_connection is None:         # no handshake: let go of the other end
+                self.upstream.close()
+
+    def select_subprotocol(self, subprotocols: list[str]) -> str | None:
+        return self.upstream.selected_subprotocol if self.upstream is not None else None
+
+    def open(self, *args: Any, **kwargs: Any) -> None:
+        super().open(*args, **kwargs)              # WebSocketMixin: keep-alive pings
+        pending, self._pending = self._pending, None
+        for message, binary in pending or ():
+            if message is None:                    # the dashboard closed it meanwhile
+                self.close()
+                return
+            self.write_message(message, binary=binary)
+
+    def _from_upstream(self, message: Any) -> None:
+        binary = isinstance(message, bytes)
+        if self._pending is not None:              # before our own handshake is done
+            self._pending.append((message, binary))
+            return
+        if message is None:                        # the dashboard closed it
+            self.close()
+            return
+        try:
+            self.write_message(message, binary=binary)
+        except websocket.WebSocketClosedError:
+            self.upstream.close()
+
+    async def on_message(self, message: Any) -> None:
+        if self.upstream is not None:
+            try:
+                await self.upstream.write_message(message, binary=isinstance(message, bytes))
+            except websocket.WebSocketClosedError:
+                self.close()
+
+    def on_close(self) -> None:
+        if self.upstream is not None:
+            self.upstream.close()
+
+
+class ClustersHandler(APIHandler):
+    """GET ``nbcluster/clusters``: ``{"clusters": [...]}``, no tokens in it."""
+
+    auth_resource = AUTH_RESOURCE
+
+    @web.authenticated
+    @authorized
+    async def get(self) -> None:
+        clusters = await list_clusters(self.base_url)
+        self.set_header("Cache-Control", "no-store")
+        self.finish(json.dumps({"clusters": clusters}))
+
+
+async def list_clusters(base_url: str) -> list[dict]:
+    """Clusters on this machine: each running dashboard in the registry (with its scheduler and
+    worker count), then schedulers from connection files whose port is listened on here."""
+    dashboards = await asyncio.to_thread(live_dashboards)
+    workers = await asyncio.gather(*(_worker_count(e) for e in dashboards))
+    out = []
+    for entry, n in zip(dashboards, workers):
+        info = describe(entry)
+        out.append({"scheduler": info.get("scheduler"), "workers": n, "pid": info.get("pid"),
+                    "dashboard_port": info["port"], "started": info.get("started"),
+                    "dashboard": url_path_join(base_url, f"nbcluster/dashboard/{info['port']}",
+                                               info.get("prefix") or "", "status")})
+    known = {c["scheduler"] for c in out}
+    for address, path in await asyncio.to_thread(_connection_files):
+        if address not in known:
+            out.append({"scheduler": address, "workers": None, "dashboard": None,
+                        "connection_file": path})
+    return out
+
+
+async def _worker_count(entry: dict) -> int | None:
+    """Workers, from the dashboard's ``/metrics.json`` (a snapshot; cheap), or None."""
+    headers = {"Authorization": f"token {entry['token']}"} if entry.get("token") else {}
+    url = f"http://127.0.0.1:{entry['port']}{entry.get('prefix') or ''}/metrics.json"
+    try:
+        resp = await httpclient.AsyncHTTPClient().fetch(url, headers=headers, request_timeout=3)
+        return int(json.loads(resp.body)["workers"])
+    except Exception:  # noqa: BLE001 - a busy or closing cluster is listed without the count
+        return None
+
+
+def _connection_files() -> list[tuple[str, str]]:
+    """(address, path) of connection files whose scheduler port is listened on here."""
+    import psutil
+
+    try:
+        listening = {c.laddr.port for c in psutil.net_connections(kind="tcp")
+                     if c.status == psutil.CONN_LISTEN and c.laddr}
+    except psutil.Error:
+        listening = set()
+    found = []
+    for path in sorted(runtime_dir().glob("scheduler-*.json")):
+        try:
+            address = read_connection_file(path)[0]
+            port = int(address.rsplit(":", 1)[1])
+        except (OSError, ValueError, KeyError, IndexError):
+            continue
+        if port in listening:
+            found.append((address, str(path)))
+    return found

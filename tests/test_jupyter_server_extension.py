@@ -1,0 +1,296 @@
+"""Dashboards through the Jupyter server (JupyterHub / Binder): the link template, and the
+server extension's proxy and cluster list against a real JupyterLab server with a token
+(``tests/labserver.py``) and headless chromium.
+
+The extension is enabled by the config file the package ships
+(``extension/jupyter-config/jupyter_server_config.d/nbcluster.json``, via ``JUPYTER_CONFIG_PATH``),
+so the tests do not depend on how nbcluster was installed (an editable install does not enable it).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from nbcluster import Client, LocalCluster
+from nbcluster.config import write_connection_file
+from nbcluster.dashboard import links
+from nbcluster.dashboard.links import DashboardLinkWarning, format_link
+from nbcluster.dashboard.server import start_dashboard
+from test_dashboard_http import get, on_loop, scripts
+
+pytest.importorskip("jupyter_server")
+pytestmark = pytest.mark.timeout(60)
+REPO = Path(__file__).resolve().parent.parent
+CONFIG = REPO / "extension" / "jupyter-config"
+
+
+@pytest.fixture(autouse=True)
+def no_link_env(monkeypatch):
+    """Each test starts from a plain environment (as if not on a hub)."""
+    for name in ("NBCLUSTER_DASHBOARD_LINK", "JUPYTERHUB_SERVICE_PREFIX"):
+        monkeypatch.delenv(name, raising=False)
+
+
+# --------------------------------------------------------------------------- the link template
+def test_plain_link_when_nothing_is_set():
+    assert format_link("127.0.0.1", 8787) == "http://127.0.0.1:8787/status"
+    assert format_link("::1", 8787, "/pfx") == "http://[::1]:8787/pfx/status"
+
+
+def test_jupyterhub_prefix_makes_the_link_go_through_the_jupyter_server(monkeypatch):
+    monkeypatch.setenv("JUPYTERHUB_SERVICE_PREFIX", "/user/ada/")
+    assert format_link("127.0.0.1", 8787) == "/user/ada/nbcluster/dashboard/8787/status"
+    assert format_link("127.0.0.1", 8787, "/pfx") == "/user/ada/nbcluster/dashboard/8787/pfx/status"
+
+
+def test_template_from_the_environment_wins(monkeypatch):
+    monkeypatch.setenv("JUPYTERHUB_SERVICE_PREFIX", "/user/ada/")
+    monkeypatch.setenv("HUB_HOST", "https://hub.example.org")
+    monkeypatch.setenv("NBCLUSTER_DASHBOARD_LINK",
+                       "{HUB_HOST}{JUPYTERHUB_SERVICE_PREFIX}proxy/{port}{prefix}/status#{host}")
+    assert format_link("127.0.0.1", 8787, "/p") == \
+        "https://hub.example.org/user/ada/proxy/8787/p/status#127.0.0.1"
+
+
+@pytest.mark.parametrize("template, culprit", [
+    ("{JUPYTERHUB_SERVICE_PREFIX}proxy/{port}/status", "{JUPYTERHUB_SERVICE_PREFIX}"),
+    ("{NO_SUCH_VARIABLE}/{port}", "{NO_SUCH_VARIABLE}"),
+    ("/proxy/{port/status", "not a valid format string"),
+])
+def test_a_bad_template_falls_back_to_the_plain_link_with_a_warning(monkeypatch, template,
+                                                                    culprit):
+    monkeypatch.setenv("NBCLUSTER_DASHBOARD_LINK", template)
+    with pytest.warns(DashboardLinkWarning, match="NBCLUSTER_DASHBOARD_LINK") as record:
+        assert format_link("127.0.0.1", 8787) == "http://127.0.0.1:8787/status"
+    assert culprit in str(record[0].message)
+
+
+def test_the_token_is_appended(monkeypatch):
+    assert format_link("0.0.0.0", 1, token="t-1").endswith(":1/status?token=t-1")
+    monkeypatch.setenv("JUPYTERHUB_SERVICE_PREFIX", "/user/ada/")
+    assert format_link("127.0.0.1", 2, token="t/2") == \
+        "/user/ada/nbcluster/dashboard/2/status?token=t%2F2"
+    monkeypatch.setenv("NBCLUSTER_DASHBOARD_LINK", "/x/{port}/status?theme=dark")
+    assert format_link("127.0.0.1", 2, token="t") == "/x/2/status?theme=dark&token=t"
+
+
+def test_every_place_that_shows_the_link_shows_the_templated_one(monkeypatch):
+    monkeypatch.setenv("JUPYTERHUB_SERVICE_PREFIX", "/user/ada/")
+    from nbcluster.jupyter.html import client_html, cluster_html
+
+    with LocalCluster(n_workers=1, processes=False) as cluster, Client(cluster) as client:
+        want = f"/user/ada/nbcluster/dashboard/{cluster._dashboard.port}/status"
+        assert cluster.dashboard_link == want == client.dashboard_link
+        for html in (cluster._repr_html_(), client._repr_html_(), client_html(client),
+                     cluster_html(cluster)):
+            assert f"href='{want}'" in html
+        secure = on_loop(cluster, lambda: start_dashboard(cluster.scheduler, token="tok"))
+        try:
+            assert secure.link == f"/user/ada/nbcluster/dashboard/{secure.port}/status?token=tok"
+        finally:
+            on_loop(cluster, secure.stop)
+
+
+def test_cluster_magic_shows_the_templated_link(monkeypatch, capsys):
+    from test_jupyter_magics import _shell
+
+    monkeypatch.setenv("JUPYTERHUB_SERVICE_PREFIX", "/user/ada/")
+    ip = _shell()
+    ip.run_line_magic("load_ext", "nbcluster")
+    try:
+        ip.run_line_magic("cluster", "start -n 1 --no-processes")
+        assert "Dashboard: /user/ada/nbcluster/dashboard/" in capsys.readouterr().out
+        ip.run_line_magic("cluster", "dashboard")
+        assert capsys.readouterr().out.strip().startswith(
+            "Dashboard: /user/ada/nbcluster/dashboard/")
+    finally:
+        ip.run_line_magic("cluster", "stop")
+        ip.run_line_magic("unload_ext", "nbcluster")
+
+
+def test_a_cluster_of_processes_makes_the_link_in_its_scheduler(monkeypatch, capfd):
+    monkeypatch.setenv("JUPYTERHUB_SERVICE_PREFIX", "/user/ada/")
+    with LocalCluster(n_workers=1, processes=True) as cluster:
+        assert cluster.dashboard_link.startswith("/user/ada/nbcluster/dashboard/")
+    monkeypatch.setenv("NBCLUSTER_DASHBOARD_LINK", "{NOT_SET_ANYWHERE}proxy/{port}/status")
+    with LocalCluster(n_workers=1, processes=True) as cluster:     # starts all the same
+        assert cluster.dashboard_link.startswith("http://127.0.0.1:")
+    assert "{NOT_SET_ANYWHERE} is neither" in capfd.readouterr().err
+
+
+# --------------------------------------------------------------------------- a Jupyter server
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    """(base URL, token, nbcluster runtime dir) of JupyterLab with the extension enabled."""
+    from labserver import running_lab
+
+    tmp = tmp_path_factory.mktemp("jupyter")
+    with pytest.MonkeyPatch.context() as env:      # the server's environment
+        env.setenv("NBCLUSTER_RUNTIME_DIR", str(tmp / "nbcluster"))
+        env.setenv("JUPYTER_CONFIG_PATH", str(CONFIG))
+        env.delenv("JUPYTERHUB_SERVICE_PREFIX", raising=False)
+        with running_lab(tmp, "empty.ipynb", []) as (base, token):
+            assert "nbcluster.jupyter.server_extension | extension was successfully loaded" \
+                in (tmp / "lab.log").read_text()
+            yield base, token, tmp / "nbcluster"
+
+
+@pytest.fixture
+def jupyter(server, monkeypatch):
+    """The server, with this test's clusters registered where its extension looks."""
+    base, token, runtime = server
+    monkeypatch.setenv("NBCLUSTER_RUNTIME_DIR", str(runtime))
+    return base, token
+
+
+@pytest.fixture
+def cluster(jupyter):
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=False) as c:
+        yield c
+
+
+def test_the_proxied_dashboard_needs_the_jupyter_login(jupyter, cluster):
+    base, token = jupyter
+    page = f"{base}/nbcluster/dashboard/{cluster._dashboard.port}/status"
+    status, _, html = get(f"{page}?token={token}")
+    assert status == 200 and "<title>nbcluster: Status</title>" in html
+    assert get(page.replace("/dashboard/", "/dashboard/0") + f"?token={token}")[0] == 200
+    for src in scripts(html):             # relative to the page: through the proxy too
+        assert src.startswith("./static/")
+        assert get(f"{page.rsplit('/', 1)[0]}/{src[2:]}?token={token}")[0] == 200
+    auth = {"Authorization": f"token {token}"}
+    status, _, body = get(page.replace("/status", "/metrics.json"), headers=auth)
+    assert status == 200 and json.loads(body)["workers"] == 2
+    # without Jupyter's token: the login page, and nothing of the dashboard
+    status, headers, _ = get(page, follow=False)
+    assert status in (302, 403)
+    if status == 302:
+        assert "/login" in headers["Location"]
+    assert get(page + "?token=wrong", follow=False)[0] in (302, 403)
+    # ".../<port>" and ".../<port>/" lead to the status page
+    status, headers, _ = get(page.rsplit("/", 1)[0], headers=auth, follow=False)
+    assert status == 302 and headers["Location"].endswith(f"/{cluster._dashboard.port}/")
+    status, headers, _ = get(page.rsplit("/", 1)[0] + "/", headers=auth, follow=False)
+    assert status == 302 and headers["Location"] == "status"
+
+
+def test_a_dashboard_with_a_token_is_proxied_without_showing_it(jupyter, cluster):
+    base, token = jupyter
+    secure = on_loop(cluster, lambda: start_dashboard(cluster.scheduler, require_token=True))
+    try:
+        assert get(f"http://127.0.0.1:{secure.port}/status")[0] == 403     # directly: no
+        status, _, html = get(f"{base}/nbcluster/dashboard/{secure.port}/status?token={token}")
+        assert status == 200 and "nbcluster: Status" in html   # the proxy sent its token
+    finally:
+        on_loop(cluster, secure.stop)
+
+
+def test_the_websocket_needs_the_jupyter_login_and_its_origin(jupyter, cluster):
+    from bokeh.util.token import generate_jwt_token
+    from tornado import httpclient, websocket
+
+    base, token = jupyter
+    page = f"{base}/nbcluster/dashboard/{cluster._dashboard.port}/status"
+    forged = generate_jwt_token("a-session", secret_key=b"not the dashboard's key" * 2,
+                                signed=True)
+
+    async def attempt(headers):
+        request = httpclient.HTTPRequest(f"ws{page[4:]}/ws", headers=headers,
+                                         request_timeout=10)
+        try:
+            ws = await websocket.websocket_connect(request, subprotocols=["bokeh", forged])
+        except httpclient.HTTPClientError as e:
+            return e.code
+        message = await asyncio.wait_for(ws.read_message(), 10)
+        ws.close()
+        return message
+
+    assert asyncio.run(attempt({})) == 403
+    _, headers, _ = get(f"{page}?token={token}")          # the browser's login cookie
+    login = "; ".join(c.split(";", 1)[0] for c in headers.get_all("Set-Cookie"))
+    assert asyncio.run(attempt({"Cookie": login, "Origin": "http://evil.example"})) == 403
+    # logged in, same origin: it reaches the dashboard, which closes it (a forged session)
+    assert asyncio.run(attempt({"Cookie": login, "Origin": base})) is None
+
+
+def test_ports_that_are_not_nbcluster_dashboards_are_refused(jupyter, cluster, tmp_path):
+    base, token = jupyter
+    jupyter_port = int(base.rsplit(":", 1)[1])
+    with socket.socket() as other:          # some other service on this machine
+        other.bind(("127.0.0.1", 0))
+        other.listen()
+        other_port = other.getsockname()[1]
+        for port in (other_port, jupyter_port, 1, 99999):
+            status, _, body = get(f"{base}/nbcluster/dashboard/{port}/status?token={token}")
+            assert status == 404, port
+            assert f"no nbcluster dashboard is running on port {port}" in body
+        assert get(f"{base}/nbcluster/dashboard/evil.example:80/status?token={token}")[0] == 404
+        # a registry entry left by a process that is gone does not count
+        dead = subprocess.Popen([sys.executable, "-c", "pass"])
+        dead.wait()
+        links.registry_path(other_port).write_text(json.dumps(
+            {"port": other_port, "pid": dead.pid, "host": "127.0.0.1", "prefix": "",
+             "token": None, "scheduler": "tcp://127.0.0.1:1", "started": 0}))
+        try:
+            assert get(f"{base}/nbcluster/dashboard/{other_port}/?token={token}")[0] == 404
+        finally:
+            links.registry_path(other_port).unlink()
+    # a dashboard that stopped is refused at once
+    dash = on_loop(cluster, lambda: start_dashboard(cluster.scheduler))
+    page = f"{base}/nbcluster/dashboard/{dash.port}/metrics.json?token={token}"
+    assert get(page)[0] == 200
+    on_loop(cluster, dash.stop)
+    assert get(page)[0] == 404
+
+
+def test_clusters_lists_the_clusters_on_this_machine(jupyter, cluster):
+    base, token = jupyter
+    with socket.socket() as listening:
+        listening.bind(("127.0.0.1", 0))
+        listening.listen()
+        alive = f"tcp://127.0.0.1:{listening.getsockname()[1]}"
+        paths = [write_connection_file(alive, "secret-1"),
+                 write_connection_file("tcp://127.0.0.1:1", "secret-2")]   # nobody there
+        try:
+            status, _, body = get(f"{base}/nbcluster/clusters?token={token}")
+        finally:
+            for path in paths:
+                path.unlink()
+    assert status == 200 and "secret" not in body
+    clusters = {c["scheduler"]: c for c in json.loads(body)["clusters"]}
+    ours = clusters[cluster.scheduler_address]
+    port = cluster._dashboard.port
+    assert ours["workers"] == 2 and ours["dashboard_port"] == port
+    assert ours["dashboard"] == f"/nbcluster/dashboard/{port}/status"
+    assert get(base + ours["dashboard"] + f"?token={token}")[0] == 200
+    assert clusters[alive]["dashboard"] is None
+    assert "tcp://127.0.0.1:1" not in clusters
+    assert get(f"{base}/nbcluster/clusters", follow=False)[0] == 403
+
+
+def test_chromium_renders_the_proxied_status_page(jupyter, cluster, tmp_path):
+    from test_dashboard_browser import CHROMIUM, check_page, chromium_page, nap, task_rgb
+
+    if not os.path.exists(CHROMIUM):
+        pytest.skip("needs Debian chromium")
+    pytest.importorskip("playwright.sync_api")
+    base, token = jupyter
+    with Client(cluster) as client:
+        futures = client.map(nap, range(1500))      # 15 s of work: runs all through the test
+        with chromium_page(tmp_path) as (page, errors):
+            sockets = []
+            page.on("websocket", lambda ws: sockets.append(ws.url))
+            url = f"{base}/nbcluster/dashboard/{cluster._dashboard.port}/status?token={token}"
+            assert check_page(page, url, task_rgb("nap")) > 200   # live: data and pixels
+            assert sockets and all(s.startswith(f"ws{base[4:]}/nbcluster/dashboard/")
+                                   for s in sockets)
+            assert not errors, errors
+        client.cancel(futures)
