@@ -335,7 +335,10 @@ class Worker:
             for msg in batch:
                 op = m.check(msg)
                 if op == m.GET_DATA:
-                    comm.send(self._get_data(msg[1], msg[2]))
+                    if any(type(self.data.get(k)) is Spilled for k in msg[2]):
+                        asyncio.ensure_future(self._get_data_from_disk(comm, msg[1], msg[2]))
+                    else:
+                        comm.send(self._get_data(msg[1], msg[2]))
                 elif op == m.PUT_DATA:
                     comm.send(self._put_data(msg[1], msg[2]))
                 elif op != m.HELLO:
@@ -343,10 +346,22 @@ class Worker:
 
         comm.start(on_batch, lambda reason: None)
 
-    def _get_data(self, request_id, keys) -> list:
+    async def _get_data_from_disk(self, comm: Comm, request_id, keys) -> None:
+        """Some of the values asked for are on disk: read them off the event loop."""
+        spilled = {k: v for k in keys if type(v := self.data.get(k)) is Spilled}
+        read = await asyncio.get_running_loop().run_in_executor(None, _read_spilled, spilled)
+        comm.send(self._get_data(request_id, keys, read))
+
+    def _get_data(self, request_id, keys, read: dict | None = None) -> list:
         values, missing, errors = {}, [], {}
         data = self.data
         for key in keys:
+            if read is not None and key in read and key in data:
+                if read[key] is None:            # its file went with the key meanwhile
+                    missing.append(key)
+                else:
+                    values[key] = read[key]
+                continue
             if key not in data:
                 missing.append(key)
                 continue
@@ -356,6 +371,8 @@ class Worker:
                     dump_value(value, what=f"the result of {key!r}")
             except SerializationError as e:
                 errors[key] = str(e)
+            except OSError:                      # a spill file removed under us
+                missing.append(key)
         extra = {"missing": missing, "errors": errors} if errors else missing
         return [m.DATA, request_id, values, extra]
 
@@ -433,6 +450,17 @@ class Worker:
               flush=True)
         self.scheduler.send([m.STATUS, "terminating", reason])
         self._loop.call_later(TERMINATE_GRACE_SECONDS, os._exit, MEMORY_EXIT_CODE)
+
+
+def _read_spilled(spilled: dict) -> dict:
+    """On a thread: the wire form of each spilled value, None if its file is gone."""
+    read = {}
+    for key, marker in spilled.items():
+        try:
+            read[key] = marker.serialized()
+        except OSError:
+            read[key] = None
+    return read
 
 
 async def run_worker(scheduler_address: str, **kwargs) -> None:
