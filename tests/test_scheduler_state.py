@@ -575,6 +575,17 @@ def test_restart_forgets_every_task_and_tells_clients_and_workers():
     assert computes(out)                          # and work goes on
 
 
+def test_unfinished_work_uses_each_functions_recent_run_time():
+    sim = Sim(("A",))
+    sim.submit(spec("slow-1"), spec("fast-1"))
+    sim.finish("A", "slow-1", duration=2.0)
+    sim.finish("A", "fast-1", duration=0.01)
+    sim.submit(*[spec(f"slow-{i}") for i in range(2, 5)], *[spec(f"fast-{i}") for i in range(2, 12)],
+               spec("new-1"))
+    expected = 3 * 2.0 + 10 * 0.01 + sim.s.avg_duration
+    assert sim.s.unfinished_work() == pytest.approx(expected)
+
+
 # ---------------------------------------------------------------------- paused workers
 def test_paused_worker_gets_no_new_tasks_until_it_resumes():
     sim = Sim(("A", "B"))

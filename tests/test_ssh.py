@@ -146,6 +146,13 @@ def test_scale_and_close_leave_nothing_running(sshd, tmp_path):
         assert not any(psutil.pid_exists(pid) for pid in before)
         pids += list(after)
         assert client.submit(add, 2, 2).result(timeout=30) == 4
+        adaptive = cluster.adapt(minimum=1, maximum=2, interval=0.05, wait_count=2)
+        naps = client.map(time.sleep, [0.3] * 12)
+        wait_until(lambda: len(cluster.workers) == 2, "adaptive scaling to add a worker")
+        client.gather(naps)
+        pids += [p["pid"] for p in cluster.remote_processes()]
+        cluster.scale(1)                            # manual control ends adapting
+        assert not adaptive.running and len(cluster.workers) == 1
     cluster.close()
     cluster.close()   # idempotent
     assert not any(psutil.pid_exists(pid) for pid in pids)

@@ -539,6 +539,12 @@ class Client:
                                    f"{timeout:g} s")
             await asyncio.sleep(0.05)
 
+    def load(self) -> dict:
+        """Work waiting and what each worker runs and holds (what adaptive scaling reads):
+        ``{"work_seconds", "tasks": {state: n}, "workers": {address: {"processing", "keys",
+        "nthreads"}}}``."""
+        return self._sync(self._conn.request("load"))
+
     def scheduler_info(self) -> dict:
         return self._sync(self._conn.request("info"))
 

@@ -158,6 +158,7 @@ class LocalCluster:
         self._thread = None
         self._inproc_workers: list = []
         self.restarts = 0
+        self._adaptive = None
         # worker processes spill to disk under here; removed when the cluster closes
         self.local_directory = tempfile.mkdtemp(prefix="nbcluster-") if processes else ""
         if host not in ("127.0.0.1", "localhost", "::1"):
@@ -295,11 +296,26 @@ class LocalCluster:
             return [wp.address for wp in self._procs]
         return [w.address for w in self._inproc_workers]
 
+    def adapt(self, minimum: int = 0, maximum: int | None = None, interval: float = 1.0,
+              wait_count: int = 3):
+        """Grow while work waits, retire workers idle (running nothing, holding nothing) for
+        ``wait_count`` checks; ``maximum`` defaults to this machine's cores. ``scale()`` or
+        the returned object's ``stop()`` ends it (see ``deploy/adaptive.py``)."""
+        from .adaptive import restart_adaptive
+
+        self._check_open()
+        return restart_adaptive(self, minimum, machine_size() if maximum is None else maximum,
+                                interval, wait_count)
+
     def scale(self, n: int) -> None:
-        """Add or remove workers until there are ``n``."""
+        """Add or remove workers until there are ``n`` (and stop adapting, if it was)."""
         if not isinstance(n, int) or n < 0:
             raise ValueError(f"scale needs a non-negative int, got {n!r}")
         self._check_open()
+        if self._adaptive is not None:
+            from .adaptive import stop_adaptive
+
+            stop_adaptive(self)
         while len(self.workers) < n:
             self.add_worker()
         while len(self.workers) > n:
@@ -379,6 +395,10 @@ class LocalCluster:
             raise ClusterError("this LocalCluster is closed")
 
     def close(self) -> None:
+        if getattr(self, "_adaptive", None) is not None:
+            from .adaptive import stop_adaptive
+
+            stop_adaptive(self)
         with self._lock:
             if self.closed:
                 return

@@ -126,6 +126,8 @@ class SSHCluster:
         self.scheduler_address: str | None = None
         # hosts[1:] run workers; a single host runs both
         self._worker_slots = list(range(1, len(self.hosts))) or [0]
+        self._n_workers_per_host = n_workers_per_host
+        self._adaptive = None
         self._names = itertools.count()
         self._scheduler: RemoteProcess | None = None
         self._workers: list[RemoteProcess] = []    # ready workers, in start order
@@ -267,10 +269,15 @@ class SSHCluster:
                  "address": r.address} for r in remotes]
 
     def scale(self, n: int) -> None:
-        """Start or stop workers until there are ``n`` (new ones go to the least busy host)."""
+        """Start or stop workers until there are ``n`` (new ones go to the least busy host);
+        stops adapting, if it was."""
         if not isinstance(n, int) or n < 0:
             raise ValueError(f"scale needs a non-negative int, got {n!r}")
         self._check_open()
+        if self._adaptive is not None:
+            from .adaptive import stop_adaptive
+
+            stop_adaptive(self)
         self._run(self._scale(n), self.timeout + self.close_timeout + 30)
 
     async def _scale(self, n: int) -> None:
@@ -319,6 +326,21 @@ class SSHCluster:
         self._check_open()
         self._run(self._stop_worker(address), self.close_timeout + 15)
 
+    @property
+    def threads_per_worker(self) -> int:
+        return int(self.worker_options.get("nthreads", 1))
+
+    def adapt(self, minimum: int = 0, maximum: int | None = None, interval: float = 1.0,
+              wait_count: int = 3):
+        """Grow while work waits, retire idle workers; ``maximum`` defaults to
+        ``n_workers_per_host`` on each worker host. ``scale()`` ends it."""
+        from .adaptive import restart_adaptive
+
+        self._check_open()
+        if maximum is None:
+            maximum = max(1, self._n_workers_per_host * len(self._worker_slots))
+        return restart_adaptive(self, minimum, maximum, interval, wait_count)
+
     def restart_workers(self, timeout: float | None = None) -> None:
         """Replace every worker by a new process on the same host (``client.restart()``)."""
         self._check_open()
@@ -341,6 +363,10 @@ class SSHCluster:
 
     def close(self) -> None:
         """Stop every remote process (terminate, then kill) and close the SSH connections."""
+        if getattr(self, "_adaptive", None) is not None:
+            from .adaptive import stop_adaptive
+
+            stop_adaptive(self)
         with self._lock:
             if self.closed:
                 return

@@ -217,6 +217,13 @@ class Scheduler:
             "done_by_prefix": dict(st.counts),
         }
 
+    def _request_load(self, peer, request_id) -> dict:
+        """What adaptive scaling decides on: work waiting, and what each worker runs and holds."""
+        st = self.state
+        return {"work_seconds": st.unfinished_work(), "tasks": st.counts_by_state(),
+                "workers": {a: {"processing": len(w.processing), "keys": len(w.has_what),
+                                "nthreads": w.nthreads} for a, w in st.workers.items()}}
+
     def _request_who_has(self, peer, request_id, keys) -> dict:
         tasks = self.state.tasks
         return {k: [w.address for w in tasks[k].who_has] if k in tasks else [] for k in keys}

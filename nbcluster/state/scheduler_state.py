@@ -49,6 +49,7 @@ class SchedulerState(Transitions):
         self.counter = 0
         self.avg_duration = 0.001
         self.counts: dict[str, int] = defaultdict(int)   # finished / erred totals by prefix
+        self.prefix_durations: dict[str, float] = {}      # recent run time, by function
         self.out: list = []
         self.now = 0.0
         self.record_stories = False
@@ -113,6 +114,13 @@ class SchedulerState(Transitions):
         self._fill_workers()
         self.out = []
         return out
+
+    def unfinished_work(self) -> float:
+        """Seconds of work not yet done: each waiting or running task at the recent run time
+        of its function (the overall average for functions not seen yet)."""
+        durations, default = self.prefix_durations, self.avg_duration
+        return sum(durations.get(ts.prefix, default) for ts in self.tasks.values()
+                   if ts.state in ("queued", "processing", "waiting"))
 
     def restart(self, reason: str, now: float = 0.0) -> list:
         """Forget every task (``client.restart()``): clients hear CANCELLED for each key they
@@ -343,7 +351,11 @@ class SchedulerState(Transitions):
         self._unassign(ts, free=False)
         if ts.attempts is not None or ts.options:
             self._attempt(ts, peer, start, stop - start, None)
-        self.avg_duration = 0.9 * self.avg_duration + 0.1 * max(stop - start, 1e-6)
+        duration = max(stop - start, 1e-6)
+        self.avg_duration = 0.9 * self.avg_duration + 0.1 * duration
+        known = self.prefix_durations.get(ts.prefix)
+        self.prefix_durations[ts.prefix] = duration if known is None else \
+            0.5 * known + 0.5 * duration
         self.counts[ts.prefix] += 1
         ts.nbytes = nbytes
         ts.state = "memory"
