@@ -202,3 +202,30 @@ def test_memory_progress_and_worker_table(cluster, client):
         del held
     finally:
         GATE.set()
+
+
+class _StaticFeed:
+    """A feed that always shows the same snapshot."""
+
+    def __init__(self, data):
+        self.data = data
+
+    def refresh(self):
+        pass
+
+
+def test_memory_plot_and_worker_table_show_spilled_results_apart():
+    worker = {"address": "tcp://w:1", "name": "w", "nthreads": 1, "processing": 0,
+              "executing": 0, "ready": 0, "nbytes": 300_000_000, "spilled": 200_000_000,
+              "keys": 4, "rss": 150_000_000, "cpu": 1.0, "memory_limit": 400_000_000,
+              "pid": 1, "last_seen": 0.0, "status": "running"}
+    feed = _StaticFeed({"workers": [worker]})
+    memory = MemoryByWorker(feed)
+    memory.update()
+    d = memory.source.data
+    assert d["nbytes"] == [100_000_000] and d["disk_end"] == [300_000_000]
+    assert d["spilled_text"] == ["200.0 MB"] and d["nbytes_text"] == ["100.0 MB"]
+    table = WorkerTable(feed, clock=lambda: 1.0)
+    table.update()
+    assert table.source.data["spilled"] == ["200.0 MB"]
+    assert table.source.data["results"] == ["100.0 MB"]

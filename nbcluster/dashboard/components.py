@@ -237,13 +237,14 @@ class _Replacing(Component):
 
 
 class MemoryByWorker(_Replacing):
-    """Per worker: process memory (psutil RSS) and bytes held by results, within its limit."""
+    """Per worker: process memory (psutil RSS), bytes held by results in memory, and results
+    spilled to disk (grey, after them), within its limit."""
 
     def __init__(self, feed: Feed, **figure_kwargs: Any) -> None:
         super().__init__(feed)
         self.source = ColumnDataSource({c: [] for c in (
             "worker", "address", "nbytes", "rss", "limit", "color", "nbytes_text", "rss_text",
-            "limit_text")}, name="memory")
+            "limit_text", "disk_end", "spilled_text")}, name="memory")
         kwargs = dict(title="Memory by worker", height=250, sizing_mode="stretch_width",
                       y_range=FactorRange(), x_range=DataRange1d(start=0), tools="reset,save",
                       min_border_right=30)
@@ -255,9 +256,13 @@ class MemoryByWorker(_Replacing):
                            fill_color="color", fill_alpha=0.35, line_color=None, name="process")
         results = fig.hbar(source=self.source, y="worker", left=0, right="nbytes", height=0.5,
                            fill_color="color", fill_alpha=0.9, line_color=None, name="results")
-        fig.add_tools(HoverTool(renderers=[process, results], tooltips=[
-            ("worker", "@address"), ("results held", "@nbytes_text"),
-            ("process memory", "@rss_text"), ("limit", "@limit_text")]))
+        disk = fig.hbar(source=self.source, y="worker", left="nbytes", right="disk_end",
+                        height=0.5, fill_color=WAITING_COLOR, fill_alpha=0.9, line_color=None,
+                        name="spilled")
+        fig.add_tools(HoverTool(renderers=[process, results, disk], tooltips=[
+            ("worker", "@address"), ("results in memory", "@nbytes_text"),
+            ("results on disk", "@spilled_text"), ("process memory", "@rss_text"),
+            ("limit", "@limit_text")]))
         fig.xaxis[0].formatter = NumeralTickFormatter(format="0.0 b")
         fig.ygrid.visible = False
         self.figure = self.root = fig
@@ -267,11 +272,14 @@ class MemoryByWorker(_Replacing):
         workers = self.feed.data.get("workers", [])
         data: dict[str, list] = {c: [] for c in self.source.data}
         for w in workers:
-            rss, limit, nbytes = w["rss"], w["memory_limit"], w["nbytes"]
+            rss, limit, spilled = w["rss"], w["memory_limit"], w.get("spilled", 0)
+            nbytes = max(0, w["nbytes"] - spilled)       # the rest is on disk
             frac = rss / limit if limit else 0.0
             data["worker"].append(_label(w))
             data["address"].append(w["address"])
             data["nbytes"].append(nbytes)
+            data["disk_end"].append(nbytes + spilled)
+            data["spilled_text"].append(format_bytes(spilled))
             data["rss"].append(rss)
             data["limit"].append(limit)
             data["color"].append(ERROR_COLOR if frac > 0.8 else "#ff7f0e" if frac > 0.6
@@ -346,6 +354,7 @@ class WorkerTable(_Replacing):
     COLUMNS = (("name", "name"), ("address", "address"), ("status", "status"),
                ("threads", "threads"),
                ("running", "running"), ("ready", "ready"), ("results", "memory"),
+               ("spilled", "on disk"),
                ("process", "process memory"), ("cpu", "CPU %"), ("last_seen", "last seen"))
 
     def __init__(self, feed: Feed, clock=time.time, **table_kwargs: Any) -> None:
@@ -370,7 +379,8 @@ class WorkerTable(_Replacing):
             data["threads"].append(w["nthreads"])
             data["running"].append(w["processing"])
             data["ready"].append(w["ready"])
-            data["results"].append(format_bytes(w["nbytes"]))
+            data["results"].append(format_bytes(w["nbytes"] - w.get("spilled", 0)))
+            data["spilled"].append(format_bytes(w.get("spilled", 0)))
             data["process"].append(format_bytes(w["rss"]))
             data["cpu"].append(round(w["cpu"], 1))
             ago = max(0.0, now - w["last_seen"]) if w["last_seen"] else None

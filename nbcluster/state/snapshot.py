@@ -14,7 +14,8 @@ optional ``state.transfer_log`` / ``transfer_log_total`` pair is read the same w
 Shape of the result::
 
     {"workers": [{"address", "name", "nthreads", "processing", "executing", "ready", "nbytes",
-                  "keys", "rss", "cpu", "memory_limit", "pid", "last_seen", "status"}, ...],
+                  "keys", "rss", "spilled", "cpu", "memory_limit", "pid", "last_seen",
+                  "status"}, ...],
      "tasks": {state: count},
      "prefixes": {prefix: {"waiting", "queued", "processing", "memory", "released", "erred",
                            "done", "failed"}},            # done/failed: totals ever, by prefix
@@ -64,6 +65,7 @@ def _worker(ws: Any) -> dict:
         "nbytes": int(ws.nbytes),
         "keys": len(ws.has_what),
         "rss": int(metrics.get("rss", 0) or 0),
+        "spilled": int(metrics.get("spilled", 0) or 0),
         "cpu": float(metrics.get("cpu", 0.0) or 0.0),
         "memory_limit": int(identity.get("memory_limit") or 0),
         "pid": identity.get("pid"),
