@@ -73,3 +73,17 @@ def test_adapt_arguments_are_checked():
             cluster.adapt(minimum=3, maximum=2)
         adaptive = cluster.adapt(maximum=2)
     assert not adaptive.running                            # closing the cluster stops it
+
+
+def test_a_worker_that_joins_takes_queued_long_tasks_from_a_busy_one():
+    with LocalCluster(n_workers=1, processes=False, dashboard=False) as cluster, \
+            Client(cluster) as client:
+        first = cluster.workers[0]
+        futures = client.map(nap, range(4))        # all sent to the only worker at first
+        wait_until(lambda: len(client.who_has(futures)[futures[0].key]) == 0
+                   and client.load()["workers"][first]["processing"] == 4,
+                   "the four tasks on the first worker")
+        second = cluster.add_worker()
+        assert client.gather(futures) == [0, 1, 2, 3]
+        holders = client.who_has(futures)
+        assert any(holders[f.key] == [second] for f in futures), holders

@@ -586,6 +586,53 @@ def test_unfinished_work_uses_each_functions_recent_run_time():
     assert sim.s.unfinished_work() == pytest.approx(expected)
 
 
+# ---------------------------------------------------------------------- work stealing
+def _long_tasks_on_a(n, duration=1.0, **spec_kwargs):
+    """A alone, ``n`` tasks of a function known to take ``duration`` s: 2 land on A."""
+    sim = Sim(("A",))
+    sim.submit(spec("long-0"))
+    sim.started("A", "long-0")
+    sim.finish("A", "long-0", duration=duration)
+    out = sim.submit(*[spec(f"long-{i}", **spec_kwargs) for i in range(1, n + 1)])
+    return sim, out
+
+
+def test_a_new_idle_worker_steals_a_long_task_queued_behind_a_running_one():
+    sim, out = _long_tasks_on_a(2)
+    assert computes(out) == {"long-1": "A", "long-2": "A"}    # window: 1 running + 1 queued
+    sim.started("A", "long-1")
+    out = sim.add_worker("B")
+    assert computes(out) == {"long-2": "B"} and ("A", "long-2") in frees(out)
+    assert sim.where("long-2") == "B"
+    out = sim.finish("A", "long-2")         # A finished it before hearing FREE: ignored
+    assert ("A", "long-2") in frees(out) and sim.where("long-2") == "B"
+    sim.finish("B", "long-2")
+    assert sim.state("long-2") == "memory"
+
+
+def test_short_tasks_and_started_tasks_are_not_stolen():
+    sim, out = _long_tasks_on_a(2, duration=0.0005)
+    assert not computes(sim.add_worker("B"))   # 0.5 ms of work is not worth a round trip
+    sim, out = _long_tasks_on_a(2)
+    sim.started("A", "long-1")
+    sim.started("A", "long-2")                 # both running (2 threads' worth): leave them
+    assert not computes(sim.add_worker("B"))
+
+
+def test_pinned_tasks_and_tasks_with_big_inputs_stay():
+    sim, _ = _long_tasks_on_a(2, options={"workers": ["A"]})
+    sim.started("A", "long-1")
+    assert not computes(sim.add_worker("B"))
+    sim = Sim(("A",))
+    sim.submit(spec("big"))
+    sim.finish("A", "big", nbytes=2_000_000_000)            # 2 GB: 2 s to move
+    sim.submit(spec("use-0", deps=["big"]))
+    sim.finish("A", "use-0", duration=1.0)
+    sim.submit(*[spec(f"use-{i}", deps=["big"]) for i in (1, 2)])
+    sim.started("A", "use-1")
+    assert not computes(sim.add_worker("B"))   # 1 s of work against 2 s of transfer
+
+
 # ---------------------------------------------------------------------- paused workers
 def test_paused_worker_gets_no_new_tasks_until_it_resumes():
     sim = Sim(("A", "B"))

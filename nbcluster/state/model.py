@@ -13,6 +13,8 @@ KILLED_WORKER_LIMIT = 3
 QUEUED_WORK_SECONDS = 0.005   # aim to keep this much work queued on each thread
 TASK_LOG_LENGTH = 10_000
 MAX_WINDOW = 256               # tasks queued on a worker per thread, at most
+STEAL_LATENCY = 0.002          # seconds moving a queued task to another worker costs, besides
+STEAL_BANDWIDTH = 1e9          # its inputs at this many bytes a second
 _EMPTY: frozenset = frozenset()   # shared by tasks until they need a set of their own
 
 

@@ -11,7 +11,8 @@ import heapq
 
 from ..errors import CancelledError, FutureLostError, TaskExpiredError
 from ..protocol import messages as m
-from .model import _EMPTY, FIRE_AND_FORGET, MAX_WINDOW, QUEUED_WORK_SECONDS, TaskState, \
+from .model import _EMPTY, FIRE_AND_FORGET, MAX_WINDOW, QUEUED_WORK_SECONDS, STEAL_BANDWIDTH, \
+    STEAL_LATENCY, TaskState, \
     WorkerState, error, own, unwant
 
 
@@ -159,6 +160,48 @@ class Transitions:
                         continue
                     best = ws
                 self._assign(ts, best)
+        self._steal()
+
+    def _steal(self) -> None:
+        """Idle threads take tasks queued, not yet started, on workers that have more than
+        they can run, when the task's expected run time outweighs moving it (its inputs the
+        thief lacks, plus a round trip). The victim is told FREE and drops it unstarted."""
+        workers = self.workers.values()
+        thieves = [w for w in workers if not w.paused and len(w.processing) < w.nthreads]
+        if not thieves:
+            return
+        victims = [w for w in workers if len(w.processing) > w.nthreads]
+        if not victims:
+            return
+        victims.sort(key=lambda w: len(w.processing) / w.nthreads, reverse=True)
+        durations, default = self.prefix_durations, self.avg_duration
+        for thief in thieves:
+            spare = thief.nthreads - len(thief.processing)
+            for victim in victims:
+                surplus = len(victim.processing) - victim.nthreads   # waiting behind its threads
+                if spare <= 0:
+                    break
+                if surplus <= 0 or victim is thief:
+                    continue
+                waiting = sorted((ts for ts in victim.processing
+                                  if not ts.executing and not ts.limited),
+                                 key=lambda ts: ts.priority, reverse=True)   # run last there
+                for ts in waiting:
+                    if spare <= 0 or surplus <= 0:
+                        break
+                    if ts.queue not in thief.queues:
+                        continue
+                    pinned = ts.options.get("workers") if ts.options else None
+                    if pinned and thief.address not in pinned:
+                        continue
+                    moved = sum(d.nbytes for d in ts.deps if thief not in d.who_has)
+                    if durations.get(ts.prefix, default) < STEAL_LATENCY + moved / STEAL_BANDWIDTH:
+                        continue
+                    self._unassign(ts)
+                    self._assign(ts, thief)
+                    self._record(ts, "stolen", thief.address)
+                    spare -= 1
+                    surplus -= 1
 
     def _release_limited(self) -> None:
         """Start held tasks whose limit allows it, each on an idle thread."""
