@@ -98,14 +98,16 @@ def test_cluster_snapshot_from_scheduler_info():
     assert repr(report) == text and report._repr_html_() == html
 
 
-def test_paused_workers_are_marked():
+def test_paused_workers_and_spilled_results_are_marked():
     info = {"address": "tcp://s:1", "workers": {
-        "a": {"name": "w-a", "nthreads": 1, "status": "paused"},
+        "a": {"name": "w-a", "nthreads": 1, "status": "paused", "memory": 3_000_000,
+              "metrics": {"spilled": 2_000_000}},
         "b": {"name": "w-b", "nthreads": 1}}}
     snap = ClusterSnapshot.from_info(info)
     assert [w.status for w in snap.workers] == ["paused", "running"]
     assert "w-a <span" in snapshot_html(snap) and "(paused)" in snapshot_html(snap)
     assert snap.text().count("(paused)") == 1
+    assert "3.0 MB (2.0 MB on disk)" in snapshot_html(snap) and "on disk 2.0 MB" in snap.text()
 
 
 def test_html_escapes_names():

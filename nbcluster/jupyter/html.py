@@ -61,7 +61,9 @@ def snapshot_html(snap: ClusterSnapshot, title: str = "nbcluster") -> str:
         name = escape(w.name) if w.status == "running" else \
             f"{escape(w.name)} <span style='color:{STATUS_COLOURS['error']}'>({escape(w.status)})</span>"
         rows.append([name, f"<code>{escape(w.address)}</code>", str(w.nthreads),
-                     f"{format_bytes(w.rss)}{limit}", format_bytes(w.memory), f"{w.cpu:.0f}%",
+                     f"{format_bytes(w.rss)}{limit}",
+                     format_bytes(w.memory) + (f" ({format_bytes(w.spilled)} on disk)"
+                                               if w.spilled else ""), f"{w.cpu:.0f}%",
                      str(w.processing), str(w.keys)])
     workers = (_table(["worker", "address", "threads", "memory", "results", "cpu",
                        "processing", "keys"], rows)

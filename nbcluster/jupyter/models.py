@@ -215,6 +215,7 @@ class WorkerRow:
     processing: int
     keys: int
     status: str = "running"   # "paused": over its memory pause threshold
+    spilled: int = 0          # bytes of results on disk (part of ``memory``)
 
 
 @dataclass
@@ -259,7 +260,8 @@ class ClusterSnapshot:
                 cpu=float(metrics.get("cpu", 0.0) or 0.0),
                 processing=int(w.get("processing", 0) or 0),
                 keys=int(w.get("keys", 0) or 0),
-                status=str(w.get("status", "running"))))
+                status=str(w.get("status", "running")),
+                spilled=int(metrics.get("spilled", 0) or 0)))
         return cls(scheduler=str(info.get("address", "")), workers=rows,
                    tasks=dict(info.get("tasks", {})),
                    done_by_prefix=dict(info.get("done_by_prefix", {})),
@@ -279,6 +281,7 @@ class ClusterSnapshot:
             lines.append(f"  {w.name:<10} {w.address:<24} threads {w.nthreads}  "
                          f"memory {format_bytes(w.rss)}{limit}  cpu {w.cpu:.0f}%  "
                          f"processing {w.processing}  keys {w.keys}"
+                         + (f"  on disk {format_bytes(w.spilled)}" if w.spilled else "")
                          + ("" if w.status == "running" else f"  ({w.status})"))
         tasks = ", ".join(f"{k}: {v}" for k, v in sorted(self.tasks.items())) or "none"
         lines.append(f"Tasks by state: {tasks}")
