@@ -85,7 +85,7 @@ def test_numpy_array_travels_out_of_band_without_copies():
 def test_several_serialized_values_in_one_batch():
     a, b = np.ones(10, "i4"), np.zeros((3, 4))
     batch = [[m.DONE, "a", True, dumps(a), 40], [m.DONE, "b", True, dumps(b), 96],
-             [m.DATA, 1, {"x": dumps({"arr": a, "n": 1}), "y": 5}, []]]
+             [m.DATA, 1, {"x": dumps({"arr": a, "n": 1}), "y": 5}, [], {}]]
     got = decode(from_stream(to_stream(encode(batch))))
     assert np.array_equal(loads(got[0][3]), a)
     assert np.array_equal(loads(got[1][3]), b)

@@ -75,12 +75,7 @@ class DataPool:
     async def get_data(self, address: str, keys: list) -> tuple[dict, list, dict]:
         """Returns (values, missing keys, {key: error text}) from the worker at ``address``."""
         msg = await self._request(address, m.GET_DATA, keys)
-        values, missing = msg[2], msg[3]
-        errors = {}
-        if type(missing) is dict:   # {"missing": [...], "errors": {...}}
-            errors = missing.get("errors", {})
-            missing = missing.get("missing", [])
-        return values, missing, errors
+        return msg[2], msg[3], msg[4]
 
     async def put_data(self, address: str, values: dict) -> None:
         msg = await self._request(address, m.PUT_DATA, values)

@@ -48,7 +48,7 @@ STATUS = "status"          # "running", "paused" (memory above the pause thresho
                            # "terminating" (over the memory limit: about to exit), detail
 # worker <-> worker and client -> worker
 GET_DATA = "get"           # request id, keys
-DATA = "data"              # request id, {key: value}, missing keys
+DATA = "data"              # request id, {key: value}, missing keys, {key: error text}
 PUT_DATA = "put"           # request id, {key: value}
 
 FIELDS: dict[str, tuple[str, ...]] = {
@@ -80,7 +80,7 @@ FIELDS: dict[str, tuple[str, ...]] = {
     HEARTBEAT: ("metrics",),
     STATUS: ("status", "detail"),
     GET_DATA: ("request_id", "keys"),
-    DATA: ("request_id", "values", "missing"),
+    DATA: ("request_id", "values", "missing", "errors"),
     PUT_DATA: ("request_id", "values"),
 }
 
@@ -199,7 +199,7 @@ TYPES: dict[str, tuple] = {
     HEARTBEAT: (_map,),
     STATUS: (lambda v: v in ("running", "paused", "terminating"), _str),
     GET_DATA: (_any, _keys),
-    DATA: (_any, _map, _any),
+    DATA: (_any, _map, _keys, _map),
     PUT_DATA: (_any, _map),
 }
 _TASK_TYPES = (_str, _str, _args, _kwargs, _keys, lambda v: v is None or type(v) is dict)

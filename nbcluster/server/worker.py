@@ -373,8 +373,7 @@ class Worker:
                 errors[key] = str(e)
             except OSError:                      # a spill file removed under us
                 missing.append(key)
-        extra = {"missing": missing, "errors": errors} if errors else missing
-        return [m.DATA, request_id, values, extra]
+        return [m.DATA, request_id, values, missing, errors]
 
     def _put_data(self, request_id, values) -> list:
         refused = self.state.refuses_data(values)
