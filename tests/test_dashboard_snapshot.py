@@ -46,12 +46,14 @@ class Cluster:
     def finish(self, key: str, nbytes: int = 8) -> None:
         self.now += 0.01
         self.s.handle(self.where(key), [msg(m.FINISHED, key, nbytes, self.now - 0.005, self.now,
-                                            False, None, "int")], self.now)
+                                            False, None, "int", self.s.tasks[key].run_id)],
+                      self.now)
 
     def fail(self, key: str) -> None:
         self.now += 0.01
         self.s.handle(self.where(key), [msg(m.FAILED, key, dumps(ValueError("x")), "tb",
-                                            self.now - 0.005, self.now)], self.now)
+                                            self.now - 0.005, self.now, None,
+                                            self.s.tasks[key].run_id)], self.now)
 
 
 def test_snapshot_counts_workers_and_log_as_plain_data():

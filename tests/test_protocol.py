@@ -180,16 +180,18 @@ def test_check_shape():
 
 def test_check_fields():
     ser = dumps(ValueError("x"))
-    good = [[m.FINISHED, "k", 8, 0.0, 1, True, None, "int"], [m.FAILED, "k", ser, None, 0, 1.5, None],
-            [m.COMPUTE, "k", "fn", ser, None, {"d": ["w"]}, False, -3, None],
-            [m.COMPUTE, "k", "fn", [1], {"a": 1}, {}, True, 0.5, {"timeout": 1.0}],
+    good = [[m.FINISHED, "k", 8, 0.0, 1, True, None, "int", 3],
+            [m.FAILED, "k", ser, None, 0, 1.5, None, 3],
+            [m.COMPUTE, "k", "fn", ser, None, {"d": ["w"]}, False, -3, None, 1],
+            [m.COMPUTE, "k", "fn", [1], {"a": 1}, {}, True, 0.5, {"timeout": 1.0}, 2],
             [m.UPDATE_DATA, {"k": 10}, "tcp://w:1"], [m.MISSING, "k", "d", ""]]
     for msg in good:
         assert m.check_fields(msg) == msg[0]
-    bad = [[m.FINISHED, "k", 8.0, 0.0, 1, True, None, "int"],   # nbytes a float
-           [m.FINISHED, "k", True, 0.0, 1, True, None, "int"],  # nbytes a bool
-           [m.FINISHED, "k", 8, 0.0, 1, 1, None, "int"],        # flag an int
-           [m.COMPUTE, "k", "fn", "args", None, {}, True, 0, None],
+    bad = [[m.FINISHED, "k", 8.0, 0.0, 1, True, None, "int", 1],   # nbytes a float
+           [m.FINISHED, "k", True, 0.0, 1, True, None, "int", 1],  # nbytes a bool
+           [m.FINISHED, "k", 8, 0.0, 1, 1, None, "int", 1],        # flag an int
+           [m.FINISHED, "k", 8, 0.0, 1, True, None, "int", None],  # no run id
+           [m.COMPUTE, "k", "fn", "args", None, {}, True, 0, None, 1],
            [m.UPDATE_DATA, {"k": "10"}, "w"], [m.UPDATE_DATA, {1: 10}, "w"],
            [m.RELEASE, ["a", None]], [m.FREE, "a"], [m.HEARTBEAT, None]]
     for msg in bad:

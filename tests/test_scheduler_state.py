@@ -124,19 +124,28 @@ class Sim:
     def release(self, *keys, peer=C):
         return self.client([m.RELEASE, list(keys)], peer=peer)
 
-    def finish(self, addr, key, nbytes=8, value=None, has_value=None, duration=0.0005):
+    def run_of(self, key, run=None):
+        """The run id a worker echoes: that of the task's latest assignment unless given."""
+        if run is not None:
+            return run
+        ts = self.s.tasks.get(key)
+        return ts.run_id if ts is not None else 0
+
+    def finish(self, addr, key, nbytes=8, value=None, has_value=None, duration=0.0005,
+               run=None):
         if has_value is None:
             has_value = value is not None
         t = self.now
         return self.worker(addr, [m.FINISHED, key, nbytes, t, t + duration, has_value,
-                                  value, "int"])
+                                  value, "int", self.run_of(key, run)])
 
-    def fail(self, addr, key, exc=None, tb="Traceback: boom"):
+    def fail(self, addr, key, exc=None, tb="Traceback: boom", run=None):
         exc = exc if exc is not None else dumps(ValueError("boom"))
-        return self.worker(addr, [m.FAILED, key, exc, tb, self.now, self.now + 0.001, None])
+        return self.worker(addr, [m.FAILED, key, exc, tb, self.now, self.now + 0.001, None,
+                                  self.run_of(key, run)])
 
-    def started(self, addr, key):
-        return self.worker(addr, [m.STARTED, key, self.now])
+    def started(self, addr, key, run=None):
+        return self.worker(addr, [m.STARTED, key, self.now, self.run_of(key, run)])
 
     def state(self, key):
         ts = self.s.tasks.get(key)
@@ -184,7 +193,7 @@ def test_independent_tasks_spread_over_workers_within_window():
     assert sorted(placed.values()).count("A") == window
     assert sorted(placed.values()).count("B") == window
     assert compute_order(out, "A") == [f"t{i}" for i in range(0, 12, 2)]   # FIFO, alternating
-    assert compute_msg(out, "t0") == [m.COMPUTE, "t0", FN, [1], None, {}, True, 0, None]
+    assert compute_msg(out, "t0") == [m.COMPUTE, "t0", FN, [1], None, {}, True, 0, None, 1]
     assert sum(sim.state(f"t{i}") == "queued" for i in range(20)) == 8
     # a completion frees a slot on that worker, which takes the next task in order
     out = sim.finish("A", "t0")
@@ -586,6 +595,23 @@ def test_unfinished_work_uses_each_functions_recent_run_time():
     assert sim.s.unfinished_work() == pytest.approx(expected)
 
 
+def test_a_stale_report_from_an_earlier_run_on_the_same_worker_is_ignored():
+    sim = Sim(("A",))
+    sim.submit(spec("x"))
+    first = sim.s.tasks["x"].run_id
+    sim.release("x")                                 # FREE to A ...
+    out = sim.submit(spec("x"))                      # ... and given back: a new run
+    assert computes(out) == {"x": "A"} and sim.s.tasks["x"].run_id != first
+    sim.started("A", "x", run=first)                 # reports of the old run, sent before
+    assert not sim.s.tasks["x"].executing            # A heard FREE
+    out = sim.finish("A", "x", run=first)
+    assert sim.state("x") == "processing" and not sent(out, C)
+    out = sim.fail("A", "x", run=first)
+    assert sim.state("x") == "processing" and not sent(out, C)
+    out = sim.finish("A", "x")                       # the current run counts
+    assert sim.state("x") == "memory" and to_client(out, m.DONE)
+
+
 # ---------------------------------------------------------------------- work stealing
 def _long_tasks_on_a(n, duration=1.0, **spec_kwargs):
     """A alone, ``n`` tasks of a function known to take ``duration`` s: 2 land on A."""
@@ -900,15 +926,16 @@ BAD_CLIENT_MESSAGES = {
     "function blob str": [m.FUNCTION, "t", "not bytes"],
     "request": [m.REQUEST, 1, "info", {}],
     "hello": [m.HELLO, "client", {}],
-    "worker message from a client": [m.FINISHED, "ok", 8, 0.0, 1.0, False, None, "int"],
+    "worker message from a client": [m.FINISHED, "ok", 8, 0.0, 1.0, False, None, "int", 1],
 }
 BAD_WORKER_MESSAGES = {
-    "finished key int": [m.FINISHED, 5, 8, 0.0, 1.0, False, None, "int"],
-    "finished nbytes str": [m.FINISHED, "ok", "8", 0.0, 1.0, False, None, "int"],
-    "finished stop str": [m.FINISHED, "ok", 8, 0.0, "later", False, None, "int"],
-    "finished flag int": [m.FINISHED, "ok", 8, 0.0, 1.0, 2, None, "int"],
-    "failed traceback int": [m.FAILED, "ok", None, 5, 0.0, 1.0, None],
-    "started time str": [m.STARTED, "ok", "now"],
+    "finished key int": [m.FINISHED, 5, 8, 0.0, 1.0, False, None, "int", 1],
+    "finished nbytes str": [m.FINISHED, "ok", "8", 0.0, 1.0, False, None, "int", 1],
+    "finished stop str": [m.FINISHED, "ok", 8, 0.0, "later", False, None, "int", 1],
+    "finished flag int": [m.FINISHED, "ok", 8, 0.0, 1.0, 2, None, "int", 1],
+    "finished run str": [m.FINISHED, "ok", 8, 0.0, 1.0, False, None, "int", "1"],
+    "failed traceback int": [m.FAILED, "ok", None, 5, 0.0, 1.0, None, 1],
+    "started time str": [m.STARTED, "ok", "now", 1],
     "missing dep int": [m.MISSING, "ok", 3, "A"],
     "output text bytes": [m.OUTPUT, "ok", "stdout", b"x"],
     "heartbeat list": [m.HEARTBEAT, [1]],
@@ -946,7 +973,7 @@ def test_malformed_worker_message_raises_and_changes_nothing(bad):
     sim = Sim(("A",))
     sim.submit(spec("ok"))
     before = _snapshot(sim.s)
-    good = [m.STARTED, "ok", 1.0]
+    good = [m.STARTED, "ok", 1.0, 1]
     for batch in ([BAD_WORKER_MESSAGES[bad]], [good, BAD_WORKER_MESSAGES[bad]]):
         with pytest.raises(ProtocolError):
             sim.s.handle("A", copy.deepcopy(batch), sim.now)
@@ -1007,7 +1034,7 @@ def test_internal_error_still_sends_what_earlier_messages_decided(monkeypatch):
     sim = Sim(("A",))
     sim.submit(spec("x"))
     with pytest.raises(BadBatch) as info:
-        sim.s.handle("A", [[m.FINISHED, "x", 8, 0.0, 0.001, True, 1, "int"],
+        sim.s.handle("A", [[m.FINISHED, "x", 8, 0.0, 0.001, True, 1, "int", sim.run_of("x")],
                            [m.HEARTBEAT, {}]], sim.now)
     assert (C, [m.DONE, "x", True, 1, 8]) in info.value.out
     assert isinstance(info.value, ProtocolError)

@@ -26,7 +26,7 @@ def wake(sim, now):
 def retry_fail(sim, addr, key, delay=None, maximum=None):
     return sim.worker(addr, [m.FAILED, key, dumps(ConnectionError("flaky")),
                              "Traceback ...\nConnectionError: flaky", sim.now, sim.now + 0.001,
-                             {"delay": delay, "max": maximum}])
+                             {"delay": delay, "max": maximum}, sim.run_of(key)])
 
 
 # ---------------------------------------------------------------------- queues and priorities

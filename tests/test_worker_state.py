@@ -94,7 +94,7 @@ def test_compute_without_inputs_executes_and_reports():
     ts = sim.w.tasks["x"]
     assert (ts.fn, ts.args, ts.kwargs, ts.want) == ("fn-token", [1], None, True)
     out = sim.task_finished("x", 28, 1.0, 1.5, True, 42, "int")
-    assert out == [("send", [m.FINISHED, "x", 28, 1.0, 1.5, True, 42, "int"])]
+    assert out == [("send", [m.FINISHED, "x", 28, 1.0, 1.5, True, 42, "int", 0])]
     assert sim.state("x") == "memory" and sim.w.nbytes == 28
     assert ts.fn is None and ts.args is None   # the spec is not kept once done
 
@@ -106,7 +106,7 @@ def test_at_most_nthreads_execute_at_once():
     out = sim.done("a")
     assert executes(out) == ["c"] and sends(out, m.FINISHED)[0][1] == "a"
     out = sim.task_failed("b", "exc", "tb", 1.0, 2.0)
-    assert out == [("send", [m.FAILED, "b", "exc", "tb", 1.0, 2.0, None])]
+    assert out == [("send", [m.FAILED, "b", "exc", "tb", 1.0, 2.0, None, 0])]
     assert sim.state("b") == "forgotten"
 
 
@@ -148,7 +148,7 @@ def test_duplicate_compute_is_ignored_and_finished_key_reported_again():
     assert sim.run("x") == []
     sim.done("x", nbytes=5)
     out = sim.run("x")
-    assert out == [("send", [m.FINISHED, "x", 5, 0.0, 0.0, False, None, ""])]
+    assert out == [("send", [m.FINISHED, "x", 5, 0.0, 0.0, False, None, "", 0])]
 
 
 # ---------------------------------------------------------------------- inputs
@@ -241,6 +241,17 @@ def test_scattered_values_may_be_replaced_but_task_keys_are_refused():
     sim.run("s2", {"p": [P]})
     sim.fetch_done(P, {"p": 5}, [])               # a fetched copy may be overwritten
     assert sim.w.refuses_data(["p"]) == []
+
+
+def test_reports_carry_the_run_id_of_the_latest_assignment():
+    sim = Sim()
+    sim.compute("x", "fn", [1], None, {}, True, 0, None, 7)
+    sim.free(["x"])                                           # freed while running ...
+    sim.compute("x", "fn", [1], None, {}, True, 0, None, 9)  # ... and given back
+    out = sim.done("x")
+    assert sends(out, m.FINISHED)[0][-1] == 9                 # the running call delivers run 9
+    out = sim.compute("x", "fn", [1], None, {}, True, 0, None, 12)   # already here
+    assert sends(out, m.FINISHED)[0][-1] == 12
 
 
 # ---------------------------------------------------------------------- memory
@@ -421,7 +432,7 @@ def test_unusable_input_fails_its_dependents():
     sim = Sim()
     sim.run("y", {"a": [P], "b": [P]})
     out = sim.fetch_errored("a", ("EXC", "cannot unpickle"))
-    assert out == [("send", [m.FAILED, "y", "EXC", "cannot unpickle", 0.0, 0.0, None])]
+    assert out == [("send", [m.FAILED, "y", "EXC", "cannot unpickle", 0.0, 0.0, None, 0])]
     out = sim.fetch_done(P, {"b": 4}, [])
     assert drops(out) == ["b"] and sim.w.tasks == {}
     assert sim.fetch_errored("zzz", ("EXC", "x")) == []
@@ -452,7 +463,7 @@ def test_recomputed_after_being_freed_while_running():
     sim.free(["x"])                            # the scheduler moved it ...
     assert sim.run("x") == []                  # ... and gave it back while still running
     out = sim.done("x", nbytes=3)
-    assert sends(out) == [[m.FINISHED, "x", 3, 10.0, 10.5, False, None, "int"]]
+    assert sends(out) == [[m.FINISHED, "x", 3, 10.0, 10.5, False, None, "int", 0]]
     assert sim.state("x") == "memory"
 
 

@@ -30,15 +30,16 @@ CANCELLED = "cancelled"    # key, reason
 REPLY = "reply"            # request id, ok flag, result
 # scheduler -> worker
 COMPUTE = "compute"        # key, fn token, args, kwargs, {dep: [holders]}, want result, priority,
-                           # worker options (timeout, retry_on, retries, expires, errors) or None
+                           # worker options (timeout, retry_on, retries, expires, errors) or None,
+                           # run id (new for every assignment; echoed by STARTED/FINISHED/FAILED)
 FREE = "free"              # keys to forget (data and tasks)
 RUN = "run"                # request id, pickled function, args (run on the worker itself)
 CLOSE = "close"            # reason
 # worker -> scheduler
-STARTED = "started"        # key, start time
-FINISHED = "finished"      # key, nbytes, start, stop, value present flag, value, type name
+STARTED = "started"        # key, start time, run id
+FINISHED = "finished"      # key, nbytes, start, stop, value present flag, value, type name, run id
 FAILED = "failed"          # key, exception (Serialized), traceback text, start, stop,
-                           # retry: None, or {"delay": seconds or None, "max": int or None}
+                           # retry: None, or {"delay": seconds or None, "max": int or None}, run id
 MISSING = "missing"        # key, dependency key, worker that did not have it
 OUTPUT = "output"          # key, stream ("stdout", "stderr", "log"), text (also to clients)
 TRANSFERS = "transfers"    # [[key, from worker, start, stop, nbytes], ...] fetched by a worker
@@ -66,13 +67,13 @@ FIELDS: dict[str, tuple[str, ...]] = {
     ERRED: ("key", "exception", "traceback", "blame"),
     CANCELLED: ("key", "reason"),
     REPLY: ("request_id", "ok", "result"),
-    COMPUTE: ("key", "fn", "args", "kwargs", "deps", "want", "priority", "options"),
+    COMPUTE: ("key", "fn", "args", "kwargs", "deps", "want", "priority", "options", "run"),
     FREE: ("keys",),
     RUN: ("request_id", "blob", "args"),
     CLOSE: ("reason",),
-    STARTED: ("key", "start"),
-    FINISHED: ("key", "nbytes", "start", "stop", "has_value", "value", "type"),
-    FAILED: ("key", "exception", "traceback", "start", "stop", "retry"),
+    STARTED: ("key", "start", "run"),
+    FINISHED: ("key", "nbytes", "start", "stop", "has_value", "value", "type", "run"),
+    FAILED: ("key", "exception", "traceback", "start", "stop", "retry", "run"),
     MISSING: ("key", "dep", "worker"),
     OUTPUT: ("key", "stream", "text"),
     TRANSFERS: ("entries",),
@@ -183,13 +184,14 @@ TYPES: dict[str, tuple] = {
     ERRED: (_str, _any, _text, _text),
     CANCELLED: (_str, _str),
     REPLY: (_any, _bool, _any),
-    COMPUTE: (_str, _str, _args, _kwargs, _map, _bool, _num, lambda v: v is None or _map(v)),
+    COMPUTE: (_str, _str, _args, _kwargs, _map, _bool, _num, lambda v: v is None or _map(v),
+              _int),
     FREE: (_keys,),
     RUN: (_any, _bytes, _any),
     CLOSE: (_str,),
-    STARTED: (_str, _num),
-    FINISHED: (_str, _int, _num, _num, _bool, _any, _str),
-    FAILED: (_str, _any, _text, _num, _num, lambda v: v is None or _map(v)),
+    STARTED: (_str, _num, _int),
+    FINISHED: (_str, _int, _num, _num, _bool, _any, _str, _int),
+    FAILED: (_str, _any, _text, _num, _num, lambda v: v is None or _map(v), _int),
     MISSING: (_str, _str, _str),
     OUTPUT: (_str, _str, _str),
     TRANSFERS: (lambda v: type(v) is list and all(

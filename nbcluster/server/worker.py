@@ -185,7 +185,7 @@ class Worker:
                 if self.executor.will_start_now():
                     # Announce it before a thread can run it: a task that kills the process
                     # must still be counted against (KilledWorkerError after 3 deaths).
-                    send([m.STARTED, work.key, time.time()])
+                    send([m.STARTED, work.key, time.time(), self.state.tasks[work.key].run_id])
                     self._announced.add(work.key)
                     self._loop.call_soon(self.executor.submit, work)   # after the flush
                 else:
@@ -262,7 +262,9 @@ class Worker:
                 if outcome[1] in self._announced:
                     self._announced.discard(outcome[1])
                 elif outcome[1] not in finished:   # still running: tell the scheduler
-                    self.scheduler.send([m.STARTED, outcome[1], outcome[2]])
+                    ts = st.tasks.get(outcome[1])
+                    if ts is not None:
+                        self.scheduler.send([m.STARTED, outcome[1], outcome[2], ts.run_id])
             elif outcome[0]:
                 _, key, result, nbytes, start, stop, has_value, value, typ = outcome
                 data[key] = result

@@ -38,7 +38,7 @@ class TaskState:
         "key", "prefix", "state", "fn", "args", "kwargs", "options", "deps", "dependents",
         "waiting_on", "who_has", "nbytes", "processing_on", "executing", "who_wants",
         "exception", "traceback", "blame", "priority", "suspicious", "story", "queue",
-        "limit", "limited", "retries_left", "retry_count", "attempts", "collect",
+        "limit", "limited", "retries_left", "retry_count", "attempts", "collect", "run_id",
     )
 
     def __init__(self, key: str, fn: str, args, kwargs, options, priority: tuple) -> None:
@@ -62,6 +62,7 @@ class TaskState:
         self.retries_left = 0
         self.retry_count = 0
         self.attempts: list | None = None   # (worker, start, duration, error text or None)
+        self.run_id = 0          # of its latest assignment: reports from older ones are stale
         self.collect = False     # inputs that fail arrive as their exceptions
         if options:
             self.queue = options.get("queue", DEFAULT_QUEUE)

@@ -47,6 +47,7 @@ class SchedulerState(Transitions):
         self.timers = Timers()                    # countdown, eta, retry back-off, expiry
         self.rng = random.Random(0)               # retry jitter (seeded: replayable)
         self.counter = 0
+        self.runs = 0                             # assignments ever made: run ids
         self.avg_duration = 0.001
         self.counts: dict[str, int] = defaultdict(int)   # finished / erred totals by prefix
         self.prefix_durations: dict[str, float] = {}      # recent run time, by function
@@ -328,16 +329,21 @@ class SchedulerState(Transitions):
             self.out.append((peer, [m.DONE, key, False, None, size]))
 
     # ------------------------------------------------------------------ worker messages
-    def _on_started(self, peer, key, start) -> None:
+    def _on_started(self, peer, key, start, run) -> None:
         ts = self.tasks.get(key)
-        if ts is not None and ts.processing_on is not None and ts.processing_on.address == peer:
+        if ts is not None and ts.processing_on is not None and ts.processing_on.address == peer \
+                and run == ts.run_id:
             ts.executing = True
 
-    def _on_finished(self, peer, key, nbytes, start, stop, has_value, value, typ) -> None:
+    def _on_finished(self, peer, key, nbytes, start, stop, has_value, value, typ, run) -> None:
         ws = self.workers.get(peer)
         if ws is None:
             return
         ts = self.tasks.get(key)
+        if ts is not None and ts.processing_on is ws and run != ts.run_id:
+            # an earlier run here, finished before the worker heard it was freed: it dropped
+            # that value and reports the current run separately
+            return
         if ts is None or ts.processing_on is not ws:
             # Not (or no longer) this worker's to run: it was freed, cancelled, erred or moved
             # elsewhere, and the worker was sent FREE for it, so it drops the value. Counting
@@ -374,10 +380,10 @@ class SchedulerState(Transitions):
         if not ts.who_wants:
             self._maybe_release_data(ts)
 
-    def _on_failed(self, peer, key, exception, traceback, start, stop, retry) -> None:
+    def _on_failed(self, peer, key, exception, traceback, start, stop, retry, run) -> None:
         ts = self.tasks.get(key)
         ws = self.workers.get(peer)
-        if ts is None or ws is None or ts.processing_on is not ws:
+        if ts is None or ws is None or ts.processing_on is not ws or run != ts.run_id:
             return
         self.task_log.append((key, peer, start, stop, False))
         self.task_log_total += 1

@@ -227,6 +227,8 @@ class Transitions:
         self.limits_held = still
 
     def _assign(self, ts: TaskState, ws: WorkerState) -> None:
+        self.runs += 1
+        ts.run_id = self.runs
         ts.state = "processing"
         ts.processing_on = ws
         ts.executing = False   # until this worker says STARTED
@@ -239,7 +241,7 @@ class Transitions:
                 if dts.state != "erred"}
         self.out.append((ws.address, [m.COMPUTE, ts.key, ts.fn, ts.args, ts.kwargs, deps,
                                       bool(ts.who_wants), ts.priority[0],
-                                      self._worker_options(ts)]))
+                                      self._worker_options(ts), ts.run_id]))
 
     def _worker_options(self, ts: TaskState) -> dict | None:
         """What the worker needs to know to run a task: limits, retry rules, failed inputs."""

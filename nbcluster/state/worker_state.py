@@ -40,7 +40,7 @@ def _mib(n: int) -> str:
 class WorkerTask:
     __slots__ = ("key", "state", "fn", "args", "kwargs", "deps", "waiting_on", "want",
                  "priority", "order", "who_has", "dependents", "nbytes", "cancelled", "fetched",
-                 "options", "scattered", "spilled", "unspillable")
+                 "options", "scattered", "spilled", "unspillable", "run_id")
 
     def __init__(self, key: str) -> None:
         self.key = key
@@ -62,6 +62,7 @@ class WorkerTask:
         self.scattered = False  # put here by a client (scatter), not computed
         self.spilled = False    # its value is on disk (still here, loaded when needed)
         self.unspillable = False  # writing it to disk failed: it stays in memory
+        self.run_id = 0         # the scheduler's id of this assignment, echoed in reports
 
     def __lt__(self, other: "WorkerTask") -> bool:
         return (self.priority, self.order) < (other.priority, other.order)
@@ -99,13 +100,15 @@ class WorkerState:
 
     # ------------------------------------------------------------------ scheduler messages
     def compute(self, key, fn, args, kwargs, deps: dict, want: bool, priority: int,
-                options: dict | None = None) -> list:
+                options: dict | None = None, run: int = 0) -> list:
         out: list = []
         ts = self.tasks.get(key)
         if ts is not None and ts.state in ("memory", "ready", "executing", "waiting"):
+            ts.run_id = run
             if ts.state == "memory":
                 ts.fetched = False
-                out.append(("send", [m.FINISHED, key, ts.nbytes, 0.0, 0.0, False, None, ""]))
+                out.append(("send", [m.FINISHED, key, ts.nbytes, 0.0, 0.0, False, None, "",
+                                     run]))
             # freed while running, then given back: the running call delivers the result
             ts.cancelled = False
             ts.want = ts.want or want
@@ -116,6 +119,7 @@ class WorkerState:
         ts.fn, ts.args, ts.kwargs, ts.want, ts.options = fn, args, kwargs, want, options
         ts.priority, ts.order, ts.cancelled, ts.fetched = priority, self.counter, False, False
         ts.scattered = False
+        ts.run_id = run
         ts.deps = list(deps)
         ts.waiting_on = set()
         to_fetch = []
@@ -198,7 +202,8 @@ class WorkerState:
             ts.cancelled, ts.fetched = False, True
         else:
             ts.fetched = False
-            out.append(("send", [m.FINISHED, key, nbytes, start, stop, has_value, value, typ]))
+            out.append(("send", [m.FINISHED, key, nbytes, start, stop, has_value, value, typ,
+                                 ts.run_id]))
             if self.spill_limit is not None:
                 self.lru[key] = None
                 self._maybe_spill(out)
@@ -213,7 +218,8 @@ class WorkerState:
         ts = self.tasks.get(key)
         if ts is not None:
             if not ts.cancelled:
-                out.append(("send", [m.FAILED, key, exception, traceback, start, stop, retry]))
+                out.append(("send", [m.FAILED, key, exception, traceback, start, stop, retry,
+                                     ts.run_id]))
             else:   # tasks here that wait for it must get it elsewhere: hand them back
                 for dkey in list(ts.dependents):
                     self._report_missing(dkey, key, "", out)
@@ -282,7 +288,8 @@ class WorkerState:
         for dkey in list(ts.dependents):
             dts = self.tasks.get(dkey)
             if dts is not None and dts.state == "waiting":
-                out.append(("send", [m.FAILED, dkey, exception, text, 0.0, 0.0, None]))
+                out.append(("send", [m.FAILED, dkey, exception, text, 0.0, 0.0, None,
+                                     dts.run_id]))
                 drop: list = []
                 self._forget(dts, drop)
                 if drop:
