@@ -60,6 +60,7 @@ def _token(args) -> str | None:
 def _scheduler(args) -> int:
     from .comm.auth import new_token
     from .config import write_connection_file
+    from .loop_thread import close_on_sigterm
     from .server.scheduler import Scheduler
 
     token = _token(args) or os.environ.get("NBCLUSTER_TOKEN") or new_token()
@@ -77,6 +78,7 @@ def _scheduler(args) -> int:
                                     security=security).start()
         path = write_connection_file(scheduler.address, token, args.connection_file)
         print(f"nbcluster scheduler at {scheduler.address}", flush=True)
+        dash = None
         if args.dashboard_port >= 0:
             try:
                 from .dashboard.server import start_dashboard
@@ -91,7 +93,10 @@ def _scheduler(args) -> int:
                 print(f"no dashboard: cannot listen on port {args.dashboard_port}: {e}",
                       flush=True)
         print(f"connection file (address and token, readable only by you): {path}", flush=True)
+        close_on_sigterm(scheduler.close)
         await scheduler.closed.wait()
+        if dash is not None:
+            dash.stop()
 
     asyncio.run(main())
     return 0

@@ -4,7 +4,19 @@ the dashboard's own loop. One implementation, so all of them start and stop the 
 from __future__ import annotations
 
 import asyncio
+import signal
 import threading
+from typing import Awaitable, Callable
+
+
+def close_on_sigterm(close: Callable[[], Awaitable]) -> None:
+    """In a server process's running loop: SIGTERM (``kill``, systemd, SSHCluster's stop)
+    closes the server in order instead of killing it mid-write."""
+    loop = asyncio.get_running_loop()
+    try:
+        loop.add_signal_handler(signal.SIGTERM, lambda: asyncio.ensure_future(close()))
+    except (NotImplementedError, RuntimeError, ValueError):   # not the main thread, Windows
+        pass
 
 
 class LoopThread:

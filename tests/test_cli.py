@@ -96,6 +96,34 @@ def test_scheduler_and_worker_from_the_command_line(cli_env, monkeypatch):
         stop(*workers, scheduler)
 
 
+def test_sigterm_closes_worker_and_scheduler_in_order(cli_env, monkeypatch):
+    import signal
+    import time
+
+    port = free_port()
+    scheduler = start(["scheduler", "--port", str(port), "--dashboard-port", "-1"], cli_env)
+    worker = None
+    try:
+        address = read_line(scheduler, "nbcluster scheduler at").rsplit(" ", 1)[1]
+        worker = start(["worker", address], cli_env)
+        monkeypatch.setenv("NBCLUSTER_RUNTIME_DIR", cli_env["NBCLUSTER_RUNTIME_DIR"])
+        with Client(address) as client:
+            deadline = time.monotonic() + 20
+            while len(client.scheduler_info()["workers"]) < 1:   # another process: poll
+                assert time.monotonic() < deadline
+                threading.Event().wait(0.05)
+            worker.send_signal(signal.SIGTERM)
+            assert worker.wait(15) == 0                     # closed, not killed
+            deadline = time.monotonic() + 10
+            while client.scheduler_info()["workers"]:
+                assert time.monotonic() < deadline, "the scheduler did not see the worker go"
+                threading.Event().wait(0.05)
+        scheduler.send_signal(signal.SIGTERM)
+        assert scheduler.wait(15) == 0
+    finally:
+        stop(*[p for p in (worker, scheduler) if p is not None])
+
+
 def test_client_to_missing_address_fails_fast():
     port = free_port()
     with pytest.raises(ConnectError, match=f"tcp://127.0.0.1:{port}"):

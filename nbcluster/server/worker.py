@@ -16,6 +16,7 @@ import time
 from ..comm import Comm, connect, listen
 from ..comm.pool import DataPool
 from ..config import MEMORY_EXIT_CODE, check_fraction
+from ..loop_thread import close_on_sigterm
 from ..errors import ClusterError, SerializationError
 from ..protocol import messages as m
 from ..protocol.serialize import dump_value, load_value, loads_function, sizeof
@@ -475,4 +476,5 @@ async def run_worker(scheduler_address: str, **kwargs) -> None:
     except Exception as e:
         raise ClusterError(f"worker could not join the scheduler at {scheduler_address}: {e}") from e
     print(f"nbcluster worker {worker.address} joined {scheduler_address}", file=sys.stderr, flush=True)
+    close_on_sigterm(lambda: worker.close("SIGTERM"))
     await worker.finished.wait()
