@@ -1,4 +1,5 @@
-"""Starting clusters: LocalCluster, the command line."""
+"""Starting clusters: LocalCluster, SSHCluster (``nbcluster.SSHCluster``, imported when first
+used), adaptive scaling, the command line."""
 
 from .local import LocalCluster
 
