@@ -34,9 +34,11 @@ CONFIG = REPO / "extension" / "jupyter-config"
 
 @pytest.fixture(autouse=True)
 def no_link_env(monkeypatch):
-    """Each test starts from a plain environment (as if not on a hub)."""
+    """Each test starts from a plain environment (as if not on a hub), with Jupyter's
+    configuration enabling the extension (as a non-editable install does)."""
     for name in ("NBCLUSTER_DASHBOARD_LINK", "JUPYTERHUB_SERVICE_PREFIX"):
         monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("JUPYTER_CONFIG_PATH", str(CONFIG))
 
 
 # --------------------------------------------------------------------------- the link template
@@ -49,6 +51,24 @@ def test_jupyterhub_prefix_makes_the_link_go_through_the_jupyter_server(monkeypa
     monkeypatch.setenv("JUPYTERHUB_SERVICE_PREFIX", "/user/ada/")
     assert format_link("127.0.0.1", 8787) == "/user/ada/nbcluster/dashboard/8787/status"
     assert format_link("127.0.0.1", 8787, "/pfx") == "/user/ada/nbcluster/dashboard/8787/pfx/status"
+
+
+def test_without_the_extension_enabled_the_link_uses_jupyter_server_proxy(monkeypatch, tmp_path):
+    from nbcluster.dashboard.links import extension_enabled
+
+    import jupyter_core.paths
+
+    monkeypatch.setenv("JUPYTERHUB_SERVICE_PREFIX", "/user/ada/")
+    # only this directory, which enables nothing (not the machine's system-wide config)
+    monkeypatch.setattr(jupyter_core.paths, "jupyter_config_path", lambda: [str(tmp_path)])
+    assert not extension_enabled()
+    assert format_link("127.0.0.1", 8787) == "/user/ada/proxy/8787/status"
+    folder = tmp_path / "jupyter_server_config.d"
+    folder.mkdir()
+    (folder / "nbcluster.json").write_text((CONFIG / "jupyter_server_config.d" /
+                                            "nbcluster.json").read_text())
+    assert extension_enabled()
+    assert format_link("127.0.0.1", 8787) == "/user/ada/nbcluster/dashboard/8787/status"
 
 
 def test_template_from_the_environment_wins(monkeypatch):

@@ -4,7 +4,9 @@
 ``{prefix}`` (the dashboard's own URL prefix, usually empty) and any environment variable, as
 ``{JUPYTERHUB_SERVICE_PREFIX}``. When it is unset and ``JUPYTERHUB_SERVICE_PREFIX`` is set (the
 kernels of JupyterHub and Binder have it), the browser can reach only the Jupyter server, so the
-link goes through nbcluster's Jupyter server extension: :data:`HUB_TEMPLATE`. Otherwise it is the
+link goes through nbcluster's Jupyter server extension, :data:`HUB_TEMPLATE`, when Jupyter's
+configuration enables it, else through jupyter-server-proxy, :data:`PROXY_TEMPLATE` (an editable
+install does not enable the extension; most hubs have the proxy). Otherwise it is the
 plain ``http://{host}:{port}{prefix}/status``. A template that cannot be filled in falls back to
 the plain link with a :class:`DashboardLinkWarning` naming the culprit; it never stops a cluster
 from starting. ``?token=...`` is appended when the dashboard has a token.
@@ -36,6 +38,8 @@ from ..config import runtime_dir
 
 PLAIN_TEMPLATE = "http://{host}:{port}{prefix}/status"
 HUB_TEMPLATE = "{JUPYTERHUB_SERVICE_PREFIX}nbcluster/dashboard/{port}{prefix}/status"
+PROXY_TEMPLATE = "{JUPYTERHUB_SERVICE_PREFIX}proxy/{port}{prefix}/status"
+EXTENSION = "nbcluster.jupyter.server_extension"
 ENV_VAR = "NBCLUSTER_DASHBOARD_LINK"
 # addresses a connection to 127.0.0.1 can reach
 _REACHABLE_FROM_LOOPBACK = {"127.0.0.1", "0.0.0.0", "::", "::ffff:127.0.0.1"}
@@ -61,8 +65,29 @@ def link_template(environ: Mapping[str, str] | None = None) -> str:
     if env.get(ENV_VAR):
         return env[ENV_VAR]
     if env.get("JUPYTERHUB_SERVICE_PREFIX"):
-        return HUB_TEMPLATE
+        return HUB_TEMPLATE if extension_enabled() else PROXY_TEMPLATE
     return PLAIN_TEMPLATE
+
+
+def extension_enabled() -> bool:
+    """Whether Jupyter's configuration, as this process finds it, enables nbcluster's server
+    extension (``jupyter_server_config.json`` or a file in ``jupyter_server_config.d``)."""
+    try:
+        from jupyter_core.paths import jupyter_config_path
+    except ImportError:
+        return False
+    for directory in jupyter_config_path():
+        folder = Path(directory)
+        for path in [folder / "jupyter_server_config.json",
+                     *sorted((folder / "jupyter_server_config.d").glob("*.json"))]:
+            try:
+                config = json.loads(path.read_text())
+            except (OSError, ValueError):
+                continue
+            enabled = (config.get("ServerApp") or {}).get("jpserver_extensions") or {}
+            if isinstance(enabled, dict) and enabled.get(EXTENSION):
+                return True
+    return False
 
 
 def format_link(host: str, port: int, prefix: str = "", token: str | None = None,
