@@ -93,26 +93,32 @@ def test_output_of_a_task_appears_in_the_cell_that_waits_for_it(kernel):
     assert all(line.startswith("[chatty-") for line in (stdout + stderr).splitlines())
 
 
-def test_output_after_the_cell_ended_goes_to_that_cells_output_widget(kernel):
+def test_output_after_the_cell_ended_updates_a_display_in_that_cell(kernel):
     kernel.check("import threading\ngate = threading.Event()\n"
-                 "def late(x):\n    time.sleep(0.2)\n    print('late', x)\n    return x")
-    # the cell ends while the task still runs: a (so far empty) Output widget is shown in it
+                 "def late(x):\n    time.sleep(0.2)\n    print('late', x)\n"
+                 "    print('late err', x, file=sys.stderr)\n    return x")
+    # the cell ends while the task still runs: an empty display with an id is shown in it
     cell_id, msgs = kernel.check("fut = client.submit(late, 5)")
-    shown = [m for m in msgs if m["msg_type"] == "display_data"]
+    shown = [m for m in msgs if m["msg_type"] == "display_data"
+             and "display_id" in m["content"].get("transient", {})]
     assert shown, msgs
-    model_id = shown[-1]["content"]["data"]["application/vnd.jupyter.widget-view+json"]["model_id"]
-    assert all(m["parent_header"]["msg_id"] == cell_id for m in shown)
-    # the output arrives while another cell runs, as an update of that widget
+    display_id = shown[-1]["content"]["transient"]["display_id"]
+    assert shown[-1]["parent_header"]["msg_id"] == cell_id
+    assert shown[-1]["content"]["data"] == {"text/plain": ""}
+
+    def updates(ms):
+        return [m["content"]["data"] for m in ms if m["msg_type"] == "update_display_data"
+                and m["content"]["transient"]["display_id"] == display_id]
+
+    # the output arrives while another cell runs, as an update of that display
     _, later = kernel.check("fut.result()")
-    updates = [m["content"]["data"]["state"]["outputs"] for m in later
-               if m["msg_type"] == "comm_msg" and m["content"]["comm_id"] == model_id
-               and "outputs" in m["content"]["data"].get("state", {})]
-    if not updates:      # the throttle may deliver it just after the cell: one more round trip
-        _, more = kernel.check("time.sleep(0.3)")
-        updates = [m["content"]["data"]["state"]["outputs"] for m in more
-                   if m["msg_type"] == "comm_msg" and m["content"]["comm_id"] == model_id]
-    text = "".join(o["text"] for o in updates[-1])
-    assert text.startswith("[late-") and text.endswith("] late 5\n")
+    found = updates(later)
+    if not found or "late err" not in found[-1]["text/plain"]:
+        _, more = kernel.check("time.sleep(0.3)")   # the throttle may deliver it just after
+        found += updates(more)
+    text = found[-1]["text/plain"]
+    assert text.startswith("[late-") and "] late 5\n" in text and "] late err 5\n" in text
+    assert "<span style='background:#fdd'>" in found[-1]["text/html"]   # stderr tinted
     assert "late 5" not in streams(later)
 
 

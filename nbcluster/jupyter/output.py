@@ -5,9 +5,10 @@ A client ``"submit"`` listener remembers, per key, the parent header of the cell
 thread) sends what the task printed or logged, each line marked ``[key]``:
 
 * while that cell is still running: as a ``stream`` message with the cell's parent header;
-* after it ended: into a small ``Output`` widget shown at the end of that cell (front ends
-  drop stream messages whose request has finished; a widget's ``outputs`` trait still
-  reaches the cell). The widget is only shown for cells that still had tasks running.
+* after it ended: into an output shown at the end of that cell with a display id, and updated
+  in place (``update_display_data``): front ends drop stream messages whose request has
+  finished, but apply display updates to any cell. Only cells that still had tasks running get
+  one; it is saved with the notebook as plain output (no widget state needed to reopen it).
 """
 
 from __future__ import annotations
@@ -20,20 +21,22 @@ from ..client import OutputMarker
 from .models import Throttle
 
 MAX_KEYS = 100_000           # keys remembered (oldest forgotten first)
-MAX_WIDGET_CHARS = 200_000   # text kept in one cell's output widget
+MAX_LATE_CHARS = 200_000     # task output kept in one cell's late-output display
 SETTLE_SECONDS = 0.03        # at a cell's end, how long to let its last task events arrive
 
 
 class _CellTarget:
     """Where the output of one cell's tasks goes."""
 
-    __slots__ = ("msg_id", "parent", "pending", "widget", "buffer", "throttle", "chars", "lock")
+    __slots__ = ("msg_id", "parent", "pending", "handle", "buffer", "shown", "throttle", "chars",
+                 "lock")
 
     def __init__(self, msg_id: str, parent: dict) -> None:
         self.msg_id = msg_id
         self.parent = parent
         self.pending: set[str] = set()
-        self.widget: Any = None
+        self.handle: Any = None            # the display updated with late output
+        self.shown: list[tuple[str, str]] = []   # (stream, text) in that display so far
         self.buffer: list[tuple[str, str]] = []
         self.throttle: Throttle | None = None
         self.chars = 0
@@ -124,19 +127,16 @@ class OutputRouter:
                 self._targets.pop(msg_id, None)
                 return
         # tasks of this cell are still running: give their later output a place in the cell
-        self._show_widget(target)
+        self._show_placeholder(target)
 
-    def _show_widget(self, target: _CellTarget) -> None:
+    def _show_placeholder(self, target: _CellTarget) -> None:
+        """An empty output in the ending cell that later task output replaces."""
         try:
-            import ipywidgets as w
             from IPython.display import display
         except ImportError:
             return
-        out = w.Output(layout=w.Layout(margin="0"))
-        out.add_class("nbcluster-task-output")
-        target.throttle = Throttle(lambda: self._flush_widget(target), 0.1)
-        target.widget = out
-        display(out)
+        target.throttle = Throttle(lambda: self._flush_late(target), 0.1)
+        target.handle = display({"text/plain": ""}, raw=True, display_id=True)
         if target.buffer:
             target.throttle.request()
 
@@ -180,7 +180,7 @@ class OutputRouter:
             # submitted elsewhere. The latest cell is the best guess; not kernel.get_parent()
             # here, whose context on this thread is that of the cell that made the client.
             self._send(self._last_parent, name, marked)
-        elif target.widget is not None:
+        elif target.handle is not None:
             with target.lock:
                 target.buffer.append((name, marked))
             target.throttle.request()
@@ -198,21 +198,33 @@ class OutputRouter:
         kernel.session.send(kernel.iopub_socket, "stream", {"name": name, "text": text},
                             parent=parent, ident=f"stream.{name}".encode())
 
-    def _flush_widget(self, target: _CellTarget) -> None:
+    def _flush_late(self, target: _CellTarget) -> None:
         with target.lock:
             items, target.buffer = target.buffer, []
-            if not items or target.widget is None:
+            if not items or target.handle is None:
                 return
-            outputs = list(target.widget.outputs)
+            shown = target.shown
             for name, text in items:
-                if target.chars > MAX_WIDGET_CHARS:
+                if target.chars > MAX_LATE_CHARS:
                     break
                 target.chars += len(text)
-                if target.chars > MAX_WIDGET_CHARS:
+                if target.chars > MAX_LATE_CHARS:
                     text = text + "\n[nbcluster: more task output was not shown]\n"
-                if outputs and outputs[-1].get("name") == name:
-                    last = outputs[-1]
-                    outputs[-1] = {**last, "text": last["text"] + text}
+                if shown and shown[-1][0] == name:
+                    shown[-1] = (name, shown[-1][1] + text)
                 else:
-                    outputs.append({"output_type": "stream", "name": name, "text": text})
-            target.widget.outputs = tuple(outputs)
+                    shown.append((name, text))
+            data = late_output_bundle(shown)
+        target.handle.update(data, raw=True)
+
+
+def late_output_bundle(parts: list[tuple[str, str]]) -> dict:
+    """Task output as one display: plain text, and HTML with stderr tinted as front ends tint
+    a stream's stderr."""
+    from html import escape
+
+    spans = "".join(escape(text) if name == "stdout" else
+                    f"<span style='background:#fdd'>{escape(text)}</span>"
+                    for name, text in parts)
+    return {"text/plain": "".join(text for _, text in parts),
+            "text/html": f"<pre class='nbcluster-task-output' style='margin:0'>{spans}</pre>"}
