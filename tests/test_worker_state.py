@@ -340,6 +340,22 @@ def test_scattered_values_spill_and_a_replaced_one_is_counted_again():
     assert sim.w.spilled == 0 and sim.w.nbytes == 40 * MB and not sim.w.tasks["s"].spilled
 
 
+def test_a_spilled_result_read_back_by_a_task_stays_in_memory_unless_large():
+    sim = spill_sim()                                  # limit 50 MiB: "large" is over 25
+    for key, size in (("a", 20), ("b", 20), ("c", 20)):
+        sim.run(key)
+        sim.done(key, nbytes=size * MB)
+    assert sim.w.tasks["a"].spilled                    # 60 MiB: a went to disk
+    out = sim.unspilled("a")
+    assert out[0] == ("unspill", "a") and spills(out) == ["b"]   # a is back, b goes
+    assert not sim.w.tasks["a"].spilled and sim.w.spilled == 20 * MB
+    assert sim.unspilled("a") == []                    # not spilled: nothing to do
+    sim.run("big")
+    sim.done("big", nbytes=60 * MB)                     # over the limit: to disk
+    assert sim.w.tasks["big"].spilled
+    assert sim.unspilled("big") == [] and sim.w.tasks["big"].spilled   # would only churn
+
+
 def test_without_a_limit_nothing_is_tracked_for_spilling():
     sim = Sim()
     sim.run("a")

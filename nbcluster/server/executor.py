@@ -69,6 +69,8 @@ class Executor:
         self.loop = loop
         self.functions = functions
         self.data = data
+        # called from a task thread with (key, marker, value) after a spilled input was read
+        self.on_unspilled: Callable[[str, Any, Any], None] | None = None
         self.on_outcomes = on_outcomes
         self.on_output = on_output
         self.is_cancelled = is_cancelled
@@ -150,7 +152,7 @@ class Executor:
             if isinstance(fn, BaseException):
                 raise fn
             args, kwargs = work.args, work.kwargs
-            resolve = _resolver(self.data, work.errors)
+            resolve = _resolver(self.data, work.errors, self.on_unspilled)
             if type(args) is Serialized:
                 args = loads(args, resolve)
             if type(kwargs) is Serialized:
@@ -261,15 +263,22 @@ class Executor:
         return [t for t in self._threads if t.ident not in self._abandoned]
 
 
-def _resolver(data: dict, errors: dict | None) -> Callable[[str], Any]:
+def _resolver(data: dict, errors: dict | None,
+              on_unspilled: Callable[[str, Any, Any], None] | None = None
+              ) -> Callable[[str], Any]:
     """Values of inputs by key; failed inputs (collect_errors) arrive as their exceptions;
-    a spilled input is read back from disk for this task (the store keeps the file)."""
+    a spilled input is read back from disk, and offered back to memory (``on_unspilled``)."""
 
     def resolve(key: str) -> Any:
         if errors and key not in data:
             return loads(errors[key])
         value = data[key]
-        return value.load() if type(value) is Spilled else value
+        if type(value) is not Spilled:
+            return value
+        loaded = value.load()
+        if on_unspilled is not None:
+            on_unspilled(key, value, loaded)
+        return loaded
 
     return resolve
 

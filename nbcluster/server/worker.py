@@ -54,6 +54,7 @@ class Worker:
         self.memory_terminate = check_fraction("memory_terminate", memory_terminate)
         self.memory_spill = check_fraction("memory_spill", memory_spill)
         self.spill = SpillStore(spill_dir)
+        self._loaded: dict = {}     # key -> (marker, value) being taken back into memory
         self.data: dict = {}
         self.functions: dict = {}
         self.address = ""
@@ -99,6 +100,8 @@ class Worker:
         self.executor = Executor(self.nthreads, self._loop, self.functions, self.data,
                                  self._on_outcomes, self._output, self._is_cancelled,
                                  self._on_stuck, self._task_ended)
+        if self.state.spill_limit is not None:
+            self.executor.on_unspilled = self._read_back
         self._hello: asyncio.Future = self._loop.create_future()
         self.scheduler.send([m.HELLO, "worker", identity])
         self.scheduler.start(self._on_scheduler_batch, self._on_scheduler_lost)
@@ -205,6 +208,10 @@ class Worker:
                 self._terminate(ins[1])
             elif kind == "spill":
                 self._spill(ins[1])
+            elif kind == "unspill":
+                marker, value = self._loaded.pop(ins[1])
+                self.data[ins[1]] = value
+                self.spill.remove(marker)
 
     # ------------------------------------------------------------------ execution
     def _is_cancelled(self, key: str) -> bool:
@@ -288,6 +295,20 @@ class Worker:
             value = data.get(key)
             if value is not None and type(value) is not Spilled:
                 self.spill.write_later(key, value, tasks[key].nbytes, self._spill_written)
+
+    def _read_back(self, key, marker, value) -> None:
+        """From a task thread: a spilled input was loaded; offer it back to memory."""
+        try:
+            self._loop.call_soon_threadsafe(self._unspilled, key, marker, value)
+        except RuntimeError:     # loop closed: the worker is gone
+            pass
+
+    def _unspilled(self, key, marker, value) -> None:
+        if self.data.get(key) is not marker:     # dropped, or read back by another task
+            return
+        self._loaded[key] = (marker, value)
+        self._apply(self.state.unspilled(key))
+        self._loaded.pop(key, None)              # not taken: it stays on disk
 
     def _spill_written(self, key, value, marker, error) -> None:
         """On the spill thread: hand the outcome to the event loop."""

@@ -10,6 +10,7 @@ by the worker's shell); each returns a list of instructions for the shell:
 - ``("stop", key)``             interrupt the running task (it was freed)
 - ``("terminate", reason)``     memory is over the limit: end this worker process
 - ``("spill", [keys])``         write these values to disk (least recently used first)
+- ``("unspill", key)``          a spilled value read back by a task stays in memory
 
 Task states on a worker::
 
@@ -330,6 +331,20 @@ class WorkerState:
         if self.spill_limit is not None:
             self._maybe_spill(out)
         self._run_ready(out)
+        return out
+
+    def unspilled(self, key: str) -> list:
+        """A task read ``key`` back from disk: keep it in memory again (as the most recently
+        used result) unless it is large next to the spill limit, which would only churn."""
+        ts = self.tasks.get(key)
+        limit = self.spill_limit
+        if ts is None or not ts.spilled or limit is None or ts.nbytes > limit // 2:
+            return []
+        ts.spilled = False
+        self.spilled -= ts.nbytes
+        self.lru[key] = None
+        out: list = [("unspill", key)]
+        self._maybe_spill(out)
         return out
 
     def spill_failed(self, key: str) -> list:
