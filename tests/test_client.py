@@ -202,6 +202,31 @@ def test_restart_of_an_in_process_cluster_forgets_everything_and_keeps_working(c
     assert client.submit(inc, 41).result() == 42
 
 
+def test_waits_of_the_main_thread_notice_a_signal_delivered_to_another_thread():
+    """Ctrl-C lands in some thread of the process; the main thread's wait must still end."""
+    import queue as queue_module
+    import signal
+
+    from nbcluster.client.blocking import get_from, wait_event
+
+    def interrupt_from_another_thread():
+        time.sleep(0.3)      # the main thread is waiting by now
+        signal.pthread_kill(threading.get_ident(), signal.SIGINT)   # delivered to this thread
+
+    for wait in (lambda: wait_event(threading.Event(), 30),
+                 lambda: get_from(queue_module.Queue(), 30)):
+        helper = threading.Thread(target=interrupt_from_another_thread)
+        helper.start()
+        started = time.monotonic()
+        with pytest.raises(KeyboardInterrupt):
+            wait()
+        helper.join()
+        assert time.monotonic() - started < 5        # not the 30 s timeout
+    assert wait_event(threading.Event(), 0.05) is False
+    with pytest.raises(queue_module.Empty):
+        get_from(queue_module.Queue(), 0.05)
+
+
 def test_gather_errors_skip(client):
     good, bad = client.submit(inc, 1), client.submit(boom, 1)
     assert client.gather([good, bad], errors="skip") == [2]

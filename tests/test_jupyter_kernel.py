@@ -169,11 +169,12 @@ def test_interrupt_while_waiting_on_result_and_gather(kernel):
                 got_error.append(time.monotonic())
 
         sent: list[float] = []
-        _, msgs = kernel.run("slow = client.submit(time.sleep, 1.5)\n"
+        _, msgs = kernel.run("slow = client.submit(time.sleep, 4)\n"
                              f"print('waiting now', flush=True)\n{wait}", on_msg=on_msg)
         errors = [m["content"] for m in msgs if m["msg_type"] == "error"]
         assert errors and errors[0]["ename"] == "KeyboardInterrupt", errors
-        assert sent and got_error[0] - sent[0] < 1.0      # stopped waiting at once
+        # stopped waiting long before the task's 4 s (loose: this machine is shared)
+        assert sent and got_error[0] - sent[0] < 2.0, (wait, got_error[0] - sent[0])
         # the cluster is still usable
         assert kernel.value("client.submit(add, 1, 2).result(timeout=20)") == 3
         # let it end: cancelling a sleeping task replaces its worker process, which would

@@ -14,6 +14,7 @@ from ..errors import ClusterError, FutureLostError, SerializationError
 from ..protocol import messages as m
 from ..protocol.serialize import Serialized, all_plain, dump_value, dumps, dumps_function, loads
 from .connection import ClientConnection, IOThread
+from .blocking import wait_event, wait_future
 from .future import _NO_VALUE, CANCELLED, FINISHED, PENDING, Future, _KeyRecord
 from .options import OPTION_NAMES, build_options
 from .structure import collect_futures, rebuild
@@ -124,7 +125,7 @@ class Client:
             coro.close()
             raise ClusterError("cannot wait for the cluster from a done-callback; "
                                "use asynchronous code or another thread")
-        return asyncio.run_coroutine_threadsafe(coro, self._loop).result(timeout)
+        return wait_future(asyncio.run_coroutine_threadsafe(coro, self._loop), timeout)
 
     def _spawn(self, coro) -> None:
         """Run ``coro`` on the client's loop, from any thread, without waiting for it."""
@@ -245,7 +246,7 @@ class Client:
         for rec in pending:
             rec.add_callback(one_done)
         try:
-            finished = event.wait(timeout)
+            finished = wait_event(event, timeout)
         except KeyboardInterrupt as e:
             e.add_note(f"stopped waiting for {what}; the task still runs on the cluster "
                        "(future.cancel() stops it)")

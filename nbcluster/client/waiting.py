@@ -7,6 +7,7 @@ import threading
 from collections import namedtuple
 from typing import Iterable, Iterator
 
+from .blocking import get_from, wait_event
 from .future import PENDING, Future
 from .structure import collect_futures
 
@@ -51,7 +52,7 @@ def wait(fs: Future | Iterable[Future], timeout: float | None = None,
     if pending and not done_early():
         for f in pending:
             f._record.add_callback(on_done)
-        if not event.wait(timeout):
+        if not wait_event(event, timeout):
             from concurrent.futures import TimeoutError as CFTimeout
 
             raise CFTimeout(f"{remaining[0]} of {len(futures)} futures did not finish "
@@ -102,7 +103,7 @@ class as_completed(Iterator):  # noqa: N801 - reads like the function it mirrors
             if self._outstanding == 0:
                 raise StopIteration
         try:
-            f = self._queue.get(timeout=self.timeout)
+            f = get_from(self._queue, self.timeout)
         except queue.Empty:
             raise TimeoutError(f"no future finished within {self.timeout:g} s") from None
         with self._lock:
