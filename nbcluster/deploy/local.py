@@ -14,6 +14,7 @@ import time
 
 from ..comm.auth import new_token
 from ..config import MEMORY_EXIT_CODE, check_fraction, parse_memory_limit
+from .adaptive import restart_adaptive, stop_adaptive
 from ..errors import ClusterError
 
 logger = logging.getLogger("nbcluster.deploy")
@@ -301,8 +302,6 @@ class LocalCluster:
         """Grow while work waits, retire workers idle (running nothing, holding nothing) for
         ``wait_count`` checks; ``maximum`` defaults to this machine's cores. ``scale()`` or
         the returned object's ``stop()`` ends it (see ``deploy/adaptive.py``)."""
-        from .adaptive import restart_adaptive
-
         self._check_open()
         return restart_adaptive(self, minimum, machine_size() if maximum is None else maximum,
                                 interval, wait_count)
@@ -312,10 +311,7 @@ class LocalCluster:
         if not isinstance(n, int) or n < 0:
             raise ValueError(f"scale needs a non-negative int, got {n!r}")
         self._check_open()
-        if self._adaptive is not None:
-            from .adaptive import stop_adaptive
-
-            stop_adaptive(self)
+        stop_adaptive(self)
         while len(self.workers) < n:
             self.add_worker()
         while len(self.workers) > n:
@@ -395,10 +391,7 @@ class LocalCluster:
             raise ClusterError("this LocalCluster is closed")
 
     def close(self) -> None:
-        if getattr(self, "_adaptive", None) is not None:
-            from .adaptive import stop_adaptive
-
-            stop_adaptive(self)
+        stop_adaptive(self)
         with self._lock:
             if self.closed:
                 return

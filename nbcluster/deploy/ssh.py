@@ -19,6 +19,7 @@ import weakref
 from ..comm.auth import new_token
 from ..errors import ClusterError
 from ..loop_thread import LoopThread
+from .adaptive import restart_adaptive, stop_adaptive
 from .local import REPLACE_ATTEMPTS, _check_queues
 from .ssh_remote import RemoteProcess, import_asyncssh
 
@@ -274,10 +275,7 @@ class SSHCluster:
         if not isinstance(n, int) or n < 0:
             raise ValueError(f"scale needs a non-negative int, got {n!r}")
         self._check_open()
-        if self._adaptive is not None:
-            from .adaptive import stop_adaptive
-
-            stop_adaptive(self)
+        stop_adaptive(self)
         self._run(self._scale(n), self.timeout + self.close_timeout + 30)
 
     async def _scale(self, n: int) -> None:
@@ -334,8 +332,6 @@ class SSHCluster:
               wait_count: int = 3):
         """Grow while work waits, retire idle workers; ``maximum`` defaults to
         ``n_workers_per_host`` on each worker host. ``scale()`` ends it."""
-        from .adaptive import restart_adaptive
-
         self._check_open()
         if maximum is None:
             maximum = max(1, self._n_workers_per_host * len(self._worker_slots))
@@ -363,10 +359,7 @@ class SSHCluster:
 
     def close(self) -> None:
         """Stop every remote process (terminate, then kill) and close the SSH connections."""
-        if getattr(self, "_adaptive", None) is not None:
-            from .adaptive import stop_adaptive
-
-            stop_adaptive(self)
+        stop_adaptive(self)
         with self._lock:
             if self.closed:
                 return
