@@ -10,14 +10,16 @@ import threading
 import uuid
 from typing import Any, Callable, Iterable
 
+from ..durations import optional_timeout, parse_duration
 from ..errors import ClusterError, FutureLostError, SerializationError
 from ..protocol import messages as m
-from ..protocol.serialize import Serialized, all_plain, dump_value, dumps, dumps_function, loads
+from ..protocol.serialize import Serialized, all_plain, dumps, dumps_function, loads
 from .connection import ClientConnection, IOThread
 from .blocking import wait_event, wait_future
-from .future import _NO_VALUE, CANCELLED, FINISHED, PENDING, Future, _KeyRecord
+from .future import _NO_VALUE, CANCELLED, ERROR, FINISHED, PENDING, Future, _KeyRecord
 from .options import OPTION_NAMES, build_options
-from .structure import collect_futures, rebuild
+from .requests import ClusterRequests
+from .structure import call_digest, check_iterables, collect_futures, rebuild
 
 _current: list["Client"] = []
 
@@ -37,7 +39,7 @@ def _funcname(fn) -> str:
     return name.replace("-", "_").replace(" ", "_")[:40] or "task"
 
 
-class Client:
+class Client(ClusterRequests):
     """Connects to a scheduler and submits work.
 
     ``Client()`` starts a LocalCluster sized to this machine; ``Client(cluster)`` uses a cluster
@@ -51,9 +53,13 @@ class Client:
     _creation_hooks: list[Callable[["Client"], None]] = []  # called with each new client
     _dashboard_factory: Callable[..., Any] | None = None    # client.dashboard()
 
-    def __init__(self, address: Any = None, *, token: str | None = None, timeout: float = 10.0,
+    def __init__(self, address: Any = None, *, token: str | None = None, timeout: Any = 10.0,
                  asynchronous: bool = False, set_as_default: bool = True,
-                 security=None) -> None:
+                 security=None, heartbeat_timeout: Any = 30.0) -> None:
+        timeout = parse_duration(timeout, "timeout")
+        heartbeat_timeout = parse_duration(heartbeat_timeout, "heartbeat_timeout")
+        if heartbeat_timeout <= 0:
+            raise ValueError(f"heartbeat_timeout must be positive, got {heartbeat_timeout!r}")
         self.cluster = None
         self._own_cluster = False
         if address is None:
@@ -82,7 +88,8 @@ class Client:
         else:
             self._io = IOThread(f"nbcluster-client-{self._uid}")
             self._loop = self._io.loop
-        self._conn = ClientConnection(address, token, self._loop, timeout, security)
+        self._conn = ClientConnection(address, token, self._loop, timeout, security,
+                                      heartbeat_timeout)
         self._records = self._conn.records
         self._started: Any = None
         if asynchronous:
@@ -160,21 +167,49 @@ class Client:
         self._conn.post([m.FUNCTION, token, blob])
         return token
 
-    def _spec(self, fn: Callable, args: tuple, kwargs: dict, key: str | None, options) -> list:
+    def _check_usable(self) -> None:
         if self._closed:
             raise ClusterError("this client is closed")
+        self._conn.check_open()
+
+    def _spec(self, fn: Callable, args: tuple, kwargs: dict, key: str | None, options,
+              prefix: str | None = None, pure: bool = False) -> list:
+        """``[key, token, args, kwargs, deps, options]``; ``pure``: the key is a digest of the
+        function and arguments, so the same call made again is the same task."""
+        self._check_usable()
         token = self._fn_token(fn)
         if key is None:
-            key = f"{_funcname(fn)}-{self._uid}{next(self._counter):x}"
+            if not pure:
+                key = f"{prefix or _funcname(fn)}-{self._uid}{next(self._counter):x}"
         elif not isinstance(key, str) or not key:
             raise TypeError(f"key must be a non-empty string, got {key!r}")
         if not kwargs and all_plain(args):
-            return [key, token, list(args), None, [], options]
-        refs: list = []
-        name = _funcname(fn)
-        sargs = dumps(args, refs, what=f"an argument of {name}()")
-        skw = dumps(kwargs, refs, what=f"a keyword argument of {name}()") if kwargs else None
-        return [key, token, sargs, skw, list(dict.fromkeys(refs)), options]
+            spec = [key, token, list(args), None, [], options]
+        else:
+            refs: list = []
+            name = _funcname(fn)
+            sargs = dumps(args, refs, what=f"an argument of {name}()")
+            skw = dumps(kwargs, refs, what=f"a keyword argument of {name}()") if kwargs else None
+            spec = [key, token, sargs, skw, list(dict.fromkeys(refs)), options]
+        if key is None:
+            spec[0] = f"{prefix or _funcname(fn)}-{call_digest(spec)}"
+        return spec
+
+    def _post_specs(self, specs: list) -> list[Future]:
+        """Futures for ``specs``; sends those whose key this client does not hold already."""
+        records, futures, new = self._records, [], []
+        for spec in specs:
+            key = spec[0]
+            rec = records.get(key)
+            if rec is None:
+                rec = records[key] = _KeyRecord(key)
+                new.append(spec)
+            futures.append(Future(key, self, rec))
+        if new:
+            if self._conn.listeners["submit"]:   # before it can run: observers see it first
+                self._conn.emit("submit", [s[0] for s in new])
+            self._conn.post([m.SUBMIT, new])
+        return futures
 
     @staticmethod
     def _split_options(kwargs: dict) -> tuple[dict, dict | None]:
@@ -192,46 +227,57 @@ class Client:
         ``retry_backoff``, ``retry_backoff_max``, ``retry_jitter``, ``rate_limit`` ("10/s"),
         ``limit_key``, ``concurrency``, ``timeout`` (seconds), ``countdown``/``eta``,
         ``expires`` and ``collect_errors`` (inputs that failed arrive as their exceptions).
+        Durations also take text: ``timeout="10 ms"``, ``countdown="2 minutes"``.
+
+        ``pure=True``: the key is a digest of the function and its arguments, so submitting
+        the same call again (from this client) gives the same task, computed once. By default
+        every call is a new task (dask's ``pure=False``), which is right for functions with
+        side effects or randomness.
         """
+        pure = _pure_flag(kwargs)
         kwargs, options = self._split_options(kwargs)
-        spec = self._spec(fn, args, kwargs, key, options)
-        fut = Future(spec[0], self, self._record_for(spec[0]))
-        if self._conn.listeners["submit"]:   # before it can run: observers see it first
-            self._conn.emit("submit", [spec[0]])
-        self._conn.post([m.SUBMIT, [spec]])
-        return fut
+        spec = self._spec(fn, args, kwargs, key, options, pure=pure)
+        return self._post_specs([spec])[0]
 
     def map(self, fn: Callable, *iterables: Iterable, key: str | list | None = None,
             **kwargs) -> list[Future]:
         """``submit(fn, *args, **kwargs)`` for each tuple of ``zip(*iterables)``; the same task
-        control keywords as ``submit`` apply to every task."""
-        if not iterables:
-            raise TypeError("map needs at least one iterable")
+        control keywords (and ``pure``) as ``submit`` apply to every task. ``key`` is a name
+        the tasks' keys start with (``"load"`` gives ``load-...``), or a list of keys, one per
+        task."""
+        pure = _pure_flag(kwargs)
+        inputs = check_iterables(iterables)
         kwargs, options = self._split_options(kwargs)
+        prefix, keys = None, None
+        if isinstance(key, str) and key:
+            prefix = key
+        elif isinstance(key, (list, tuple)):
+            keys = list(key)
+        elif key is not None:
+            raise TypeError(f"key must be a name (a non-empty string) or a list of keys, "
+                            f"got {key!r}")
         specs = []
-        futures = []
-        keys = key if isinstance(key, (list, tuple)) else None
         # Many small objects and no garbage: the cyclic GC would rescan them over and over.
         gc_was_enabled = gc.isenabled()
         gc.disable()
         try:
-            for i, args in enumerate(zip(*iterables)):
-                spec = self._spec(fn, args, kwargs, keys[i] if keys else None, options)
-                specs.append(spec)
-                futures.append(Future(spec[0], self, self._record_for(spec[0])))
+            for i, args in enumerate(zip(*inputs)):
+                specs.append(self._spec(fn, args, kwargs, keys[i] if keys and i < len(keys)
+                                        else None, options, prefix, pure))
+            if keys is not None and len(keys) != len(specs):
+                raise ValueError(f"map got {len(keys)} keys for {len(specs)} tasks: give one "
+                                 "key per task")
+            return self._post_specs(specs)
         finally:
             if gc_was_enabled:
                 gc.enable()
-        if self._conn.listeners["submit"]:
-            self._conn.emit("submit", [s[0] for s in specs])
-        self._conn.post([m.SUBMIT, specs])
-        return futures
 
     # ------------------------------------------------------------------ waiting, gathering
-    def _wait_records(self, records: list, timeout: float | None, what: str) -> None:
+    def _wait_records(self, records: list, timeout: Any, what: str) -> None:
         if self.asynchronous:
             raise ClusterError("use `await future` (or await client.gather) with an "
                                "asynchronous client")
+        timeout = optional_timeout(timeout)
         pending = [r for r in records if r.status == PENDING]
         if not pending:
             return
@@ -389,86 +435,12 @@ class Client:
 
     def scatter(self, data: Any, workers: str | list[str] | None = None,
                 broadcast: bool = False) -> Any:
-        """Send local data to workers; returns futures (same shape as ``data``)."""
-        return self._sync(self._scatter(data, workers, broadcast))
+        """Send local data to workers; returns futures in the same shape as ``data``: a dict
+        (keys are the futures' keys), list, tuple, namedtuple, set or frozenset of futures (a
+        range gives a list); any other object is one value, one future."""
+        from .scatter import scatter
 
-    async def _scatter(self, data, workers, broadcast):
-        info = await self._conn.request("info")
-        targets = list(info["workers"])
-        if workers is not None:
-            wanted = [workers] if isinstance(workers, str) else list(workers)
-            unknown = [w for w in wanted if w not in targets]
-            if unknown:
-                raise ValueError(f"scatter: unknown workers {unknown}; known: {targets}")
-            targets = wanted
-        if not targets:
-            raise ClusterError("scatter: the cluster has no workers")
-        holders: dict = {}
-        if isinstance(data, dict):
-            items = list(data.items())
-            holders = await self._scatter_check([k for k, _ in items])
-        elif isinstance(data, (list, tuple, set, frozenset)):
-            items = [(f"{type(v).__name__}-{uuid.uuid4().hex}", v) for v in data]
-        else:
-            items = [(f"{type(data).__name__}-{uuid.uuid4().hex}", data)]
-        plan: dict[str, dict] = {}
-        for i, (key, value) in enumerate(items):
-            dests = targets if broadcast else [targets[i % len(targets)]]
-            # a key scattered before is replaced: its old holders get the new value too
-            dests = dests + [w for w in holders.get(key, ()) if w not in dests]
-            payload = dump_value(value, what=f"scattered value {key!r}")
-            for w in dests:
-                plan.setdefault(w, {})[key] = payload
-        placed = list(plan.items())
-        results = await asyncio.gather(*(self._conn.pool.put_data(w, vals) for w, vals in placed),
-                                       return_exceptions=True)
-        futures = {key: Future(key, self, self._record_for(key)) for key, _ in items}
-        for (w, vals), res in zip(placed, results):
-            if not isinstance(res, BaseException):   # what did land is announced (then released)
-                nbytes = {k: (v.nbytes if type(v) is Serialized else 64) for k, v in vals.items()}
-                self._conn.post([m.UPDATE_DATA, nbytes, w])
-        failed = [res for res in results if isinstance(res, BaseException)]
-        if failed:
-            raise failed[0]
-        for key in holders:                  # replaced: fetch the new value when asked
-            futures[key]._record.value = _NO_VALUE
-        await self._wait_records_async([f._record for f in futures.values()])
-        if isinstance(data, dict):
-            return futures
-        if isinstance(data, (list, tuple, set, frozenset)):
-            return list(futures.values()) if not isinstance(data, tuple) else tuple(futures.values())
-        return next(iter(futures.values()))
-
-    async def _scatter_check(self, keys: list) -> dict:
-        """{key: old holders} for keys scattered before; refuses keys that name tasks."""
-        bad = [k for k in keys if not isinstance(k, str) or not k]
-        if bad:
-            raise TypeError(f"scatter: keys must be non-empty strings, got {bad[0]!r}")
-        found = await self._conn.request("scatter_check", keys=keys)
-        tasks = {k: v["task"] for k, v in found.items() if "task" in v}
-        if tasks:
-            named = ", ".join(f"{k!r} ({state})" for k, state in tasks.items())
-            raise ValueError(f"scatter: {named} already name submitted tasks; a scattered value "
-                             "cannot take a task's key (choose other keys)")
-        return {k: v["holders"] for k, v in found.items() if "holders" in v}
-
-    def run(self, fn: Callable, *args, workers: list[str] | None = None) -> Any:
-        """Run ``fn(*args)`` once on every worker: ``{worker address: result}``."""
-        return self._sync(self._run(fn, args, workers))
-
-    async def _run(self, fn, args, workers):
-        blob = dumps_function(fn)
-        if not all_plain(args):
-            raise TypeError("client.run takes plain arguments (numbers, strings, None)")
-        reply = await self._conn.request("run", blob=blob, args=list(args), workers=workers)
-        if reply["errors"]:
-            worker, exc = next(iter(reply["errors"].items()))
-            err = loads(exc) if type(exc) is Serialized else RuntimeError(str(exc))
-            if isinstance(err, BaseException):
-                err.add_note(f"(raised on worker {worker})")
-                raise err
-            raise RuntimeError(f"run failed on {worker}: {err}")
-        return {w: (loads(v) if type(v) is Serialized else v) for w, v in reply["results"].items()}
+        return self._sync(scatter(self, data, workers, broadcast))
 
     def on(self, event: str, fn: Callable) -> Callable[[], None]:
         """Observe the client: ``"submit"`` fn(keys) on the submitting thread; ``"task"``
@@ -480,12 +452,6 @@ class Client:
         self._conn.listeners[event].append(fn)
         return lambda: fn in self._conn.listeners[event] and self._conn.listeners[event].remove(fn)
 
-    def snapshot(self, since: int = 0, transfers_since: int = 0) -> dict:
-        """The scheduler's state as plain data (workers, tasks by state and function, the task
-        log after cursor ``since``): what dashboards draw."""
-        return self._sync(self._conn.request("snapshot", since=since,
-                                             transfers_since=transfers_since), timeout=30)
-
     def dashboard(self, **kwargs):
         """The task stream and memory plots, live, inline in the notebook (no extra port)."""
         if Client._dashboard_factory is None:
@@ -493,69 +459,17 @@ class Client:
                                "(pip install 'nbcluster[jupyter]')")
         return Client._dashboard_factory(self, **kwargs)
 
-    def queues(self) -> dict:
-        """Per queue: ``queued`` (waiting, also with no worker to take them), ``processing``,
-        and the ``workers`` subscribed to it."""
-        return self._sync(self._conn.request("queues"))
-
-    def limits(self) -> dict:
-        """Per limit key: its rate, concurrency, tasks running and tasks held back."""
-        return self._sync(self._conn.request("limits"))
-
-    def set_limit(self, key: str, rate: str | float | None = None,
-                  concurrency: int | None = None) -> None:
-        """Change (or set) a cluster-wide limit on a running cluster. ``key`` is a
-        ``limit_key`` or ``"function:NAME"`` for the limit of one function."""
-        from .options import parse_rate
-
-        if not isinstance(key, str) or not key:
-            raise TypeError(f"set_limit needs a limit key (a string), got {key!r}")
-        if concurrency is not None and (type(concurrency) is not int or concurrency < 1):
-            raise ValueError(f"concurrency must be a positive int, got {concurrency!r}")
-        parsed = list(parse_rate(rate)) if rate is not None else None
-        self._conn.post([m.SET_LIMIT, key, parsed, concurrency])
-
-    def attempts(self, future: Future) -> list[dict]:
-        rows = self._sync(self._conn.request("attempts", key=future.key))
-        return [{"worker": w, "start": s, "duration": d, "exception": e} for w, s, d, e in rows]
-
-    def restart(self, timeout: float = 60.0) -> None:
-        """Start afresh: every task is forgotten (all futures, of every client, become
-        cancelled), workers drop their data, and the cluster's workers are replaced by new
-        processes when this client started or was given the cluster (LocalCluster,
-        SSHCluster). Returns once as many workers as before are connected."""
-        return self._sync(self._restart(timeout), timeout=timeout + 5)
-
-    async def _restart(self, timeout: float) -> None:
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout
-        before = len((await self._conn.request("info"))["workers"])
-        await self._conn.request("restart")
-        restart_workers = getattr(self.cluster, "restart_workers", None)
-        if restart_workers is not None:    # blocking: off the client's I/O loop
-            await loop.run_in_executor(None, restart_workers, timeout)
-        while len((await self._conn.request("info"))["workers"]) < before:
-            if loop.time() > deadline:     # they join over the network: ask again shortly
-                raise TimeoutError(f"restart: {before} workers did not come back within "
-                                   f"{timeout:g} s")
-            await asyncio.sleep(0.05)
-
-    def load(self) -> dict:
-        """Work waiting and what each worker runs and holds (what adaptive scaling reads):
-        ``{"work_seconds", "tasks": {state: n}, "workers": {address: {"processing", "keys",
-        "nthreads"}}}``."""
-        return self._sync(self._conn.request("load"))
-
-    def scheduler_info(self) -> dict:
-        return self._sync(self._conn.request("info"))
-
-    def who_has(self, futures=None) -> dict:
-        keys = [f.key for f in collect_futures(futures)] if futures is not None else list(self._records)
-        return self._sync(self._conn.request("who_has", keys=keys))
-
-    def story(self, key_or_future) -> list:
-        key = getattr(key_or_future, "key", key_or_future)
-        return self._sync(self._conn.request("story", key=key))
+    def retry(self, futures: Future | Iterable[Future]) -> None:
+        """Run failed tasks again (and the failed tasks they depend on); their futures become
+        pending. Futures that did not fail are left as they are."""
+        keys = []
+        for f in collect_futures(futures):
+            if f._record.status == ERROR:
+                f._record.reset()
+                keys.append(f.key)
+        if keys:
+            self._check_usable()
+            self._conn.post([m.RETRY, keys])
 
     def get_executor(self, **submit_kwargs):
         from .executor import ClientExecutor
@@ -623,15 +537,31 @@ class Client:
     def closed(self) -> bool:
         return self._closed
 
+    @property
+    def status(self) -> str:
+        """``"running"``, ``"disconnected"`` (the scheduler went away) or ``"closed"``."""
+        if self._closed:
+            return "closed"
+        return "disconnected" if self._conn.closed else "running"
+
     def __repr__(self) -> str:
-        state = "closed" if self._closed else "connected"
-        return f"<Client {self.scheduler_address} {state}>"
+        status = self.status
+        if status == "disconnected":
+            return f"<Client {self.scheduler_address} disconnected: {self._conn.lost_reason}>"
+        return f"<Client {self.scheduler_address} {'closed' if self._closed else 'connected'}>"
 
     def _repr_html_(self) -> str:
         link = self.dashboard_link
         dash = f"<br>Dashboard: <a href='{link}' target='_blank'>{link}</a>" if link else ""
         return (f"<div><b>nbcluster Client</b><br>Scheduler: <code>{self.scheduler_address}</code>"
                 f"<br>Futures held: {len(self._records)}{dash}</div>")
+
+
+def _pure_flag(kwargs: dict) -> bool:
+    pure = kwargs.pop("pure", False)
+    if not isinstance(pure, bool):
+        raise TypeError(f"pure must be True or False, got {pure!r}")
+    return pure
 
 
 def AsyncClient(*args, **kwargs) -> Client:  # noqa: N802 - reads as a class

@@ -28,7 +28,7 @@ class ClientConnection:
     """Owns the comm to the scheduler. Thread-safe entry points: ``post`` and ``request``."""
 
     def __init__(self, address: str, token: str | None, loop: asyncio.AbstractEventLoop,
-                 timeout: float, security=None) -> None:
+                 timeout: float, security=None, heartbeat_timeout: float = 30.0) -> None:
         self.address = address
         self.token = token
         self.security = security
@@ -44,6 +44,13 @@ class ClientConnection:
         self._request_ids = itertools.count(1)
         self.closed = False
         self.lost_reason = ""
+        # A scheduler that stops answering (frozen, or the network between us gone) is given
+        # up after heartbeat_timeout s of silence; a quiet connection is pinged meanwhile.
+        self.heartbeat_timeout = heartbeat_timeout
+        self._ping_every = max(0.05, min(5.0, heartbeat_timeout / 4))
+        self._last_heard = 0.0
+        self._watch: asyncio.TimerHandle | None = None
+        self._closing_reason = ""    # the scheduler said it is closing (a CLOSE message)
         # observers: "output" (key, stream, text), "task" (key, status), "submit" (keys)
         self.listeners: dict[str, list] = {"output": [], "task": [], "submit": []}
         self._marker = OutputMarker()
@@ -60,6 +67,26 @@ class ClientConnection:
             self.comm.abort("no hello")
             raise CommError(f"the scheduler at {self.address} did not answer within "
                             f"{self.timeout:g} s") from None
+        self._last_heard = self.loop.time()
+        self._watch = self.loop.call_later(self._ping_every, self._check_alive)
+
+    def _check_alive(self) -> None:
+        if self.closed or self.comm is None:
+            return
+        silent = self.loop.time() - self._last_heard
+        if silent >= self.heartbeat_timeout:
+            self.comm.abort(f"no answer for {silent:.1f} s (heartbeat_timeout="
+                            f"{self.heartbeat_timeout:g} s)")
+            return
+        if silent >= self._ping_every:   # the reply, like any message, counts as a sign of life
+            self.loop.create_task(self._ping())
+        self._watch = self.loop.call_later(self._ping_every, self._check_alive)
+
+    async def _ping(self) -> None:
+        try:
+            await self.request("ping")
+        except Exception:   # the connection closed meanwhile: _on_close said why
+            pass
 
     # ------------------------------------------------------------------ outgoing
     def post(self, msg: list) -> None:
@@ -101,9 +128,14 @@ class ClientConnection:
         if batch and self.comm is not None:
             self.comm.send_many(batch)
 
-    async def request(self, name: str, **args):
+    def check_open(self) -> None:
+        """Raise, saying why, unless messages can still reach the scheduler."""
         if self.closed:
-            raise ClusterError(f"the client is closed ({self.lost_reason or 'closed'})")
+            raise ClusterError(f"cannot reach the scheduler: {self.lost_reason}; "
+                               "this client cannot be used any more (make a new Client)")
+
+    async def request(self, name: str, **args):
+        self.check_open()
         rid = next(self._request_ids)
         fut = self.loop.create_future()
         self._replies[rid] = fut
@@ -115,6 +147,7 @@ class ClientConnection:
 
     # ------------------------------------------------------------------ incoming
     def _on_batch(self, batch: list) -> None:
+        self._last_heard = self.loop.time()
         records = self.records
         task_listeners = self.listeners["task"]
         for msg in batch:
@@ -153,6 +186,8 @@ class ClientConnection:
                 continue
             elif op == m.OUTPUT:
                 self._on_output(msg[1], msg[2], msg[3])
+            elif op == m.CLOSE:   # the connection ends next: expected, not a failure
+                self._closing_reason = msg[1]
 
     def emit(self, event: str, *args) -> None:
         for fn in list(self.listeners[event]):
@@ -175,10 +210,17 @@ class ClientConnection:
         if self.closed:
             return
         self.closed = True
-        self.lost_reason = f"lost the scheduler at {self.address}: {reason}"
+        if self._closing_reason:
+            self.lost_reason = f"the scheduler at {self.address} closed: {self._closing_reason}"
+            logger.info("%s", self.lost_reason)
+        else:
+            self.lost_reason = f"lost the scheduler at {self.address}: {reason}"
+            logger.warning("%s", self.lost_reason)
+        if self._watch is not None:
+            self._watch.cancel()
         for fut in self._replies.values():
             if not fut.done():
-                fut.set_result((False, self.lost_reason))
+                fut.set_exception(ClusterError(self.lost_reason))
         self._replies.clear()
         for rec in list(self.records.values()):
             if rec.status == PENDING:
@@ -186,6 +228,8 @@ class ClientConnection:
                 rec.finish(LOST)
 
     def close(self) -> None:
+        if self._watch is not None:
+            self._watch.cancel()
         if self.comm is not None:
             self._flush()
             self.closed = True

@@ -60,6 +60,10 @@ class Future(TaskRef):
     def cancel(self) -> None:
         self.client.cancel([self])
 
+    def retry(self) -> None:
+        """Run the task again if it failed (with the failed tasks it depends on)."""
+        self.client.retry([self])
+
     def release(self) -> None:
         """Drop this handle now rather than at garbage collection."""
         rec, self._record = self._record, None

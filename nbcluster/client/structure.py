@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
-from typing import Any
+import hashlib
+from typing import Any, Iterator
 
+from ..protocol.serialize import Serialized
 from .future import Future
 
 _MISSING = object()
@@ -46,3 +48,39 @@ def rebuild(obj: Any, values: dict, skip_missing: bool = False) -> Any:
             out = {k: v for k, v in out.items() if v is not _MISSING}
         return type(obj)(out) if type(obj) is not dict else out
     return obj
+
+
+def check_iterables(iterables: tuple) -> list[Iterator]:
+    """Iterators over ``map``'s inputs; a TypeError saying what to pass for anything else."""
+    if not iterables:
+        raise TypeError("map needs at least one iterable of inputs (a list, a range, ...)")
+    out = []
+    for i, it in enumerate(iterables):
+        if isinstance(it, Future):
+            raise TypeError(f"map's input {i} is a single Future, not an iterable: pass a list "
+                            "of futures (or submit for one call)")
+        if hasattr(it, "get") and hasattr(it, "put") and hasattr(it, "qsize"):
+            raise TypeError(f"map's input {i} is a {type(it).__name__}: map does not consume "
+                            "queues; pass a list of the inputs, e.g. "
+                            "[q.get() for _ in range(q.qsize())]")
+        try:
+            out.append(iter(it))
+        except TypeError:
+            raise TypeError(f"map's input {i} is a {type(it).__name__}, which is not iterable: "
+                            "pass a list, tuple, range or other iterable of the inputs (for "
+                            "one call, use submit)") from None
+    return out
+
+
+def call_digest(spec: list) -> str:
+    """A digest of a task spec's function token and arguments (``pure=True`` keys)."""
+    h = hashlib.blake2b(spec[1].encode(), digest_size=12)
+    for part in (spec[2], spec[3], spec[4]):
+        if type(part) is Serialized:
+            h.update(b"S")
+            h.update(part.header)
+            for buf in part.buffers:
+                h.update(buf)
+        else:   # plain values (repr is exact for them), None, or dependency keys
+            h.update(repr(part).encode())
+    return h.hexdigest()

@@ -7,6 +7,9 @@ import threading
 from collections import namedtuple
 from typing import Iterable, Iterator
 
+from typing import Any
+
+from ..durations import optional_timeout
 from .blocking import get_from, wait_event
 from .future import PENDING, Future
 from .structure import collect_futures
@@ -18,14 +21,18 @@ FIRST_EXCEPTION = "FIRST_EXCEPTION"
 ALL_COMPLETED = "ALL_COMPLETED"
 
 
-def wait(fs: Future | Iterable[Future], timeout: float | None = None,
+def wait(fs: Future | Iterable[Future], timeout: Any = None,
          return_when: str = ALL_COMPLETED, progress: bool = False) -> DoneAndNotDone:
     """Wait until the futures are done: all, the first, or the first to fail.
-    ``progress=True`` shows a progress bar while waiting (a widget in a notebook)."""
+    ``timeout`` is seconds or text (``"10s"``). ``progress=True`` shows a progress bar while
+    waiting (a widget in a notebook)."""
+    if isinstance(timeout, Future) or isinstance(return_when, Future):
+        raise TypeError("wait takes one collection of futures: wait([x, y]), not wait(x, y)")
     if return_when not in (FIRST_COMPLETED, FIRST_EXCEPTION, ALL_COMPLETED):
         raise ValueError(f"return_when must be one of ALL_COMPLETED, FIRST_COMPLETED, "
                          f"FIRST_EXCEPTION; got {return_when!r}")
-    futures = collect_futures(fs)
+    timeout = optional_timeout(timeout)
+    futures = _only_futures(fs, "wait")
     if progress and futures:
         hook = type(futures[0].client)._progress_hook
         if hook is not None:
@@ -62,25 +69,48 @@ def wait(fs: Future | Iterable[Future], timeout: float | None = None,
     return DoneAndNotDone(done, {f for f in futures if f not in done})
 
 
+def _only_futures(fs: Any, caller: str, nested: bool = True) -> list[Future]:
+    """The futures in ``fs`` (one, or a collection); a TypeError naming anything else."""
+    if isinstance(fs, Future):
+        return [fs]
+    if isinstance(fs, dict):
+        items = list(fs.values())
+    elif isinstance(fs, (str, bytes)) or not hasattr(fs, "__iter__"):
+        raise TypeError(f"{caller} takes a future or a collection of futures, got "
+                        f"{type(fs).__name__} {fs!r:.60}")
+    else:
+        items = list(fs)
+    allowed = (Future, list, tuple, set, frozenset, dict) if nested else Future
+    for x in items:
+        if not isinstance(x, allowed):
+            raise TypeError(f"{caller} takes futures (from submit, map or scatter), got "
+                            f"{type(x).__name__} {x!r:.60}")
+    return collect_futures(items) if nested else items
+
+
 class as_completed(Iterator):  # noqa: N801 - reads like the function it mirrors
     """Iterate over futures in the order they finish; ``add()`` more while iterating.
 
     With ``with_results=True`` yields ``(future, result)`` pairs (errors are raised, unless
-    ``raise_errors=False``, when the exception takes the result's place).
+    ``raise_errors=False``, when the exception takes the result's place). ``has_ready()``
+    says whether ``next`` would return at once; ``next_batch()`` takes everything finished.
     """
 
     def __init__(self, futures: Iterable[Future] = (), with_results: bool = False,
-                 raise_errors: bool = True, timeout: float | None = None) -> None:
+                 raise_errors: bool = True, timeout: Any = None) -> None:
         self._queue: queue.SimpleQueue = queue.SimpleQueue()
         self._outstanding = 0
         self._lock = threading.Lock()
         self.with_results = with_results
         self.raise_errors = raise_errors
-        self.timeout = timeout
-        for f in futures:
+        self.timeout = optional_timeout(timeout)
+        for f in _only_futures(futures, "as_completed", nested=False):
             self.add(f)
 
     def add(self, future: Future) -> None:
+        if not isinstance(future, Future):
+            raise TypeError(f"as_completed.add takes a future, got {type(future).__name__} "
+                            f"{future!r:.60}")
         with self._lock:
             self._outstanding += 1
         future._record.add_callback(lambda _rec, f=future: self._queue.put(f))
@@ -117,16 +147,21 @@ class as_completed(Iterator):  # noqa: N801 - reads like the function it mirrors
                 raise
             return f, e
 
+    def has_ready(self) -> bool:
+        """True when a future has finished and not been taken yet."""
+        return not self._queue.empty()
+
+    def next_batch(self, block: bool = True) -> list:
+        """Everything finished and not yet taken; with ``block``, waits for at least one
+        (an empty list when nothing is outstanding)."""
+        batch = []
+        if block and not self.has_ready() and not self.is_empty():
+            batch.append(next(self))
+        while self.has_ready():
+            batch.append(next(self))
+        return batch
+
     def batches(self) -> Iterator[list]:
         """Yield lists of everything finished so far (at least one each time)."""
         while not self.is_empty():
-            batch = [next(self)]
-            while True:
-                try:
-                    f = self._queue.get_nowait()
-                except queue.Empty:
-                    break
-                with self._lock:
-                    self._outstanding -= 1
-                batch.append((f, f.result()) if self.with_results else f)
-            yield batch
+            yield self.next_batch()

@@ -19,6 +19,7 @@ SUBMIT = "submit"          # list of task specs, see TASK_FIELDS
 RELEASE = "release"        # keys the client no longer holds
 WANT = "want"              # keys the client holds futures for, though it did not submit them
 CANCEL = "cancel"          # keys to cancel
+RETRY = "retry"            # keys of failed tasks to run again (with their failed inputs)
 FIRE_AND_FORGET = "fire"   # keys to run to completion even when no client holds them
 SET_LIMIT = "limit"        # limit key, [count, seconds] or None, concurrency or None
 UPDATE_DATA = "update-data"  # {key: nbytes}, worker address: scattered data now on a worker
@@ -59,6 +60,7 @@ FIELDS: dict[str, tuple[str, ...]] = {
     RELEASE: ("keys",),
     WANT: ("keys",),
     CANCEL: ("keys",),
+    RETRY: ("keys",),
     FIRE_AND_FORGET: ("keys",),
     SET_LIMIT: ("key", "rate", "concurrency"),
     UPDATE_DATA: ("nbytes", "worker"),
@@ -87,9 +89,8 @@ FIELDS: dict[str, tuple[str, ...]] = {
 
 # What each role may send to the scheduler.
 TO_SCHEDULER = {
-    "client": frozenset((FUNCTION, SUBMIT, RELEASE, WANT, CANCEL, FIRE_AND_FORGET, UPDATE_DATA,
-                         SET_LIMIT,
-                         REQUEST)),
+    "client": frozenset((FUNCTION, SUBMIT, RELEASE, WANT, CANCEL, RETRY, FIRE_AND_FORGET,
+                         UPDATE_DATA, SET_LIMIT, REQUEST)),
     "worker": frozenset((STARTED, FINISHED, FAILED, MISSING, OUTPUT, RUN_RESULT, HEARTBEAT,
                          TRANSFERS, STATUS)),
 }
@@ -176,6 +177,7 @@ TYPES: dict[str, tuple] = {
     RELEASE: (_keys,),
     WANT: (_keys,),
     CANCEL: (_keys,),
+    RETRY: (_keys,),
     FIRE_AND_FORGET: (_keys,),
     SET_LIMIT: (_str, lambda v: v is None or _rate(v), lambda v: v is None or (_int(v) and v > 0)),
     UPDATE_DATA: (_sizes, _str),

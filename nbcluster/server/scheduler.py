@@ -36,6 +36,7 @@ class Scheduler:
         self.address = ""
         self._request_ids = itertools.count(1)
         self._pending_runs: dict[int, dict] = {}
+        self._worker_waiters: list[tuple[int, str, object]] = []   # (n workers, client, request)
         self._clock = time.time
         self.started = 0.0
         self.closed = asyncio.Event()
@@ -56,8 +57,7 @@ class Scheduler:
         if self.closed.is_set():
             return
         for peer, comm in list(self.comms.items()):
-            if peer in self.state.workers:
-                comm.send([m.CLOSE, "scheduler closing"])
+            comm.send([m.CLOSE, "the scheduler was closed"])   # clients say so, and don't warn
             comm.close()
         if self.listener is not None:
             self.listener.stop()
@@ -107,7 +107,21 @@ class Scheduler:
                                     str(identity.get("name", address)), identity, self._clock())
         logger.info("worker %s joined (%s threads)", address, identity.get("nthreads"))
         self._send(out)
+        if self._worker_waiters:
+            self._answer_worker_waiters()
         return address
+
+    def _answer_worker_waiters(self) -> None:
+        count, waiting = len(self.state.workers), []
+        for n, peer, request_id in self._worker_waiters:
+            comm = self.comms.get(peer)
+            if comm is None:
+                continue           # the client left
+            if count >= n:
+                comm.send([m.REPLY, request_id, True, count])
+            else:
+                waiting.append((n, peer, request_id))
+        self._worker_waiters = waiting
 
     def _on_close(self, peer: str, reason: str) -> None:
         self.comms.pop(peer, None)
@@ -120,6 +134,7 @@ class Scheduler:
                     self._run_result(run, peer, False, f"worker {peer} left: {reason}")
         elif peer in self.state.clients:
             self._send(self.state.remove_client(peer, self._clock()))
+            self._worker_waiters = [w for w in self._worker_waiters if w[1] != peer]
 
     def _on_batch(self, peer: str, batch: list) -> None:
         requests = None
@@ -216,6 +231,18 @@ class Scheduler:
             "clients": len(st.clients),
             "done_by_prefix": dict(st.counts),
         }
+
+    def _request_ping(self, peer, request_id) -> bool:
+        return True
+
+    def _request_wait_for_workers(self, peer, request_id, n) -> object:
+        """Reply (with the count) once ``n`` workers are connected."""
+        if type(n) is not int:
+            raise TypeError(f"n must be an int, got {n!r}")
+        if len(self.state.workers) >= n:
+            return len(self.state.workers)
+        self._worker_waiters.append((n, peer, request_id))
+        return _LATER
 
     def _request_load(self, peer, request_id) -> dict:
         """What adaptive scaling decides on: work waiting, and what each worker runs and holds."""

@@ -294,6 +294,17 @@ class SchedulerState(Transitions):
                 continue
             self._set_erred(ts, None, None, key, cancel=f"cancelled by {peer}")
 
+    def _on_retry(self, peer, keys) -> None:
+        for key in keys:
+            ts = self.tasks.get(key)
+            if ts is None:
+                self.out.append((peer, [m.CANCELLED, key, "the scheduler does not know this key"]))
+            elif ts.state == "erred":
+                self._rerun_failed(ts, peer)
+            else:   # already rerunning (another client asked) or done: the client hears as usual
+                want(ts, peer)
+                self._report_if_final(ts, peer)
+
     def _on_fire_and_forget(self, peer, keys) -> None:
         for key in keys:
             ts = self.tasks.get(key)
@@ -497,7 +508,7 @@ class SchedulerState(Transitions):
 
     _handlers = {
         m.FUNCTION: _on_function, m.SUBMIT: _on_submit, m.RELEASE: _on_release, m.WANT: _on_want,
-        m.CANCEL: _on_cancel, m.FIRE_AND_FORGET: _on_fire_and_forget,
+        m.CANCEL: _on_cancel, m.RETRY: _on_retry, m.FIRE_AND_FORGET: _on_fire_and_forget,
         m.UPDATE_DATA: _on_update_data, m.STARTED: _on_started, m.FINISHED: _on_finished,
         m.FAILED: _on_failed, m.MISSING: _on_missing, m.HEARTBEAT: _on_heartbeat,
         m.OUTPUT: _on_output, m.SET_LIMIT: _on_set_limit, m.TRANSFERS: _on_transfers,

@@ -48,6 +48,24 @@ class Transitions:
         ts.state = "waiting"
         self._become_ready_or_wait(ts)
 
+    def _rerun_failed(self, ts: TaskState, why) -> None:
+        """``client.retry``: run a failed task again, and the failed tasks it depends on (the
+        error came from one of them), with their retry budgets restored."""
+        stack = [ts]
+        while stack:
+            t = stack.pop()
+            if t.state != "erred" or not t.fn:   # scattered data has no lineage: stays failed
+                continue
+            t.state = "released"
+            t.exception = t.traceback = t.blame = None
+            t.suspicious = 0
+            t.retries_left = t.options.get("retries", 0) if t.options else 0
+            stack.extend(t.deps)
+        if ts.state == "released":
+            self._recompute(ts, why)
+        else:
+            self._report_if_final(ts, why)
+
     def _become_ready(self, ts: TaskState) -> None:
         options = ts.options
         if options:
