@@ -57,10 +57,25 @@ def _token(args) -> str | None:
     return token
 
 
+def _close_on_signals(close) -> None:
+    """SIGTERM and SIGINT (Ctrl-C) close the scheduler in order, so the code after it runs
+    (the connection file is removed) instead of the process dying where it stands. A signal
+    the process was started ignoring (``nohup``, a shell's background job) stays ignored."""
+    import signal
+
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        if signal.getsignal(sig) is signal.SIG_IGN:
+            continue
+        try:
+            loop.add_signal_handler(sig, lambda: asyncio.ensure_future(close()))
+        except (NotImplementedError, RuntimeError, ValueError):   # Windows
+            pass
+
+
 def _scheduler(args) -> int:
     from .comm.auth import new_token
-    from .config import write_connection_file
-    from .loop_thread import close_on_sigterm
+    from .config import remove_connection_file, write_connection_file
     from .server.scheduler import Scheduler
 
     token = _token(args) or os.environ.get("NBCLUSTER_TOKEN") or new_token()
@@ -72,11 +87,14 @@ def _scheduler(args) -> int:
         print(f"warning: the scheduler listens on {args.host}, reachable from other machines, "
               f"{exposed}anyone who has the token can run code here. Keep the connection file "
               "private.", file=sys.stderr)
+    written: list = []   # (path, address) once the connection file exists
 
     async def main():
         scheduler = await Scheduler(f"{scheme}://{args.host}:{args.port}", token=token,
                                     security=security).start()
-        path = write_connection_file(scheduler.address, token, args.connection_file)
+        _close_on_signals(scheduler.close)   # before the file exists: no window to leave it
+        written.append((write_connection_file(scheduler.address, token, args.connection_file),
+                        scheduler.address))
         print(f"nbcluster scheduler at {scheduler.address}", flush=True)
         dash = None
         if args.dashboard_port >= 0:
@@ -92,13 +110,20 @@ def _scheduler(args) -> int:
             except OSError as e:
                 print(f"no dashboard: cannot listen on port {args.dashboard_port}: {e}",
                       flush=True)
-        print(f"connection file (address and token, readable only by you): {path}", flush=True)
-        close_on_sigterm(scheduler.close)
-        await scheduler.closed.wait()
-        if dash is not None:
-            dash.stop()
+        print(f"connection file (address and token, readable only by you): {written[0][0]}",
+              flush=True)
+        try:
+            await scheduler.closed.wait()
+        finally:
+            await scheduler.close()
+            if dash is not None:
+                dash.stop()
 
-    asyncio.run(main())
+    try:
+        asyncio.run(main())
+    finally:   # normal exit, SIGTERM, Ctrl-C, an error: the file names a scheduler no more
+        for path, address in written:
+            remove_connection_file(path, address, token)
     return 0
 
 
@@ -154,7 +179,7 @@ def _queues(text: str | None) -> list[str] | None:
 def _demo(args) -> int:
     from .demo import run_demo
 
-    return run_demo(n_workers=args.workers, compare_dask=not args.no_dask)
+    return run_demo(n_workers=args.workers, compare_dask=not args.no_dask, keep=args.keep)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -195,9 +220,18 @@ def main(argv: list[str] | None = None) -> int:
     _add_tls_options(w)
     w.set_defaults(run=_worker)
 
-    d = sub.add_parser("demo", help="start a local cluster and run the reference workloads")
+    d = sub.add_parser(
+        "demo", help="start a local cluster and run the reference workloads",
+        description="Start a local cluster (and its dashboard), run the reference workloads "
+        "with progress bars, then time the same workloads on dask.distributed. Everything "
+        "listens on 127.0.0.1 only. The dashboard link works while the nbcluster cluster runs: "
+        "it is closed once its workloads are done (the output says so), unless --keep keeps "
+        "it open until Ctrl-C.")
     d.add_argument("--workers", type=int, default=2)
     d.add_argument("--no-dask", action="store_true", help="do not run the same workloads on dask")
+    d.add_argument("--keep", action="store_true",
+                   help="keep the cluster and its dashboard running after the results, "
+                   "until Ctrl-C")
     d.set_defaults(run=_demo)
 
     args = parser.parse_args(argv)

@@ -73,6 +73,18 @@ def write_connection_file(address: str, token: str | None, path: str | os.PathLi
     return target
 
 
+def remove_connection_file(path: str | os.PathLike, address: str, token: str | None) -> bool:
+    """Remove the connection file written for ``address`` and ``token``, unless another
+    scheduler has written its own there since (then it is left alone). True if removed."""
+    try:
+        if read_connection_file(path) != (address, token):
+            return False
+        os.unlink(path)
+        return True
+    except (OSError, ValueError, KeyError, TypeError):
+        return False
+
+
 def read_connection_file(path: str | os.PathLike) -> tuple[str, str | None]:
     with open(path) as f:
         info = json.load(f)

@@ -8,6 +8,8 @@
     │   └── AuthenticationError        the handshake failed (missing or wrong token)
     ├── ProtocolError                  a peer sent a malformed frame or message
     ├── SerializationError (TypeError) an argument or result cannot be pickled (names it)
+    │   ├── PicklingError (pickle.PicklingError)      pickling failed
+    │   └── UnpicklingError (pickle.UnpicklingError)  unpickling failed
     ├── TaskError                      base for failures that belong to one task
     │   ├── CancelledError             the future was cancelled (also concurrent.futures')
     │   ├── KilledWorkerError          the task killed too many workers
@@ -25,6 +27,7 @@ remote traceback attached (as ``__traceback__`` where possible, and always as a 
 from __future__ import annotations
 
 import concurrent.futures
+import pickle
 
 
 class NBClusterError(Exception):
@@ -49,6 +52,14 @@ class ProtocolError(NBClusterError):
 
 class SerializationError(NBClusterError, TypeError):
     """An object could not be serialized or deserialized."""
+
+
+class PicklingError(SerializationError, pickle.PicklingError):
+    """An object could not be pickled (also caught as the standard library's)."""
+
+
+class UnpicklingError(SerializationError, pickle.UnpicklingError):
+    """Bytes could not be unpickled (also caught as the standard library's)."""
 
 
 class TaskError(NBClusterError):
@@ -105,6 +116,8 @@ __all__ = [
     "AuthenticationError",
     "ProtocolError",
     "SerializationError",
+    "PicklingError",
+    "UnpicklingError",
     "TaskError",
     "CancelledError",
     "KilledWorkerError",

@@ -79,7 +79,7 @@ def test_lambdas_closures_and_main_functions(client):
 
 
 def test_function_pickled_once(client, monkeypatch):
-    from nbcluster.client import client as client_module
+    from nbcluster.client import functions as client_module
 
     calls = []
     real = client_module.dumps_function

@@ -50,6 +50,7 @@ def test_killed_scheduler_fails_every_wait_at_once(scheduler):
         assert {f.key for f in ac} == {f.key for f in futures}
         assert client.status == "disconnected"
         assert "disconnected" in repr(client) and address in repr(client)
+        assert "(disconnected: lost the scheduler" in client._repr_html_()
         with pytest.raises(ClusterError, match=f"cannot reach the scheduler: lost the scheduler "
                                                 f"at {address}"):
             client.submit(inc, 1)
@@ -58,6 +59,7 @@ def test_killed_scheduler_fails_every_wait_at_once(scheduler):
         with pytest.raises(ClusterError, match=address):
             client.scheduler_info()
     assert client.status == "closed" and "closed" in repr(client)
+    assert "(closed)" in client._repr_html_() and "Dashboard" not in client._repr_html_()
 
 
 def test_frozen_scheduler_is_given_up_after_the_heartbeat_timeout(scheduler):

@@ -187,3 +187,18 @@ def test_as_completed_has_ready_and_next_batch(client, gate):
     gate.set()
     assert ac.next_batch() == [slow]
     assert ac.is_empty() and ac.next_batch() == []
+
+
+def test_task_options_take_durations_as_text(client, gate):
+    from nbcluster.errors import TaskTimeoutError
+
+    stopped = client.submit(blocked, timeout="100 ms")
+    with pytest.raises(TaskTimeoutError, match="its timeout"):
+        stopped.result(timeout=20)
+    gate.set()
+    later = client.submit(inc, 1, countdown="50ms", expires="1 minute")
+    assert later.result(timeout=20) == 2
+    assert client.submit(inc, 2, retries=1, retry_backoff="1s").result(timeout=20) == 3
+    with pytest.raises(ValueError, match="countdown must be a non-negative number of seconds "
+                                         "or a duration.*'in a while'"):
+        client.submit(inc, 1, countdown="in a while")

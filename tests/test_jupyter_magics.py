@@ -139,7 +139,8 @@ def test_html_reprs_for_futures_lists_client_and_cluster(ip, monkeypatch):
     assert "nbcluster Client" in html and "<b>1</b> workers" in html
     assert "LocalCluster" in fmt(client.cluster) and "<b>1</b> workers" in fmt(client.cluster)
     ip.run_line_magic("cluster", "stop")
-    assert "Client" in fmt(client)                    # closed: the engine's own repr
+    assert "nbcluster Client</b>: closed" in fmt(client)     # closed, in so many words
+    assert "Dashboard" not in fmt(client)             # and no link to a dashboard now gone
 
 
 def test_a_hand_made_client_is_adopted_and_replaced_by_start(ip, capsys):
@@ -158,12 +159,30 @@ def test_lazy_magics_config_loads_the_extension_on_first_use(capsys):
     shell = _shell()
     mm: MagicsManager = shell.magics_manager
     shell.run_line_magic("unload_ext", "nbcluster")   # in case another test left it loaded
-    mm.lazy_magics = {"cluster": "nbcluster"}
+    # IPython 9 keeps its own magics there too (and find_line_magic loads lazy ones): add ours
+    saved = dict(mm.lazy_magics)
+    mm.lazy_magics = {**saved, "cluster": "nbcluster"}
     try:
-        assert shell.find_line_magic("cluster") is None
+        assert "cluster" not in mm.magics["line"]
+        assert "nbcluster" not in shell.extension_manager.loaded
         shell.run_line_magic("cluster", "")            # loads nbcluster on first use
         assert "%cluster start" in capsys.readouterr().out
+        assert "nbcluster" in shell.extension_manager.loaded
         assert shell.find_line_magic("cluster") is not None
     finally:
-        mm.lazy_magics = {}
+        mm.lazy_magics = saved
         shell.run_line_magic("unload_ext", "nbcluster")
+
+
+def test_after_cluster_stop_a_kept_client_says_closed_and_scale_reports_the_workers(ip, capsys,
+                                                                                    monkeypatch):
+    fmt = ip.display_formatter.formatters["text/html"]
+    monkeypatch.setattr(fmt, "enabled", True)
+    ip.run_line_magic("cluster", "start -n 1 --no-processes --memory-limit 1GB")
+    kept = ip.user_ns["client"]                       # held under another name too
+    ip.run_line_magic("cluster", "scale 3")
+    assert "nbcluster: 3 workers" in capsys.readouterr().out
+    assert "<b>3</b> workers" in fmt(kept) and len(kept.scheduler_info()["workers"]) == 3
+    ip.run_line_magic("cluster", "stop")
+    assert repr(kept).endswith(" closed>") and kept.closed
+    assert "closed" in fmt(kept) and "<b>3</b> workers" not in fmt(kept)

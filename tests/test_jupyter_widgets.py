@@ -155,3 +155,38 @@ def test_cluster_widget_explains_a_failed_scale(comms, session, monkeypatch):
         assert not view.scale_button.disabled
     finally:
         view.close()
+
+
+def test_cluster_widget_box_follows_the_cluster_scaled_elsewhere(comms, session):
+    log, _ = comms
+    view = ClusterWidget(session, poll=False)
+    try:
+        assert view.workers.value == 1
+        session.scale(3)                             # what %cluster scale 3 does
+        assert view.workers.value == 3 and "<b>3</b> workers" in view.table.value
+        assert any(s.get("value") == 3 for s in updates(log, view.workers))   # sent to the page
+        session.cluster.scale(2)                     # cluster.scale() in a cell: the next poll
+        view.refresh()
+        assert view.workers.value == 2
+        view.workers.value = 4                       # typed, Scale not pressed yet: kept
+        session.cluster.scale(1)
+        view.refresh()
+        assert view.workers.value == 4 and "<b>1</b> workers" in view.table.value
+    finally:
+        view.close()
+
+
+def test_after_the_stop_button_the_client_says_it_is_closed(comms, session):
+    from nbcluster.jupyter.html import client_html
+
+    client = session.client
+    view = ClusterWidget(session, poll=False)
+    try:
+        assert "closed" not in client_html(client)
+        view.stop_button.click()
+        assert repr(client).endswith(" closed>") and client.closed
+        html = client_html(client)
+        assert "closed" in html and "Dashboard" not in html     # no link to a dead dashboard
+        assert view.workers.value == 0 and view.workers.disabled
+    finally:
+        view.close()

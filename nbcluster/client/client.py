@@ -13,9 +13,10 @@ from typing import Any, Callable, Iterable
 from ..durations import optional_timeout, parse_duration
 from ..errors import ClusterError, FutureLostError, SerializationError
 from ..protocol import messages as m
-from ..protocol.serialize import Serialized, all_plain, dumps, dumps_function, loads
+from ..protocol.serialize import Serialized, all_plain, dumps, loads
 from .connection import ClientConnection, IOThread
 from .blocking import wait_event, wait_future
+from .functions import FunctionCache
 from .future import _NO_VALUE, CANCELLED, ERROR, FINISHED, PENDING, Future, _KeyRecord
 from .options import OPTION_NAMES, build_options
 from .requests import ClusterRequests
@@ -81,7 +82,8 @@ class Client(ClusterRequests):
         self._closed = False
         self._uid = uuid.uuid4().hex[:8]
         self._counter = itertools.count(1)
-        self._fn_tokens: dict[int, tuple[str, Callable]] = {}
+        # fn -> its token; each function pickled once while it lives, and not kept alive
+        self._fn_token = FunctionCache(self._uid, _funcname, lambda msg: self._conn.post(msg)).token
         self._io: IOThread | None = None
         if asynchronous:
             self._loop = asyncio.get_running_loop()
@@ -154,18 +156,6 @@ class Client(ClusterRequests):
             if self._records.get(rec.key) is rec:
                 del self._records[rec.key]
             self._conn.post([m.RELEASE, [rec.key]])
-
-    def _fn_token(self, fn: Callable) -> str:
-        entry = self._fn_tokens.get(id(fn))
-        if entry is not None and entry[1] is fn:
-            return entry[0]
-        if not callable(fn):
-            raise TypeError(f"submit needs a callable as its first argument, got {fn!r}")
-        blob = dumps_function(fn)
-        token = f"{_funcname(fn)}-{self._uid}-{len(self._fn_tokens)}"
-        self._fn_tokens[id(fn)] = (token, fn)
-        self._conn.post([m.FUNCTION, token, blob])
-        return token
 
     def _check_usable(self) -> None:
         if self._closed:
@@ -471,10 +461,12 @@ class Client(ClusterRequests):
             self._check_usable()
             self._conn.post([m.RETRY, keys])
 
-    def get_executor(self, **submit_kwargs):
+    def get_executor(self, **options):
+        """A ``concurrent.futures.Executor``: task ``options`` (``timeout=``, ``queue=``...) are
+        checked here and apply to each task; its ``submit`` passes every keyword to ``fn``."""
         from .executor import ClientExecutor
 
-        return ClientExecutor(self, **submit_kwargs)
+        return ClientExecutor(self, **options)
 
     def compute(self, collection, **kwargs):
         from .delayed import compute_with
@@ -551,6 +543,13 @@ class Client(ClusterRequests):
         return f"<Client {self.scheduler_address} {'closed' if self._closed else 'connected'}>"
 
     def _repr_html_(self) -> str:
+        import html
+
+        status = self.status
+        if status != "running":   # no link to a dashboard that is gone with its scheduler
+            why = f": {html.escape(self._conn.lost_reason)}" if status == "disconnected" else ""
+            return (f"<div><b>nbcluster Client</b> ({status}{why})<br>Scheduler: "
+                    f"<code>{self.scheduler_address}</code></div>")
         link = self.dashboard_link
         dash = f"<br>Dashboard: <a href='{link}' target='_blank'>{link}</a>" if link else ""
         return (f"<div><b>nbcluster Client</b><br>Scheduler: <code>{self.scheduler_address}</code>"

@@ -8,6 +8,7 @@ import re
 import time
 from typing import Any
 
+from ..durations import parse_duration
 from ..protocol.serialize import dumps
 
 OPTION_NAMES = ("priority", "workers", "queue", "retries", "retry_on", "retry_backoff",
@@ -39,13 +40,16 @@ def check_queue_name(name: Any, what: str = "queue") -> str:
 
 
 def _seconds(value: Any, what: str, allow_zero: bool = True) -> float:
-    if isinstance(value, datetime.timedelta):
-        value = value.total_seconds()
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0 or \
-            (not allow_zero and value == 0):
+    """Seconds from a number, a timedelta or text such as ``"10 ms"`` or ``"2 minutes"``."""
+    try:
+        seconds = parse_duration(value, what)
+    except (TypeError, ValueError):
+        seconds = -1.0
+    if seconds < 0 or (not allow_zero and seconds == 0):
         raise ValueError(f"{what} must be a {'non-negative' if allow_zero else 'positive'} "
-                         f"number of seconds, got {value!r}")
-    return float(value)
+                         f"number of seconds or a duration such as '10 ms' or '2 minutes', "
+                         f"got {value!r}")
+    return seconds
 
 
 def _moment(value: Any, what: str, now: float) -> float:
@@ -55,6 +59,15 @@ def _moment(value: Any, what: str, now: float) -> float:
             value = value.astimezone()
         return value.timestamp()
     return now + _seconds(value, what)
+
+
+def check_option_names(kw: dict, where: str) -> None:
+    """Refuse keywords that are not task options (where every keyword must be one)."""
+    unknown = [name for name in kw if name not in OPTION_NAMES]
+    if unknown:
+        raise TypeError(f"{where} got unknown task option{'s' if len(unknown) > 1 else ''} "
+                        f"{', '.join(map(repr, unknown))}; task options are "
+                        f"{', '.join(OPTION_NAMES)}")
 
 
 def build_options(kw: dict) -> dict | None:

@@ -40,6 +40,7 @@ class _WorkerProcess:
         self.queues = queues
         self.address = ""
         self.retired = False
+        self.memory_limit = cluster.memory_limit     # what it started with or was last told
         self.proc = cluster._spawn("worker", "--nthreads", str(cluster.threads_per_worker),
                                    "--name", name, *cluster._memory_args(),
                                    "--spill-dir", os.path.join(cluster.local_directory, name),
@@ -50,6 +51,22 @@ class _WorkerProcess:
     def send_address(self) -> None:
         self.proc.stdin.write(self.cluster.scheduler_address.encode() + b"\n")
         self.proc.stdin.flush()
+
+    def tell_memory_limit(self, limit: int | None) -> bool:
+        """Ask the process to take a new memory limit (see ``spawn.py``); False if it is gone."""
+        self.memory_limit = limit
+        try:
+            self.proc.stdin.write(f"MEMORY_LIMIT {limit or 'none'}\n".encode())
+            self.proc.stdin.flush()
+            return True
+        except (OSError, ValueError):   # exited (it will be replaced with the new limit)
+            return False
+
+    def wait_memory_limit(self, deadline: float) -> None:
+        """Until the process has applied its limit and told the scheduler (it echoes it)."""
+        line = f"MEMORY_LIMIT {self.memory_limit or 'none'}"
+        if _read_line(self.proc, line, deadline) is None and self.proc.poll() is None:
+            logger.warning("worker %s did not confirm its new memory limit", self.name)
 
     def wait_ready(self, deadline: float) -> None:
         self.address = _read_address(self.proc, f"worker {self.name}", deadline)
@@ -100,6 +117,26 @@ def _read_address(proc: subprocess.Popen, what: str, deadline: float,
     return result[0].split(" ", 1)[1]
 
 
+def _read_line(proc: subprocess.Popen, wanted: str, deadline: float) -> str | None:
+    """Read ``proc``'s stdout up to the line ``wanted`` (None: not by the deadline, or EOF)."""
+    result: list[str] = []
+
+    def read():
+        for raw in proc.stdout:
+            if raw.decode(errors="replace").strip() == wanted:
+                result.append(wanted)
+                return
+
+    t = threading.Thread(target=read, name="nbcluster-read-worker", daemon=True)
+    t.start()
+    t.join(max(0.0, deadline - time.monotonic()))
+    return result[0] if result else None
+
+
+async def _call(fn, *args) -> None:
+    fn(*args)
+
+
 def _check_queues(queues) -> list[str] | None:
     if queues is None:
         return None
@@ -119,6 +156,12 @@ class LocalCluster:
     With ``processes=True`` (the default) each is its own process; LocalCluster replaces a
     worker process that dies. With ``processes=False`` everything runs in this process on a
     background thread, connected by an in-memory transport.
+
+    ``memory_limit="auto"`` (the default) shares this machine's memory among the workers there
+    are: each of n workers may use total / n, re-divided whenever the number changes
+    (``scale``, ``add_worker``, ``retire_worker``, ``adapt``), so together they stay within the
+    machine. A limit given as bytes or text (``"4GB"``) is each worker's, however many there
+    are; ``None`` means no limit.
     """
 
     def __init__(self, n_workers: int | None = None, threads_per_worker: int = 1,
@@ -137,7 +180,12 @@ class LocalCluster:
             raise ValueError(f"threads_per_worker must be a positive int, got {threads_per_worker!r}")
         self.threads_per_worker = threads_per_worker
         self.processes = processes
-        self.memory_limit = parse_memory_limit(memory_limit, share=n_workers)
+        # "auto": the machine's memory divided among the workers there are, re-divided when
+        # the cluster scales; a limit given explicitly is each worker's, whatever their number
+        self._memory_total = parse_memory_limit("auto") if memory_limit == "auto" else None
+        self.memory_limit = parse_memory_limit(memory_limit, share=n_workers) \
+            if self._memory_total is None else self._memory_total // max(1, n_workers)
+        self._scaling = threading.RLock()     # one change of the number of workers at a time
         # worker processes spill results to disk above memory_spill of their limit, pause
         # above memory_pause and are replaced above memory_terminate; in-process workers
         # share this process's memory: not watched
@@ -256,6 +304,8 @@ class LocalCluster:
                 return
             self._procs.append(new)
             self.restarts += 1
+            if new.memory_limit != self.memory_limit:   # the cluster scaled meanwhile
+                new.tell_memory_limit(self.memory_limit)
 
     # ------------------------------------------------------------------ in process
     def _start_inprocess(self, n_workers: int) -> None:
@@ -307,30 +357,47 @@ class LocalCluster:
                                 interval, wait_count)
 
     def scale(self, n: int) -> None:
-        """Add or remove workers until there are ``n`` (and stop adapting, if it was)."""
+        """Add or remove workers until there are ``n`` (and stop adapting, if it was). With
+        ``memory_limit="auto"`` every worker's limit becomes the machine's memory / ``n``:
+        the workers there are take the smaller share before new ones start, and the larger
+        one after others have gone."""
         if not isinstance(n, int) or n < 0:
             raise ValueError(f"scale needs a non-negative int, got {n!r}")
         self._check_open()
         stop_adaptive(self)
-        while len(self.workers) < n:
-            self.add_worker()
-        while len(self.workers) > n:
-            self.retire_worker()
+        with self._scaling:
+            if n > len(self.workers):
+                self._share_memory(n)
+            while len(self.workers) < n:
+                self._add_worker(self.queues)
+            while len(self.workers) > n:
+                self._retire_worker(None)
+            self._share_memory(n)
 
     def add_worker(self, queues: list[str] | None = None) -> str:
         """Start one more worker (subscribed to ``queues``, default: the cluster's)."""
         self._check_open()
         queues = _check_queues(queues)
+        with self._scaling:
+            self._share_memory(len(self.workers) + 1)
+            return self._add_worker(queues or self.queues)
+
+    def retire_worker(self, address: str | None = None) -> None:
+        self._check_open()
+        with self._scaling:
+            self._retire_worker(address)
+            self._share_memory(len(self.workers))
+
+    def _add_worker(self, queues: list[str] | None) -> str:
         if not self.processes:
             return self._add_inprocess_worker(queues).address
-        wp = _WorkerProcess(self, f"worker-{next(self._names)}", queues or self.queues)
+        wp = _WorkerProcess(self, f"worker-{next(self._names)}", queues)
         wp.wait_ready(time.monotonic() + START_TIMEOUT)
         with self._lock:
             self._procs.append(wp)
         return wp.address
 
-    def retire_worker(self, address: str | None = None) -> None:
-        self._check_open()
+    def _retire_worker(self, address: str | None) -> None:
         if self.processes:
             with self._lock:
                 wp = next((p for p in reversed(self._procs) if address in (None, p.address)), None)
@@ -348,6 +415,25 @@ class LocalCluster:
                 raise ValueError(f"no worker {address!r} in this cluster")
             self._inproc_workers.remove(w)
             self._thread.run(w.close("retired"))
+
+    def _share_memory(self, n: int) -> None:
+        """With ``memory_limit="auto"``: each of ``n`` workers may use the machine's memory
+        / n. Workers started from now on get that; the live ones are told, and have applied
+        it (and told the scheduler) when this returns."""
+        if self._memory_total is None or n < 1:
+            return
+        self.memory_limit = limit = self._memory_total // n
+        if not self.processes:
+            for w in list(self._inproc_workers):
+                if w.memory_limit != limit:
+                    self._thread.run(_call(w.set_memory_limit, limit))
+            return
+        with self._lock:
+            told = [wp for wp in self._procs
+                    if wp.memory_limit != limit and wp.tell_memory_limit(limit)]
+        deadline = time.monotonic() + START_TIMEOUT
+        for wp in told:
+            wp.wait_memory_limit(deadline)
 
     def restart_workers(self, timeout: float = START_TIMEOUT) -> None:
         """Replace every worker with a new one: new processes, so their memory starts clean

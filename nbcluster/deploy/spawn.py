@@ -3,7 +3,9 @@
 The parent talks to the child through its stdin/stdout pipes: the child prints one line with
 its address once it serves; a worker reads the scheduler's address from stdin (so it can import
 while the scheduler starts); and when stdin closes (the parent died or closed the cluster), the
-child exits, so no process outlives its cluster.
+child exits, so no process outlives its cluster. Later lines on a worker's stdin are commands:
+``MEMORY_LIMIT <bytes>|none`` sets its memory limit (the cluster scaled), answered on stdout
+with the same line once the worker has applied it and told the scheduler.
 """
 
 from __future__ import annotations
@@ -16,11 +18,13 @@ import sys
 import threading
 
 
-def _exit_when_parent_goes(loop: asyncio.AbstractEventLoop, stop: asyncio.Event) -> None:
+def _exit_when_parent_goes(loop: asyncio.AbstractEventLoop, stop: asyncio.Event,
+                           on_line=None) -> None:
     def watch():
-        try:
-            while sys.stdin.buffer.read(1):
-                pass
+        try:   # the same buffered reader that read the address line: nothing read ahead is lost
+            for line in sys.stdin:
+                if on_line is not None and line.strip():
+                    loop.call_soon_threadsafe(on_line, line.strip())
         except Exception:
             pass
         loop.call_soon_threadsafe(stop.set)
@@ -75,8 +79,21 @@ async def _worker(args) -> None:
     worker.own_process = True
     await worker.start()
     print(f"ADDRESS {worker.address}", flush=True)
+
+    def command(line: str) -> None:
+        word, _, value = line.partition(" ")
+        if word != "MEMORY_LIMIT":
+            logging.getLogger("nbcluster.worker").warning("unknown command %r from the cluster",
+                                                          line)
+            return
+        try:
+            worker.set_memory_limit(None if value == "none" else int(value))
+        except Exception:
+            logging.getLogger("nbcluster.worker").exception("cannot apply %r", line)
+        print(line, flush=True)     # done: applied and the scheduler told (the message is sent)
+
     stop = asyncio.Event()
-    _exit_when_parent_goes(loop, stop)
+    _exit_when_parent_goes(loop, stop, command)
     done = asyncio.ensure_future(worker.finished.wait())
     stopped = asyncio.ensure_future(stop.wait())
     await asyncio.wait([done, stopped], return_when=asyncio.FIRST_COMPLETED)

@@ -115,7 +115,13 @@ def client_html(client: Any) -> str | None:
 
     if not isinstance(client, Client):
         return getattr(client, "_repr_html_", lambda: None)()
-    if client_closed(client) or getattr(client, "asynchronous", False):
+    status = "closed" if client_closed(client) else str(getattr(client, "status", "running"))
+    if status in ("closed", "disconnected"):
+        # said in so many words (the engine's HTML would still show a dead dashboard link)
+        why = "closed" if status == "closed" else "disconnected (the scheduler went away)"
+        return (f"<div class='nbcluster-client'><b>nbcluster Client</b>: {why} "
+                f"(<code>{escape(str(getattr(client, 'scheduler_address', '?')))}</code>)</div>")
+    if getattr(client, "asynchronous", False):
         return client._repr_html_()
     try:
         info = client.scheduler_info()

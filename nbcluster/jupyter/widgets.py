@@ -196,8 +196,8 @@ class ClusterWidget:
         self._unsubscribe = [self.model.subscribe(self._render),
                              session.on_stop(self._stopped),
                              session.on_change(self.refresh)]
+        self._count: int | None = None       # workers in the last snapshot shown
         self.refresh()
-        self.workers.value = len(self.model.snapshot.workers)
         if not session.can_scale:
             self.scale_button.disabled = self.workers.disabled = True
             self.scale_button.tooltip = "this cluster was not started here"
@@ -212,6 +212,14 @@ class ClusterWidget:
     def _render(self, snap: ClusterSnapshot) -> None:
         with self._lock:
             self.table.value = snapshot_html(snap)
+            if snap.error:          # the scheduler did not answer: the count is not known
+                return
+            count = 0 if snap.closed else len(snap.workers)
+            # the box follows the cluster (scaled by %cluster scale, adapt, a worker replaced)
+            # unless someone typed another number into it and has not pressed Scale yet
+            if self._count is None or self.workers.value == self._count:
+                self.workers.value = count
+            self._count = count
 
     def _say(self, text: str, error: bool = False) -> None:
         colour = STATUS_COLOURS["error"] if error else "#555"

@@ -48,6 +48,8 @@ RUN_RESULT = "run-result"  # request id, ok flag, value
 HEARTBEAT = "heartbeat"    # metrics dict
 STATUS = "status"          # "running", "paused" (memory above the pause threshold) or
                            # "terminating" (over the memory limit: about to exit), detail
+MEMORY_LIMIT = "memory-limit"  # bytes or None: the worker's memory limit changed (LocalCluster
+                               # re-divides the machine's memory when it scales)
 # worker <-> worker and client -> worker
 GET_DATA = "get"           # request id, keys
 DATA = "data"              # request id, {key: value}, missing keys, {key: error text}
@@ -82,6 +84,7 @@ FIELDS: dict[str, tuple[str, ...]] = {
     RUN_RESULT: ("request_id", "ok", "value"),
     HEARTBEAT: ("metrics",),
     STATUS: ("status", "detail"),
+    MEMORY_LIMIT: ("limit",),
     GET_DATA: ("request_id", "keys"),
     DATA: ("request_id", "values", "missing", "errors"),
     PUT_DATA: ("request_id", "values"),
@@ -92,7 +95,7 @@ TO_SCHEDULER = {
     "client": frozenset((FUNCTION, SUBMIT, RELEASE, WANT, CANCEL, RETRY, FIRE_AND_FORGET,
                          UPDATE_DATA, SET_LIMIT, REQUEST)),
     "worker": frozenset((STARTED, FINISHED, FAILED, MISSING, OUTPUT, RUN_RESULT, HEARTBEAT,
-                         TRANSFERS, STATUS)),
+                         TRANSFERS, STATUS, MEMORY_LIMIT)),
 }
 
 # A task spec inside SUBMIT: [key, fn token, args, kwargs, dependency keys, options]
@@ -202,6 +205,7 @@ TYPES: dict[str, tuple] = {
     RUN_RESULT: (_any, _bool, _any),
     HEARTBEAT: (_map,),
     STATUS: (lambda v: v in ("running", "paused", "terminating"), _str),
+    MEMORY_LIMIT: (lambda v: v is None or (_int(v) and v > 0),),
     GET_DATA: (_any, _keys),
     DATA: (_any, _map, _keys, _map),
     PUT_DATA: (_any, _map),

@@ -18,7 +18,7 @@ from typing import Any, Callable
 
 import cloudpickle
 
-from ..errors import SerializationError
+from ..errors import PicklingError, UnpicklingError
 
 PROTOCOL = 5
 _PLAIN = (int, float, str, bool, type(None))
@@ -134,7 +134,7 @@ def dumps(obj: Any, refs: list | None = None, what: str = "object") -> Serialize
             header = f.getvalue()
     except Exception as e:
         culprit = _find_unpicklable(obj)
-        raise SerializationError(f"cannot pickle {what}: {describe(culprit)}: {e}") from e
+        raise PicklingError(f"cannot pickle {what}: {describe(culprit)}: {e}") from e
     return Serialized(header, [b.raw() for b in buffers])
 
 
@@ -154,14 +154,14 @@ def loads(ser: Serialized, resolve: Callable[[str], Any] | None = None) -> Any:
             return pickle.loads(ser.header, buffers=ser.buffers)
         return _RefUnpickler(io.BytesIO(ser.header), ser.buffers, resolve).load()
     except Exception as e:
-        raise SerializationError(f"cannot unpickle {len(ser.header)} byte object: {e!r}") from e
+        raise UnpicklingError(f"cannot unpickle {len(ser.header)} byte object: {e!r}") from e
 
 
 def dumps_function(fn: Callable) -> bytes:
     try:
         return cloudpickle.dumps(fn, protocol=PROTOCOL)
     except Exception as e:
-        raise SerializationError(f"cannot pickle function {describe(fn)}: {e}") from e
+        raise PicklingError(f"cannot pickle function {describe(fn)}: {e}") from e
 
 
 def loads_function(blob: bytes) -> Callable:

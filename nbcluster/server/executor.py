@@ -4,6 +4,9 @@ Threads take work from a queue and report outcomes in batches (one loop wake-up 
 A task with a ``timeout``, or one that is cancelled while it runs, is stopped by raising an
 exception inside its thread; if it has not stopped after a grace period, ``on_stuck`` is
 called and the worker gives up on that thread (a worker process exits and is replaced).
+An ``async def`` task's coroutine runs to its end on an event loop of its own, in its thread.
+A result that cannot be pickled (whatever its ``__reduce__`` raises, ``SystemExit`` too)
+fails its task; the thread carries on.
 """
 
 from __future__ import annotations
@@ -13,10 +16,11 @@ import queue
 import threading
 import time
 import traceback as tb_module
+from types import CoroutineType
 from typing import Any, Callable
 
-from ..errors import (CancelledError, RemoteError, Retry, SerializationError, TaskExpiredError,
-                      TaskTimeoutError)
+from ..errors import (CancelledError, PicklingError, RemoteError, Retry, SerializationError,
+                      TaskExpiredError, TaskTimeoutError)
 from ..protocol.serialize import Serialized, dumps, is_plain, loads, sizeof
 from . import capture
 from .spill import Spilled
@@ -24,6 +28,16 @@ from .interrupt import CancelInterrupt, TaskInterrupt, TimeoutInterrupt, interru
 
 INLINE_RESULT = 64 * 1024     # results up to this size ride with the completion message
 GRACE_SECONDS = 1.0           # after an interrupt, how long a task may take to stop
+
+
+def result_error(key: str, result: Any, exc: BaseException) -> BaseException:
+    """What a task whose result cannot be measured or pickled fails with (the original
+    exception when it is already a SerializationError, or a TaskInterrupt to stop it)."""
+    if isinstance(exc, (SerializationError, TaskInterrupt)):
+        return exc
+    return PicklingError(f"cannot pickle the result of {key!r} (of type "
+                         f"{type(result).__module__}.{type(result).__qualname__}): pickling "
+                         f"raised {type(exc).__name__}: {exc}")
 
 
 def exception_payload(exc: BaseException) -> tuple[Serialized, str]:
@@ -37,12 +51,19 @@ def exception_payload(exc: BaseException) -> tuple[Serialized, str]:
         pass
     try:
         return dumps(exc, what="exception"), text
-    except Exception:
+    except BaseException:   # noqa: BLE001 - also SystemExit from an exception's __reduce__
         try:
             exc.__traceback__ = None
             return dumps(exc, what="exception"), text
-        except Exception:
-            return dumps(RemoteError(f"{type(exc).__qualname__}: {exc}")), text
+        except BaseException:  # noqa: BLE001
+            return dumps(RemoteError(f"{type(exc).__qualname__}: {_text(exc)}")), text
+
+
+def _text(exc: BaseException) -> str:
+    try:
+        return str(exc)
+    except BaseException:  # noqa: BLE001
+        return "(its text cannot be shown)"
 
 
 class Work:
@@ -80,6 +101,7 @@ class Executor:
         self._done: list = []
         self._lock = threading.Lock()
         self._running: dict[str, int] = {}      # key -> thread id
+        self._loops: dict[int, asyncio.AbstractEventLoop] = {}   # thread id -> its async task's
         self._abandoned: set[int] = set()       # threads given up on (stuck in a task)
         self._timers: dict[str, asyncio.TimerHandle] = {}
         self._threads: list[threading.Thread] = []
@@ -158,6 +180,8 @@ class Executor:
             if type(kwargs) is Serialized:
                 kwargs = loads(kwargs, resolve)
             result = fn(*args, **kwargs) if kwargs else fn(*args)
+            if type(result) is CoroutineType:   # an async def function: run it to its end
+                result = self._run_coroutine(result)
         except BaseException as e:  # noqa: BLE001 - a task's failure, whatever it is, goes back
             return self._failure(work, e, start)
         finally:
@@ -165,19 +189,34 @@ class Executor:
             self.on_task_end(key)
         stop = time.time()
         has_value, value = False, None
-        if work.want:
-            if is_plain(result):
-                has_value, value = True, result
-            elif sizeof(result) <= INLINE_RESULT:
-                try:
+        try:
+            nbytes = sizeof(result)
+            if work.want:
+                if is_plain(result):
+                    has_value, value = True, result
+                elif nbytes <= INLINE_RESULT:
                     value = dumps(result, what=f"the result of {key!r}")
-                except SerializationError as e:
-                    return self._failure(work, e, start)
-                has_value = value.nbytes <= INLINE_RESULT
-                if not has_value:
-                    value = None
-        return (True, key, result, sizeof(result), start, stop, has_value, value,
-                type(result).__name__)
+                    has_value = value.nbytes <= INLINE_RESULT
+                    if not has_value:
+                        value = None
+        except BaseException as e:  # noqa: BLE001 - even SystemExit from a __reduce__
+            return self._failure(work, result_error(key, result, e), start)
+        return (True, key, result, nbytes, start, stop, has_value, value, type(result).__name__)
+
+    def _run_coroutine(self, coro) -> Any:
+        """Run an ``async def`` task's coroutine on a fresh event loop in this thread.
+        ``stop_task`` wakes that loop, so an interrupt reaches a coroutine that waits
+        (``await asyncio.sleep``) at once; ``asyncio.run`` then cancels what is left."""
+        me = threading.get_ident()
+
+        async def main():
+            self._loops[me] = asyncio.get_running_loop()
+            return await coro
+
+        try:
+            return asyncio.run(main())
+        finally:
+            self._loops.pop(me, None)
 
     def _failure(self, work: Work, e: BaseException, start: float, retry: bool = True) -> tuple:
         stop = time.time()
@@ -229,6 +268,12 @@ class Executor:
             if ident is None:
                 return False
             interrupt_thread(ident, kind)
+            task_loop = self._loops.get(ident)
+        if task_loop is not None:   # an async task: wake its loop, so the interrupt lands
+            try:
+                task_loop.call_soon_threadsafe(_nothing)
+            except RuntimeError:    # its loop has just closed: the task has ended
+                pass
         self.loop.call_later(GRACE_SECONDS, self._check_stopped, key, ident, kind)
         return True
 
@@ -285,3 +330,7 @@ def _resolver(data: dict, errors: dict | None,
 
 def work_for(key: str, ts: Any) -> Work:
     return Work(key, ts.fn, ts.args, ts.kwargs, ts.want, ts.options)
+
+
+def _nothing() -> None:
+    """Scheduled on an async task's loop to wake it from waiting."""

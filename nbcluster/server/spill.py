@@ -8,10 +8,15 @@ worker's data store the value is replaced by a :class:`Spilled` marker.
 
 Writing happens on one background thread, so the event loop never waits for the disk; the
 value stays in memory (and usable) until its file is complete.
+
+A value that is not written stays in memory for good: a plain value (a number, a short string:
+it travels inline, there is nothing worth a file) quietly, an error (unpicklable, disk full)
+with one warning per reason per worker, not one per key.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 import struct
@@ -22,6 +27,8 @@ from typing import Any, Callable
 from ..protocol.serialize import Serialized, dump_value, loads
 
 _COUNT = struct.Struct("<I")
+
+logger = logging.getLogger("nbcluster.worker.spill")
 
 
 class Spilled:
@@ -65,6 +72,7 @@ class SpillStore:
         self._thread: threading.Thread | None = None
         self._closed = False
         self._names = 0
+        self._told: set[str] = set()     # reasons for keeping a value in memory, said once
 
     def _dir(self) -> str:
         if self.directory is None:
@@ -78,7 +86,8 @@ class SpillStore:
     def write_later(self, key: str, value: Any, nbytes: int,
                     done: Callable[[str, Any, "Spilled | None", Exception | None], None]) -> None:
         """Write ``value`` on the spill thread, then call ``done(key, value, marker, error)``
-        there (the caller moves it to its own loop)."""
+        there (the caller moves it to its own loop). No marker: it was not written (a plain
+        value if there is no error either) and stays in memory."""
         with self._lock:
             if self._closed:
                 return
@@ -104,10 +113,11 @@ class SpillStore:
             done(key, value, marker, error)
             key = value = done = marker = error = None   # hold nothing while waiting
 
-    def write(self, key: str, value: Any, nbytes: int) -> Spilled:
+    def write(self, key: str, value: Any, nbytes: int) -> Spilled | None:
+        """The value's file; None for a plain value (it travels inline: not worth a file)."""
         ser = dump_value(value, what=f"the result of {key!r} (spilling it to disk)")
         if type(ser) is not Serialized:
-            raise TypeError(f"{key!r} is a plain value: not worth spilling")
+            return None
         parts = [ser.header, *ser.buffers]
         with self._lock:
             self._names += 1
@@ -118,6 +128,21 @@ class SpillStore:
             for p in parts:
                 f.write(p)
         return Spilled(path, nbytes)
+
+    def kept_in_memory(self, key: str, error: Exception | None) -> None:
+        """Say that ``key`` stays in memory (it was not written): once per reason on this
+        worker, at DEBUG after that. A plain value is not a problem: INFO; an error: WARNING."""
+        reason = "plain" if error is None else type(error).__name__
+        if reason in self._told:
+            logger.debug("%s stays in memory (not spilled: %s)", key, error or "a plain value")
+            return
+        self._told.add(reason)
+        if error is None:
+            logger.info("results that are plain values (numbers, short strings, such as %s) "
+                        "stay in memory: too small to be worth writing to disk", key)
+        else:
+            logger.warning("cannot spill %s to disk, it stays in memory: %s (other results "
+                           "failing with %s are logged at DEBUG)", key, error, reason)
 
     @staticmethod
     def remove(marker: Spilled) -> None:

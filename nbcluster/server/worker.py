@@ -22,7 +22,7 @@ from ..protocol import messages as m
 from ..protocol.serialize import dump_value, load_value, loads_function, sizeof
 from ..state.worker_state import PAUSE_AT, SPILL_AT, TERMINATE_AT, WorkerState
 from . import capture
-from .executor import Executor, exception_payload, work_for
+from .executor import Executor, exception_payload, result_error, work_for
 from .spill import Spilled, SpillStore
 
 logger = logging.getLogger("nbcluster.worker")
@@ -318,13 +318,15 @@ class Worker:
             pass
 
     def _spill_done(self, key, value, marker, error) -> None:
-        if error is not None:
-            logger.warning("cannot spill %s to disk, it stays in memory: %s", key, error)
+        if marker is None:               # not written: a plain value, or an error
+            self.spill.kept_in_memory(key, error)
             self._apply(self.state.spill_failed(key))
-        elif self.data.get(key) is value:
-            self.data[key] = marker      # the value itself is freed (unless a task holds it)
-        else:                            # dropped or replaced while it was written
-            self.spill.remove(marker)
+        else:
+            if self.data.get(key) is value:
+                self.data[key] = marker  # the value itself is freed (unless a task holds it)
+            else:                        # dropped or replaced while it was written
+                self.spill.remove(marker)
+            self._apply(self.state.spill_written(key))
 
     # ------------------------------------------------------------------ data transfer
     async def _fetch(self, peer: str, keys: list) -> None:
@@ -397,6 +399,8 @@ class Worker:
                 errors[key] = str(e)
             except OSError:                      # a spill file removed under us
                 missing.append(key)
+            except BaseException as e:  # noqa: BLE001 - SystemExit from a __reduce__: a reply
+                errors[key] = str(result_error(key, data.get(key), e))
         return [m.DATA, request_id, values, missing, errors]
 
     def _put_data(self, request_id, values) -> list:
@@ -454,6 +458,19 @@ class Worker:
             except psutil.Error:
                 logger.debug("memory measurement failed", exc_info=True)
             await asyncio.sleep(MEMORY_CHECK_SECONDS)
+
+    def set_memory_limit(self, limit: int | None) -> None:
+        """On the loop: a new memory limit (LocalCluster re-divides the machine's memory
+        among its workers when it scales); the scheduler hears of it."""
+        if self._closing or self.state is None:
+            return
+        self.memory_limit = limit or None
+        self._apply(self.state.set_memory_limit(self.memory_limit))
+        if self.state.spill_limit is not None:
+            self.executor.on_unspilled = self._read_back
+        if self.memory_limit and (self.memory_pause or self.memory_terminate) \
+                and self._memory_watch is None and not self._closing:
+            self._memory_watch = asyncio.ensure_future(self._memory_loop())
 
     def _terminate(self, reason: str) -> None:
         if not self.own_process:

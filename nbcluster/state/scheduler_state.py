@@ -506,13 +506,18 @@ class SchedulerState(Transitions):
             if not paused:
                 self._fill_workers()
 
+    def _on_memory_limit(self, peer, limit) -> None:
+        ws = self.workers.get(peer)
+        if ws is not None:   # a new identity: observers may hold the old one
+            ws.identity = {**ws.identity, "memory_limit": limit}
+
     _handlers = {
         m.FUNCTION: _on_function, m.SUBMIT: _on_submit, m.RELEASE: _on_release, m.WANT: _on_want,
         m.CANCEL: _on_cancel, m.RETRY: _on_retry, m.FIRE_AND_FORGET: _on_fire_and_forget,
         m.UPDATE_DATA: _on_update_data, m.STARTED: _on_started, m.FINISHED: _on_finished,
         m.FAILED: _on_failed, m.MISSING: _on_missing, m.HEARTBEAT: _on_heartbeat,
         m.OUTPUT: _on_output, m.SET_LIMIT: _on_set_limit, m.TRANSFERS: _on_transfers,
-        m.STATUS: _on_status,
+        m.STATUS: _on_status, m.MEMORY_LIMIT: _on_memory_limit,
     }
 
     # ------------------------------------------------------------------ helpers

@@ -12,6 +12,8 @@ by the worker's shell); each returns a list of instructions for the shell:
 - ``("spill", [keys])``         write these values to disk (least recently used first)
 - ``("unspill", key)``          a spilled value read back by a task stays in memory
 
+The shell reports back ``spill_written`` / ``spill_failed`` for every key it was told to spill.
+
 Task states on a worker::
 
     waiting (for inputs) -> ready -> executing -> memory
@@ -83,11 +85,13 @@ class WorkerState:
         self.memory_limit = memory_limit or None
         self.pause_at = pause_at              # fractions of memory_limit; None: never
         self.terminate_at = terminate_at
+        self.spill_at = spill_at
         self.paused = False                   # no new task starts while paused
         # results held in memory beyond spill_limit bytes go to disk, least recently used first
         self.spill_limit = int(memory_limit * spill_at) if memory_limit and spill_at else None
         self.spilled = 0                      # bytes of results on disk (part of nbytes)
         self.lru: dict[str, None] = {}        # spillable results in memory, oldest use first
+        self.writing: set[str] = set()        # spilled, but still in memory until written
         self.tasks: dict[str, WorkerTask] = {}
         self.ready: list[WorkerTask] = []
         self.executing: set[str] = set()
@@ -335,10 +339,15 @@ class WorkerState:
 
     def unspilled(self, key: str) -> list:
         """A task read ``key`` back from disk: keep it in memory again (as the most recently
-        used result) unless it is large next to the spill limit, which would only churn."""
+        used result) unless it is large next to the spill limit, which would only churn, or
+        results pushed out earlier are still being written: each value kept would push out
+        another before the last one has left memory, and tasks reading spilled inputs faster
+        than the disk takes them would grow the process past its limit."""
+        self.writing.discard(key)      # read from its file: the file is complete
         ts = self.tasks.get(key)
         limit = self.spill_limit
-        if ts is None or not ts.spilled or limit is None or ts.nbytes > limit // 2:
+        if ts is None or not ts.spilled or limit is None or ts.nbytes > limit // 2 \
+                or self.writing:
             return []
         ts.spilled = False
         self.spilled -= ts.nbytes
@@ -350,12 +359,29 @@ class WorkerState:
     def spill_failed(self, key: str) -> list:
         """Writing ``key`` to disk failed (it cannot be pickled, or the disk is full): it
         stays in memory and is not tried again."""
+        self.writing.discard(key)
         ts = self.tasks.get(key)
         if ts is not None and ts.spilled:
             ts.spilled = False
             ts.unspillable = True
             self.spilled -= ts.nbytes
         return []
+
+    def spill_written(self, key: str) -> list:
+        """``key``'s file is complete (or the key went meanwhile): its memory is free."""
+        self.writing.discard(key)
+        return []
+
+    def set_memory_limit(self, limit: int | None) -> list:
+        """A new memory limit (its cluster re-divided the machine's memory): the spill limit
+        follows, results over it go to disk, and the scheduler hears of it."""
+        self.memory_limit = limit or None
+        spill_at = self.spill_at
+        self.spill_limit = int(limit * spill_at) if limit and spill_at else None
+        out: list = [("send", [m.MEMORY_LIMIT, self.memory_limit])]
+        if self.spill_limit is not None:
+            self._maybe_spill(out)
+        return out
 
     def memory_used(self, rss: int) -> list:
         """The process's memory was measured: pause above ``pause_at`` of the limit (running
@@ -407,6 +433,7 @@ class WorkerState:
             del self.lru[ts.key]
             ts.spilled = True
             self.spilled += ts.nbytes
+            self.writing.add(ts.key)
         if chosen:
             out.append(("spill", [ts.key for ts in chosen]))
 
