@@ -881,17 +881,6 @@ def test_output_and_heartbeat():
     assert sim.worker("A", [m.OUTPUT, "nope", "stdout", "x"]) == []
 
 
-def test_story_records_transitions_when_asked():
-    sim = Sim(("A",))
-    sim.s.record_stories = True
-    sim.submit(spec("x"))
-    sim.started("A", "x")
-    sim.remove_worker("A")
-    sim.add_worker("B")
-    assert [what for _, what, _ in sim.s.story("x")] == ["submitted", "rescheduled"]
-    assert sim.s.story("nope") == []
-
-
 # ---------------------------------------------------------------------- malformed messages
 GOOD = [m.SUBMIT, [spec("ok")]]
 BAD_CLIENT_MESSAGES = {

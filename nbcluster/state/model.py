@@ -12,6 +12,7 @@ DEFAULT_QUEUE = "default"
 KILLED_WORKER_LIMIT = 3
 QUEUED_WORK_SECONDS = 0.005   # aim to keep this much work queued on each thread
 TASK_LOG_LENGTH = 10_000
+STORY_LENGTH = 100_000         # transitions remembered for client.story (all tasks together)
 MAX_WINDOW = 256               # tasks queued on a worker per thread, at most
 STEAL_LATENCY = 0.002          # seconds moving a queued task to another worker costs, besides
 STEAL_BANDWIDTH = 1e9          # its inputs at this many bytes a second
@@ -37,7 +38,7 @@ class TaskState:
     __slots__ = (
         "key", "prefix", "state", "fn", "args", "kwargs", "options", "deps", "dependents",
         "waiting_on", "who_has", "nbytes", "processing_on", "executing", "who_wants",
-        "exception", "traceback", "blame", "priority", "suspicious", "story", "queue",
+        "exception", "traceback", "blame", "priority", "suspicious", "queue",
         "limit", "limited", "retries_left", "retry_count", "attempts", "collect", "run_id",
     )
 
@@ -55,7 +56,6 @@ class TaskState:
         self.exception = self.traceback = self.blame = None
         self.priority = priority
         self.suspicious = 0
-        self.story: list | None = None
         self.queue = DEFAULT_QUEUE
         self.limit = None        # the Limit it runs under, if any
         self.limited = False     # counted as running by its Limit

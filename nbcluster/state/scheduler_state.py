@@ -23,7 +23,7 @@ from collections import defaultdict, deque
 from ..errors import FutureLostError, KilledWorkerError
 from ..protocol import messages as m
 from .gates import Limit, Timers, backoff
-from .model import (DEFAULT_QUEUE, FIRE_AND_FORGET, KILLED_WORKER_LIMIT,
+from .model import (DEFAULT_QUEUE, FIRE_AND_FORGET, KILLED_WORKER_LIMIT, STORY_LENGTH,
                     TASK_LOG_LENGTH, BadBatch, TaskState, WorkerState, error, own, unwant,
                     want)
 from .transitions import Transitions
@@ -53,7 +53,12 @@ class SchedulerState(Transitions):
         self.prefix_durations: dict[str, float] = {}      # recent run time, by function
         self.out: list = []
         self.now = 0.0
-        self.record_stories = False
+        # What happened to each task, why (the stimulus: which batch of which peer, or a
+        # timer, a worker leaving...) and when: bounded over all tasks, for client.story.
+        self.record_stories = True
+        self.stories: deque = deque(maxlen=STORY_LENGTH)   # (key, what, where, stimulus, now)
+        self.stimulus = ""
+        self.stimuli = 0
         # (key, worker, start, stop, ok) of recent tasks, for observers such as the dashboard
         self.task_log: deque = deque(maxlen=TASK_LOG_LENGTH)
         self.task_log_total = 0       # entries ever appended: observers keep a cursor
@@ -66,6 +71,7 @@ class SchedulerState(Transitions):
         """Apply a batch of messages from ``peer``; return ``[(peer, message), ...]`` to send."""
         self._check_batch(peer, batch)   # a malformed message is refused before any is applied
         self.now = now
+        self._stimulus(peer)
         out = self.out = []
         handlers = self._handlers
         try:
@@ -106,6 +112,7 @@ class SchedulerState(Transitions):
 
     def remove_client(self, client_id: str, now: float = 0.0) -> list:
         self.now = now
+        self._stimulus(f"{client_id} left")
         out = self.out = []
         self.clients.discard(client_id)
         for ts in [ts for ts in self.tasks.values() if client_id in ts.who_wants]:
@@ -173,6 +180,7 @@ class SchedulerState(Transitions):
     def add_worker(self, address: str, nthreads: int, name: str, identity: dict,
                    now: float = 0.0) -> list:
         self.now = now
+        self._stimulus(f"{address} joined")
         out = self.out = []
         if address in self.workers:
             raise ValueError(f"worker {address} is already registered")
@@ -190,6 +198,7 @@ class SchedulerState(Transitions):
     def remove_worker(self, address: str, now: float = 0.0) -> list:
         """A worker left or died: reschedule its tasks, recompute what only it held."""
         self.now = now
+        self._stimulus(f"{address} left")
         out = self.out = []
         ws = self.workers.pop(address, None)
         if ws is None:
@@ -403,7 +412,7 @@ class SchedulerState(Transitions):
         if retry is not None and self._retry(ts, retry):
             return
         self.counts[ts.prefix + " erred"] += 1
-        self._record(ts, "erred", peer)
+        self._record(ts, "failed", peer)
         self._set_erred(ts, exception, traceback, key)
 
     def _retry(self, ts: TaskState, retry: dict) -> bool:
@@ -521,9 +530,16 @@ class SchedulerState(Transitions):
     }
 
     # ------------------------------------------------------------------ helpers
+    def _stimulus(self, source: str) -> None:
+        """Name the event being handled (one id per incoming batch), for the stories."""
+        self.stimuli += 1
+        self.stimulus = f"{source}#{self.stimuli}"
+
     def story(self, key: str) -> list:
-        ts = self.tasks.get(key)
-        return list(ts.story or ()) if ts is not None else []
+        """``[time, what, where, stimulus]`` of each recorded transition of ``key`` (also after
+        it was forgotten, as long as the bounded record still holds it)."""
+        return [[now, what, where, stimulus] for k, what, where, stimulus, now in self.stories
+                if k == key]
 
     # ------------------------------------------------------------------ time
     def next_wakeup(self) -> float | None:
@@ -537,6 +553,7 @@ class SchedulerState(Transitions):
     def wake(self, now: float) -> list:
         """Time has come for timers or limits: start delayed tasks, expire late ones."""
         self.now = now
+        self._stimulus("timer")
         out = self.out = []
         for kind, ts in self.timers.due(now):
             if self.tasks.get(ts.key) is not ts:

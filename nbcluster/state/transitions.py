@@ -252,6 +252,8 @@ class Transitions:
         ts.executing = False   # until this worker says STARTED
         ws.processing.add(ts)
         ws.assigned += 1
+        if self.record_stories:
+            self.stories.append((ts.key, "processing", ws.address, self.stimulus, self.now))
         if ts.fn and ts.fn not in ws.functions:
             ws.functions.add(ts.fn)
             self.out.append((ws.address, [m.FUNCTION, ts.fn, self.functions[ts.fn]]))
@@ -316,6 +318,7 @@ class Transitions:
             if t.processing_on is not None:
                 self._unassign(t)
             t.state, t.waiting_on = "erred", _EMPTY
+            self._record(t, "cancelled" if cancel else "erred", cancel or blame)
             if cancel:
                 exception = error(CancelledError, f"{t.key}: {cancel}")
                 self._tell(t, [m.CANCELLED, t.key, cancel])
@@ -409,6 +412,7 @@ class Transitions:
                 self._unassign(t)
             self._free_replicas(t)
             t.state = "forgotten"
+            self._record(t, "forgotten", None)
             del self.tasks[t.key]
             for dep in t.deps:
                 if t in dep.dependents:
@@ -429,6 +433,4 @@ class Transitions:
 
     def _record(self, ts: TaskState, what: str, where) -> None:
         if self.record_stories:
-            if ts.story is None:
-                ts.story = []
-            ts.story.append((self.now, what, where))
+            self.stories.append((ts.key, what, where, self.stimulus, self.now))
