@@ -1,4 +1,6 @@
-"""A JupyterLab server on 127.0.0.1 for browser tests, with one notebook in its root."""
+"""A JupyterLab server on 127.0.0.1 for browser tests, with one notebook in its root, and
+headless chromium whose every wait allows ``WAIT_MS`` (never Playwright's 5 s default: this
+2-core machine is shared, and a page can take many seconds to draw under load)."""
 
 import contextlib
 import json
@@ -8,17 +10,40 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 import urllib.request
 
 import nbformat
 import psutil
 import pytest
+from polling import wait_until
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
                  "--no-first-run", "--disable-background-networking",
                  "--disable-component-update", "--disable-sync"]
+WAIT_MS = 60_000      # any one browser wait: loading a page, a click, an expect, a condition
+START_S = 120         # JupyterLab's start-up on a loaded machine
+
+
+@contextlib.contextmanager
+def chromium(profile, **context_options):
+    """The first page of a fresh headless chromium profile, every timeout set to ``WAIT_MS``."""
+    from playwright.sync_api import expect, sync_playwright
+
+    expect.set_options(timeout=WAIT_MS)
+    with sync_playwright() as p:
+        ctx = p.chromium.launch_persistent_context(
+            str(profile), executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS,
+            timeout=WAIT_MS, **context_options)
+        try:
+            ctx.set_default_timeout(WAIT_MS)
+            ctx.set_default_navigation_timeout(WAIT_MS)
+            page = ctx.pages[0] if ctx.pages else ctx.new_page()
+            page.set_default_timeout(WAIT_MS)
+            page.set_default_navigation_timeout(WAIT_MS)
+            yield page
+        finally:
+            ctx.close()
 
 
 def free_port() -> int:
@@ -56,16 +81,23 @@ def running_lab(tmp_path, notebook: str, cells: list[str]):
          "--LabApp.news_url=", "--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate"],
         stdout=log, stderr=subprocess.STDOUT, env=env, cwd=root)
     base = f"http://127.0.0.1:{port}"
+
+    def up() -> bool:
+        try:
+            urllib.request.urlopen(f"{base}/api/status?token={token}", timeout=5).read()
+            return True
+        except OSError:
+            return False
+
     try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                urllib.request.urlopen(f"{base}/api/status?token={token}", timeout=1).read()
-                break
-            except OSError:
-                if proc.poll() is not None or time.monotonic() > deadline:
-                    pytest.fail("jupyter lab did not start:\n" + log_path.read_text()[-3000:])
-                time.sleep(0.1)   # a server that is starting: nothing to wait on but its port
+        # a server that is starting sends no event: poll its port (or its death)
+        try:
+            wait_until(lambda: proc.poll() is not None or up(), "jupyter lab to start",
+                       timeout=START_S, interval=0.1)
+        except AssertionError:
+            pass
+        if proc.poll() is not None or not up():
+            pytest.fail("jupyter lab did not start:\n" + log_path.read_text()[-3000:])
         yield base, token
     finally:
         _stop(proc, base, token)
@@ -76,11 +108,11 @@ def _stop(proc: subprocess.Popen, base: str, token: str) -> None:
     """Shut the server down (it shuts its kernels down, which stop their clusters)."""
     try:
         req = urllib.request.Request(f"{base}/api/shutdown?token={token}", method="POST")
-        urllib.request.urlopen(req, timeout=5).read()
+        urllib.request.urlopen(req, timeout=30).read()
     except OSError:
         pass
     try:
-        proc.wait(20)
+        proc.wait(60)
     except subprocess.TimeoutExpired:
         proc.send_signal(signal.SIGINT)
         try:

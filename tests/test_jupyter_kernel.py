@@ -4,6 +4,7 @@ while another cell blocks, and the stop button (an interrupt) while waiting on a
 from __future__ import annotations
 
 import queue
+import re
 import time
 
 import pytest
@@ -189,21 +190,70 @@ def test_kernel_is_a_supported_ipykernel(kernel):
 
 
 def test_cluster_magic_without_load_ext_via_the_profile_config(tmp_path):
-    """binder/postBuild writes c.MagicsManager.lazy_magics into the profile's kernel config;
-    then %cluster works in a fresh kernel without %load_ext (and routes task output)."""
+    """binder/postBuild, run with no environment activated (as Binder or a newcomer may), writes
+    the lazy magic into the profile's kernel config and enables the server extension; then
+    %cluster works in a fresh kernel without %load_ext (and routes task output)."""
     import os
     import subprocess
+    import sys
     from pathlib import Path
 
-    ipython_dir = tmp_path / "ipython"
+    dirs = {"IPYTHONDIR": str(tmp_path / "ipython"),
+            "JUPYTER_CONFIG_DIR": str(tmp_path / "jupyter")}   # not this venv's etc/jupyter
+    # no venv on PATH: postBuild must reach IPython and Jupyter through $PYTHON alone
+    env = dict(os.environ, **dirs, PYTHON=sys.executable, PATH="/usr/bin:/bin")
     post_build = Path(__file__).parent.parent / "binder" / "postBuild"
-    subprocess.run(["bash", str(post_build)], check=True, env=dict(os.environ,
-                   IPYTHONDIR=str(ipython_dir)), capture_output=True)
-    k = Kernel(env=dict(os.environ, IPYTHONDIR=str(ipython_dir)))
+    for _ in range(2):    # running it again changes nothing
+        done = subprocess.run(["bash", str(post_build)], env=env, capture_output=True,
+                              text=True, timeout=120)
+        assert done.returncode == 0, done.stdout + done.stderr
+    config = (tmp_path / "ipython" / "profile_default" / "ipython_kernel_config.py").read_text()
+    assert config.count("lazy_magics") == 1, config
+    listed = subprocess.run([sys.executable, "-m", "jupyter_server", "extension", "list"],
+                            env=env, capture_output=True, text=True, timeout=60)
+    assert re.search(r"nbcluster.jupyter.server_extension\S*\s+\S*enabled",
+                     listed.stdout + listed.stderr), listed.stdout + listed.stderr
+
+    k = Kernel(env=dict(os.environ, **dirs))
     try:
+        # lazy: nothing imported nbcluster's extension before the first %cluster
+        assert k.value("'nbcluster' in get_ipython().extension_manager.loaded") is False
         k.check("%cluster start -n 1 --no-processes")
         msg_id, msgs = k.check("client.submit(print, 'hi from a task').result()")
         assert "] hi from a task" in streams(msgs, parent=msg_id)
         k.check("%cluster stop")
+    finally:
+        k.close()
+
+
+def test_cluster_widget_follows_scale_and_its_stop_button_closes_the_client():
+    """In a kernel of its own (it stops its cluster): ``%cluster scale 3`` shows 3 in the
+    widget's workers box (sent to the page), and a click on Stop, sent as the page sends it,
+    leaves ``client`` saying it is closed, in text and in the notebook's HTML."""
+    k = Kernel()
+    try:
+        k.check("%load_ext nbcluster\n%cluster start -n 2 --no-processes\n"
+                "import threading\n"
+                "magics = get_ipython()._nbcluster_jupyter.magics\n"
+                "view = magics._widgets[0]\n"
+                "stopped = threading.Event()\n"
+                "_ = magics._session.on_stop(stopped.set)")
+        assert k.value("view.workers.value") == 2
+        box = k.value("view.workers.model_id")
+        msg_id, msgs = k.check("%cluster scale 3")
+        assert k.value("view.workers.value") == 3
+        sent = [m["content"]["data"].get("state", {}) for m in msgs
+                if m["msg_type"] == "comm_msg" and m["content"]["comm_id"] == box]
+        assert any(state.get("value") == 3 for state in sent)      # the page was told
+        button = k.value("view.stop_button.model_id")
+        click = k.kc.session.msg("comm_msg", {"comm_id": button, "data": {
+            "method": "custom", "content": {"event": "click"}}})
+        k.kc.shell_channel.send(click)
+        assert k.value("stopped.wait(20)") is True
+        assert k.value("repr(client).endswith(' closed>')") is True
+        _, msgs = k.check("client")
+        html = [m["content"]["data"].get("text/html", "") for m in msgs
+                if m["msg_type"] == "execute_result"]
+        assert html and "nbcluster Client</b>: closed" in html[-1], html
     finally:
         k.close()
