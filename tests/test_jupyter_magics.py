@@ -80,7 +80,7 @@ def test_start_status_scale_stop(ip, capsys):
     out = capsys.readouterr().out
     assert "Tasks by state:" in out and "/ 1.0 GB" in out
     assert "Dashboard: http://127.0.0.1:" in out and out.rstrip().endswith("/status")
-    ip.run_line_magic("cluster", "scale 2")
+    ip.run_line_magic("cluster", "scale 2   # a comment, as in Python, is not an argument")
     assert "2 workers" in capsys.readouterr().out
     assert len(client.cluster.workers) == 2
     held = client.submit(sum, [3, 4])

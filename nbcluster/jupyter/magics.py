@@ -118,8 +118,8 @@ class ClusterMagics(Magics):
 
     @staticmethod
     def _split(line: str) -> list[str]:
-        try:
-            return shlex.split(line)
+        try:   # a trailing "# comment" is the user's, as in Python: not an argument
+            return shlex.split(line, comments=True)
         except ValueError as e:
             raise UsageError(f"%cluster: {e}") from None
 
