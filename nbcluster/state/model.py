@@ -97,7 +97,7 @@ def own(ts, name: str) -> set:
 class WorkerState:
     __slots__ = ("address", "nthreads", "name", "processing", "has_what", "nbytes",
                  "functions", "identity", "metrics", "last_seen", "pinned", "queues",
-                 "assigned", "paused", "last_words")
+                 "assigned", "paused", "last_words", "index", "version")
 
     def __init__(self, address: str, nthreads: int, name: str, identity: dict) -> None:
         self.address, self.nthreads, self.name, self.identity = address, nthreads, name, identity
@@ -109,6 +109,8 @@ class WorkerState:
         self.assigned = 0        # tasks ever sent here: spreads ties between idle workers
         self.paused = False      # memory above its pause threshold: no new work placed here
         self.last_words = ""     # why it is about to exit, when it said so (STATUS)
+        self.index = 0           # order of joining (Occupancy): ties go to the earliest
+        self.version = 0         # bumped at every load change (Occupancy's lazy heaps)
         queues = identity.get("queues") if isinstance(identity, dict) else None
         self.queues = frozenset(queues) if queues else frozenset((DEFAULT_QUEUE,))
 

@@ -23,6 +23,7 @@ from collections import defaultdict, deque
 from ..errors import FutureLostError, KilledWorkerError
 from ..protocol import messages as m
 from .gates import Limit, Timers, backoff
+from .occupancy import Occupancy
 from .model import (DEFAULT_QUEUE, FIRE_AND_FORGET, KILLED_WORKER_LIMIT, STORY_LENGTH,
                     TASK_LOG_LENGTH, BadBatch, TaskState, WorkerState, error, own, unwant,
                     want)
@@ -37,6 +38,7 @@ class SchedulerState(Transitions):
     def __init__(self) -> None:
         self.tasks: dict[str, TaskState] = {}
         self.workers: dict[str, WorkerState] = {}
+        self.occupancy = Occupancy()                # which workers have room (O(log W))
         self.clients: set[str] = set()
         self.functions: dict[str, bytes] = {}
         self.function_owners: dict[str, str] = {}   # token -> the client that sent it
@@ -158,6 +160,7 @@ class SchedulerState(Transitions):
         self.timers = Timers()
         for ws in self.workers.values():
             ws.processing.clear()
+            self.occupancy.changed(ws)
             ws.has_what.clear()
             ws.nbytes = 0
         self.out = []
@@ -187,6 +190,7 @@ class SchedulerState(Transitions):
         ws = WorkerState(address, max(1, int(nthreads)), name, identity)
         ws.last_seen = now
         self.workers[address] = ws
+        self.occupancy.add(ws)
         pinned, self.unrunnable = self.unrunnable, []
         for ts in dict.fromkeys(pinned):
             if ts.state == "queued":
@@ -203,6 +207,7 @@ class SchedulerState(Transitions):
         ws = self.workers.pop(address, None)
         if ws is None:
             return out
+        self.occupancy.remove(ws)
         lost = []
         for ts in ws.has_what:
             ts.who_has.discard(ws)
@@ -512,6 +517,7 @@ class SchedulerState(Transitions):
         paused = status != "running"
         if paused != ws.paused:
             ws.paused = paused
+            self.occupancy.changed(ws)
             if not paused:
                 self._fill_workers()
 

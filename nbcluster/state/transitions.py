@@ -15,6 +15,27 @@ from .model import _EMPTY, FIRE_AND_FORGET, MAX_WINDOW, QUEUED_WORK_SECONDS, STE
     STEAL_LATENCY, TaskState, \
     WorkerState, error, own, unwant
 
+STEAL_VICTIMS = 8      # busiest workers one stealing pass looks at
+STEAL_THIEVES = 64     # idle workers one stealing pass serves
+STEAL_EXAMINED = 512   # queued tasks one stealing pass considers
+
+
+def _load_key(ws: WorkerState) -> tuple:
+    return (len(ws.processing) / ws.nthreads, ws.assigned, ws.index)
+
+
+def _priority(ts: TaskState) -> tuple:
+    return ts.priority
+
+
+def _allowed(queue: str, idle_only: bool, paused_ok: bool):
+    """Whether a worker holding an input may run the task (the rule _pick_worker's idlest
+    was chosen by: its queue, a free thread if asked, not paused unless all are)."""
+    def allowed(ws: WorkerState) -> bool:
+        return (queue in ws.queues and (paused_ok or not ws.paused)
+                and (not idle_only or len(ws.processing) < ws.nthreads))
+    return allowed
+
 
 class Transitions:
     # ------------------------------------------------------------------ becoming ready
@@ -116,22 +137,33 @@ class Transitions:
 
     def _pick_worker(self, ts: TaskState, idle_only: bool = False) -> WorkerState | None:
         """The worker holding most input bytes, unless it is much busier than the idlest."""
-        candidates = self._eligible(ts)
-        if idle_only:
-            candidates = [w for w in candidates if len(w.processing) < w.nthreads]
-        if not candidates:
-            return None
-        # a paused worker (out of memory) gets work only when no other may take it: it is
-        # run there once the worker resumes
-        candidates = [w for w in candidates if not w.paused] or candidates
-        idlest = min(candidates, key=lambda w: (len(w.processing) / w.nthreads, w.assigned))
+        pinned = ts.options.get("workers") if ts.options else None
+        if pinned:    # a few named workers: look at each
+            candidates = self._eligible(ts)
+            if idle_only:
+                candidates = [w for w in candidates if len(w.processing) < w.nthreads]
+            if not candidates:
+                return None
+            # a paused worker (out of memory) gets work only when no other may take it: it
+            # is run there once the worker resumes
+            candidates = [w for w in candidates if not w.paused] or candidates
+            idlest = min(candidates, key=_load_key)
+            allowed = set(candidates).__contains__
+        else:
+            idlest = self.occupancy.least_loaded(ts.queue)
+            if idlest is None or (idle_only and len(idlest.processing) >= idlest.nthreads):
+                paused = [w for w in self.occupancy.paused_in(ts.queue)
+                          if not idle_only or len(w.processing) < w.nthreads]
+                if not paused:
+                    return None
+                idlest = min(paused, key=_load_key)
+            allowed = _allowed(ts.queue, idle_only, idlest.paused)
         if not ts.deps:
             return idlest
-        allowed = set(candidates)
         held: dict[WorkerState, int] = {}
         for dts in ts.deps:
             for ws in dts.who_has:
-                if ws in allowed:
+                if allowed(ws):
                     held[ws] = held.get(ws, 0) + dts.nbytes + 1
         if not held:
             return idlest
@@ -152,19 +184,13 @@ class Transitions:
             self._release_limited()
         if not self.workers:
             return
+        least_loaded = self.occupancy.least_loaded
         for name, heap in self.queues.items():
-            if not heap:
-                continue
-            workers = [w for w in self.workers.values() if name in w.queues and not w.paused]
-            while heap and workers:
-                best = best_load = None
-                for ws in workers:
-                    n = len(ws.processing)
-                    if n < self._window(ws):
-                        load = n / ws.nthreads
-                        if best is None or load < best_load:
-                            best, best_load = ws, load
-                if best is None:
+            while heap:
+                # every worker's window holds the same tasks per thread: if the least loaded
+                # worker has no room, none has
+                best = least_loaded(name)
+                if best is None or len(best.processing) >= self._window(best):
                     break
                 _, ts = heapq.heappop(heap)
                 if ts.state != "queued":
@@ -183,31 +209,34 @@ class Transitions:
     def _steal(self) -> None:
         """Idle threads take tasks queued, not yet started, on workers that have more than
         they can run, when the task's expected run time outweighs moving it (its inputs the
-        thief lacks, plus a round trip). The victim is told FREE and drops it unstarted."""
-        workers = self.workers.values()
-        thieves = [w for w in workers if not w.paused and len(w.processing) < w.nthreads]
-        if not thieves:
+        thief lacks, plus a round trip). The victim is told FREE and drops it unstarted.
+        One call looks at a bounded number of thieves, victims and tasks."""
+        occupancy = self.occupancy
+        if not occupancy.idle or not occupancy.busy:
             return
-        victims = [w for w in workers if len(w.processing) > w.nthreads]
+        victims = occupancy.busiest(STEAL_VICTIMS)
         if not victims:
             return
-        victims.sort(key=lambda w: len(w.processing) / w.nthreads, reverse=True)
         durations, default = self.prefix_durations, self.avg_duration
-        for thief in thieves:
+        waiting_on: dict[WorkerState, list] = {}
+        budget = STEAL_EXAMINED
+        for thief in occupancy.thieves(STEAL_THIEVES):
             spare = thief.nthreads - len(thief.processing)
             for victim in victims:
                 surplus = len(victim.processing) - victim.nthreads   # waiting behind its threads
-                if spare <= 0:
+                if spare <= 0 or budget <= 0:
                     break
                 if surplus <= 0 or victim is thief:
                     continue
-                waiting = sorted((ts for ts in victim.processing
-                                  if not ts.executing and not ts.limited),
-                                 key=lambda ts: ts.priority, reverse=True)   # run last there
-                for ts in waiting:
-                    if spare <= 0 or surplus <= 0:
-                        break
-                    if ts.queue not in thief.queues:
+                waiting = waiting_on.get(victim)
+                if waiting is None:    # run last there: stolen first
+                    waiting = waiting_on[victim] = sorted(
+                        (ts for ts in victim.processing if not ts.executing and not ts.limited),
+                        key=_priority)
+                while waiting and spare > 0 and surplus > 0 and budget > 0:
+                    ts = waiting.pop()
+                    budget -= 1
+                    if ts.processing_on is not victim or ts.queue not in thief.queues:
                         continue
                     pinned = ts.options.get("workers") if ts.options else None
                     if pinned and thief.address not in pinned:
@@ -252,6 +281,7 @@ class Transitions:
         ts.executing = False   # until this worker says STARTED
         ws.processing.add(ts)
         ws.assigned += 1
+        self.occupancy.changed(ws)
         if self.record_stories:
             self.stories.append((ts.key, "processing", ws.address, self.stimulus, self.now))
         if ts.fn and ts.fn not in ws.functions:
@@ -281,6 +311,7 @@ class Transitions:
     def _unassign(self, ts: TaskState, free: bool = True) -> None:
         ws = ts.processing_on
         ws.processing.discard(ts)
+        self.occupancy.changed(ws)
         ts.processing_on = None
         ts.executing = False
         if ts.limited:
