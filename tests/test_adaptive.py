@@ -8,7 +8,7 @@ import pytest
 
 from nbcluster import Client, LocalCluster
 from nbcluster.deploy.adaptive import decide
-from polling import wait_until
+from nbcluster.testing import wait_until
 
 pytestmark = pytest.mark.timeout(60)
 

@@ -11,6 +11,7 @@ import pytest
 
 from nbcluster import Client
 from nbcluster.errors import AuthenticationError, ConnectError
+from nbcluster.testing import wait_until
 
 
 def free_port():
@@ -76,12 +77,7 @@ def test_scheduler_and_worker_from_the_command_line(cli_env, monkeypatch):
                          stderr=subprocess.PIPE) for i in range(2)]
         monkeypatch.setenv("NBCLUSTER_RUNTIME_DIR", cli_env["NBCLUSTER_RUNTIME_DIR"])
         with Client(address) as client:   # token found in the connection file
-            import time
-
-            deadline = time.monotonic() + 20
-            while len(client.scheduler_info()["workers"]) < 2:
-                assert time.monotonic() < deadline
-                threading.Event().wait(0.05)
+            wait_until(lambda: len(client.scheduler_info()["workers"]) == 2, "two workers")
             info = client.scheduler_info()["workers"]
             assert sorted(w["name"] for w in info.values()) == ["w0", "w1"]
             assert all(w["nthreads"] == 2 for w in info.values())
@@ -98,7 +94,6 @@ def test_scheduler_and_worker_from_the_command_line(cli_env, monkeypatch):
 
 def test_sigterm_closes_worker_and_scheduler_in_order(cli_env, monkeypatch):
     import signal
-    import time
 
     port = free_port()
     scheduler = start(["scheduler", "--port", str(port), "--dashboard-port", "-1"], cli_env)
@@ -108,16 +103,11 @@ def test_sigterm_closes_worker_and_scheduler_in_order(cli_env, monkeypatch):
         worker = start(["worker", address], cli_env)
         monkeypatch.setenv("NBCLUSTER_RUNTIME_DIR", cli_env["NBCLUSTER_RUNTIME_DIR"])
         with Client(address) as client:
-            deadline = time.monotonic() + 20
-            while len(client.scheduler_info()["workers"]) < 1:   # another process: poll
-                assert time.monotonic() < deadline
-                threading.Event().wait(0.05)
+            wait_until(lambda: len(client.scheduler_info()["workers"]) == 1, "the worker")
             worker.send_signal(signal.SIGTERM)
             assert worker.wait(15) == 0                     # closed, not killed
-            deadline = time.monotonic() + 10
-            while client.scheduler_info()["workers"]:
-                assert time.monotonic() < deadline, "the scheduler did not see the worker go"
-                threading.Event().wait(0.05)
+            wait_until(lambda: not client.scheduler_info()["workers"],
+                       "the scheduler to see the worker go", timeout=10)
         scheduler.send_signal(signal.SIGTERM)
         assert scheduler.wait(15) == 0
     finally:

@@ -6,7 +6,7 @@ import sys
 
 import pytest
 
-from polling import wait_until
+from nbcluster.testing import wait_until
 
 
 @pytest.fixture

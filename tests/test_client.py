@@ -14,6 +14,7 @@ import nbcluster
 from nbcluster import (AsyncClient, CancelledError, Client, FIRST_COMPLETED, as_completed,
                        fire_and_forget, wait)
 from nbcluster.errors import SerializationError
+from nbcluster.testing import wait_until
 
 
 def inc(x):
@@ -41,16 +42,6 @@ def gate():
     HELD.clear()
     yield GATE
     GATE.set()
-
-
-def wait_for(predicate, timeout=5.0):
-    """Wait on a condition that another thread makes true (checked as the cluster reports)."""
-    end = time.monotonic() + timeout
-    event = threading.Event()
-    while not predicate():
-        if time.monotonic() > end:
-            raise AssertionError("condition not met in time")
-        event.wait(0.01)
 
 
 def test_submit_result_and_status(client):
@@ -213,13 +204,13 @@ def test_waits_of_the_main_thread_notice_a_signal_delivered_to_another_thread():
         time.sleep(0.3)      # the main thread is waiting by now
         signal.pthread_kill(threading.get_ident(), signal.SIGINT)   # delivered to this thread
 
-    for wait in (lambda: wait_event(threading.Event(), 30),
-                 lambda: get_from(queue_module.Queue(), 30)):
+    for blocking_wait in (lambda: wait_event(threading.Event(), 30),
+                          lambda: get_from(queue_module.Queue(), 30)):
         helper = threading.Thread(target=interrupt_from_another_thread)
         helper.start()
         started = time.monotonic()
         with pytest.raises(KeyboardInterrupt):
-            wait()
+            blocking_wait()
         helper.join()
         assert time.monotonic() - started < 5        # not the 30 s timeout
     assert wait_event(threading.Event(), 0.05) is False
@@ -284,11 +275,14 @@ def test_release_frees_worker_memory(client):
     client.gather(futures)
     holders = client.run(lambda: 0)
     assert len(holders) == 2
-    wait_for(lambda: client.scheduler_info()["tasks"].get("memory", 0) == 20)
+    wait_until(lambda: client.scheduler_info()["tasks"].get("memory", 0) == 20,
+               "20 results in memory")
     del futures
     gc.collect()
-    wait_for(lambda: client.scheduler_info()["tasks"].get("memory", 0) == 0)
-    wait_for(lambda: sum(w["keys"] for w in client.scheduler_info()["workers"].values()) == 0)
+    wait_until(lambda: client.scheduler_info()["tasks"].get("memory", 0) == 0,
+               "no result in memory")
+    wait_until(lambda: sum(w["keys"] for w in client.scheduler_info()["workers"].values()) == 0,
+               "the workers to drop every key")
 
 
 def test_fire_and_forget(client):
@@ -299,8 +293,9 @@ def test_fire_and_forget(client):
     del f
     gc.collect()
     event_key.append(key)
-    wait_for(lambda: client.scheduler_info()["tasks"] == {} or
-             sum(client.scheduler_info()["tasks"].values()) == 0)
+    wait_until(lambda: client.scheduler_info()["tasks"] == {} or
+               sum(client.scheduler_info()["tasks"].values()) == 0,
+               "the fire-and-forget task to be forgotten")
     assert client.scheduler_info()["done_by_prefix"].get("inc") == 1
 
 

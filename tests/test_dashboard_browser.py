@@ -18,7 +18,7 @@ import pytest
 from nbcluster import Client, LocalCluster
 from nbcluster.dashboard.components import color_of
 from nbcluster.dashboard.server import start_dashboard
-from nbcluster.deploy.threaded import LoopThread
+from nbcluster.loop_thread import LoopThread
 
 sync_api = pytest.importorskip("playwright.sync_api")
 from labserver import CHROMIUM, WAIT_MS, chromium  # noqa: E402

@@ -20,6 +20,7 @@ from nbcluster.dashboard.components import (
     color_of,
 )
 from nbcluster.dashboard.feed import scheduler_feed
+from nbcluster.testing import wait_until
 
 pytestmark = pytest.mark.timeout(30)
 GATE = threading.Event()
@@ -48,25 +49,6 @@ def on_loop(cluster, fn, *args):
     async def call():
         return fn(*args)
     return asyncio.run_coroutine_threadsafe(call(), cluster._thread.loop).result(10)
-
-
-def wait_for(predicate, timeout=5.0):
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, "condition not met in time"
-        time.sleep(0.01)   # the scheduler thread updates this state: no event to wait on
-
-
-@pytest.fixture
-def cluster():
-    with LocalCluster(n_workers=2, threads_per_worker=1, processes=False) as c:
-        yield c
-
-
-@pytest.fixture
-def client(cluster):
-    with Client(cluster) as c:
-        yield c
 
 
 def make(cluster, cls, **kwargs):
@@ -166,8 +148,8 @@ def test_memory_progress_and_worker_table(cluster, client):
         held = client.scatter(list(range(1000)))
         running = client.map(gated, range(3))
         waiting = client.submit(sum, running)
-        wait_for(lambda: sum(len(w.processing) for w in cluster.scheduler.state.workers.values())
-                 == 3)
+        wait_until(lambda: sum(len(w.processing) for w in cluster.scheduler.state.workers.values())
+                   == 3, "three tasks on the workers")
         feed = on_loop(cluster, lambda: scheduler_feed(cluster.scheduler, min_interval=0, budget=0))
         mem, prog, table = (on_loop(cluster, lambda c=c: c(feed))
                             for c in (MemoryByWorker, ProgressByFunction, WorkerTable))

@@ -11,7 +11,7 @@ from urllib.parse import urljoin
 
 import pytest
 
-from nbcluster import Client, LocalCluster
+from nbcluster import Client
 from nbcluster.dashboard.server import PAGES, is_loopback, start_dashboard
 
 pytestmark = pytest.mark.timeout(30)
@@ -45,12 +45,6 @@ def on_loop(cluster, fn):
     async def call():
         return fn()
     return asyncio.run_coroutine_threadsafe(call(), cluster._thread.loop).result(10)
-
-
-@pytest.fixture
-def cluster():
-    with LocalCluster(n_workers=2, threads_per_worker=1, processes=False) as c:
-        yield c
 
 
 @pytest.fixture

@@ -12,6 +12,7 @@ pytest.importorskip("jupyter_bokeh")
 from nbcluster import Client, LocalCluster  # noqa: E402
 from nbcluster.dashboard.widget import DashboardWidget, dashboard_widget  # noqa: E402
 from nbcluster.state.snapshot import snapshot  # noqa: E402
+from nbcluster.testing import wait_until  # noqa: E402
 
 pytestmark = pytest.mark.timeout(40)
 
@@ -20,26 +21,11 @@ def inc(x):
     return x + 1
 
 
-def wait_for(predicate, timeout=10.0):
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, "condition not met in time"
-        time.sleep(0.02)   # the scheduler thread updates this state: no event to wait on
-
-
 def serve_snapshots(scheduler) -> None:
     """The ``snapshot`` request, until the scheduler answers it itself."""
     if not hasattr(type(scheduler), "_request_snapshot"):
         scheduler._request_snapshot = lambda peer, request_id, since=0, transfers_since=0: \
             snapshot(scheduler.state, since, transfers_since)
-
-
-@pytest.fixture
-def client():
-    with LocalCluster(n_workers=2, threads_per_worker=1, processes=False) as cluster, \
-            Client(cluster) as c:
-        serve_snapshots(cluster.scheduler)
-        yield c
 
 
 def front_end_drew(w) -> None:
@@ -61,8 +47,8 @@ def test_widget_updates_its_plots_over_its_comm(client):
         client.gather(client.map(inc, range(40)))
         assert w.updates == 0 and not sent       # nothing before the view exists
         front_end_drew(w)
-        wait_for(lambda: len(stream.source.data["key"]) == 40)
-        wait_for(lambda: len(memory.source.data["worker"]) == 2)
+        wait_until(lambda: len(stream.source.data["key"]) == 40, "40 tasks in the stream")
+        wait_until(lambda: len(memory.source.data["worker"]) == 2, "two workers' memory")
         assert sorted(memory.source.data["address"]) == sorted(client.cluster.workers)
         payloads = [m["payload"] for m in sent if m.get("msg") == "patch"]
         # each patch: three identical messages, each with header and content (see the class)
@@ -86,10 +72,10 @@ def test_widget_stops_when_the_client_closes():
         serve_snapshots(cluster.scheduler)
         c = Client(cluster)
         w = dashboard_widget(c, plots=("progress", "workers"), interval=0.25, wait_for_view=0)
-        wait_for(lambda: w.updates >= 1)
+        wait_until(lambda: w.updates >= 1, "the widget's first update")
         assert w.components[1].source.data["threads"] == [1]
         c.close()
-        wait_for(lambda: not w.running)
+        wait_until(lambda: not w.running, "the widget to stop")
         w.close()
 
 

@@ -172,9 +172,9 @@ def jupyter(server, monkeypatch):
 
 
 @pytest.fixture
-def cluster(jupyter):
-    with LocalCluster(n_workers=2, threads_per_worker=1, processes=False) as c:
-        yield c
+def cluster(jupyter, inproc_cluster):
+    """The shared in-process cluster, started once its dashboard registers with the server."""
+    return inproc_cluster
 
 
 def test_the_proxied_dashboard_needs_the_jupyter_login(jupyter, cluster):

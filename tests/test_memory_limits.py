@@ -8,7 +8,7 @@ import pytest
 
 from nbcluster import Client, LocalCluster, wait
 from nbcluster.errors import KilledWorkerError
-from polling import wait_until
+from nbcluster.testing import wait_until
 
 pytestmark = pytest.mark.timeout(60)
 

@@ -10,8 +10,9 @@ import pytest
 from nbcluster import Client, LocalCluster
 from nbcluster.protocol import messages as m
 from nbcluster.state.scheduler_state import SchedulerState
+from nbcluster.state.instructions import Send, Spill
 from nbcluster.state.worker_state import WorkerState
-from polling import wait_until
+from nbcluster.testing import wait_until
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -31,8 +32,8 @@ def test_a_new_limit_moves_the_spill_limit_spills_what_is_over_and_tells_the_sch
     assert w.spilled == 0                                # 40 MiB under 50 MiB
     out = w.set_memory_limit(60 * MB)                    # spill above 30 MiB now
     assert w.memory_limit == 60 * MB and w.spill_limit == 30 * MB
-    assert ("send", [m.MEMORY_LIMIT, 60 * MB]) in out
-    assert ("spill", ["a"]) in out and w.spilled == 40 * MB
+    assert Send([m.MEMORY_LIMIT, 60 * MB]) in out
+    assert Spill({"a": 40 * MB}) in out and w.spilled == 40 * MB
     m.check_fields([m.MEMORY_LIMIT, 60 * MB])
 
 

@@ -8,21 +8,14 @@ from operator import add
 
 import pytest
 
-from nbcluster import Client, LocalCluster
+from nbcluster import Client
 from nbcluster.errors import KilledWorkerError
+from nbcluster.testing import wait_until
 
 
 def slow_inc(x, delay=0.01):
     time.sleep(delay)
     return x + 1
-
-
-def wait_until(predicate, timeout=20.0):
-    event = threading.Event()
-    end = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < end, "condition not met in time"
-        event.wait(0.02)
 
 
 def test_sigkill_worker_loses_nothing(proc_cluster, pclient):
@@ -41,8 +34,10 @@ def test_sigkill_worker_loses_nothing(proc_cluster, pclient):
     assert pclient.gather(independent, timeout=60) == list(range(1, 101))
     assert pclient.gather(chain, timeout=60) == list(range(1, 101))
     # LocalCluster started a replacement process
-    wait_until(lambda: len(proc_cluster.workers) == 2 and victim not in proc_cluster.workers)
-    wait_until(lambda: len(pclient.scheduler_info()["workers"]) == 2)
+    wait_until(lambda: len(proc_cluster.workers) == 2 and victim not in proc_cluster.workers,
+               "the cluster to replace the killed worker")
+    wait_until(lambda: len(pclient.scheduler_info()["workers"]) == 2,
+               "the scheduler to see two workers")
     assert proc_cluster.restarts == 1
     assert pclient.submit(add, 1, 1).result(timeout=10) == 2
 
@@ -55,7 +50,8 @@ def test_results_held_by_dead_worker_are_recomputed(proc_cluster, pclient):
     on_victim = [f for f in futures if who[f.key] == [victim]]
     assert on_victim, "expected some results on the first worker"
     os.kill(proc_cluster.worker_pids()[victim], signal.SIGKILL)
-    wait_until(lambda: victim not in pclient.scheduler_info()["workers"])
+    wait_until(lambda: victim not in pclient.scheduler_info()["workers"],
+               "the scheduler to see the killed worker go")
     total = pclient.submit(lambda parts: sum(len(p) for p in parts), futures)
     assert total.result(timeout=60) == sum(i * 1000 for i in range(20))
 
@@ -68,7 +64,8 @@ def test_task_that_kills_workers_fails_after_three(proc_cluster, pclient):
     f = pclient.submit(crash)
     with pytest.raises(KilledWorkerError, match="3 workers"):
         f.result(timeout=60)
-    wait_until(lambda: len(pclient.scheduler_info()["workers"]) == 2)
+    wait_until(lambda: len(pclient.scheduler_info()["workers"]) == 2,
+               "the scheduler to see two workers again")
     assert pclient.submit(add, 2, 3).result(timeout=20) == 5
 
 
@@ -82,9 +79,9 @@ def test_client_starts_machine_sized_cluster():
 
 def test_scale_up_and_down(proc_cluster, pclient):
     proc_cluster.scale(3)
-    wait_until(lambda: len(pclient.scheduler_info()["workers"]) == 3)
+    wait_until(lambda: len(pclient.scheduler_info()["workers"]) == 3, "three workers")
     proc_cluster.scale(1)
-    wait_until(lambda: len(pclient.scheduler_info()["workers"]) == 1)
+    wait_until(lambda: len(pclient.scheduler_info()["workers"]) == 1, "one worker")
     assert pclient.gather(pclient.map(slow_inc, range(5))) == [1, 2, 3, 4, 5]
     assert proc_cluster.restarts == 0
 

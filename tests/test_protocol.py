@@ -184,7 +184,8 @@ def test_check_fields():
             [m.FAILED, "k", ser, None, 0, 1.5, None, 3],
             [m.COMPUTE, "k", "fn", ser, None, {"d": ["w"]}, False, -3, None, 1],
             [m.COMPUTE, "k", "fn", [1], {"a": 1}, {}, True, 0.5, {"timeout": 1.0}, 2],
-            [m.UPDATE_DATA, {"k": 10}, "tcp://w:1"], [m.MISSING, "k", "d", ""]]
+            [m.UPDATE_DATA, {"k": 10}, "tcp://w:1"], [m.MISSING, "k", "d", ""],
+            [m.DONE, "k", True, 1, 8, []], [m.DONE, "k", False, None, 10**7, ["tcp://w:1"]]]
     for msg in good:
         assert m.check_fields(msg) == msg[0]
     bad = [[m.FINISHED, "k", 8.0, 0.0, 1, True, None, "int", 1],   # nbytes a float
@@ -193,7 +194,8 @@ def test_check_fields():
            [m.FINISHED, "k", 8, 0.0, 1, True, None, "int", None],  # no run id
            [m.COMPUTE, "k", "fn", "args", None, {}, True, 0, None, 1],
            [m.UPDATE_DATA, {"k": "10"}, "w"], [m.UPDATE_DATA, {1: 10}, "w"],
-           [m.RELEASE, ["a", None]], [m.FREE, "a"], [m.HEARTBEAT, None]]
+           [m.RELEASE, ["a", None]], [m.FREE, "a"], [m.HEARTBEAT, None],
+           [m.DONE, "k", False, None, 8, "tcp://w:1"]]                 # holders not a list
     for msg in bad:
         with pytest.raises(ProtocolError, match=msg[0]):
             m.check_fields(msg)

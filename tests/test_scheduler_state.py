@@ -1,8 +1,9 @@
 """SchedulerState fed plain messages: no sockets, no threads, no sleeps; time is data.
 
 Each step goes through :class:`Sim`, which also checks the state's invariants and the shape of
-everything it sends (see ``check_invariants`` / ``check_out``), so every test is also a test that
-no transition leaves dangling references, leaked data or messages to peers that do not exist.
+everything it sends (``nbcluster.testing.validate``, rules in ``nbcluster.state.invariants``), so
+every test is also a test that no transition leaves dangling references, leaked data or messages
+to peers that do not exist.
 """
 
 from __future__ import annotations
@@ -15,81 +16,25 @@ from nbcluster.errors import (CancelledError, FutureLostError, KilledWorkerError
 from nbcluster.protocol import messages as m
 from nbcluster.protocol.serialize import Serialized, dumps, loads
 from nbcluster.state.scheduler_state import KILLED_WORKER_LIMIT, SchedulerState
+from nbcluster.testing import FakeClock, validate
 
 FN, FN2 = "inc-tok", "double-tok"
 BLOBS = {FN: b"<pickled inc>", FN2: b"<pickled double>"}
 C, C2 = "client-1", "client-2"
-LIVE_STATES = {"waiting", "delayed", "queued", "processing", "memory", "released", "erred"}
 
 
 def spec(key, deps=(), options=None, fn=FN, args=None, kwargs=None):
     return [key, fn, [1] if args is None else args, kwargs, list(deps), options]
 
 
-# ---------------------------------------------------------------------- checks on every step
-def check_invariants(s: SchedulerState) -> None:
-    for key, ts in s.tasks.items():
-        assert ts.key == key
-        assert ts.state in LIVE_STATES, ts
-        assert ts.who_wants or ts.dependents, f"{ts} is kept though nobody needs it"
-        for d in ts.deps:
-            assert s.tasks.get(d.key) is d, f"{ts} depends on forgotten {d}"
-            assert ts in d.dependents
-        for d in ts.dependents:
-            assert s.tasks.get(d.key) is d, f"{ts} has forgotten dependent {d}"
-            assert ts in d.deps
-        if ts.state == "processing":
-            ws = ts.processing_on
-            assert ws is not None and s.workers.get(ws.address) is ws and ts in ws.processing
-            assert all(d.state == "memory" or (ts.collect and d.state == "erred")
-                       for d in ts.deps), ts
-        else:
-            assert ts.processing_on is None, ts
-            assert not ts.executing, ts
-        if ts.state == "memory":
-            assert ts.who_has, f"{ts} in memory nowhere"
-            assert s._is_needed(ts), f"{ts} holds data nobody needs"
-        else:
-            assert not ts.who_has, f"{ts} has replicas {ts.who_has}"
-        for ws in ts.who_has:
-            assert s.workers.get(ws.address) is ws and ts in ws.has_what
-        if ts.state == "waiting":
-            assert ts.waiting_on, ts
-            assert ts.waiting_on == {d for d in ts.deps if d.state != "memory"
-                                     and not (ts.collect and d.state == "erred")}, ts
-            assert all(d.state in ("waiting", "queued", "processing") for d in ts.waiting_on), ts
-        if ts.state == "queued":
-            assert all(d.state == "memory" for d in ts.deps), ts
-    for ws in s.workers.values():
-        for ts in ws.processing:
-            assert ts.processing_on is ws and s.tasks.get(ts.key) is ts and ts.state == "processing"
-        for ts in ws.has_what:
-            assert ws in ts.who_has and s.tasks.get(ts.key) is ts
-        assert ws.nbytes == sum(ts.nbytes for ts in ws.has_what), ws
-
-
-def check_out(s: SchedulerState, out: list, functions: dict) -> None:
-    for peer, msg in out:
-        assert peer in s.workers or peer in s.clients, f"message to unknown peer {peer!r}: {msg}"
-        m.check(msg)
-        if msg[0] == m.FUNCTION:
-            functions.setdefault(peer, set()).add(msg[1])
-        elif msg[0] == m.COMPUTE:
-            key, fn, deps = msg[1], msg[2], msg[5]
-            assert fn in s.functions, f"compute {key!r} with function {fn!r}"
-            assert fn in functions.get(peer, ()), f"compute {key!r} before its function"
-            for dep, holders in deps.items():
-                assert holders, f"compute {key!r} with no holder of its input {dep!r}"
-                assert all(h in s.workers for h in holders), holders
-
-
 class Sim:
-    """A SchedulerState, one client, workers; every step checks invariants and messages."""
+    """A SchedulerState, one client, workers, a fake clock; every step validates the state and
+    what it sent (``nbcluster.testing.validate``)."""
 
     def __init__(self, workers=("A", "B"), nthreads=1, clients=(C,)):
         self.s = SchedulerState()
-        self.now = 100.0
-        self.functions: dict[str, set] = {}
+        self.clock = FakeClock(100.0)
+        self.functions: dict[str, set] = {}     # what each worker was sent, across steps
         for c in clients:
             self.s.add_client(c)
         for w in workers:
@@ -97,13 +42,22 @@ class Sim:
         for c in clients:
             self.client(*[[m.FUNCTION, t, b] for t, b in BLOBS.items()], peer=c)
 
+    @property
+    def now(self) -> float:
+        return self.clock.now()
+
+    @now.setter
+    def now(self, when: float) -> None:
+        self.clock.advance_to(when)
+
     def _step(self, out):
-        self.now += 0.001
-        if any(p not in self.s.workers for p in self.functions):
-            self.functions = {p: f for p, f in self.functions.items() if p in self.s.workers}
-        check_invariants(self.s)
-        check_out(self.s, out, self.functions)
+        self.clock.advance(0.001)
+        validate(self.s, out, self.functions)
         return out
+
+    def wake(self):
+        """Time moves to the state's next timer or rate limit, which fires."""
+        return self._step(self.clock.wake(self.s))
 
     def client(self, *msgs, peer=C):
         return self._step(self.s.handle(peer, list(msgs), self.now))
@@ -265,14 +219,14 @@ def test_small_result_carried_inline_to_client():
     sim.submit(spec("x"), spec("big"))
     sim.submit(spec("x"), peer=C2)
     out = sim.finish("A", "x", nbytes=28, value=42)
-    assert to_client(out, m.DONE, C) == {"x": [m.DONE, "x", True, 42, 28]}
-    assert to_client(out, m.DONE, C2) == {"x": [m.DONE, "x", True, 42, 28]}
+    assert to_client(out, m.DONE, C) == {"x": [m.DONE, "x", True, 42, 28, []]}
+    assert to_client(out, m.DONE, C2) == {"x": [m.DONE, "x", True, 42, 28, []]}
     ser = dumps(list(range(5)))
     out = sim.finish("A", "big", nbytes=10**7)
-    assert to_client(out, m.DONE) == {"big": [m.DONE, "big", False, None, 10**7]}
+    assert to_client(out, m.DONE) == {"big": [m.DONE, "big", False, None, 10**7, ["A"]]}
     # wanting a finished key later: DONE without the value (the client fetches it)
     out = sim.submit(spec("big"), peer=C2)
-    assert sent(out) == [[m.DONE, "big", False, None, 10**7]]
+    assert sent(out) == [[m.DONE, "big", False, None, 10**7, ["A"]]]
     assert sent(out, C2) == sent(out)
     assert ser.nbytes > 0
 
@@ -282,7 +236,7 @@ def test_want_known_and_unknown_keys():
     sim.submit(spec("x"))
     sim.finish("A", "x")
     out = sim.client([m.WANT, ["x", "nope"]], peer=C2)
-    assert sent(out, C2) == [[m.DONE, "x", False, None, 8],
+    assert sent(out, C2) == [[m.DONE, "x", False, None, 8, ["A"]],
                              [m.CANCELLED, "nope", "the scheduler does not know this key"]]
     sim.release("x")
     assert sim.state("x") == "memory"          # C2 holds it now
@@ -396,7 +350,7 @@ def test_remove_client_forgets_its_tasks():
     out = sim.s.remove_client(C, sim.now)
     assert frees(out) == {("A", "x"), ("A", "z")}     # z was running
     assert set(sim.s.tasks) == {"y"}
-    check_invariants(sim.s)
+    validate(sim.s)
 
 
 # ---------------------------------------------------------------------- cancel, fire and forget
@@ -481,7 +435,7 @@ def test_result_held_only_by_dead_worker_is_recomputed():
     out = sim.remove_worker("A")
     assert computes(out) == {"x": "B"} and not sent(out, C)
     out = sim.finish("B", "x", value=1)
-    assert to_client(out, m.DONE) == {"x": [m.DONE, "x", True, 1, 8]}
+    assert to_client(out, m.DONE) == {"x": [m.DONE, "x", True, 1, 8, []]}
 
 
 def test_chain_recomputed_from_lineage_after_intermediates_were_released():
@@ -505,7 +459,7 @@ def test_chain_recomputed_from_lineage_after_intermediates_were_released():
     out = sim.finish("B", "y")
     assert computes(out) == {"z": "B"} and frees(out) == {("B", "x")}
     out = sim.finish("B", "z", value=7)
-    assert to_client(out, m.DONE) == {"z": [m.DONE, "z", True, 7, 8]}
+    assert to_client(out, m.DONE) == {"z": [m.DONE, "z", True, 7, 8, []]}
     assert frees(out) == {("B", "y")}
     assert [sim.state(k) for k in "xyz"] == ["released", "released", "memory"]
 
@@ -780,7 +734,7 @@ def test_submit_on_unknown_key_fails_with_future_lost():
 def test_scattered_data_lost_with_its_worker():
     sim = Sim(("A", "B"))
     out = sim.client([m.UPDATE_DATA, {"s": 100}, "A"])
-    assert sent(out) == [[m.DONE, "s", False, None, 100]]
+    assert sent(out) == [[m.DONE, "s", False, None, 100, ["A"]]]
     out = sim.submit(spec("y", deps=["s"]))
     assert computes(out) == {"y": "A"}
     out = sim.remove_worker("A")
@@ -824,7 +778,7 @@ def test_scatter_under_a_finished_task_key_answers_with_the_task_result():
     sim.finish("A", "x", nbytes=8)
     out = sim.client([m.UPDATE_DATA, {"x": 100}, "B"], peer="c2")
     assert frees(out) == {("B", "x")}
-    assert sent(out, peer="c2") == [[m.DONE, "x", False, None, 8]]
+    assert sent(out, peer="c2") == [[m.DONE, "x", False, None, 8, ["A"]]]
     assert {w.address for w in sim.s.tasks["x"].who_has} == {"A"}
 
 
@@ -1025,14 +979,14 @@ def test_internal_error_still_sends_what_earlier_messages_decided(monkeypatch):
     with pytest.raises(BadBatch) as info:
         sim.s.handle("A", [[m.FINISHED, "x", 8, 0.0, 0.001, True, 1, "int", sim.run_of("x")],
                            [m.HEARTBEAT, {}]], sim.now)
-    assert (C, [m.DONE, "x", True, 1, 8]) in info.value.out
+    assert (C, [m.DONE, "x", True, 1, 8, []]) in info.value.out
     assert isinstance(info.value, ProtocolError)
 
 
 def test_broadcast_scatter_with_one_target_gone():
     sim = Sim(("A", "B"))
     out = sim.client([m.UPDATE_DATA, {"s": 10}, "A"], [m.UPDATE_DATA, {"s": 10}, "ghost"])
-    assert to_client(out, m.DONE) == {"s": [m.DONE, "s", False, None, 10]}
+    assert to_client(out, m.DONE) == {"s": [m.DONE, "s", False, None, 10, ["A"]]}
     assert not to_client(out, m.ERRED) and sim.state("s") == "memory"
     out = sim.client([m.UPDATE_DATA, {"s": 10}, "B"])
     assert {w.address for w in sim.s.tasks["s"].who_has} == {"A", "B"}

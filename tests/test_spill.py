@@ -8,7 +8,7 @@ import os
 import pytest
 
 from nbcluster import Client, LocalCluster, wait
-from polling import wait_until
+from nbcluster.testing import wait_until
 
 pytestmark = pytest.mark.timeout(60)
 

@@ -13,8 +13,9 @@ import pytest
 
 from nbcluster import Client, LocalCluster, wait
 from nbcluster.server.spill import SpillStore
+from nbcluster.state.instructions import Spill, Unspill
 from nbcluster.state.worker_state import WorkerState
-from polling import wait_until
+from nbcluster.testing import wait_until
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -77,11 +78,11 @@ def test_a_value_read_back_stays_on_disk_while_others_are_still_being_written():
         return w.task_finished(key, 20 * MB, 1.0, 2.0, False, None, "bytes")
 
     result("a"), result("b")
-    assert ("spill", ["a"]) in result("c") and w.writing == {"a"}
+    assert Spill({"a": 20 * MB}) in result("c") and w.writing == {"a"}
     w.spill_written("a")
-    assert w.unspilled("a") == [("unspill", "a"), ("spill", ["b"])]   # a back, b pushed out
-    assert ("spill", ["c"]) in result("d") and w.writing == {"b", "c"}
+    assert w.unspilled("a") == [Unspill("a"), Spill({"b": 20 * MB})]   # a back, b pushed out
+    assert Spill({"c": 20 * MB}) in result("d") and w.writing == {"b", "c"}
     w.spill_written("c")
     assert w.unspilled("c") == [] and w.tasks["c"].spilled   # b still in memory, being written
     w.spill_written("b")
-    assert w.unspilled("c")[0] == ("unspill", "c")           # the disk caught up
+    assert w.unspilled("c")[0] == Unspill("c")               # the disk caught up

@@ -12,7 +12,6 @@ import signal
 import socket
 import subprocess
 import sys
-import threading
 import time
 from operator import add
 
@@ -21,6 +20,7 @@ import pytest
 
 from nbcluster import Client
 from nbcluster.errors import ClusterError, ConnectError
+from nbcluster.testing import wait_until
 
 SSHD = "/usr/sbin/sshd"
 
@@ -29,15 +29,6 @@ def free_port():
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
-
-
-def wait_until(predicate, what, timeout=20.0):
-    """Poll an external process's condition (a remote process ending) with a deadline."""
-    pause = threading.Event()
-    end = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < end, f"{what} did not happen within {timeout:g} s"
-        pause.wait(0.05)
 
 
 @pytest.fixture(scope="module")
@@ -158,6 +149,22 @@ def test_scale_and_close_leave_nothing_running(sshd, tmp_path):
     assert not any(psutil.pid_exists(pid) for pid in pids)
     with pytest.raises(ClusterError, match="closed"):
         cluster.scale(2)
+
+
+def test_auto_memory_is_the_hosts_memory_shared_among_its_workers(sshd, tmp_path):
+    from nbcluster import SSHCluster
+
+    total = psutil.virtual_memory().total          # the remote host is this machine
+    with SSHCluster(["127.0.0.1", "127.0.0.1"], connect_options=sshd, n_workers_per_host=2,
+                    **cluster_kwargs(tmp_path)) as cluster, Client(cluster) as client:
+        def limits():
+            return sorted(w["identity"]["memory_limit"]
+                          for w in client.scheduler_info()["workers"].values())
+        wait_until(lambda: len(limits()) == 2, "both workers")
+        assert limits() == [total // 2] * 2
+        cluster.add_worker()        # a third there: its share; running ones keep theirs
+        wait_until(lambda: len(limits()) == 3, "the third worker")
+        assert limits() == [total // 3, total // 2, total // 2]
 
 
 def test_the_token_never_shows_on_a_command_line(sshd, tmp_path):

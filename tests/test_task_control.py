@@ -9,9 +9,10 @@ from operator import add
 import pytest
 
 import nbcluster
-from nbcluster import Client, LocalCluster
 from nbcluster.errors import (CancelledError, ClusterError, TaskExpiredError,
                               TaskTimeoutError)
+
+pytestmark = pytest.mark.processes    # the cluster and client fixtures: worker processes
 
 
 def pid(_=None):
@@ -20,18 +21,6 @@ def pid(_=None):
 
 def stamp(_=None):
     return os.getpid(), time.time()
-
-
-@pytest.fixture
-def cluster():
-    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True) as c:
-        yield c
-
-
-@pytest.fixture
-def client(cluster):
-    with Client(cluster) as c:
-        yield c
 
 
 def test_two_workers_on_different_queues(cluster, client):

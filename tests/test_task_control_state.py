@@ -1,5 +1,5 @@
 """Queues, priorities, retries, limits, timers and collected errors in the scheduler's state
-machine, with a fake clock: no waiting, time is data (``sim.now``)."""
+machine, with a fake clock (``sim.clock``): no waiting, time is data."""
 
 import random
 
@@ -18,9 +18,10 @@ def add_worker(sim, addr, queues, nthreads=1):
                                sim.now))
 
 
-def wake(sim, now):
-    sim.now = now
-    return sim._step(sim.s.wake(now))
+def wake(sim, when):
+    """The clock moves on to ``when``, and what is due by then happens."""
+    sim.now = when
+    return sim._step(sim.s.wake(sim.now))
 
 
 def retry_fail(sim, addr, key, delay=None, maximum=None):
@@ -145,7 +146,7 @@ def test_rate_limit_spaces_starts_across_the_cluster():
     while len(starts) < 5:
         when = sim.s.next_wakeup()
         assert when is not None
-        out = wake(sim, when)
+        out = sim.wake()                       # the clock moves to the next start
         new = [k for k in computed(out) if k.startswith("r")]
         assert len(new) == 1
         starts.append(when)

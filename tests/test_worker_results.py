@@ -3,13 +3,19 @@ raising SystemExit) fails the task and the worker carries on; a coroutine is run
 pickling errors are also the standard library's."""
 
 import asyncio
+import collections
 import pickle
 import threading
+import time
 
 import pytest
 
+from nbcluster import Client, LocalCluster
 from nbcluster.errors import SerializationError, TaskTimeoutError
+from nbcluster.protocol import messages as m
 from nbcluster.protocol.serialize import Serialized, dumps, loads
+from nbcluster.state.worker_state import WorkerState
+from nbcluster.testing import wait_until
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -131,3 +137,90 @@ def test_async_task_time_limit_and_cancel(client, inproc_cluster):
     assert running.cancelled()
     assert client.submit(async_inc, 2, workers=worker).result(timeout=10) == 3
     assert not executor._abandoned
+
+
+# ---------------------------------------------------------------------- threads and state
+MB = 2**20
+
+
+def chatty(x):
+    print("line", x)
+    print("no newline at the end", end="")
+    return x
+
+
+def block(i, nbytes):
+    return bytearray([i % 256]) * nbytes
+
+
+def spin(seconds):
+    end = time.time() + seconds
+    while time.time() < end:        # pure Python: an interrupt lands at once
+        pass
+
+
+def test_no_task_thread_touches_the_worker_state(monkeypatch):
+    """Every use of a WorkerState, even reading an attribute, happens on the worker's event
+    loop, never in a task thread: through starts, ends, failures, time limits, cancels,
+    transfers, output and spilled inputs read back."""
+    uses: set = set()
+    plain = object.__getattribute__
+
+    def watched(self, name):
+        uses.add((name, threading.current_thread()))
+        return plain(self, name)
+
+    monkeypatch.setattr(WorkerState, "__getattribute__", watched)
+    with LocalCluster(n_workers=2, threads_per_worker=2, processes=False,
+                      dashboard=False) as cluster, Client(cluster) as client:
+        async def spill_over_50_mib():   # in-process workers do not spill unless told
+            for w in cluster._inproc_workers:
+                w.state.spill_at = 0.25
+                w.set_memory_limit(200 * MB)
+
+        cluster._thread.run(spill_over_50_mib())
+        a, b = sorted(client.scheduler_info()["workers"])
+        assert client.gather(client.map(inc, range(300))) == list(range(1, 301))
+        assert client.submit(chatty, 1, workers=a).result(timeout=10) == 1
+        with pytest.raises(TaskTimeoutError):
+            client.submit(spin, 30, timeout=0.2, workers=a).result(timeout=10)
+        running = client.submit(spin, 30, workers=b)
+        wait_until(lambda: any(n == "task_started" for n, _ in list(uses)), "a task started")
+        running.cancel()
+        blocks = [client.submit(block, i, 20 * MB, workers=a) for i in range(4)]  # over 50 MiB
+        wait_until(lambda: any(n == "spill_written" for n, _ in list(uses)), "a spilled result")
+        lengths = [client.submit(length, blk, workers=w) for blk in blocks for w in (a, b)]
+        assert client.gather(lengths) == [20 * MB] * 8
+        loop_thread = cluster._thread.thread
+    names = {n for n, _ in uses}
+    assert {"compute", "free", "task_started", "task_finished", "task_failed", "fetch_done",
+            "spill_written", "unspilled"} <= names, names
+    elsewhere = {(n, t.name) for n, t in uses if t is not loop_thread}
+    assert not elsewhere
+
+
+def nap(x):
+    time.sleep(0.05)
+    return x
+
+
+def test_each_task_is_announced_started_at_most_once(client, inproc_cluster):
+    """STARTED goes out when a task is handed to an idle thread, or when a thread reports
+    the start of one queued ahead, never both; a short task that has ended by the time its
+    start is seen needs none."""
+    started: collections.Counter = collections.Counter()
+
+    def counting(send):
+        def send_counted(msg):
+            if msg[0] == m.STARTED:
+                started[msg[1]] += 1
+            send(msg)
+        return send_counted
+
+    for w in inproc_cluster._inproc_workers:
+        w.scheduler.send = counting(w.scheduler.send)
+    assert client.gather(client.map(inc, range(500))) == list(range(1, 501))
+    naps = client.map(nap, range(6))
+    assert client.gather(naps) == list(range(6))
+    assert max(started.values()) == 1
+    assert all(started[f.key] == 1 for f in naps)

@@ -6,6 +6,8 @@ import pytest
 
 from nbcluster.protocol import messages as m
 from nbcluster.state import worker_state as wsm
+from nbcluster.state.instructions import (Drop, Execute, Fetch, Resume, Send, Spill, Stop,
+                                          Terminate, Unspill)
 from nbcluster.state.worker_state import FETCH_BATCH, FETCHES_PER_PEER, WorkerState
 
 ME, P, Q = "tcp://me:1", "tcp://p:1", "tcp://q:1"
@@ -71,30 +73,35 @@ class Sim:
 
 
 def executes(out):
-    return [i[1] for i in out if i[0] == "execute"]
+    return [i.key for i in out if type(i) is Execute]
+
+
+def run_of(key, announce=True):
+    """The instruction ``Sim.run(key)`` leads to: the whole work item."""
+    return Execute(key, "fn-token", [1], None, True, None, 0, announce)
 
 
 def fetches(out):
-    return [(i[1], sorted(i[2])) for i in out if i[0] == "fetch"]
+    return [(i.peer, sorted(i.keys)) for i in out if type(i) is Fetch]
 
 
 def sends(out, op=None):
-    return [i[1] for i in out if i[0] == "send" and (op is None or i[1][0] == op)]
+    return [i.msg for i in out if type(i) is Send and (op is None or i.msg[0] == op)]
 
 
 def drops(out):
-    return sorted(k for i in out if i[0] == "drop" for k in i[1])
+    return sorted(k for i in out if type(i) is Drop for k in i.keys)
 
 
 # ---------------------------------------------------------------------- execution
 def test_compute_without_inputs_executes_and_reports():
     sim = Sim()
     out = sim.run("x")
-    assert out == [("execute", "x")]
+    assert out == [run_of("x")]
     ts = sim.w.tasks["x"]
     assert (ts.fn, ts.args, ts.kwargs, ts.want) == ("fn-token", [1], None, True)
     out = sim.task_finished("x", 28, 1.0, 1.5, True, 42, "int")
-    assert out == [("send", [m.FINISHED, "x", 28, 1.0, 1.5, True, 42, "int", 0])]
+    assert out == [Send([m.FINISHED, "x", 28, 1.0, 1.5, True, 42, "int", 0])]
     assert sim.state("x") == "memory" and sim.w.nbytes == 28
     assert ts.fn is None and ts.args is None   # the spec is not kept once done
 
@@ -106,7 +113,7 @@ def test_at_most_nthreads_execute_at_once():
     out = sim.done("a")
     assert executes(out) == ["c"] and sends(out, m.FINISHED)[0][1] == "a"
     out = sim.task_failed("b", "exc", "tb", 1.0, 2.0)
-    assert out == [("send", [m.FAILED, "b", "exc", "tb", 1.0, 2.0, None, 0])]
+    assert out == [Send([m.FAILED, "b", "exc", "tb", 1.0, 2.0, None, 0])]
     assert sim.state("b") == "forgotten"
 
 
@@ -148,7 +155,58 @@ def test_duplicate_compute_is_ignored_and_finished_key_reported_again():
     assert sim.run("x") == []
     sim.done("x", nbytes=5)
     out = sim.run("x")
-    assert out == [("send", [m.FINISHED, "x", 5, 0.0, 0.0, False, None, "", 0])]
+    assert out == [Send([m.FINISHED, "x", 5, 0.0, 0.0, False, None, "", 0])]
+
+
+def test_execute_carries_the_whole_work_item():
+    """The shell hands the instruction to a thread as it is: it reads nothing back."""
+    sim = Sim()
+    options = {"timeout": 2.0, "retries": 1, "errors": {"bad": "EXC"}}
+    out = sim.compute("x", "tok", "ARGS", {"k": 1}, {}, False, -3, options, 7)
+    assert out == [Execute("x", "tok", "ARGS", {"k": 1}, False, options, 7, True)]
+    sim.run("y", {"x": [ME]})
+    out = sim.done("x")                        # y's inputs are here: its item is whole too
+    assert out[-1] == run_of("y")
+
+
+def test_started_is_sent_at_once_for_a_task_handed_to_an_idle_thread():
+    sim = Sim(nthreads=2)
+    out = sim.run("a") + sim.run("b")
+    assert [i.announce for i in out] == [True, True]      # the shell sends STARTED with it
+    assert sim.run("c") == []                             # no thread free: ready
+    assert sim.task_started("a", 1.0) == []               # the thread's report: said already
+    out = sim.done("a")
+    assert out[-1] == run_of("c") and sim.task_started("c", 2.0) == []
+    assert sim.task_started("c", 2.0) == []
+
+
+def test_started_of_a_task_queued_ahead_is_sent_when_a_thread_reports_it_once():
+    sim = Sim(nthreads=1)
+    for i in range(30):                        # short tasks: handed over ahead of time
+        sim.compute(f"s{i}", "fn-token", [1], None, {}, True, 0, None, i)
+        sim.done(f"s{i}", seconds=0.0001)
+    out = sim.compute("a", "fn-token", [1], None, {}, True, 0, None, 41)
+    out += sim.compute("b", "fn-token", [1], None, {}, True, 0, None, 42)
+    out += sim.compute("c", "fn-token", [1], None, {}, True, 0, None, 43)
+    assert [(i.key, i.announce) for i in out] == [("a", True), ("b", False), ("c", False)]
+    assert sim.task_started("a", 1.0) == []
+    sim.done("a")
+    assert sim.task_started("b", 2.0) == [Send([m.STARTED, "b", 2.0, 42])]
+    assert sim.task_started("b", 2.0) == []                # once
+    # c started and ended in one batch: its end is handled first, and needs no STARTED
+    sim.done("b")
+    sim.done("c")
+    assert sim.task_started("c", 3.0) == []
+    assert sim.task_started("gone", 3.0) == []
+
+
+def test_a_task_freed_with_the_executor_is_stopped_and_resumed_when_given_back():
+    sim = Sim(nthreads=1)
+    sim.run("a")
+    assert sim.free(["a"]) == [Stop("a")]      # skipped if queued, interrupted if running
+    assert sim.run("a") == [Resume("a")]       # given back: the executor runs it after all
+    assert sim.run("a") == []                  # not cancelled: nothing to resume
+    assert sends(sim.done("a"), m.FINISHED)
 
 
 # ---------------------------------------------------------------------- inputs
@@ -157,7 +215,7 @@ def test_local_input_runs_at_once_and_is_kept_after():
     sim.run("x")
     sim.done("x")
     out = sim.run("y", {"x": [ME]})
-    assert out == [("execute", "y")]
+    assert out == [run_of("y")]
     out = sim.done("y")
     assert drops(out) == []                    # the scheduler counts x as held here
     assert sim.state("x") == "memory"
@@ -172,7 +230,7 @@ def test_remote_inputs_fetched_in_one_transfer_per_peer():
     out = sim.fetch_done(P, {"a": 10, "b": 20}, [])
     assert out == [] and sim.state("y") == "waiting"
     out = sim.fetch_done(Q, {"c": 30}, [])
-    assert out == [("execute", "y")]
+    assert out == [run_of("y")]
     assert sim.w.nbytes == 60
     # fetched copies are not the scheduler's: dropped once used
     out = sim.done("y", nbytes=1)
@@ -221,7 +279,7 @@ def test_input_put_here_directly_readies_dependents():
     sim = Sim()
     sim.run("y", {"s": [P]})
     out = sim.data_added({"s": 100})
-    assert out == [("execute", "y")]
+    assert out == [run_of("y")]
     out = sim.fetch_done(P, {"s": 100}, [])    # the transfer arrives too: counted once
     assert sim.w.nbytes == 100 and out == []
     out = sim.done("y")
@@ -285,7 +343,7 @@ def test_worker_asks_to_terminate_over_the_terminate_threshold():
     sim = Sim(memory_limit=100 * MB, pause_at=None, terminate_at=0.9)
     assert sim.memory_used(85 * MB) == []            # no pause threshold
     out = sim.memory_used(95 * MB)
-    assert out[0][0] == "terminate" and "95% of the worker's limit of 100 MiB" in out[0][1]
+    assert type(out[0]) is Terminate and "95% of the worker's limit of 100 MiB" in out[0].reason
 
 
 def spill_sim(limit=100 * MB, spill_at=0.5):
@@ -293,7 +351,7 @@ def spill_sim(limit=100 * MB, spill_at=0.5):
 
 
 def spills(out):
-    return [k for i in out if i[0] == "spill" for k in i[1]]
+    return [k for i in out if type(i) is Spill for k in i.nbytes]
 
 
 def test_results_over_the_spill_limit_go_to_disk_least_recently_used_first():
@@ -347,7 +405,7 @@ def test_a_spilled_result_read_back_by_a_task_stays_in_memory_unless_large():
         sim.done(key, nbytes=size * MB)
     assert sim.w.tasks["a"].spilled                    # 60 MiB: a went to disk
     out = sim.unspilled("a")
-    assert out[0] == ("unspill", "a") and spills(out) == ["b"]   # a is back, b goes
+    assert out[0] == Unspill("a") and spills(out) == ["b"]   # a is back, b goes
     assert not sim.w.tasks["a"].spilled and sim.w.spilled == 20 * MB
     assert sim.unspilled("a") == []                    # not spilled: nothing to do
     sim.run("big")
@@ -371,7 +429,7 @@ def test_no_limit_no_memory_decisions():
 def test_free_of_executing_task_drops_its_result_when_it_finishes():
     sim = Sim()
     sim.run("x")
-    assert sim.free(["x"]) == [("stop", "x")]     # the running call is interrupted
+    assert sim.free(["x"]) == [Stop("x")]         # the running call is interrupted
     out = sim.done("x")
     assert sends(out) == [] and drops(out) == ["x"]
     assert sim.state("x") == "forgotten" and sim.w.nbytes == 0
@@ -387,7 +445,7 @@ def test_free_of_ready_task_and_of_held_data():
     out = sim.done("a")
     assert executes(out) == []                 # b does not run
     out = sim.free(["a"])
-    assert out == [("drop", ["a"])] and sim.w.nbytes == 0
+    assert out == [Drop(["a"])] and sim.w.nbytes == 0
 
 
 def test_free_of_input_still_needed_here_waits_for_its_use():
@@ -448,7 +506,7 @@ def test_unusable_input_fails_its_dependents():
     sim = Sim()
     sim.run("y", {"a": [P], "b": [P]})
     out = sim.fetch_errored("a", ("EXC", "cannot unpickle"))
-    assert out == [("send", [m.FAILED, "y", "EXC", "cannot unpickle", 0.0, 0.0, None, 0])]
+    assert out == [Send([m.FAILED, "y", "EXC", "cannot unpickle", 0.0, 0.0, None, 0])]
     out = sim.fetch_done(P, {"b": 4}, [])
     assert drops(out) == ["b"] and sim.w.tasks == {}
     assert sim.fetch_errored("zzz", ("EXC", "x")) == []
@@ -477,7 +535,8 @@ def test_recomputed_after_being_freed_while_running():
     sim = Sim()
     sim.run("x")
     sim.free(["x"])                            # the scheduler moved it ...
-    assert sim.run("x") == []                  # ... and gave it back while still running
+    assert sim.run("x") == [Resume("x")]       # ... and gave it back while still running:
+    #                                            nothing to start, the running call delivers
     out = sim.done("x", nbytes=3)
     assert sends(out) == [[m.FINISHED, "x", 3, 10.0, 10.5, False, None, "int", 0]]
     assert sim.state("x") == "memory"
@@ -512,7 +571,7 @@ def test_transfer_for_a_key_forgotten_meanwhile_is_dropped():
     sim.free(["a"])
     assert sim.w.tasks == {}
     out = sim.fetch_done(P, {"a": 8}, [])      # the shell stored it: it must go
-    assert out == [("drop", ["a"])] and sim.w.nbytes == 0
+    assert out == [Drop(["a"])] and sim.w.nbytes == 0
 
 
 @pytest.mark.parametrize("outcome", ["failed", "missing", "done"])
@@ -521,7 +580,7 @@ def test_transfer_outcome_leaves_a_key_now_computed_here_alone(outcome):
     sim.run("y", {"a": [P]})
     sim.free(["y"])
     out = sim.run("a")                         # the scheduler has it recomputed here
-    assert out == [("execute", "a")]
+    assert out == [run_of("a")]
     if outcome == "failed":
         out = sim.fetch_failed(P, ["a"])
     else:

@@ -4,24 +4,18 @@ to the scheduler, the outbox that batches messages, and the records of keys it h
 from __future__ import annotations
 
 import asyncio
-import itertools
 import logging
 import uuid
 from collections import deque
 
 from ..comm import Comm, connect
-from ..loop_thread import LoopThread
-from ..comm.pool import DataPool
+from ..comm.pool import DataPool, Replies
 from ..errors import ClusterError, CommError
 from ..protocol import messages as m
-from .future import _NO_VALUE, CANCELLED, ERROR, FINISHED, LOST, PENDING, _KeyRecord
 from .output import OutputMarker
+from .records import CANCELLED, ERROR, FINISHED, LOST, NO_VALUE, PENDING, KeyRecord
 
 logger = logging.getLogger("nbcluster.client")
-
-
-class IOThread(LoopThread):
-    """The client's I/O thread: an asyncio loop for synchronous callers."""
 
 
 class ClientConnection:
@@ -37,11 +31,10 @@ class ClientConnection:
         self.id = f"client-{uuid.uuid4().hex[:12]}"
         self.comm: Comm | None = None
         self.pool = DataPool(token, {"client": self.id}, timeout, security)
-        self.records: dict[str, _KeyRecord] = {}
+        self.records: dict[str, KeyRecord] = {}
         self.outbox: deque = deque()
         self._flush_scheduled = False
-        self._replies: dict[int, asyncio.Future] = {}
-        self._request_ids = itertools.count(1)
+        self._replies = Replies()
         self.closed = False
         self.lost_reason = ""
         # A scheduler that stops answering (frozen, or the network between us gone) is given
@@ -57,8 +50,7 @@ class ClientConnection:
 
     async def connect(self) -> None:
         self.comm = await connect(self.address, self.token, self.timeout, self.security)
-        hello = self.loop.create_future()
-        self._replies[0] = hello
+        _, hello = self._replies.expect(request_id=0)   # the scheduler's REPLY to HELLO
         self.comm.start(self._on_batch, self._on_close)
         self.comm.send([m.HELLO, "client", {"id": self.id}])
         try:
@@ -136,11 +128,9 @@ class ClientConnection:
 
     async def request(self, name: str, **args):
         self.check_open()
-        rid = next(self._request_ids)
-        fut = self.loop.create_future()
-        self._replies[rid] = fut
+        rid, reply = self._replies.expect()
         self.post([m.REQUEST, rid, name, args])
-        ok, result = await fut
+        _, _, ok, result = await reply
         if not ok:
             raise ClusterError(f"the scheduler could not do {name!r}: {result}")
         return result
@@ -158,6 +148,7 @@ class ClientConnection:
                 if rec is not None:
                     if msg[2]:
                         rec.value = msg[3]
+                    rec.holders = msg[5]
                     rec.nbytes = msg[4]
                     if rec.status != FINISHED:
                         if task_listeners:
@@ -175,14 +166,13 @@ class ClientConnection:
                 rec = records.get(msg[1])
                 if rec is not None and rec.status != CANCELLED:
                     rec.cancel_reason = msg[2]
-                    rec.value, rec.exc, rec.traceback = _NO_VALUE, None, None
+                    rec.value, rec.exc, rec.traceback = NO_VALUE, None, None
+                    rec.holders = ()
                     if task_listeners:
                         self.emit("task", msg[1], CANCELLED)
                     rec.finish(CANCELLED)
             elif op == m.REPLY:
-                fut = self._replies.pop(msg[1], None)
-                if fut is not None and not fut.done():
-                    fut.set_result((msg[2], msg[3]))
+                self._replies.resolve(msg[1], msg)
                 continue
             elif op == m.OUTPUT:
                 self._on_output(msg[1], msg[2], msg[3])
@@ -218,10 +208,7 @@ class ClientConnection:
             logger.warning("%s", self.lost_reason)
         if self._watch is not None:
             self._watch.cancel()
-        for fut in self._replies.values():
-            if not fut.done():
-                fut.set_exception(ClusterError(self.lost_reason))
-        self._replies.clear()
+        self._replies.fail(lambda: ClusterError(self.lost_reason))
         for rec in list(self.records.values()):
             if rec.status == PENDING:
                 rec.cancel_reason = self.lost_reason
@@ -242,4 +229,4 @@ class ClientConnection:
         self.pool.close()
 
 
-__all__ = ["IOThread", "ClientConnection", "PENDING", "FINISHED", "ERROR", "CANCELLED", "LOST"]
+__all__ = ["ClientConnection", "PENDING", "FINISHED", "ERROR", "CANCELLED", "LOST"]

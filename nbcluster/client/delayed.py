@@ -13,13 +13,15 @@ _ids = itertools.count(1)
 class Delayed:
     """A call not made yet. Delayed values in its arguments are its inputs."""
 
-    __slots__ = ("fn", "args", "kwargs", "key", "__weakref__")
+    __slots__ = ("fn", "args", "kwargs", "key", "pure", "__weakref__")
 
-    def __init__(self, fn: Callable, args: tuple, kwargs: dict, key: str | None = None) -> None:
+    def __init__(self, fn: Callable, args: tuple, kwargs: dict, key: str | None = None,
+                 pure: bool = False) -> None:
         self.fn = fn
         self.args = args
         self.kwargs = kwargs
         self.key = key
+        self.pure = pure
 
     def compute(self, client=None) -> Any:
         """Run the graph on ``client`` (default: the current client; none: in this process)."""
@@ -33,10 +35,10 @@ class Delayed:
         return compute_with(client, self).result()
 
     def __call__(self, *args, **kwargs) -> "Delayed":
-        return Delayed(_call, (self, *args), kwargs)
+        return Delayed(_call, (self, *args), kwargs, pure=self.pure)
 
     def __getitem__(self, index) -> "Delayed":
-        return Delayed(_getitem, (self, index), {})
+        return Delayed(_getitem, (self, index), {}, pure=self.pure)
 
     def __repr__(self) -> str:
         return f"Delayed({getattr(self.fn, '__name__', self.fn)!r})"
@@ -51,12 +53,18 @@ def _getitem(obj, index):
 
 
 def delayed(fn: Callable | Any, *, pure: bool = False) -> Callable[..., Delayed]:
-    """Wrap ``fn`` so calling it returns a :class:`Delayed` instead of running."""
+    """Wrap ``fn`` so calling it returns a :class:`Delayed` instead of running.
+
+    ``pure=True``: its calls are submitted with ``submit(pure=True)``, so the same call (same
+    function, same arguments) computed again from this client is the same task, computed
+    once. By default every call is a new task."""
     if not callable(fn):
         raise TypeError(f"delayed() needs a callable, got {fn!r}")
+    if not isinstance(pure, bool):
+        raise TypeError(f"pure must be True or False, got {pure!r}")
 
     def make(*args, **kwargs) -> Delayed:
-        return Delayed(fn, args, kwargs)
+        return Delayed(fn, args, kwargs, pure=pure)
 
     make.__name__ = getattr(fn, "__name__", "delayed")
     make.__doc__ = getattr(fn, "__doc__", None)
@@ -74,15 +82,18 @@ def _map_args(obj, fn):
 
 
 def compute_with(client, collection, **submit_kwargs) -> Future | list:
-    """Submit every call of a Delayed graph; returns the future of the result(s)."""
+    """Submit every call of a Delayed graph; returns the future of the result(s).
+    ``pure=`` here, if given, applies to every call instead of each one's own."""
     memo: dict[int, Future] = {}
+    pure = submit_kwargs.pop("pure", None)
 
     def submit(d: Delayed) -> Future:
         fut = memo.get(id(d))
         if fut is None:
             args = _map_args(d.args, submit)
             kwargs = _map_args(d.kwargs, submit)
-            fut = memo[id(d)] = client.submit(d.fn, *args, **submit_kwargs, **kwargs)
+            fut = memo[id(d)] = client.submit(d.fn, *args, **submit_kwargs, **kwargs,
+                                              pure=d.pure if pure is None else pure)
         return fut
 
     if isinstance(collection, Delayed):

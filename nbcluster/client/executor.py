@@ -21,6 +21,7 @@ relies on:
 
 from __future__ import annotations
 
+import asyncio
 import concurrent.futures
 import threading
 import time
@@ -29,6 +30,7 @@ from concurrent.futures._base import (CANCELLED, CANCELLED_AND_NOTIFIED, FINISHE
 from typing import Any, Callable, Iterable
 
 from . import future as nbf
+from . import records
 from .options import build_options, check_option_names
 
 
@@ -78,28 +80,28 @@ class TaskFuture(concurrent.futures.Future):
         rec = fut._record
         if rec is None or self._state != PENDING:
             return
-        if rec.status == nbf.CANCELLED:
+        if rec.status == records.CANCELLED:
             if self._mark_cancelled() is not None:
                 self._invoke_callbacks()
-        elif rec.status != nbf.FINISHED:
+        elif rec.status != records.FINISHED:
             self._settle(exc=rec.error())
-        elif rec.value is not nbf._NO_VALUE:
+        elif rec.value is not records.NO_VALUE:
             try:
-                value = fut.client._value_of(fut)
+                value = rec.loaded()
             except BaseException as e:  # noqa: BLE001 - the future's outcome
                 self._settle(exc=e)
             else:
                 self._settle(value)
-        else:   # on the I/O thread: fetch without blocking it
+        else:   # still on a worker: fetched on the client's loop, which this must not block
             async def fetch():
                 try:
-                    value = (await fut.client._fetch_values_async([fut]))[0]
+                    value = await fut
                 except BaseException as e:  # noqa: BLE001
                     self._settle(exc=e)
                 else:
                     self._settle(value)
 
-            fut.client._spawn(fetch())
+            asyncio.run_coroutine_threadsafe(fetch(), fut.client.loop)
 
 
 class ClientExecutor(concurrent.futures.Executor):

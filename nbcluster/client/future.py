@@ -1,17 +1,20 @@
-"""Future: a handle on a task's result held on the cluster."""
+"""Future: a handle on a task's result held on the cluster.
+
+What a Future asks of its client is public and small: ``hold_key(key)`` and
+``release_key(record)`` (the handles on a key, counted), ``gather(future)`` and
+``gather_async(future)`` (a value that did not travel with its completion, fetched from a
+worker holding it), ``loop`` and ``asynchronous`` (where that fetch runs), and the user's own
+``cancel``, ``retry`` and ``attempts``. Waiting is the record's business (see records.py).
+"""
 
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
-import threading
 from typing import Any, Callable
 
-from ..errors import CancelledError, FutureLostError
-from ..protocol.serialize import Serialized, TaskRef, loads
-
-PENDING, FINISHED, ERROR, CANCELLED, LOST = "pending", "finished", "error", "cancelled", "lost"
-_NO_VALUE = object()
+from ..errors import ClusterError
+from ..protocol.serialize import TaskRef
+from .records import CANCELLED, FINISHED, NO_VALUE, PENDING, KeyRecord, block_on, ended
 
 
 class Future(TaskRef):
@@ -19,11 +22,10 @@ class Future(TaskRef):
 
     __slots__ = ("key", "client", "_record", "__weakref__")
 
-    def __init__(self, key: str, client, _record: "_KeyRecord | None" = None) -> None:
+    def __init__(self, key: str, client) -> None:
         self.key = key
         self.client = client
-        self._record = _record if _record is not None else client._record_for(key)
-        self._record.refs += 1
+        self._record: KeyRecord = client.hold_key(key)
 
     # ------------------------------------------------------------------ state
     @property
@@ -40,9 +42,13 @@ class Future(TaskRef):
         """Wait for the task; return its value or raise its exception (original type)."""
         rec = self._record
         if rec.status == PENDING:
-            self.client._wait_records([rec], timeout, self.key)
+            self._block(timeout)
         if rec.status == FINISHED:
-            return self.client._value_of(self)
+            value = rec.loaded()
+            if value is NO_VALUE:        # on a worker: fetched from one holding it
+                self._no_async_client()
+                value = self.client.gather(self)
+            return value
         exc = rec.error()
         del self, rec   # the traceback keeps this frame: hold no future in it
         raise exc
@@ -50,8 +56,17 @@ class Future(TaskRef):
     def exception(self, timeout: float | None = None) -> BaseException | None:
         rec = self._record
         if rec.status == PENDING:
-            self.client._wait_records([rec], timeout, self.key)
+            self._block(timeout)
         return None if rec.status == FINISHED else rec.error()
+
+    def _block(self, timeout) -> None:
+        self._no_async_client()
+        block_on([self._record], timeout, self.key)
+
+    def _no_async_client(self) -> None:
+        if self.client.asynchronous:
+            raise ClusterError("use `await future` (or await client.gather) with an "
+                               "asynchronous client")
 
     def traceback(self, timeout: float | None = None):
         exc = self.exception(timeout)
@@ -66,9 +81,10 @@ class Future(TaskRef):
 
     def release(self) -> None:
         """Drop this handle now rather than at garbage collection."""
-        rec, self._record = self._record, None
+        rec = self._record
+        self._record = None  # type: ignore[assignment]   # released: no longer usable
         if rec is not None:
-            self.client._release_ref(rec)
+            self.client.release_key(rec)
 
     @property
     def attempts(self) -> list[dict]:
@@ -80,33 +96,29 @@ class Future(TaskRef):
         self._record.add_callback(lambda _rec: fn(self))
 
     def __await__(self):
+        """On any loop; the value, if it did not travel with the completion, is fetched on the
+        client's loop without blocking this one."""
         rec = self._record
         if rec.status == PENDING:
-            loop = asyncio.get_running_loop()
-            waiter = loop.create_future()
-
-            def wake(_rec):
-                if loop.is_closed():
-                    return
-                if self.client._loop is loop:
-                    if not waiter.done():
-                        waiter.set_result(None)
-                else:
-                    loop.call_soon_threadsafe(lambda: waiter.done() or waiter.set_result(None))
-
-            rec.add_callback(wake)
-            yield from waiter.__await__()
-        if rec.status == FINISHED:
-            if self.client.asynchronous and rec.value is _NO_VALUE:
-                return (yield from self.client._fetch_values_async([self]).__await__())[0]
-            return self.client._value_of(self)
-        raise rec.error()
+            yield from ended([rec]).__await__()
+        if rec.status != FINISHED:
+            raise rec.error()
+        value = rec.loaded()
+        if value is NO_VALUE:
+            client = self.client
+            fetch = client.gather_async(self)
+            if asyncio.get_running_loop() is client.loop:
+                value = yield from fetch.__await__()
+            else:
+                value = yield from asyncio.wrap_future(
+                    asyncio.run_coroutine_threadsafe(fetch, client.loop)).__await__()
+        return value
 
     def __del__(self) -> None:
         rec = getattr(self, "_record", None)
         if rec is not None:
             try:
-                self.client._release_ref(rec)
+                self.client.release_key(rec)
             except Exception:  # interpreter shutdown
                 pass
 
@@ -123,104 +135,3 @@ class Future(TaskRef):
             self.status, "#e90")
         return (f"<b>Future: {self.key}</b> <span style='color:{colour}'>status: "
                 f"{self.status}</span>" + (f", type: {self._record.typ}" if self._record.typ else ""))
-
-
-class _KeyRecord:
-    """What the client knows of one key, shared by every Future of that key."""
-
-    __slots__ = ("key", "status", "value", "exc", "traceback", "refs", "callbacks", "nbytes",
-                 "typ", "cancel_reason", "__weakref__")
-
-    def __init__(self, key: str) -> None:
-        self.key = key
-        self.status = PENDING
-        self.value: Any = _NO_VALUE     # Serialized or plain value as it arrived
-        self.exc = None
-        self.traceback = None
-        self.refs = 0
-        self.callbacks: list | None = None
-        self.nbytes = 0
-        self.typ = ""
-        self.cancel_reason = ""
-
-    def add_callback(self, fn: Callable[["_KeyRecord"], None]) -> None:
-        with _lock:
-            if self.status == PENDING:
-                if self.callbacks is None:
-                    self.callbacks = []
-                self.callbacks.append(fn)
-                return
-        fn(self)
-
-    def finish(self, status: str) -> None:
-        """Called on the I/O thread once the outcome fields are set."""
-        with _lock:
-            self.status = status
-            callbacks, self.callbacks = self.callbacks, None
-        if callbacks:
-            for cb in callbacks:
-                try:
-                    cb(self)
-                except Exception:  # a user's callback must not break the client
-                    import logging
-
-                    logging.getLogger("nbcluster.client").exception("error in a done callback")
-
-    def reset(self) -> None:
-        with _lock:
-            self.status = PENDING
-            self.value = _NO_VALUE
-            self.exc = self.traceback = None
-
-    def error(self) -> BaseException:
-        if self.status == CANCELLED:
-            return CancelledError(f"{self.key} was cancelled" +
-                                  (f": {self.cancel_reason}" if self.cancel_reason else ""))
-        if self.status == LOST:
-            return FutureLostError(f"{self.key}: {self.cancel_reason}")
-        exc = self.exc
-        if type(exc) is Serialized:
-            exc = self.exc = _load_exception(exc, self.traceback)
-        return exc
-
-
-def _load_exception(ser: Serialized, text: str | None) -> BaseException:
-    try:
-        exc = loads(ser)
-    except Exception as e:
-        from ..errors import RemoteError
-
-        exc = RemoteError(f"a remote error that cannot be unpickled here: {e}")
-    if not isinstance(exc, BaseException):
-        from ..errors import RemoteError
-
-        exc = RemoteError(repr(exc))
-    if text and hasattr(exc, "add_note"):
-        exc.add_note("\nRemote traceback (on the worker):\n" + text.rstrip())
-    return exc
-
-
-_lock = threading.Lock()
-
-
-def as_cf_future(fut: Future) -> concurrent.futures.Future:
-    """A standard library Future that follows ``fut``."""
-    cf: concurrent.futures.Future = concurrent.futures.Future()
-    cf.set_running_or_notify_cancel()
-
-    def done(f: Future) -> None:
-        rec = f._record
-        if rec is None:
-            return
-        if rec.status == FINISHED:
-            try:
-                cf.set_result(f.result())
-            except BaseException as e:  # noqa: BLE001
-                cf.set_exception(e)
-        elif rec.status == CANCELLED:
-            cf.set_exception(rec.error())
-        else:
-            cf.set_exception(rec.error())
-
-    fut.add_done_callback(done)
-    return cf

@@ -13,12 +13,14 @@ from ..protocol.serialize import Serialized, all_plain, dumps_function, loads
 from .structure import collect_futures
 
 if TYPE_CHECKING:
+    from .cluster_protocol import ClusterLike
     from .future import Future
 
 
 class ClusterRequests:
     _conn: Any
-    cluster: Any
+    _records: dict
+    cluster: ClusterLike | None
     scheduler_address: str
 
     def _sync(self, coro, timeout: float | None = None):   # defined by Client
@@ -86,9 +88,8 @@ class ClusterRequests:
         deadline = loop.time() + timeout
         before = len((await self._conn.request("info"))["workers"])
         await self._conn.request("restart")
-        restart_workers = getattr(self.cluster, "restart_workers", None)
-        if restart_workers is not None:    # blocking: off the client's I/O loop
-            await loop.run_in_executor(None, restart_workers, timeout)
+        if self.cluster is not None:      # blocking: off the client's I/O loop
+            await loop.run_in_executor(None, self.cluster.restart_workers, timeout)
         while len((await self._conn.request("info"))["workers"]) < before:
             if loop.time() > deadline:     # they join over the network: ask again shortly
                 raise TimeoutError(f"restart: {before} workers did not come back within "

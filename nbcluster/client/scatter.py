@@ -9,7 +9,8 @@ from typing import Any
 from ..errors import ClusterError
 from ..protocol import messages as m
 from ..protocol.serialize import Serialized, dump_value
-from .future import _NO_VALUE, Future
+from .future import Future
+from .records import NO_VALUE, ended
 
 # Collections scattered item by item (anything else, a numpy array included, is one value).
 _SPREAD = (list, tuple, set, frozenset, range)
@@ -55,7 +56,7 @@ async def scatter(client, data: Any, workers: str | list[str] | None, broadcast:
     placed = list(plan.items())
     results = await asyncio.gather(*(conn.pool.put_data(w, vals) for w, vals in placed),
                                    return_exceptions=True)
-    futures = {key: Future(key, client, client._record_for(key)) for key, _ in items}
+    futures = {key: Future(key, client) for key, _ in items}
     for (w, vals), res in zip(placed, results):
         if not isinstance(res, BaseException):   # what did land is announced (then released)
             nbytes = {k: (v.nbytes if type(v) is Serialized else 64) for k, v in vals.items()}
@@ -64,8 +65,8 @@ async def scatter(client, data: Any, workers: str | list[str] | None, broadcast:
     if failed:
         raise failed[0]
     for key in holders:                  # replaced: fetch the new value when asked
-        futures[key]._record.value = _NO_VALUE
-    await client._wait_records_async([f._record for f in futures.values()])
+        futures[key]._record.value = NO_VALUE
+    await ended([f._record for f in futures.values()])
     if isinstance(data, dict):
         return futures
     if isinstance(data, _SPREAD):

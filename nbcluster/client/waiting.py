@@ -5,13 +5,12 @@ from __future__ import annotations
 import queue
 import threading
 from collections import namedtuple
-from typing import Iterable, Iterator
-
-from typing import Any
+from typing import Any, Iterable, Iterator
 
 from ..durations import optional_timeout
-from .blocking import get_from, wait_event
-from .future import PENDING, Future
+from .blocking import get_from
+from .future import Future
+from .records import FINISHED, PENDING, wait_until
 from .structure import collect_futures
 
 DoneAndNotDone = namedtuple("DoneAndNotDone", ["done", "not_done"])
@@ -37,34 +36,23 @@ def wait(fs: Future | Iterable[Future], timeout: Any = None,
         hook = type(futures[0].client)._progress_hook
         if hook is not None:
             hook(futures)
-    event = threading.Event()
-    lock = threading.Lock()
-    pending = [f for f in futures if f._record.status == PENDING]
-    remaining = [len(pending)]
+    records = [f._record for f in futures]
+    pending = [r for r in records if r.status == PENDING]
+    if return_when == FIRST_COMPLETED:
+        enough = len(pending) < len(records)
+        count, stop = 1, None
+    elif return_when == FIRST_EXCEPTION:
+        enough = any(r.status not in (PENDING, FINISHED) for r in records)
+        count, stop = None, (lambda r: r.status != FINISHED)
+    else:
+        enough, count, stop = False, None, None
+    if pending and not enough and not wait_until(pending, timeout, count, stop):
+        if return_when != ALL_COMPLETED:
+            raise TimeoutError("no future finished in time")
+        from concurrent.futures import TimeoutError as CFTimeout
 
-    def done_early() -> bool:
-        if return_when == FIRST_COMPLETED:
-            return len(pending) < len(futures)
-        if return_when == FIRST_EXCEPTION:
-            return any(f.status not in ("pending", "finished") for f in futures)
-        return False
-
-    def on_done(rec) -> None:
-        with lock:
-            remaining[0] -= 1
-            if (remaining[0] == 0 or return_when == FIRST_COMPLETED
-                    or (return_when == FIRST_EXCEPTION and rec.status != "finished")):
-                event.set()
-
-    if pending and not done_early():
-        for f in pending:
-            f._record.add_callback(on_done)
-        if not wait_event(event, timeout):
-            from concurrent.futures import TimeoutError as CFTimeout
-
-            raise CFTimeout(f"{remaining[0]} of {len(futures)} futures did not finish "
-                            f"within {timeout:g} s") if return_when == ALL_COMPLETED else \
-                TimeoutError("no future finished in time")
+        left = sum(1 for r in pending if r.status == PENDING)
+        raise CFTimeout(f"{left} of {len(futures)} futures did not finish within {timeout:g} s")
     done = {f for f in futures if f.done()}
     return DoneAndNotDone(done, {f for f in futures if f not in done})
 

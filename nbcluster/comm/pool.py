@@ -1,17 +1,49 @@
 """Request/reply over pooled connections to workers: fetch and put data directly.
 
 Workers use it to fetch inputs from peers; clients use it to gather results and scatter data.
-One connection per address, requests multiplexed by id.
+One connection per address, requests multiplexed by id (:class:`Replies`, which the client's
+connection to the scheduler uses too).
 """
 
 from __future__ import annotations
 
 import asyncio
 import itertools
+from typing import Any, Callable
 
 from ..errors import CommError
 from ..protocol import messages as m
 from .core import Comm, connect
+
+_ALL = object()
+
+
+class Replies:
+    """Requests waiting for their reply, by request id: ``expect`` one (an id and a future on
+    the running loop), ``resolve`` it with the reply message when it comes, ``fail`` what is
+    still waiting when its connection goes (all, or those expected with ``tag``)."""
+
+    def __init__(self) -> None:
+        self._ids = itertools.count(1)
+        self._waiting: dict[Any, tuple[Any, asyncio.Future]] = {}
+
+    def expect(self, tag: Any = None, request_id: Any = None) -> tuple[Any, asyncio.Future]:
+        rid = next(self._ids) if request_id is None else request_id
+        fut = asyncio.get_running_loop().create_future()
+        self._waiting[rid] = (tag, fut)
+        return rid, fut
+
+    def resolve(self, request_id: Any, reply: list) -> None:
+        entry = self._waiting.pop(request_id, None)
+        if entry is not None and not entry[1].done():
+            entry[1].set_result(reply)
+
+    def fail(self, error: Callable[[], BaseException], tag: Any = _ALL) -> None:
+        for rid, (t, fut) in list(self._waiting.items()):
+            if tag is _ALL or t == tag:
+                del self._waiting[rid]
+                if not fut.done():
+                    fut.set_exception(error())
 
 
 class DataPool:
@@ -23,8 +55,7 @@ class DataPool:
         self.timeout = timeout
         self.comms: dict[str, Comm] = {}
         self._connecting: dict[str, asyncio.Future] = {}
-        self._waiting: dict[int, tuple[str, asyncio.Future]] = {}
-        self._ids = itertools.count(1)
+        self._replies = Replies()
 
     async def _comm(self, address: str) -> Comm:
         comm = self.comms.get(address)
@@ -52,25 +83,17 @@ class DataPool:
     def _on_batch(self, batch: list) -> None:
         for msg in batch:
             if m.check(msg) in (m.DATA, m.REPLY):
-                entry = self._waiting.pop(msg[1], None)
-                if entry is not None and not entry[1].done():
-                    entry[1].set_result(msg)
+                self._replies.resolve(msg[1], msg)
 
     def _on_close(self, address: str, reason: str) -> None:
         self.comms.pop(address, None)
-        for rid, (addr, fut) in list(self._waiting.items()):
-            if addr == address:
-                del self._waiting[rid]
-                if not fut.done():
-                    fut.set_exception(CommError(f"connection to {address} lost: {reason}"))
+        self._replies.fail(lambda: CommError(f"connection to {address} lost: {reason}"), address)
 
     async def _request(self, address: str, op: str, payload) -> list:
         comm = await self._comm(address)
-        rid = next(self._ids)
-        fut = asyncio.get_running_loop().create_future()
-        self._waiting[rid] = (address, fut)
+        rid, reply = self._replies.expect(address)
         comm.send([op, rid, payload])
-        return await fut
+        return await reply
 
     async def get_data(self, address: str, keys: list) -> tuple[dict, list, dict]:
         """Returns (values, missing keys, {key: error text}) from the worker at ``address``."""

@@ -39,6 +39,7 @@ class TCPComm(Comm):
         self._protocol = protocol
         self._outq: deque = deque()
         self.paused = False
+        self._close_when_written = False   # close() with large frames still queued
 
     def _write_frames(self, frames: list) -> None:
         transport = self._protocol.transport
@@ -73,12 +74,22 @@ class TCPComm(Comm):
                 outq.popleft()
                 if piece:
                     transport.write(piece)
+        if not outq and self._close_when_written and transport is not None:
+            transport.close()
+
+    def close(self) -> None:
+        """Flush what is queued, then close: frames still waiting for the socket go first."""
+        if not self.closed:
+            self._close_when_written = True
+            super().close()
 
     def _abort(self) -> None:
         transport = self._protocol.transport
+        self._pending = []
         if transport is not None:
-            if self._pending:
-                self._pending = []
+            if self._close_when_written and self._outq and not transport.is_closing():
+                return                     # pump closes the transport once they are written
+            self._outq.clear()
             transport.close()
 
 

@@ -40,8 +40,8 @@ def _fetcher(client: Any):
         return lambda since, tsince: client_snapshot(client, since, tsince)
 
     def fetch(since: int, tsince: int) -> dict:   # an asyncio client: its loop is elsewhere
-        coro = client._conn.request("snapshot", since=since, transfers_since=tsince)
-        return asyncio.run_coroutine_threadsafe(coro, client._loop).result(10)
+        coro = client.snapshot(since=since, transfers_since=tsince)   # a coroutine here
+        return asyncio.run_coroutine_threadsafe(coro, client.loop).result(10)
     return fetch
 
 

@@ -1,7 +1,7 @@
 """Adaptive scaling: a cluster grows while work waits and shrinks when workers sit idle.
 
-``cluster.adapt(minimum, maximum)`` starts an :class:`Adaptive` that asks the scheduler how
-much work there is once per ``interval`` and scales the cluster. The decision is the pure
+``cluster.adapt(minimum, maximum)`` (``Cluster.adapt``) starts an :class:`Adaptive` that asks
+the scheduler how much work there is once per ``interval`` and scales the cluster. The decision is the pure
 function :func:`decide` (counts in, a target and the workers to retire out); the loop around it
 only reads ``scheduler_info`` and calls the cluster's ``add_worker``/``retire_worker``.
 
@@ -16,6 +16,10 @@ from __future__ import annotations
 import logging
 import math
 import threading
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from .cluster import Cluster
 
 logger = logging.getLogger("nbcluster.deploy")
 
@@ -55,24 +59,10 @@ def decide(tasks: dict, work_seconds: float, workers: dict, threads_per_worker: 
     return wanted, retire
 
 
-def restart_adaptive(cluster, minimum: int, maximum: int | None, interval: float,
-                     wait_count: int) -> "Adaptive":
-    """Stop the cluster's current Adaptive, if any, and start a new one."""
-    stop_adaptive(cluster)
-    cluster._adaptive = Adaptive(cluster, minimum, maximum, interval, wait_count)
-    return cluster._adaptive
-
-
-def stop_adaptive(cluster) -> None:
-    adaptive, cluster._adaptive = getattr(cluster, "_adaptive", None), None
-    if adaptive is not None:
-        adaptive.stop()
-
-
 class Adaptive:
     """Scales ``cluster`` between ``minimum`` and ``maximum`` workers; ``stop()`` ends it."""
 
-    def __init__(self, cluster, minimum: int = 0, maximum: int | None = None,
+    def __init__(self, cluster: "Cluster", minimum: int = 0, maximum: int | None = None,
                  interval: float = 1.0, wait_count: int = 3) -> None:
         if not isinstance(minimum, int) or minimum < 0:
             raise ValueError(f"adapt: minimum must be a non-negative int, got {minimum!r}")
@@ -114,8 +104,8 @@ class Adaptive:
 
     def step(self) -> None:
         load = self._client.load()
-        threads = getattr(self.cluster, "threads_per_worker", 1)
-        wanted, retire = decide(load["tasks"], load["work_seconds"], load["workers"], threads,
+        wanted, retire = decide(load["tasks"], load["work_seconds"], load["workers"],
+                                self.cluster.threads_per_worker,
                                 self.minimum, self.maximum, self._idle, self.wait_count)
         current = len(self.cluster.workers)
         for _ in range(wanted - current):

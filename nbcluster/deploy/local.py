@@ -5,23 +5,19 @@ from __future__ import annotations
 import logging
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
 import threading
 import time
+from typing import Any
 
-from ..comm.auth import new_token
-from ..config import MEMORY_EXIT_CODE, check_fraction, parse_memory_limit
-from .adaptive import restart_adaptive, stop_adaptive
+from ..config import MEMORY_EXIT_CODE, check_fraction
 from ..errors import ClusterError
+from ..loop_thread import LoopThread
+from .cluster import Cluster, WorkerSpec
 
-logger = logging.getLogger("nbcluster.deploy")
-
-START_TIMEOUT = 30.0
-REPLACE_ATTEMPTS = 5
-RESTART_GRACE = 2.0       # seconds a worker has to exit on restart before it is killed
+logger = logging.getLogger("nbcluster.deploy.local")
 
 
 def machine_size() -> int:
@@ -31,30 +27,25 @@ def machine_size() -> int:
 
 
 class _WorkerProcess:
-    """One worker process and the thread that notices when it ends."""
+    """One worker process (``spawn.py``) and the thread that notices when it ends."""
 
-    def __init__(self, cluster: "LocalCluster", name: str, queues: list[str] | None,
-                 send_address: bool = True) -> None:
+    def __init__(self, cluster: "LocalCluster", spec: WorkerSpec, args: list[str]) -> None:
         self.cluster = cluster
-        self.name = name
-        self.queues = queues
+        self.name = spec.name
         self.address = ""
-        self.retired = False
-        self.memory_limit = cluster.memory_limit     # what it started with or was last told
-        self.proc = cluster._spawn("worker", "--nthreads", str(cluster.threads_per_worker),
-                                   "--name", name, *cluster._memory_args(),
-                                   "--spill-dir", os.path.join(cluster.local_directory, name),
-                                   *(["--queues", ",".join(queues)] if queues else []))
-        if send_address:
-            self.send_address()
+        self.retired = False          # asked to go: its exit is no news
+        self.address_sent = False
+        self.proc = cluster._spawn("worker", *args)
 
     def send_address(self) -> None:
-        self.proc.stdin.write(self.cluster.scheduler_address.encode() + b"\n")
-        self.proc.stdin.flush()
+        """The scheduler's address, which the process waits for (it imports meanwhile)."""
+        if not self.address_sent:
+            self.proc.stdin.write(self.cluster.scheduler_address.encode() + b"\n")
+            self.proc.stdin.flush()
+            self.address_sent = True
 
     def tell_memory_limit(self, limit: int | None) -> bool:
         """Ask the process to take a new memory limit (see ``spawn.py``); False if it is gone."""
-        self.memory_limit = limit
         try:
             self.proc.stdin.write(f"MEMORY_LIMIT {limit or 'none'}\n".encode())
             self.proc.stdin.flush()
@@ -62,9 +53,9 @@ class _WorkerProcess:
         except (OSError, ValueError):   # exited (it will be replaced with the new limit)
             return False
 
-    def wait_memory_limit(self, deadline: float) -> None:
+    def wait_memory_limit(self, limit: int | None, deadline: float) -> None:
         """Until the process has applied its limit and told the scheduler (it echoes it)."""
-        line = f"MEMORY_LIMIT {self.memory_limit or 'none'}"
+        line = f"MEMORY_LIMIT {limit or 'none'}"
         if _read_line(self.proc, line, deadline) is None and self.proc.poll() is None:
             logger.warning("worker %s did not confirm its new memory limit", self.name)
 
@@ -75,7 +66,10 @@ class _WorkerProcess:
 
     def _watch(self) -> None:
         code = self.proc.wait()
-        self.cluster._worker_exited(self, code)
+        if not self.retired:
+            why = "went over its memory limit" if code == MEMORY_EXIT_CODE else \
+                f"exited with code {code}"
+            self.cluster._worker_exited(self, f"({self.address}) {why}")
 
     def stop(self) -> None:
         self.retired = True
@@ -105,13 +99,12 @@ def _read_address(proc: subprocess.Popen, what: str, deadline: float,
                 word, rest = line.split(" ", 1)
                 extras[word.lower()] = rest
 
-    t = threading.Thread(target=read, daemon=True)
+    t = threading.Thread(target=read, name="nbcluster-read-address", daemon=True)
     t.start()
     t.join(max(0.0, deadline - time.monotonic()))
     if not result:
         proc.kill()
-        raise ClusterError(f"{what} did not start within {START_TIMEOUT:g} s "
-                           f"(exit code {proc.poll()})")
+        raise ClusterError(f"{what} did not start in time (exit code {proc.poll()})")
     if result[0].startswith("ERROR "):
         raise ClusterError(f"{what} failed to start: {result[0][6:]}")
     return result[0].split(" ", 1)[1]
@@ -137,20 +130,15 @@ async def _call(fn, *args) -> None:
     fn(*args)
 
 
-def _check_queues(queues) -> list[str] | None:
-    if queues is None:
-        return None
-    if isinstance(queues, str):
-        queues = queues.split(",")
-    from ..client.options import check_queue_name
-
-    names = [check_queue_name(q.strip(), "queues") for q in queues]
-    if not names:
-        raise ValueError("queues must name at least one queue")
-    return names
+def _close_pipes(proc: subprocess.Popen) -> None:
+    for stream in (proc.stdout, proc.stdin):
+        try:
+            stream.close()
+        except Exception:
+            pass
 
 
-class LocalCluster:
+class LocalCluster(Cluster):
     """A scheduler and ``n_workers`` workers on this machine.
 
     With ``processes=True`` (the default) each is its own process; LocalCluster replaces a
@@ -176,38 +164,24 @@ class LocalCluster:
             n_workers = max(1, machine_size() // max(1, threads_per_worker))
         if not isinstance(n_workers, int) or n_workers < 0:
             raise ValueError(f"n_workers must be a non-negative int, got {n_workers!r}")
-        if not isinstance(threads_per_worker, int) or threads_per_worker < 1:
-            raise ValueError(f"threads_per_worker must be a positive int, got {threads_per_worker!r}")
-        self.threads_per_worker = threads_per_worker
+        super().__init__(threads_per_worker=threads_per_worker, memory_limit=memory_limit,
+                         queues=queues, token=token, security=security)
         self.processes = processes
-        # "auto": the machine's memory divided among the workers there are, re-divided when
-        # the cluster scales; a limit given explicitly is each worker's, whatever their number
-        self._memory_total = parse_memory_limit("auto") if memory_limit == "auto" else None
-        self.memory_limit = parse_memory_limit(memory_limit, share=n_workers) \
-            if self._memory_total is None else self._memory_total // max(1, n_workers)
-        self._scaling = threading.RLock()     # one change of the number of workers at a time
         # worker processes spill results to disk above memory_spill of their limit, pause
         # above memory_pause and are replaced above memory_terminate; in-process workers
         # share this process's memory: not watched
         self.memory_spill = check_fraction("memory_spill", memory_spill)
         self.memory_pause = check_fraction("memory_pause", memory_pause)
         self.memory_terminate = check_fraction("memory_terminate", memory_terminate)
-        self.queues = _check_queues(queues)
         self._dashboard_port = dashboard_port if dashboard else -1
-        self._dashboard_link: str | None = None
         self._dashboard = None
-        self.token = token or new_token()
-        self.security = security
         self._scheme = "tls" if security is not None and security.tls else "tcp"
-        self.closed = False
-        self._lock = threading.Lock()
-        self._names = iter(range(10**9))
-        self._procs: list[_WorkerProcess] = []
+        self._listen = f"{self._scheme}://{host}:{scheduler_port}"
         self._scheduler_proc: subprocess.Popen | None = None
-        self._thread = None
-        self._inproc_workers: list = []
-        self.restarts = 0
-        self._adaptive = None
+        self._prespawned: dict[str, _WorkerProcess] = {}   # the first workers, by name
+        self._starting: set[_WorkerProcess] = set()
+        self._thread: LoopThread | None = None
+        self.scheduler = None                               # in process: the Scheduler
         # worker processes spill to disk under here; removed when the cluster closes
         self.local_directory = tempfile.mkdtemp(prefix="nbcluster-") if processes else ""
         if host not in ("127.0.0.1", "localhost", "::1"):
@@ -217,14 +191,31 @@ class LocalCluster:
                           "with the cluster's token can run code here"
                           + ("" if self._scheme == "tls" else ", and traffic is not encrypted "
                              "(pass security=Security.temporary() for TLS)"), stacklevel=2)
-        if processes:
-            try:
-                self._start_processes(n_workers, host, scheduler_port)
-            except BaseException:
-                shutil.rmtree(self.local_directory, ignore_errors=True)
-                raise
-        else:
-            self._start_inprocess(n_workers)
+        self._start(n_workers)
+
+    @property
+    def kind(self) -> str:
+        return "processes" if self.processes else "in-process"
+
+    @property
+    def memory_limit(self) -> int | None:
+        """Each worker's memory limit in bytes (None: none); with "auto", this machine's
+        memory divided among the workers there are (or would be one)."""
+        if not self._memory_auto:
+            return self._memory_fixed
+        return max(1, self._host_memory(None, 1) // max(1, len(self._running)))
+
+    @property
+    def _inproc_workers(self) -> list:
+        """In process: the Worker objects."""
+        return [] if self.processes else [e.handle for e in list(self._running)]
+
+    def worker_pids(self) -> dict[str, int]:
+        return {e.address: e.handle.proc.pid for e in list(self._running)} \
+            if self.processes else {}
+
+    def _default_maximum(self) -> int:
+        return machine_size()
 
     # ------------------------------------------------------------------ processes
     def _spawn(self, role: str, *args: str) -> subprocess.Popen:
@@ -239,78 +230,139 @@ class LocalCluster:
             [sys.executable, "-m", "nbcluster.deploy.spawn", role, *args],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env, start_new_session=True)
 
-    def _memory_args(self) -> list[str]:
-        if not self.memory_limit:
-            return []
-        return ["--memory-limit", str(self.memory_limit),
-                "--memory-spill", str(self.memory_spill or "none"),
-                "--memory-pause", str(self.memory_pause or "none"),
-                "--memory-terminate", str(self.memory_terminate or "none")]
+    def _spawn_worker(self, spec: WorkerSpec) -> _WorkerProcess:
+        memory = [] if not spec.memory_limit else [
+            "--memory-limit", str(spec.memory_limit),
+            "--memory-spill", str(self.memory_spill or "none"),
+            "--memory-pause", str(self.memory_pause or "none"),
+            "--memory-terminate", str(self.memory_terminate or "none")]
+        return _WorkerProcess(self, spec, [
+            "--nthreads", str(self.threads_per_worker), "--name", spec.name, *memory,
+            "--spill-dir", os.path.join(self.local_directory, spec.name),
+            *(["--queues", ",".join(spec.queues)] if spec.queues else [])])
 
-    def _start_processes(self, n_workers: int, host: str, port: int) -> None:
-        deadline = time.monotonic() + START_TIMEOUT
-        self._scheduler_proc = self._spawn(
-            "scheduler", "--address", f"{self._scheme}://{host}:{port}",
-            "--dashboard-port", str(self._dashboard_port))
-        # workers import while the scheduler starts; they read its address from stdin
-        pending = [self._new_worker_proc(defer=True) for _ in range(n_workers)]
-        try:
-            notices: dict = {}
-            self.scheduler_address = _read_address(self._scheduler_proc, "the scheduler",
-                                                   deadline, notices)
-            self._dashboard_link = notices.get("dashboard")
-            for wp in pending:
-                wp.send_address()
-            for wp in pending:
-                wp.wait_ready(deadline)
-                self._procs.append(wp)
-        except BaseException:
-            for wp in pending:
-                wp.kill()
-            self._scheduler_proc.kill()
-            raise
-
-    def _new_worker_proc(self, defer: bool = False, queues=None) -> _WorkerProcess:
-        return _WorkerProcess(self, f"worker-{next(self._names)}", queues or self.queues,
-                              send_address=not defer)
-
-    def _worker_exited(self, wp: _WorkerProcess, code: int) -> None:
-        with self._lock:
-            if self.closed or wp.retired:
-                return
-            why = "went over its memory limit" if code == MEMORY_EXIT_CODE else \
-                f"exited with code {code}"
-            logger.warning("worker %s (%s) %s; starting a replacement", wp.name, wp.address, why)
-            if wp in self._procs:
-                self._procs.remove(wp)
-        for attempt in range(REPLACE_ATTEMPTS):
-            # a fresh worker may be handed the task that killed the last one and die too
-            # before it reports ready: try again (the scheduler stops that task after 3)
-            try:
-                new = _WorkerProcess(self, f"worker-{next(self._names)}", wp.queues)
-                new.wait_ready(time.monotonic() + START_TIMEOUT)
-                break
-            except Exception as e:
-                logger.warning("replacement for worker %s failed (%s)", wp.name, e)
-                if self.closed:
-                    return
-        else:
-            logger.error("could not replace worker %s after %d attempts", wp.name,
-                         REPLACE_ATTEMPTS)
+    def _start_scheduler(self, first: list[WorkerSpec]) -> None:
+        if not self.processes:
+            self._start_inprocess_scheduler()
             return
-        with self._lock:
-            if self.closed:
-                new.kill()
-                return
-            self._procs.append(new)
-            self.restarts += 1
-            if new.memory_limit != self.memory_limit:   # the cluster scaled meanwhile
-                new.tell_memory_limit(self.memory_limit)
+        deadline = time.monotonic() + self.timeout
+        self._scheduler_proc = self._spawn("scheduler", "--address", self._listen,
+                                           "--dashboard-port", str(self._dashboard_port))
+        # the first workers import while the scheduler starts; they read its address from stdin
+        for spec in first:
+            self._prespawned[spec.name] = self._spawn_worker(spec)
+        notices: dict = {}
+        self.scheduler_address = _read_address(self._scheduler_proc, "the scheduler",
+                                               deadline, notices)
+        self._dashboard_link = notices.get("dashboard")
+
+    def _start_workers(self, specs: list[WorkerSpec], timeout: float) -> list:
+        results: list[Any] = []
+        if not self.processes:
+            for spec in specs:
+                try:
+                    results.append(self._start_worker(spec, timeout))
+                except Exception as e:
+                    results.append(e)
+            return results
+        deadline = time.monotonic() + timeout
+        procs: list[Any] = []
+        for spec in specs:         # all start at once ...
+            try:
+                wp = self._prespawned.pop(spec.name, None) or self._spawn_worker(spec)
+            except Exception as e:
+                procs.append(e)
+                continue
+            self._starting.add(wp)
+            procs.append(wp)
+            try:
+                wp.send_address()
+            except OSError:
+                pass      # it died: wait_ready says so, with its exit code
+        for wp in procs:           # ... then each is waited for
+            if isinstance(wp, BaseException):
+                results.append(wp)
+                continue
+            try:
+                wp.wait_ready(deadline)
+                results.append(wp)
+            except Exception as e:
+                wp.kill()
+                results.append(e)
+            finally:
+                self._starting.discard(wp)
+        return results
+
+    def _stop_workers(self, handles: list, grace: float) -> None:
+        if not self.processes:
+            for w in handles:
+                self._thread.run(w.close("retired"))
+            return
+        for wp in handles:
+            wp.stop()                      # asked to exit (stdin closes) ...
+        deadline = time.monotonic() + grace
+        for wp in handles:
+            try:
+                wp.proc.wait(max(0.0, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                wp.kill()                  # ... and killed if a task holds it up
+                wp.proc.wait()
+
+    def _stop_worker(self, handle: Any, grace: float) -> None:
+        self._stop_workers([handle], grace)
+
+    def _set_memory_limits(self, changes: list[tuple[Any, int]]) -> list:
+        if not self.processes:
+            for w, limit in changes:
+                self._thread.run(_call(w.set_memory_limit, limit))
+            return [w for w, _ in changes]
+        told = [(wp, limit) for wp, limit in changes if wp.tell_memory_limit(limit)]
+        deadline = time.monotonic() + self.timeout
+        for wp, limit in told:
+            wp.wait_memory_limit(limit, deadline)
+        return [wp for wp, _ in told]
+
+    def _abort_starts(self) -> None:
+        starting = list(self._prespawned.values()) + list(self._starting)
+        self._prespawned.clear()
+        for wp in starting:
+            wp.kill()
+        for wp in starting:
+            try:
+                wp.proc.wait(5)
+            except subprocess.TimeoutExpired:
+                pass
+
+    def _stop_scheduler(self) -> None:
+        proc = self._scheduler_proc
+        if proc is None:
+            return
+        try:
+            proc.stdin.close()             # it exits when its stdin closes
+        except OSError:
+            pass
+        try:
+            proc.wait(self.close_timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        _close_pipes(proc)
+
+    def _shutdown(self, handles: list) -> None:
+        if not self.processes:
+            self._close_inprocess(handles)
+            return
+        try:
+            super()._shutdown(handles)     # workers first: none of them sees the scheduler go
+        finally:
+            for wp in handles:
+                _close_pipes(wp.proc)
+            # spilled results of workers that could not clean up (killed, over memory)
+            shutil.rmtree(self.local_directory, ignore_errors=True)
 
     # ------------------------------------------------------------------ in process
-    def _start_inprocess(self, n_workers: int) -> None:
+    def _start_inprocess_scheduler(self) -> None:
         from ..server.scheduler import Scheduler
-        from .threaded import LoopThread
 
         self._thread = LoopThread("nbcluster-local")
         self.scheduler = self._thread.run(Scheduler(f"inproc://scheduler-{id(self)}",
@@ -325,233 +377,27 @@ class LocalCluster:
                 self._dashboard_link = self.scheduler.dashboard_link = self._dashboard.link
             except ImportError:
                 logger.info("no dashboard: bokeh is not installed")
-        for _ in range(n_workers):
-            self._add_inprocess_worker()
 
-    def _add_inprocess_worker(self, queues=None):
+    def _start_worker(self, spec: WorkerSpec, timeout: float) -> Any:
+        """In process (worker processes start in ``_start_workers``)."""
         from ..server.worker import Worker
 
-        w = Worker(self.scheduler_address, nthreads=self.threads_per_worker,
-                   name=f"worker-{next(self._names)}", token=self.token,
-                   listen_address="inproc://", memory_limit=self.memory_limit,
-                   queues=queues or self.queues, memory_pause=None, memory_terminate=None,
-                   memory_spill=None)
-        self._thread.run(w.start())
-        self._inproc_workers.append(w)
+        w = Worker(self.scheduler_address, nthreads=self.threads_per_worker, name=spec.name,
+                   token=self.token, listen_address="inproc://",
+                   memory_limit=spec.memory_limit, queues=spec.queues, memory_pause=None,
+                   memory_terminate=None, memory_spill=None)
+        self._thread.run(w.start(), timeout)
         return w
 
-    # ------------------------------------------------------------------ public
-    @property
-    def workers(self) -> list[str]:
-        if self.processes:
-            return [wp.address for wp in self._procs]
-        return [w.address for w in self._inproc_workers]
-
-    def adapt(self, minimum: int = 0, maximum: int | None = None, interval: float = 1.0,
-              wait_count: int = 3):
-        """Grow while work waits, retire workers idle (running nothing, holding nothing) for
-        ``wait_count`` checks; ``maximum`` defaults to this machine's cores. ``scale()`` or
-        the returned object's ``stop()`` ends it (see ``deploy/adaptive.py``)."""
-        self._check_open()
-        return restart_adaptive(self, minimum, machine_size() if maximum is None else maximum,
-                                interval, wait_count)
-
-    def scale(self, n: int) -> None:
-        """Add or remove workers until there are ``n`` (and stop adapting, if it was). With
-        ``memory_limit="auto"`` every worker's limit becomes the machine's memory / ``n``:
-        the workers there are take the smaller share before new ones start, and the larger
-        one after others have gone."""
-        if not isinstance(n, int) or n < 0:
-            raise ValueError(f"scale needs a non-negative int, got {n!r}")
-        self._check_open()
-        stop_adaptive(self)
-        with self._scaling:
-            if n > len(self.workers):
-                self._share_memory(n)
-            while len(self.workers) < n:
-                self._add_worker(self.queues)
-            while len(self.workers) > n:
-                self._retire_worker(None)
-            self._share_memory(n)
-
-    def add_worker(self, queues: list[str] | None = None) -> str:
-        """Start one more worker (subscribed to ``queues``, default: the cluster's)."""
-        self._check_open()
-        queues = _check_queues(queues)
-        with self._scaling:
-            self._share_memory(len(self.workers) + 1)
-            return self._add_worker(queues or self.queues)
-
-    def retire_worker(self, address: str | None = None) -> None:
-        self._check_open()
-        with self._scaling:
-            self._retire_worker(address)
-            self._share_memory(len(self.workers))
-
-    def _add_worker(self, queues: list[str] | None) -> str:
-        if not self.processes:
-            return self._add_inprocess_worker(queues).address
-        wp = _WorkerProcess(self, f"worker-{next(self._names)}", queues)
-        wp.wait_ready(time.monotonic() + START_TIMEOUT)
-        with self._lock:
-            self._procs.append(wp)
-        return wp.address
-
-    def _retire_worker(self, address: str | None) -> None:
-        if self.processes:
-            with self._lock:
-                wp = next((p for p in reversed(self._procs) if address in (None, p.address)), None)
-                if wp is None:
-                    raise ValueError(f"no worker {address!r} in this cluster")
-                self._procs.remove(wp)
-            wp.stop()
-            try:
-                wp.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                wp.kill()
-        else:
-            w = next((w for w in reversed(self._inproc_workers) if address in (None, w.address)), None)
-            if w is None:
-                raise ValueError(f"no worker {address!r} in this cluster")
-            self._inproc_workers.remove(w)
-            self._thread.run(w.close("retired"))
-
-    def _share_memory(self, n: int) -> None:
-        """With ``memory_limit="auto"``: each of ``n`` workers may use the machine's memory
-        / n. Workers started from now on get that; the live ones are told, and have applied
-        it (and told the scheduler) when this returns."""
-        if self._memory_total is None or n < 1:
+    def _close_inprocess(self, workers: list) -> None:
+        if self._thread is None:
             return
-        self.memory_limit = limit = self._memory_total // n
-        if not self.processes:
-            for w in list(self._inproc_workers):
-                if w.memory_limit != limit:
-                    self._thread.run(_call(w.set_memory_limit, limit))
-            return
-        with self._lock:
-            told = [wp for wp in self._procs
-                    if wp.memory_limit != limit and wp.tell_memory_limit(limit)]
-        deadline = time.monotonic() + START_TIMEOUT
-        for wp in told:
-            wp.wait_memory_limit(deadline)
-
-    def restart_workers(self, timeout: float = START_TIMEOUT) -> None:
-        """Replace every worker with a new one: new processes, so their memory starts clean
-        (what ``client.restart()`` calls). In-process workers are closed and made again."""
-        self._check_open()
-        if not self.processes:
-            old, self._inproc_workers = self._inproc_workers, []
-            for w in old:
-                self._thread.run(w.close("restart"))
-            for w in old:
-                self._add_inprocess_worker(w.queues)
-            return
-        with self._lock:
-            old, self._procs = self._procs, []
-        for wp in old:
-            wp.stop()                      # asked to exit (stdin closes) ...
-        deadline = time.monotonic() + RESTART_GRACE
-        for wp in old:
-            try:
-                wp.proc.wait(max(0.0, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                wp.kill()                  # ... and killed if a task holds it up
-                wp.proc.wait()
-        new = [_WorkerProcess(self, f"worker-{next(self._names)}", wp.queues) for wp in old]
-        deadline = time.monotonic() + timeout
         try:
-            for wp in new:
-                wp.wait_ready(deadline)
-        except Exception:
-            for wp in new:
-                wp.kill()
-            raise
-        with self._lock:
-            self._procs.extend(new)
-
-    def worker_pids(self) -> dict[str, int]:
-        return {wp.address: wp.proc.pid for wp in self._procs}
-
-    def _check_open(self) -> None:
-        if self.closed:
-            raise ClusterError("this LocalCluster is closed")
-
-    def close(self) -> None:
-        stop_adaptive(self)
-        with self._lock:
-            if self.closed:
-                return
-            self.closed = True
-        if self.processes:
-            procs = [wp.proc for wp in self._procs] + [self._scheduler_proc]
-            for wp in self._procs:
-                wp.stop()
-            deadline = time.monotonic() + 5
-            for wp in self._procs:   # workers first: then none of them sees the scheduler go
-                try:
-                    wp.proc.wait(max(0.1, deadline - time.monotonic()))
-                except subprocess.TimeoutExpired:
-                    pass
-            if self._scheduler_proc is not None:
-                try:
-                    self._scheduler_proc.stdin.close()
-                except OSError:
-                    pass
-            for p in procs:
-                if p is None:
-                    continue
-                try:
-                    p.wait(max(0.1, deadline - time.monotonic()))
-                except subprocess.TimeoutExpired:
-                    p.send_signal(signal.SIGKILL)
-                    p.wait()
-                for stream in (p.stdout, p.stdin):
-                    try:
-                        stream.close()
-                    except Exception:
-                        pass
-            # spilled results of workers that could not clean up (killed, over memory)
-            shutil.rmtree(self.local_directory, ignore_errors=True)
-        elif self._thread is not None:
             if self._dashboard is not None:
                 self._dashboard.stop()
-            for w in self._inproc_workers:
+            for w in workers:
                 self._thread.run(w.close("cluster closing"))
-            self._thread.run(self.scheduler.close())
+            if self.scheduler is not None:
+                self._thread.run(self.scheduler.close())
+        finally:
             self._thread.stop()
-
-    @property
-    def dashboard_link(self) -> str | None:
-        """The dashboard's status page (None without bokeh or with ``dashboard=False``)."""
-        return self._dashboard_link
-
-    def __enter__(self) -> "LocalCluster":
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
-
-    def __del__(self) -> None:
-        if not getattr(self, "closed", True):
-            try:
-                self.close()
-            except Exception:
-                pass
-
-    def __repr__(self) -> str:
-        kind = "processes" if self.processes else "in-process"
-        return (f"<LocalCluster {getattr(self, 'scheduler_address', '?')} "
-                f"workers={len(self.workers)} threads={self.threads_per_worker} {kind}"
-                f"{' closed' if self.closed else ''}>")
-
-    def _repr_html_(self) -> str:
-        from html import escape
-
-        rows = "".join(f"<li><code>{a}</code></li>" for a in self.workers)
-        link = self.dashboard_link
-        dash = (f"<br>Dashboard: <a href='{escape(link, quote=True)}' target='_blank'>"
-                f"{escape(link)}</a>" if link else "")
-        return (f"<div><b>LocalCluster</b> ({'processes' if self.processes else 'in-process'})"
-                f"<br>Scheduler: <code>{self.scheduler_address}</code>{dash}<br>"
-                f"Workers ({len(self.workers)}, {self.threads_per_worker} threads each):"
-                f"<ul>{rows}</ul></div>")

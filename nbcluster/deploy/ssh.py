@@ -9,21 +9,15 @@ from __future__ import annotations
 
 import asyncio
 import atexit
-import html
-import itertools
-import logging
 import shlex
 import threading
 import weakref
+from collections import Counter
+from typing import Any
 
-from ..comm.auth import new_token
-from ..errors import ClusterError
 from ..loop_thread import LoopThread
-from .adaptive import restart_adaptive, stop_adaptive
-from .local import REPLACE_ATTEMPTS, _check_queues
-from .ssh_remote import RemoteProcess, import_asyncssh
-
-logger = logging.getLogger("nbcluster.deploy.ssh")
+from .cluster import Cluster, WorkerSpec, check_queues
+from .ssh_remote import RemoteProcess, host_memory, import_asyncssh
 
 SCHEDULER_OPTIONS = ("host", "port", "dashboard_port", "connection_file")
 WORKER_OPTIONS = ("nthreads", "queues", "host", "port", "memory_limit", "memory_spill",
@@ -76,7 +70,11 @@ def _check_options(options, allowed: tuple, what: str) -> dict:
     return options
 
 
-class SSHCluster:
+def _memory_arg(limit: int | str | None) -> str:
+    return "none" if limit is None else str(limit)
+
+
+class SSHCluster(Cluster):
     """A scheduler on ``hosts[0]`` and ``n_workers_per_host`` workers on each other host.
 
     ``connect_options`` go to ``asyncssh.connect`` (port, username, client_keys, known_hosts,
@@ -84,9 +82,9 @@ class SSHCluster:
     command that runs a Python with nbcluster installed on each host. ``scheduler_options``:
     host (default ``hosts[0]``, the address the workers and clients reach it on), port
     (default 0: any free one), dashboard_port (-1: none), connection_file. ``worker_options``:
-    nthreads, queues, host (default: the worker's host name), port, memory_limit ("4GB",
-    default "auto": the host's memory), memory_spill, memory_pause, memory_terminate
-    (fractions of it). With
+    nthreads, queues, host (default: the worker's host name), port, memory_limit ("4GB": each
+    worker's; default "auto": the host's memory divided among the workers started there),
+    memory_spill, memory_pause, memory_terminate (fractions of it). With
     ``security=Security(...)`` everything talks TLS; its files are copied to each host.
     ``token``: the cluster's shared secret (default: a new random one). ``timeout``: seconds
     each process has to connect and report its address; ``close_timeout``: how long a process
@@ -95,7 +93,13 @@ class SSHCluster:
     Raises ConnectError when a host cannot be reached or refuses the login, and ClusterError
     with the remote output when a process does not start; what had started is stopped.
     A worker that dies is reported and replaced.
+
+    With "auto" memory, a worker started on a host that already runs workers gets its share
+    of the host's memory (asked of the host once); running remote workers keep the limit they
+    started with (there is no channel to change it).
     """
+
+    kind = "ssh"
 
     def __init__(self, hosts: list[str], connect_options: dict | list[dict] | None = None,
                  worker_options: dict | None = None, scheduler_options: dict | None = None,
@@ -117,45 +121,37 @@ class SSHCluster:
         self.scheduler_options = _check_options(scheduler_options, SCHEDULER_OPTIONS,
                                                 "scheduler_options")
         self.worker_options = _check_options(worker_options, WORKER_OPTIONS, "worker_options")
-        self.worker_options["queues"] = _check_queues(self.worker_options.get("queues"))
+        self.worker_options["queues"] = check_queues(self.worker_options.get("queues"))
         import_asyncssh()    # fail now, with the install hint, rather than on the loop
-        self.security = security
-        self.token = token or new_token()
-        self.timeout = timeout
-        self.close_timeout = close_timeout
-        self.restarts = 0
-        self.scheduler_address: str | None = None
+        super().__init__(threads_per_worker=int(self.worker_options.get("nthreads", 1)),
+                         memory_limit=self.worker_options.get("memory_limit", "auto"),
+                         queues=self.worker_options["queues"], token=token, security=security,
+                         timeout=timeout, close_timeout=close_timeout)
         # hosts[1:] run workers; a single host runs both
         self._worker_slots = list(range(1, len(self.hosts))) or [0]
         self._n_workers_per_host = n_workers_per_host
-        self._adaptive = None
-        self._names = itertools.count()
         self._scheduler: RemoteProcess | None = None
-        self._workers: list[RemoteProcess] = []    # ready workers, in start order
         self._remotes: set[RemoteProcess] = set()  # everything started, ready or not
-        self._tasks: set[asyncio.Task] = set()     # replacements under way
-        self._lock = threading.Lock()
+        self._tasks: set[asyncio.Task] = set()     # worker starts under way
+        self._host_totals: dict[str, int | None] = {}
         self._thread = LoopThread("nbcluster-ssh")
-        self.closed = False
         _open_clusters.add(self)
-        try:
-            self._run(self._start(n_workers_per_host))
-        except BaseException:
-            self.close()
-            raise
+        self._start(n_workers_per_host * len(self._worker_slots))
 
-    # ------------------------------------------------------------------ on the loop
+    # ------------------------------------------------------------------ hooks
     def _run(self, coro, timeout: float | None = None):
         return self._thread.run(coro, timeout)
 
     def _new_remote(self, role: str, index: int, name: str) -> RemoteProcess:
         remote = RemoteProcess(role, name, self.hosts[index], self._connect_options[index],
                                self._python[index], _exit_callback(self))
-        remote.index = index
         self._remotes.add(remote)
         return remote
 
-    async def _start(self, n_workers_per_host: int) -> None:
+    def _start_scheduler(self, first: list[WorkerSpec]) -> None:
+        self._run(self._start_remote_scheduler())
+
+    async def _start_remote_scheduler(self) -> None:
         self._scheduler = self._new_remote("scheduler", 0, "scheduler")
         opts = self.scheduler_options
         args = ["scheduler", "--token-stdin", "--host", str(opts.get("host", self.hosts[0])),
@@ -165,84 +161,101 @@ class SSHCluster:
             args += ["--connection-file", str(opts["connection_file"])]
         await self._scheduler.start(args, self.token, self.security, self.timeout)
         self.scheduler_address = self._scheduler.address
-        await self._start_workers([i for i in self._worker_slots
-                                   for _ in range(n_workers_per_host)])
+        self._dashboard_link = self._scheduler.dashboard_link
 
-    async def _start_worker(self, index: int, queues: list[str] | None = None) -> RemoteProcess:
-        host = self.hosts[index]
-        remote = self._new_remote("worker", index, f"{host}-{next(self._names)}")
-        opts = self.worker_options
-        queues = queues or opts.get("queues")
-        args = ["worker", self.scheduler_address, "--token-stdin", "--name", remote.name,
-                "--nthreads", str(opts.get("nthreads", 1)), "--host", str(opts.get("host", host)),
-                "--port", str(opts.get("port", 0)),
-                *(["--queues", ",".join(queues)] if queues else []),
-                *[arg for name in ("memory_limit", "memory_spill", "memory_pause",
-                                   "memory_terminate")
-                  if name in opts
-                  for arg in (f"--{name.replace('_', '-')}", str(opts[name]).lower())]]
-        remote.queues = queues
-        try:
-            await remote.start(args, self.token, self.security, self.timeout)
-        except BaseException:
-            await remote.stop(self.close_timeout)
-            self._remotes.discard(remote)
-            raise
-        if self.closed:
-            await remote.stop(self.close_timeout)
-            raise ClusterError("this SSHCluster closed while a worker started")
-        self._workers.append(remote)
-        return remote
+    def _name_for(self, host: Any) -> str:
+        return f"{host}-{next(self._names)}"
 
-    def _remote_exited(self, remote: RemoteProcess, code: int | None) -> None:
-        if self.closed:
-            return
-        how = "lost its SSH connection" if code is None else f"exited with code {code}"
-        if remote.role == "scheduler":
-            logger.error("SSHCluster: the scheduler on %s %s; the cluster no longer works. "
-                         "Its last output:\n%s", remote.host, how, remote.output())
-            return
-        if remote in self._workers:
-            self._workers.remove(remote)
-        replace = not self._scheduler.exited.is_set()
-        logger.warning("SSHCluster: worker %s on %s %s%s. Its last output:\n%s", remote.name,
-                       remote.host, how, "; starting a replacement" if replace else "",
-                       remote.output())
-        task = asyncio.ensure_future(self._replace(remote, replace))
+    def _new_specs(self, n: int, queues: list[str] | None) -> list[WorkerSpec]:
+        """New workers go to the least busy hosts."""
+        load = Counter({i: 0 for i in self._worker_slots})
+        load.update(e.spec.options["slot"] for e in list(self._running))
+        specs = []
+        for _ in range(n):
+            slot = min(self._worker_slots, key=load.__getitem__)
+            load[slot] += 1
+            specs.append(self._spec(self.hosts[slot], queues, slot=slot))
+        return specs
+
+    def _slot_of(self, host: str) -> int:
+        return next((i for i in self._worker_slots if self.hosts[i] == host),
+                    self.hosts.index(host))
+
+    def _host_memory(self, host: Any, n: int) -> int | None:
+        if n <= 1:
+            return None       # a lone worker takes its host's memory itself: no need to ask
+        if host not in self._host_totals:
+            slot = self._slot_of(host)
+            self._host_totals[host] = self._run(host_memory(
+                host, self._connect_options[slot], self._python[slot], self.timeout),
+                2 * self.timeout + 5)
+        return self._host_totals[host]
+
+    def _start_workers(self, specs: list[WorkerSpec], timeout: float) -> list:
+        async def start_all() -> list:
+            return await asyncio.gather(*(self._start_remote_worker(s, timeout) for s in specs),
+                                        return_exceptions=True)
+        return self._run(start_all(), timeout + self.close_timeout + 30)
+
+    async def _start_remote_worker(self, spec: WorkerSpec, timeout: float) -> RemoteProcess:
+        task = asyncio.current_task()
         self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
-
-    async def _replace(self, dead: RemoteProcess, replace: bool) -> None:
-        await dead.stop(self.close_timeout)     # closes its connection
-        self._remotes.discard(dead)
-        if not replace:
-            return
-        for _ in range(REPLACE_ATTEMPTS):
-            # the new worker may be handed the task that killed the last one and die too
+        try:
+            remote = self._new_remote("worker", spec.options["slot"], spec.name)
+            opts = self.worker_options
+            args = ["worker", self.scheduler_address, "--token-stdin", "--name", spec.name,
+                    "--nthreads", str(self.threads_per_worker),
+                    "--host", str(opts.get("host", spec.host)), "--port", str(opts.get("port", 0)),
+                    *(["--queues", ",".join(spec.queues)] if spec.queues else []),
+                    "--memory-limit", _memory_arg(spec.memory_limit),
+                    *[arg for name in ("memory_spill", "memory_pause", "memory_terminate")
+                      if name in opts
+                      for arg in (f"--{name.replace('_', '-')}", str(opts[name]).lower())]]
             try:
-                await self._start_worker(dead.index, dead.queues)
-                self.restarts += 1
-                return
-            except Exception as e:
-                if self.closed:
-                    return
-                logger.warning("SSHCluster: replacing worker %s on %s failed: %s",
-                               dead.name, dead.host, e)
-        logger.error("SSHCluster: could not replace worker %s on %s after %d attempts",
-                     dead.name, dead.host, REPLACE_ATTEMPTS)
+                await remote.start(args, self.token, self.security, timeout)
+            except BaseException:
+                await remote.stop(self.close_timeout)
+                self._remotes.discard(remote)
+                raise
+            return remote
+        finally:
+            self._tasks.discard(task)
 
-    async def _stop_worker(self, address: str | None) -> None:
-        remote = next((w for w in reversed(self._workers) if address in (None, w.address)),
-                      None)
-        if remote is None:
-            raise ValueError(f"no worker {address!r} in this cluster")
-        self._workers.remove(remote)
-        self._remotes.discard(remote)
-        await remote.stop(self.close_timeout)
+    def _start_worker(self, spec: WorkerSpec, timeout: float) -> RemoteProcess:
+        result = self._start_workers([spec], timeout)[0]
+        if isinstance(result, BaseException):
+            raise result
+        return result
+
+    def _stop_workers(self, handles: list, grace: float) -> None:
+        async def stop_all() -> None:
+            await asyncio.gather(*(r.stop(grace) for r in handles), return_exceptions=True)
+            self._remotes.difference_update(handles)
+        self._run(stop_all(), grace + 30)
+
+    def _stop_worker(self, handle: Any, grace: float) -> None:
+        self._stop_workers([handle], grace)
+
+    def _abort_starts(self) -> None:
+        def cancel() -> None:
+            for task in list(self._tasks):
+                task.cancel()
+        try:
+            self._thread.loop.call_soon_threadsafe(cancel)
+        except RuntimeError:     # the loop is closed
+            pass
+
+    def _stop_scheduler(self) -> None:
+        if self._scheduler is not None:
+            self._run(self._scheduler.stop(self.close_timeout), self.close_timeout + 30)
+
+    def _shutdown(self, handles: list) -> None:
+        try:
+            self._run(self._close(), 2 * self.close_timeout + 30)
+        finally:
+            self._thread.stop()
 
     async def _close(self) -> None:
-        for task in list(self._tasks):
-            task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)   # they clean up first
         workers = [r for r in self._remotes if r is not self._scheduler]
         # workers first: then none of them sees the scheduler go and complains
@@ -251,157 +264,59 @@ class SSHCluster:
         if self._scheduler is not None:
             await self._scheduler.stop(self.close_timeout)
         self._remotes.clear()
-        self._workers.clear()
+
+    def _default_maximum(self) -> int:
+        return max(1, self._n_workers_per_host * len(self._worker_slots))
+
+    def _remote_exited(self, remote: RemoteProcess, code: int | None) -> None:
+        """On the loop: a remote process ended without being stopped."""
+        if self.closed:
+            return
+        how = "lost its SSH connection" if code is None else f"exited with code {code}"
+        if remote.role == "scheduler":
+            self._log.error("SSHCluster: the scheduler on %s %s; the cluster no longer works. "
+                            "Its last output:\n%s", remote.host, how, remote.output())
+            return
+        self._worker_exited(remote, f"on {remote.host} {how}",
+                            replace=not self._scheduler.exited.is_set(),
+                            details=f". Its last output:\n{remote.output()}")
 
     # ------------------------------------------------------------------ public
-    @property
-    def workers(self) -> list[str]:
-        """Addresses of the running workers."""
-        return [w.address for w in list(self._workers)]
-
-    @property
-    def dashboard_link(self) -> str | None:
-        return self._scheduler.dashboard_link if self._scheduler is not None else None
-
     def remote_processes(self) -> list[dict]:
         """Role, name, host, pid (on that host) and address of every remote process."""
-        remotes = ([self._scheduler] if self._scheduler is not None else []) + list(self._workers)
+        remotes = ([self._scheduler] if self._scheduler is not None else []) + \
+            [e.handle for e in list(self._running)]
         return [{"role": r.role, "name": r.name, "host": r.host, "pid": r.pid,
                  "address": r.address} for r in remotes]
-
-    def scale(self, n: int) -> None:
-        """Start or stop workers until there are ``n`` (new ones go to the least busy host);
-        stops adapting, if it was."""
-        if not isinstance(n, int) or n < 0:
-            raise ValueError(f"scale needs a non-negative int, got {n!r}")
-        self._check_open()
-        stop_adaptive(self)
-        self._run(self._scale(n), self.timeout + self.close_timeout + 30)
-
-    async def _scale(self, n: int) -> None:
-        await self._start_workers(self._least_busy(n - len(self._workers)))
-        while len(self._workers) > n:
-            await self._stop_worker(None)
-
-    def _least_busy(self, n: int) -> list[int]:
-        """The worker slots for ``n`` more workers, spreading them over the hosts."""
-        load = {i: 0 for i in self._worker_slots}
-        for w in self._workers:
-            load[w.index] += 1
-        slots = []
-        for _ in range(n):
-            slot = min(self._worker_slots, key=load.__getitem__)
-            load[slot] += 1
-            slots.append(slot)
-        return slots
-
-    async def _start_workers(self, slots: list[int]) -> None:
-        results = await asyncio.gather(*(self._start_worker(i) for i in slots),
-                                       return_exceptions=True)
-        errors = [r for r in results if isinstance(r, BaseException)]
-        if errors:
-            raise errors[0]
 
     def add_worker(self, host: str | None = None, queues: list[str] | None = None) -> str:
         """Start one more worker on ``host`` (one of ``hosts``; default: the least busy)."""
         self._check_open()
-        queues = _check_queues(queues)
+        queues = check_queues(queues)
         if host is not None and host not in self.hosts:
             raise ValueError(f"add_worker: {host!r} is not one of this cluster's hosts "
                              f"{self.hosts}")
-
-        async def add() -> RemoteProcess:
-            if host is None:
-                index = self._least_busy(1)[0]
-            else:
-                index = next((i for i in self._worker_slots if self.hosts[i] == host),
-                             self.hosts.index(host))
-            return await self._start_worker(index, queues)
-        return self._run(add(), self.timeout + self.close_timeout + 30).address
-
-    def retire_worker(self, address: str | None = None) -> None:
-        """Stop the worker at ``address`` (default: the newest)."""
-        self._check_open()
-        self._run(self._stop_worker(address), self.close_timeout + 15)
-
-    @property
-    def threads_per_worker(self) -> int:
-        return int(self.worker_options.get("nthreads", 1))
-
-    def adapt(self, minimum: int = 0, maximum: int | None = None, interval: float = 1.0,
-              wait_count: int = 3):
-        """Grow while work waits, retire idle workers; ``maximum`` defaults to
-        ``n_workers_per_host`` on each worker host. ``scale()`` ends it."""
-        self._check_open()
-        if maximum is None:
-            maximum = max(1, self._n_workers_per_host * len(self._worker_slots))
-        return restart_adaptive(self, minimum, maximum, interval, wait_count)
-
-    def restart_workers(self, timeout: float | None = None) -> None:
-        """Replace every worker by a new process on the same host (``client.restart()``)."""
-        self._check_open()
-        self._run(self._restart_workers(), (timeout or self.timeout) + self.close_timeout + 30)
-
-    async def _restart_workers(self) -> None:
-        old, self._workers = list(self._workers), []
-        for remote in old:
-            self._remotes.discard(remote)
-        await asyncio.gather(*(r.stop(self.close_timeout) for r in old), return_exceptions=True)
-        results = await asyncio.gather(*(self._start_worker(r.index, r.queues) for r in old),
-                                       return_exceptions=True)
-        errors = [r for r in results if isinstance(r, BaseException)]
-        if errors:
-            raise errors[0]
-
-    def _check_open(self) -> None:
-        if self.closed:
-            raise ClusterError("this SSHCluster is closed")
+        with self._scaling:
+            spec = self._new_specs(1, queues)[0] if host is None else \
+                self._spec(host, queues, slot=self._slot_of(host))
+            return self._add_one(spec)
 
     def close(self) -> None:
         """Stop every remote process (terminate, then kill) and close the SSH connections."""
-        stop_adaptive(self)
-        with self._lock:
-            if self.closed:
-                return
-            self.closed = True
         _open_clusters.discard(self)
-        if threading.current_thread() is self._thread.thread:
+        thread = getattr(self, "_thread", None)
+        if thread is not None and threading.current_thread() is thread.thread:
             # called on our own loop (garbage collection there): finish without waiting
-            self._thread.loop.create_task(self._close()).add_done_callback(
-                lambda _: self._thread.loop.stop())
+            with self._lock:
+                if self.closed:
+                    return
+                self.closed = True
+            for task in list(self._tasks):
+                task.cancel()
+            thread.loop.create_task(self._close()).add_done_callback(
+                lambda _: thread.loop.stop())
             return
-        try:
-            self._run(self._close(), 2 * self.close_timeout + 30)
-        finally:
-            self._thread.stop()
-
-    def __enter__(self) -> "SSHCluster":
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
-
-    def __del__(self) -> None:
-        if getattr(self, "_thread", None) is not None:
-            try:
-                self.close()
-            except Exception:
-                pass
-
-    def __repr__(self) -> str:
-        return (f"<SSHCluster {self.scheduler_address or '?'} hosts={len(self.hosts)} "
-                f"workers={len(self._workers)}{' closed' if self.closed else ''}>")
-
-    def _repr_html_(self) -> str:
-        rows = "".join(f"<tr><td>{html.escape(w.host)}</td><td><code>{html.escape(w.address)}"
-                       f"</code></td></tr>" for w in list(self._workers))
-        link = self.dashboard_link
-        dash = f'<br>Dashboard: <a href="{html.escape(link)}" target="_blank">' \
-               f"{html.escape(link)}</a>" if link else ""
-        return (f"<div><b>SSHCluster</b>{' (closed)' if self.closed else ''}<br>Scheduler: "
-                f"<code>{html.escape(str(self.scheduler_address))}</code> on "
-                f"{html.escape(self.hosts[0])}{dash}<br>Workers ({len(self._workers)}):"
-                f"<table>{rows}</table></div>")
+        super().close()
 
 
 def _exit_callback(cluster: SSHCluster):

@@ -57,6 +57,27 @@ async def connect(host: str, options: dict, timeout: float):
     raise ConnectError(f"SSHCluster: cannot connect to {where} over SSH: {reason}; {hint}")
 
 
+async def host_memory(host: str, options: dict, python: list[str], timeout: float) -> int | None:
+    """The memory of ``host`` in bytes, as the remote Python sees it (what a worker there
+    takes for "auto"); None if it cannot be told."""
+    command = " ".join(shlex.quote(a) for a in [
+        *python, "-c", "import psutil; print(psutil.virtual_memory().total)"])
+    try:
+        conn = await connect(host, options, timeout)
+    except Exception:
+        return None
+    try:
+        # under a terminal, so the command ends with the connection if it hangs
+        result = await asyncio.wait_for(conn.run(command, term_type="dumb", check=False),
+                                        timeout)
+        words = str(result.stdout or "").split()
+        return int(words[-1]) if result.exit_status == 0 and words else None
+    except Exception:
+        return None
+    finally:
+        conn.close()
+
+
 class RemoteProcess:
     """``nbcluster scheduler`` or ``nbcluster worker`` running on ``host``.
 
@@ -73,8 +94,6 @@ class RemoteProcess:
         self.connect_options = connect_options
         self.python = python
         self.on_exit = on_exit
-        self.index = 0                       # which of the cluster's hosts (set by it)
-        self.queues: list[str] | None = None
         self.conn = None
         self.process = None
         self.pid: int | None = None

@@ -127,26 +127,26 @@ def client_html(client: Any) -> str | None:
         info = client.scheduler_info()
     except Exception:  # noqa: BLE001 - fall back on the engine's repr
         return client._repr_html_()
-    cluster = getattr(client, "cluster", None)
-    kind = "remote" if cluster is None else (
-        "processes" if getattr(cluster, "processes", True) else "in-process")
+    from ..deploy import Cluster
+
+    cluster = client.cluster
+    kind = "remote" if cluster is None else cluster.kind if isinstance(cluster, Cluster) else ""
     snap = ClusterSnapshot.from_info(info, dashboard_link=client.dashboard_link, kind=kind)
     return snapshot_html(snap, title="nbcluster Client")
 
 
 def cluster_html(cluster: Any) -> str | None:
     """LocalCluster summary (asks the scheduler through a client attached to it, if any)."""
-    if getattr(cluster, "closed", False):
+    if cluster.closed:
         return (f"<div><b>LocalCluster</b>: closed "
-                f"(<code>{escape(str(getattr(cluster, 'scheduler_address', '?')))}</code>)</div>")
+                f"(<code>{escape(str(cluster.scheduler_address))}</code>)</div>")
     from ..client import default_client
 
     try:
         client = default_client()
     except Exception:  # noqa: BLE001
         client = None
-    if client is not None and getattr(client, "cluster", None) is cluster \
-            and not getattr(client, "asynchronous", False):
+    if client is not None and client.cluster is cluster and not client.asynchronous:
         try:
             snap = ClusterSnapshot.from_info(
                 client.scheduler_info(), dashboard_link=cluster.dashboard_link,

@@ -7,6 +7,7 @@ import threading
 import time
 from typing import Any, Callable
 
+from ..deploy.cluster import Cluster
 from .models import ClusterSnapshot, client_closed
 
 
@@ -74,7 +75,7 @@ class ClusterSession:
             if self.running:
                 return
             self.client = client
-            self.cluster = getattr(client, "cluster", None)
+            self.cluster = client.cluster
             self.own_cluster = False
             self.adopted = True
 
@@ -96,7 +97,7 @@ class ClusterSession:
         with self._lock:
             self.require()
             cluster = self.cluster
-            if cluster is None or not hasattr(cluster, "scale"):
+            if not isinstance(cluster, Cluster):
                 raise SessionError("this client is connected to a cluster it did not start; "
                                    "scale it where it was started")
             if not isinstance(n, int) or n < 0:
@@ -151,7 +152,7 @@ class ClusterSession:
         if cluster is None:
             kind = "remote"
         else:
-            kind = "processes" if getattr(cluster, "processes", True) else "in-process"
+            kind = cluster.kind if isinstance(cluster, Cluster) else ""
         return ClusterSnapshot.from_info(info, dashboard_link=client.dashboard_link, kind=kind)
 
     @property
@@ -161,7 +162,7 @@ class ClusterSession:
 
     @property
     def can_scale(self) -> bool:
-        return self.cluster is not None and hasattr(self.cluster, "scale")
+        return isinstance(self.cluster, Cluster)
 
     def on_stop(self, fn: Callable[[], None]) -> Callable[[], None]:
         self._on_stop.append(fn)

@@ -25,7 +25,9 @@ SET_LIMIT = "limit"        # limit key, [count, seconds] or None, concurrency or
 UPDATE_DATA = "update-data"  # {key: nbytes}, worker address: scattered data now on a worker
 REQUEST = "req"            # request id, request name, argument dict (replied with REPLY)
 # scheduler -> client
-DONE = "done"              # key, value present flag, value (plain or Serialized), nbytes
+DONE = "done"              # key, value present flag, value (plain or Serialized), nbytes,
+                           # holders: workers holding a value that did not travel (the
+                           # client fetches it from one of them), else []
 ERRED = "erred"            # key, exception (Serialized), traceback text, blamed key
 CANCELLED = "cancelled"    # key, reason
 REPLY = "reply"            # request id, ok flag, result
@@ -67,7 +69,7 @@ FIELDS: dict[str, tuple[str, ...]] = {
     SET_LIMIT: ("key", "rate", "concurrency"),
     UPDATE_DATA: ("nbytes", "worker"),
     REQUEST: ("request_id", "name", "args"),
-    DONE: ("key", "has_value", "value", "nbytes"),
+    DONE: ("key", "has_value", "value", "nbytes", "holders"),
     ERRED: ("key", "exception", "traceback", "blame"),
     CANCELLED: ("key", "reason"),
     REPLY: ("request_id", "ok", "result"),
@@ -185,7 +187,7 @@ TYPES: dict[str, tuple] = {
     SET_LIMIT: (_str, lambda v: v is None or _rate(v), lambda v: v is None or (_int(v) and v > 0)),
     UPDATE_DATA: (_sizes, _str),
     REQUEST: (_any, _str, _map),
-    DONE: (_str, _bool, _any, _int),
+    DONE: (_str, _bool, _any, _int, _keys),
     ERRED: (_str, _any, _text, _text),
     CANCELLED: (_str, _str),
     REPLY: (_any, _bool, _any),

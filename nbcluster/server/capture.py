@@ -22,10 +22,6 @@ def set_current_task(key: str | None, sink: Sink | None = None) -> None:
     _current.task = (key, sink) if key is not None else None
 
 
-def _task():
-    return getattr(_current, "task", None)
-
-
 class _Router:
     def __init__(self, stream_name: str, original) -> None:
         self._name = stream_name

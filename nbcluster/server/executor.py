@@ -1,6 +1,11 @@
 """Running tasks in threads, and stopping them: the worker's executor.
 
-Threads take work from a queue and report outcomes in batches (one loop wake-up per batch).
+Threads take work items (:class:`~nbcluster.state.instructions.Execute` records) from a queue
+and report outcomes (the records of :mod:`.worker_outcomes`) in batches, one loop wake-up per
+batch. The threads touch nothing of the worker's state machine: what they need from the event
+loop, which tasks were cancelled, is a set owned here; what they learn goes back as outcomes,
+handled on the loop.
+
 A task with a ``timeout``, or one that is cancelled while it runs, is stopped by raising an
 exception inside its thread; if it has not stopped after a grace period, ``on_stuck`` is
 called and the worker gives up on that thread (a worker process exits and is replaced).
@@ -22,12 +27,15 @@ from typing import Any, Callable
 from ..errors import (CancelledError, PicklingError, RemoteError, Retry, SerializationError,
                       TaskExpiredError, TaskTimeoutError)
 from ..protocol.serialize import Serialized, dumps, is_plain, loads, sizeof
+from ..state.instructions import Execute
 from . import capture
 from .spill import Spilled
 from .interrupt import CancelInterrupt, TaskInterrupt, TimeoutInterrupt, interrupt_thread
+from .worker_outcomes import InputReadBack, Outcome, TaskFailed, TaskFinished, TaskStarted
 
 INLINE_RESULT = 64 * 1024     # results up to this size ride with the completion message
 GRACE_SECONDS = 1.0           # after an interrupt, how long a task may take to stop
+_NO_OPTIONS: dict = {}        # a task's options when it has none
 
 
 def result_error(key: str, result: Any, exc: BaseException) -> BaseException:
@@ -66,40 +74,30 @@ def _text(exc: BaseException) -> str:
         return "(its text cannot be shown)"
 
 
-class Work:
-    __slots__ = ("key", "fn", "args", "kwargs", "want", "timeout", "retry_on", "retries",
-                 "expires", "errors")
-
-    def __init__(self, key, fn, args, kwargs, want, options: dict | None = None) -> None:
-        self.key, self.fn, self.args, self.kwargs, self.want = key, fn, args, kwargs, want
-        options = options or {}
-        self.timeout = options.get("timeout")
-        self.retry_on = options.get("retry_on")      # Serialized tuple of exception classes
-        self.retries = options.get("retries", 0)     # > 0: failures may be retried
-        self.expires = options.get("expires")
-        self.errors = options.get("errors")          # failed inputs: key -> exception
-
-
 class Executor:
+    """``on_outcomes`` gets each batch of outcomes on the event loop; ``on_output`` (key,
+    stream, text) and ``on_task_end`` (key) are called in the task's thread, for what it
+    printed; ``on_stuck`` (key) on the loop when a thread is given up on."""
+
     def __init__(self, nthreads: int, loop: asyncio.AbstractEventLoop, functions: dict,
-                 data: dict, on_outcomes: Callable[[list], None],
+                 data: dict, on_outcomes: Callable[[list[Outcome]], None],
                  on_output: Callable[[str, str, str], None],
-                 is_cancelled: Callable[[str], bool],
                  on_stuck: Callable[[str], None],
                  on_task_end: Callable[[str], None] = lambda key: None) -> None:
         self.loop = loop
         self.functions = functions
-        self.data = data
-        # called from a task thread with (key, marker, value) after a spilled input was read
-        self.on_unspilled: Callable[[str, Any, Any], None] | None = None
+        self.data = data               # read by the threads for inputs; written on the loop
         self.on_outcomes = on_outcomes
         self.on_output = on_output
-        self.is_cancelled = is_cancelled
         self.on_stuck = on_stuck
         self.on_task_end = on_task_end
         self._work: queue.SimpleQueue = queue.SimpleQueue()
-        self._done: list = []
+        self._done: list[Outcome] = []
         self._lock = threading.Lock()
+        # Freed while with the executor (changed on the loop, read by the threads under the
+        # lock): a queued task is skipped, a running one interrupted. A key leaves the set when
+        # its end is handed to the loop, so a later run of the same key is not skipped.
+        self._cancelled: set[str] = set()
         self._running: dict[str, int] = {}      # key -> thread id
         self._loops: dict[int, asyncio.AbstractEventLoop] = {}   # thread id -> its async task's
         self._abandoned: set[int] = set()       # threads given up on (stuck in a task)
@@ -115,12 +113,21 @@ class Executor:
         t.start()
         self._threads.append(t)
 
-    def submit(self, work: Work) -> None:
+    def submit(self, work: Execute) -> None:
         self._work.put(work)
 
-    def will_start_now(self) -> bool:
-        """A thread is idle and nothing waits in the queue (a hint: it is read unlocked)."""
-        return self._work.empty() and len(self._running) < len(self._threads) - len(self._abandoned)
+    def cancel(self, key: str) -> None:
+        """On the loop: ``key`` was freed. Skip it if it waits in the queue, stop it if it
+        runs."""
+        with self._lock:
+            self._cancelled.add(key)
+        self.stop_task(key, CancelInterrupt)
+
+    def resume(self, key: str) -> None:
+        """On the loop: ``key`` was given back after ``cancel``: a queued task runs after all
+        (one already interrupted is not undone)."""
+        with self._lock:
+            self._cancelled.discard(key)
 
     # ------------------------------------------------------------------ in the task threads
     def _main(self) -> None:
@@ -134,15 +141,21 @@ class Executor:
                 work = self._work.get()
                 if work is None or me in self._abandoned:
                     return
-                if self.is_cancelled(work.key):   # freed while it waited in the queue
-                    self._report((True, work.key, None, 0, 0.0, 0.0, False, None, ""))
-                    continue
+                key = work.key
                 with self._lock:
-                    self._running[work.key] = me
-                self._report(("started", work.key, time.time(), work.timeout))
+                    skip = key in self._cancelled
+                    if not skip:
+                        self._running[key] = me
+                if skip:   # freed while it waited in the queue
+                    self._report(TaskFinished(key, None, 0, 0.0, 0.0, False, None, ""))
+                    continue
+                options = work.options
+                timeout = options.get("timeout") if options else None
+                if timeout or not work.announce:   # an announced start is known on the loop
+                    self._report(TaskStarted(key, time.time(), timeout))
                 outcome = self._run(work)
                 with self._lock:
-                    self._running.pop(work.key, None)
+                    self._running.pop(key, None)
                 if me in self._abandoned:
                     return           # its task was already reported as failed
                 if not self._report(outcome):
@@ -151,7 +164,7 @@ class Executor:
                 with self._lock:
                     self._running = {k: t for k, t in self._running.items() if t != me}
 
-    def _report(self, outcome: tuple) -> bool:
+    def _report(self, outcome: Outcome) -> bool:
         with self._lock:
             self._done.append(outcome)
             wake = len(self._done) == 1
@@ -162,19 +175,21 @@ class Executor:
                 return False
         return True
 
-    def _run(self, work: Work) -> tuple:
+    def _run(self, work: Execute) -> TaskFinished | TaskFailed:
         key = work.key
         start = time.time()
+        options = work.options or _NO_OPTIONS
         capture.set_current_task(key, self.on_output)
         try:
-            if work.expires is not None and start > work.expires:
+            expires = options.get("expires")
+            if expires is not None and start > expires:
                 return self._failure(work, TaskExpiredError(
                     f"task {key!r} had not started by its expiry time"), start, retry=False)
-            fn = self.functions[work.fn]
+            fn = self.functions[work.fn_token]
             if isinstance(fn, BaseException):
                 raise fn
             args, kwargs = work.args, work.kwargs
-            resolve = _resolver(self.data, work.errors, self.on_unspilled)
+            resolve = _resolver(self.data, options.get("errors"), self._read_back)
             if type(args) is Serialized:
                 args = loads(args, resolve)
             if type(kwargs) is Serialized:
@@ -201,7 +216,12 @@ class Executor:
                         value = None
         except BaseException as e:  # noqa: BLE001 - even SystemExit from a __reduce__
             return self._failure(work, result_error(key, result, e), start)
-        return (True, key, result, nbytes, start, stop, has_value, value, type(result).__name__)
+        return TaskFinished(key, result, nbytes, start, stop, has_value, value,
+                            type(result).__name__)
+
+    def _read_back(self, key: str, marker: Spilled, value: Any) -> None:
+        """A task loaded a spilled input: the loop decides whether it stays in memory."""
+        self._report(InputReadBack(key, marker, value))
 
     def _run_coroutine(self, coro) -> Any:
         """Run an ``async def`` task's coroutine on a fresh event loop in this thread.
@@ -218,43 +238,56 @@ class Executor:
         finally:
             self._loops.pop(me, None)
 
-    def _failure(self, work: Work, e: BaseException, start: float, retry: bool = True) -> tuple:
+    def _failure(self, work: Execute, e: BaseException, start: float,
+                 retry: bool = True) -> TaskFailed:
         stop = time.time()
+        options = work.options or _NO_OPTIONS
         if isinstance(e, TimeoutInterrupt):
             e = TaskTimeoutError(f"task {work.key!r} ran longer than its timeout of "
-                                 f"{work.timeout:g} s and was stopped")
+                                 f"{options['timeout']:g} s and was stopped")
         elif isinstance(e, CancelInterrupt):
             e = CancelledError(f"task {work.key!r} was cancelled while it ran, and stopped")
         elif e.__traceback__ is not None and e.__traceback__.tb_next is not None:
             e.__traceback__ = e.__traceback__.tb_next   # start at the user's frame
         retryable = retry and not isinstance(e, CancelledError)
-        retry = None
+        again = None
         if retryable and isinstance(e, Retry):
-            retry = {"delay": e.delay, "max": e.max_retries}
-        elif retryable and work.retries:
+            again = {"delay": e.delay, "max": e.max_retries}
+        elif retryable and options.get("retries"):   # retries left: failures may be retried
             classes: tuple = (Exception,)   # retry_on's default: any Exception
-            if work.retry_on is not None:
+            retry_on = options.get("retry_on")   # a Serialized tuple of exception classes
+            if retry_on is not None:
                 try:
-                    classes = loads(work.retry_on)
+                    classes = loads(retry_on)
                 except Exception:
                     pass
             if isinstance(e, classes):
-                retry = {"delay": None, "max": None}
+                again = {"delay": None, "max": None}
         exc, text = exception_payload(e)
-        return (False, work.key, exc, text, start, stop, retry)
+        return TaskFailed(work.key, exc, text, start, stop, again)
 
     # ------------------------------------------------------------------ on the event loop
     def _drain(self) -> None:
         with self._lock:
             done, self._done = self._done, []
+        self._deliver(done)
+
+    def _deliver(self, done: list[Outcome]) -> None:
+        """Arm time limits as tasks start; as they end, disarm them and forget a cancel."""
         for outcome in done:
-            if outcome[0] == "started" and outcome[3]:
-                key = outcome[1]
-                self._timers[key] = self.loop.call_later(outcome[3], self._timed_out, key)
-            elif outcome[0] != "started":
-                timer = self._timers.pop(outcome[1], None)
+            kind = type(outcome)
+            if kind is TaskStarted:
+                if outcome.timeout:
+                    key = outcome.key
+                    self._timers[key] = self.loop.call_later(outcome.timeout, self._timed_out,
+                                                             key)
+            elif kind is not InputReadBack:
+                timer = self._timers.pop(outcome.key, None)
                 if timer is not None:
                     timer.cancel()
+                if self._cancelled:
+                    with self._lock:
+                        self._cancelled.discard(outcome.key)
         self.on_outcomes(done)
 
     def _timed_out(self, key: str) -> None:
@@ -292,12 +325,9 @@ class Executor:
                  CancelledError(f"task {key!r} was cancelled and did not stop within "
                                 f"{GRACE_SECONDS:g} s; its thread was abandoned"))
         exc, text = exception_payload(error)
-        self.on_outcomes([(False, key, exc, text, time.time(), time.time(), None)])
+        now = time.time()
+        self._deliver([TaskFailed(key, exc, text, now, now, None)])
         self.on_stuck(key)
-
-    @property
-    def running(self) -> dict[str, int]:
-        return dict(self._running)
 
     def close(self, timeout: float = 5.0) -> list[threading.Thread]:
         self._closing = True
@@ -312,7 +342,8 @@ def _resolver(data: dict, errors: dict | None,
               on_unspilled: Callable[[str, Any, Any], None] | None = None
               ) -> Callable[[str], Any]:
     """Values of inputs by key; failed inputs (collect_errors) arrive as their exceptions;
-    a spilled input is read back from disk, and offered back to memory (``on_unspilled``)."""
+    a spilled input is read back from disk, and offered back to memory (``on_unspilled``,
+    called in the task's thread)."""
 
     def resolve(key: str) -> Any:
         if errors and key not in data:
@@ -326,10 +357,6 @@ def _resolver(data: dict, errors: dict | None,
         return loaded
 
     return resolve
-
-
-def work_for(key: str, ts: Any) -> Work:
-    return Work(key, ts.fn, ts.args, ts.kwargs, ts.want, ts.options)
 
 
 def _nothing() -> None:

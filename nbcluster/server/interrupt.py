@@ -21,8 +21,9 @@ class CancelInterrupt(TaskInterrupt):
 def interrupt_thread(thread_id: int, exc_type: type[BaseException]) -> bool:
     """Ask the interpreter to raise ``exc_type`` in thread ``thread_id`` at its next bytecode.
 
-    Code blocked in C (``time.sleep`` is fine: it wakes for signals/async exceptions only at
-    its end; a long C call is not) may not notice: the worker then replaces the process."""
+    A thread blocked in C code, ``time.sleep`` included, runs no bytecode until that call
+    returns, so it notices only then; the executor gives up on a thread that has not stopped
+    after a grace period (a worker process then exits and is replaced)."""
     done = ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(thread_id),
                                                       ctypes.py_object(exc_type))
     if done > 1:   # should not happen: undo, as the C API asks

@@ -17,6 +17,7 @@ from ..comm import Comm, listen
 from ..errors import ProtocolError
 from ..protocol import messages as m
 from ..state.gates import queue_typo
+from ..state.invariants import check_scheduler, shell_check
 from ..state.scheduler_state import BadBatch, SchedulerState
 
 logger = logging.getLogger("nbcluster.scheduler")
@@ -44,6 +45,7 @@ class Scheduler:
         self.dashboard_link: str | None = None   # set by whoever starts a dashboard for it
         self._wakeup: asyncio.TimerHandle | None = None
         self._wakeup_at: float | None = None
+        self._check = shell_check(check_scheduler, os.environ.get("NBCLUSTER_VALIDATE") == "1")
 
     async def start(self) -> "Scheduler":
         self.listener = await listen(self.requested_address, self._on_comm, self.token,
@@ -176,6 +178,7 @@ class Scheduler:
             comm = comms.get(peer)
             if comm is not None:
                 comm.send([m.FREE, keys])
+        self._check(self.state)   # debug mode (NBCLUSTER_VALIDATE=1): after every batch
 
     def _schedule_wakeup(self) -> None:
         """Call the state's ``wake`` when its next timer or rate limit is due."""

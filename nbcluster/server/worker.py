@@ -12,6 +12,7 @@ import os
 import sys
 import threading
 import time
+from typing import Any, Callable
 
 from ..comm import Comm, connect, listen
 from ..comm.pool import DataPool
@@ -19,11 +20,16 @@ from ..config import MEMORY_EXIT_CODE, check_fraction
 from ..loop_thread import close_on_sigterm
 from ..errors import ClusterError, SerializationError
 from ..protocol import messages as m
-from ..protocol.serialize import dump_value, load_value, loads_function, sizeof
+from ..protocol.serialize import dump_value, loads_function
+from ..state.instructions import (Drop, Execute, Fetch, Instruction, Resume, Send, Spill, Stop,
+                                  Terminate, Unspill)
+from ..state.invariants import check_worker, shell_check
 from ..state.worker_state import PAUSE_AT, SPILL_AT, TERMINATE_AT, WorkerState
-from . import capture
-from .executor import Executor, exception_payload, result_error, work_for
+from . import capture, worker_data
+from .executor import Executor, exception_payload
 from .spill import Spilled, SpillStore
+from .worker_outcomes import InputReadBack, Outcome, TaskFailed, TaskFinished, TaskStarted
+from .worker_output import TaskOutput
 
 logger = logging.getLogger("nbcluster.worker")
 
@@ -66,16 +72,24 @@ class Worker:
         self.executor: Executor | None = None
         self.exit_when_stuck = False      # set in LocalCluster's worker processes
         self.own_process = False          # the process is this worker's alone (may exit)
-        self._outputs: list = []
-        self._partial: dict[tuple[str, str], str] = {}   # printed text not yet ending a line
-        self._announced: set[str] = set()    # STARTED sent when handed to an idle thread
-        self._done_lock = threading.Lock()
+        self.output: TaskOutput | None = None
+        self._started: list[TaskStarted] = []   # handled after the ends of the same batch
+        # how each instruction of the state machine, and each outcome of the executor, is
+        # carried out: one handler per record type
+        self._do: dict[type, Callable[[Any], None]] = {
+            Send: self._send, Execute: self._execute, Drop: self._drop, Fetch: self._fetch,
+            Stop: self._stop, Resume: self._resume, Terminate: self._terminate,
+            Spill: self._spill, Unspill: self._unspill}
+        self._on: dict[type, Callable[[Any], None]] = {
+            TaskFinished: self._finished, TaskFailed: self._failed,
+            TaskStarted: self._started.append, InputReadBack: self._read_back}
         self._loop: asyncio.AbstractEventLoop | None = None
         self._heartbeat: asyncio.Task | None = None
         self._memory_watch: asyncio.Task | None = None
         self._over_limit_told = False
         self._terminating = False
         self._closing = False
+        self._check = shell_check(check_worker, os.environ.get("NBCLUSTER_VALIDATE") == "1")
 
     async def start(self) -> "Worker":
         self._loop = asyncio.get_running_loop()
@@ -97,11 +111,10 @@ class Worker:
             self.listener.stop()
             raise
         # ready before the hello: the scheduler may send work in the same batch as its answer
+        self.output = TaskOutput(self._loop, self.scheduler.send_many)
         self.executor = Executor(self.nthreads, self._loop, self.functions, self.data,
-                                 self._on_outcomes, self._output, self._is_cancelled,
-                                 self._on_stuck, self._task_ended)
-        if self.state.spill_limit is not None:
-            self.executor.on_unspilled = self._read_back
+                                 self._on_outcomes, self.output.write, self._on_stuck,
+                                 self.output.task_ended)
         self._hello: asyncio.Future = self._loop.create_future()
         self.scheduler.send([m.HELLO, "worker", identity])
         self.scheduler.start(self._on_scheduler_batch, self._on_scheduler_lost)
@@ -155,9 +168,9 @@ class Worker:
         for msg in batch:
             op = m.check(msg)
             if op == m.COMPUTE:
-                self._apply(st.compute(*msg[1:]))
+                self.apply(st.compute(*msg[1:]))
             elif op == m.FREE:
-                self._apply(st.free(msg[1]))
+                self.apply(st.free(msg[1]))
             elif op == m.FUNCTION:
                 self._define_function(msg[1], msg[2])
             elif op == m.RUN:
@@ -178,108 +191,76 @@ class Worker:
         except Exception as e:
             self.functions[token] = SerializationError(f"cannot unpickle the function: {e!r}")
 
-    def _apply(self, instructions: list) -> None:
-        send = self.scheduler.send
+    # ------------------------------------------------------------------ instructions
+    def apply(self, instructions: list[Instruction]) -> None:
+        """Carry out what the state machine decided, in order."""
+        do = self._do
         for ins in instructions:
-            kind = ins[0]
-            if kind == "send":
-                send(ins[1])
-            elif kind == "execute":
-                work = work_for(ins[1], self.state.tasks[ins[1]])
-                if self.executor.will_start_now():
-                    # Announce it before a thread can run it: a task that kills the process
-                    # must still be counted against (KilledWorkerError after 3 deaths).
-                    send([m.STARTED, work.key, time.time(), self.state.tasks[work.key].run_id])
-                    self._announced.add(work.key)
-                    self._loop.call_soon(self.executor.submit, work)   # after the flush
-                else:
-                    self.executor.submit(work)
-            elif kind == "drop":
-                data = self.data
-                for key in ins[1]:
-                    value = data.pop(key, None)
-                    if type(value) is Spilled:
-                        self.spill.remove(value)
-            elif kind == "fetch":
-                asyncio.ensure_future(self._fetch(ins[1], ins[2]))
-            elif kind == "stop":
-                self.executor.stop_task(ins[1])
-            elif kind == "terminate":
-                self._terminate(ins[1])
-            elif kind == "spill":
-                self._spill(ins[1])
-            elif kind == "unspill":
-                marker, value = self._loaded.pop(ins[1])
-                self.data[ins[1]] = value
-                self.spill.remove(marker)
+            do[type(ins)](ins)
+        self._check(self.state)   # debug mode (NBCLUSTER_VALIDATE=1): after every batch
 
-    # ------------------------------------------------------------------ execution
-    def _is_cancelled(self, key: str) -> bool:
-        ts = self.state.tasks.get(key)        # read from a task thread: a benign race
-        return ts is None or ts.cancelled
+    def _send(self, ins: Send) -> None:
+        self.scheduler.send(ins.msg)
 
-    def _output(self, key: str, stream: str, text: str) -> None:
-        """From a task thread: forward what the task printed, whole lines at a time (print
-        writes its parts separately), coalesced per loop tick; the rest at the task's end."""
-        with self._done_lock:
-            held = self._partial.pop((key, stream), "") + text
-            cut = held.rfind("\n") + 1
-            if cut == 0 and len(held) < 4096:
-                self._partial[(key, stream)] = held
-                return
-            if cut and cut < len(held):
-                self._partial[(key, stream)] = held[cut:]
-                held = held[:cut]
-            self._outputs.append([m.OUTPUT, key, stream, held])
-            wake = len(self._outputs) == 1
-        if wake:
-            try:
-                self._loop.call_soon_threadsafe(self._drain_outputs)
-            except RuntimeError:
-                pass
+    def _execute(self, ins: Execute) -> None:
+        if ins.announce:
+            # STARTED leaves before a thread can run the task: a task that kills the process
+            # must still be counted against (KilledWorkerError after 3 deaths)
+            self.scheduler.send([m.STARTED, ins.key, time.time(), ins.run])
+            self._loop.call_soon(self.executor.submit, ins)   # after the flush
+        else:
+            self.executor.submit(ins)
 
-    def _task_ended(self, key: str) -> None:
-        """From a task thread, as a task ends: send what it printed without a final newline."""
-        if self._partial:
-            for stream in ("stdout", "stderr", "log"):
-                with self._done_lock:
-                    rest = self._partial.pop((key, stream), None)
-                if rest:
-                    self._output(key, stream, rest + "\n")
-
-    def _drain_outputs(self) -> None:
-        with self._done_lock:
-            outputs, self._outputs = self._outputs, []
-        merged: list = []
-        for msg in outputs:   # print() writes text and newline separately: join them
-            if merged and merged[-1][1] == msg[1] and merged[-1][2] == msg[2]:
-                merged[-1][3] += msg[3]
-            else:
-                merged.append(msg)
-        if self.scheduler is not None:
-            self.scheduler.send_many(merged)
-
-    def _on_outcomes(self, done: list) -> None:
-        if self._outputs:
-            self._drain_outputs()     # what a task printed goes before its result
-        st = self.state
+    def _drop(self, ins: Drop) -> None:
         data = self.data
-        finished = {o[1] for o in done if o[0] != "started"}
+        for key in ins.keys:
+            value = data.pop(key, None)
+            if type(value) is Spilled:
+                self.spill.remove(value)
+
+    def _fetch(self, ins: Fetch) -> None:
+        asyncio.ensure_future(worker_data.fetch(self, ins.peer, ins.keys))
+
+    def _stop(self, ins: Stop) -> None:
+        self.executor.cancel(ins.key)
+
+    def _resume(self, ins: Resume) -> None:
+        self.executor.resume(ins.key)
+
+    def _spill(self, ins: Spill) -> None:
+        data = self.data
+        for key, nbytes in ins.nbytes.items():
+            value = data.get(key)
+            if value is not None and type(value) is not Spilled:
+                self.spill.write_later(key, value, nbytes, self._spill_written)
+
+    def _unspill(self, ins: Unspill) -> None:
+        marker, value = self._loaded.pop(ins.key)
+        self.data[ins.key] = value
+        self.spill.remove(marker)
+
+    # ------------------------------------------------------------------ executor outcomes
+    def _on_outcomes(self, done: list[Outcome]) -> None:
+        if self.output.queued:
+            self.output.drain()     # what a task printed goes before its result
+        on = self._on
         for outcome in done:
-            if outcome[0] == "started":
-                if outcome[1] in self._announced:
-                    self._announced.discard(outcome[1])
-                elif outcome[1] not in finished:   # still running: tell the scheduler
-                    ts = st.tasks.get(outcome[1])
-                    if ts is not None:
-                        self.scheduler.send([m.STARTED, outcome[1], outcome[2], ts.run_id])
-            elif outcome[0]:
-                _, key, result, nbytes, start, stop, has_value, value, typ = outcome
-                data[key] = result
-                self._apply(st.task_finished(key, nbytes, start, stop, has_value, value, typ))
-            else:
-                _, key, exc, text, start, stop, retry = outcome
-                self._apply(st.task_failed(key, exc, text, start, stop, retry))
+            on[type(outcome)](outcome)
+        # Starts after the ends of the same batch: a task that has ended needs no STARTED.
+        started = self._started
+        if started:
+            for o in started:
+                self.apply(self.state.task_started(o.key, o.start))
+            started.clear()
+
+    def _finished(self, o: TaskFinished) -> None:
+        self.data[o.key] = o.result
+        self.apply(self.state.task_finished(o.key, o.nbytes, o.start, o.stop, o.has_value,
+                                            o.value, o.type_name))
+
+    def _failed(self, o: TaskFailed) -> None:
+        self.apply(self.state.task_failed(o.key, o.exception, o.traceback, o.start, o.stop,
+                                          o.retry))
 
     def _on_stuck(self, key: str) -> None:
         """A task would not stop: a worker process exits (its cluster replaces it); an
@@ -289,26 +270,13 @@ class Worker:
             asyncio.ensure_future(self.close("stuck task"))
 
     # ------------------------------------------------------------------ spilling
-    def _spill(self, keys: list) -> None:
-        data, tasks = self.data, self.state.tasks
-        for key in keys:
-            value = data.get(key)
-            if value is not None and type(value) is not Spilled:
-                self.spill.write_later(key, value, tasks[key].nbytes, self._spill_written)
-
-    def _read_back(self, key, marker, value) -> None:
-        """From a task thread: a spilled input was loaded; offer it back to memory."""
-        try:
-            self._loop.call_soon_threadsafe(self._unspilled, key, marker, value)
-        except RuntimeError:     # loop closed: the worker is gone
-            pass
-
-    def _unspilled(self, key, marker, value) -> None:
-        if self.data.get(key) is not marker:     # dropped, or read back by another task
+    def _read_back(self, o: InputReadBack) -> None:
+        """A task loaded a spilled input: the state decides whether it stays in memory."""
+        if self.data.get(o.key) is not o.marker:     # dropped, or read back by another task
             return
-        self._loaded[key] = (marker, value)
-        self._apply(self.state.unspilled(key))
-        self._loaded.pop(key, None)              # not taken: it stays on disk
+        self._loaded[o.key] = (o.marker, o.value)
+        self.apply(self.state.unspilled(o.key))
+        self._loaded.pop(o.key, None)              # not taken: it stays on disk
 
     def _spill_written(self, key, value, marker, error) -> None:
         """On the spill thread: hand the outcome to the event loop."""
@@ -320,102 +288,16 @@ class Worker:
     def _spill_done(self, key, value, marker, error) -> None:
         if marker is None:               # not written: a plain value, or an error
             self.spill.kept_in_memory(key, error)
-            self._apply(self.state.spill_failed(key))
+            self.apply(self.state.spill_failed(key))
         else:
             if self.data.get(key) is value:
                 self.data[key] = marker  # the value itself is freed (unless a task holds it)
             else:                        # dropped or replaced while it was written
                 self.spill.remove(marker)
-            self._apply(self.state.spill_written(key))
-
-    # ------------------------------------------------------------------ data transfer
-    async def _fetch(self, peer: str, keys: list) -> None:
-        start = time.time()
-        try:
-            values, missing, errors = await self.pool.get_data(peer, keys)
-        except Exception as e:
-            logger.info("fetch of %d keys from %s failed: %r", len(keys), peer, e)
-            self._apply(self.state.fetch_failed(peer, keys))
-            return
-        nbytes = {}
-        for key, value in values.items():
-            held = self.data.get(key)
-            if held is not None:     # computed or fetched here meanwhile: keep that copy
-                nbytes[key] = held.nbytes if type(held) is Spilled else sizeof(held)
-                continue
-            try:
-                self.data[key] = obj = load_value(value)
-            except Exception as e:
-                errors[key] = f"cannot unpickle {key!r} from {peer}: {e}"
-                continue
-            nbytes[key] = sizeof(obj)
-        stop = time.time()
-        if nbytes:   # for the dashboard's task stream: one mark per transfer
-            self.scheduler.send([m.TRANSFERS, [[k, peer, start, stop, n] for k, n in nbytes.items()]])
-        for key, text in errors.items():
-            self._apply(self.state.fetch_errored(key, exception_payload(SerializationError(text))))
-        self._apply(self.state.fetch_done(peer, nbytes, missing))
+            self.apply(self.state.spill_written(key))
 
     def _on_peer(self, comm: Comm) -> None:
-        def on_batch(batch):
-            for msg in batch:
-                op = m.check(msg)
-                if op == m.GET_DATA:
-                    if any(type(self.data.get(k)) is Spilled for k in msg[2]):
-                        asyncio.ensure_future(self._get_data_from_disk(comm, msg[1], msg[2]))
-                    else:
-                        comm.send(self._get_data(msg[1], msg[2]))
-                elif op == m.PUT_DATA:
-                    comm.send(self._put_data(msg[1], msg[2]))
-                elif op != m.HELLO:
-                    raise m.ProtocolError(f"{op!r} is not accepted from a peer")
-
-        comm.start(on_batch, lambda reason: None)
-
-    async def _get_data_from_disk(self, comm: Comm, request_id, keys) -> None:
-        """Some of the values asked for are on disk: read them off the event loop."""
-        spilled = {k: v for k in keys if type(v := self.data.get(k)) is Spilled}
-        read = await asyncio.get_running_loop().run_in_executor(None, _read_spilled, spilled)
-        comm.send(self._get_data(request_id, keys, read))
-
-    def _get_data(self, request_id, keys, read: dict | None = None) -> list:
-        values, missing, errors = {}, [], {}
-        data = self.data
-        for key in keys:
-            if read is not None and key in read and key in data:
-                if read[key] is None:            # its file went with the key meanwhile
-                    missing.append(key)
-                else:
-                    values[key] = read[key]
-                continue
-            if key not in data:
-                missing.append(key)
-                continue
-            try:
-                value = data[key]
-                values[key] = value.serialized() if type(value) is Spilled else \
-                    dump_value(value, what=f"the result of {key!r}")
-            except SerializationError as e:
-                errors[key] = str(e)
-            except OSError:                      # a spill file removed under us
-                missing.append(key)
-            except BaseException as e:  # noqa: BLE001 - SystemExit from a __reduce__: a reply
-                errors[key] = str(result_error(key, data.get(key), e))
-        return [m.DATA, request_id, values, missing, errors]
-
-    def _put_data(self, request_id, values) -> list:
-        refused = self.state.refuses_data(values)
-        if refused:
-            return [m.REPLY, request_id, False,
-                    f"{', '.join(map(repr, refused))} already name tasks on this worker"]
-        nbytes = {}
-        for key, value in values.items():
-            if type(self.data.get(key)) is Spilled:
-                self.spill.remove(self.data[key])
-            self.data[key] = obj = load_value(value)
-            nbytes[key] = sizeof(obj)
-        self._apply(self.state.data_added(nbytes))
-        return [m.REPLY, request_id, True, nbytes]
+        worker_data.serve(self, comm)
 
     # ------------------------------------------------------------------ run and heartbeat
     def _run_function(self, request_id, blob, args) -> None:
@@ -454,7 +336,7 @@ class Worker:
         proc = psutil.Process()
         while not self._closing:
             try:
-                self._apply(self.state.memory_used(proc.memory_info().rss))
+                self.apply(self.state.memory_used(proc.memory_info().rss))
             except psutil.Error:
                 logger.debug("memory measurement failed", exc_info=True)
             await asyncio.sleep(MEMORY_CHECK_SECONDS)
@@ -465,14 +347,13 @@ class Worker:
         if self._closing or self.state is None:
             return
         self.memory_limit = limit or None
-        self._apply(self.state.set_memory_limit(self.memory_limit))
-        if self.state.spill_limit is not None:
-            self.executor.on_unspilled = self._read_back
+        self.apply(self.state.set_memory_limit(self.memory_limit))
         if self.memory_limit and (self.memory_pause or self.memory_terminate) \
                 and self._memory_watch is None and not self._closing:
             self._memory_watch = asyncio.ensure_future(self._memory_loop())
 
-    def _terminate(self, reason: str) -> None:
+    def _terminate(self, ins: Terminate) -> None:
+        reason = ins.reason
         if not self.own_process:
             # a worker thread in the user's process cannot be replaced: stay, but say so once
             if not self._over_limit_told:
@@ -490,17 +371,6 @@ class Worker:
               flush=True)
         self.scheduler.send([m.STATUS, "terminating", reason])
         self._loop.call_later(TERMINATE_GRACE_SECONDS, os._exit, MEMORY_EXIT_CODE)
-
-
-def _read_spilled(spilled: dict) -> dict:
-    """On a thread: the wire form of each spilled value, None if its file is gone."""
-    read = {}
-    for key, marker in spilled.items():
-        try:
-            read[key] = marker.serialized()
-        except OSError:
-            read[key] = None
-    return read
 
 
 async def run_worker(scheduler_address: str, **kwargs) -> None:

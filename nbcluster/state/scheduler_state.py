@@ -340,7 +340,8 @@ class SchedulerState(Transitions):
                 if ws is not None and ws not in ts.who_has:
                     self.out.append((worker, [m.FREE, [key]]))
                 if ts.state == "memory":
-                    self.out.append((peer, [m.DONE, key, False, None, ts.nbytes]))
+                    self.out.append((peer, [m.DONE, key, False, None, ts.nbytes,
+                                            [w.address for w in ts.who_has]]))
                 continue
             if ws is None:
                 if ts.state != "memory":   # else another copy (broadcast) is still there
@@ -351,7 +352,8 @@ class SchedulerState(Transitions):
                 ts.nbytes = size
             ts.state = "memory"
             self._add_replica(ts, ws)
-            self.out.append((peer, [m.DONE, key, False, None, size]))
+            self.out.append((peer, [m.DONE, key, False, None, size,
+                                    [w.address for w in ts.who_has]]))
 
     # ------------------------------------------------------------------ worker messages
     def _on_started(self, peer, key, start, run) -> None:
@@ -392,7 +394,8 @@ class SchedulerState(Transitions):
         ts.state = "memory"
         self._add_replica(ts, ws)
         self._record(ts, "memory", peer)
-        self._tell(ts, [m.DONE, key, has_value, value if has_value else None, nbytes])
+        self._tell(ts, [m.DONE, key, has_value, value if has_value else None, nbytes,
+                        [] if has_value else [peer]])
         for dts in ts.dependents:
             if ts in dts.waiting_on:
                 dts.waiting_on.discard(ts)

@@ -456,7 +456,8 @@ class Transitions:
 
     def _report_if_final(self, ts: TaskState, client: str) -> None:
         if ts.state == "memory":
-            self.out.append((client, [m.DONE, ts.key, False, None, ts.nbytes]))
+            self.out.append((client, [m.DONE, ts.key, False, None, ts.nbytes,
+                                      [w.address for w in ts.who_has]]))
         elif ts.state == "erred":
             self.out.append((client, [m.ERRED, ts.key, ts.exception, ts.traceback, ts.blame]))
         elif ts.state == "released":

@@ -1,18 +1,11 @@
 """The worker's decisions: a pure, synchronous state machine.
 
 Events come in as method calls with plain data (messages from the scheduler, outcomes reported
-by the worker's shell); each returns a list of instructions for the shell:
-
-- ``("execute", key)``          run the task in a thread
-- ``("fetch", worker, [keys])`` get these keys from a peer worker
-- ``("send", message)``         send to the scheduler
-- ``("drop", [keys])``          delete these values from the data store
-- ``("stop", key)``             interrupt the running task (it was freed)
-- ``("terminate", reason)``     memory is over the limit: end this worker process
-- ``("spill", [keys])``         write these values to disk (least recently used first)
-- ``("unspill", key)``          a spilled value read back by a task stays in memory
-
-The shell reports back ``spill_written`` / ``spill_failed`` for every key it was told to spill.
+by the worker's shell); each returns a list of instructions for the shell, the records of
+:mod:`.instructions` (``Execute``, ``Send``, ``Fetch``, ``Drop``, ``Stop``, ``Resume``,
+``Terminate``, ``Spill``, ``Unspill``). Transfers from peers are decided in
+:mod:`.worker_transfers`, memory limits and spilling in :mod:`.worker_memory`: methods of this
+class, written there to keep each module small.
 
 Task states on a worker::
 
@@ -24,11 +17,14 @@ from __future__ import annotations
 
 import heapq
 import random
+from typing import Any, Iterable
 
 from ..protocol import messages as m
+from . import worker_memory, worker_transfers
+from .instructions import Drop, Execute, Instruction, Resume, Send, Stop
+from .worker_transfers import FETCH_BATCH as FETCH_BATCH  # the limits, for readers here
+from .worker_transfers import FETCHES_PER_PEER as FETCHES_PER_PEER
 
-FETCHES_PER_PEER = 2    # concurrent transfers from one peer
-FETCH_BATCH = 50        # keys per transfer request
 PREFETCH_SECONDS = 0.002  # work handed to the executor ahead of time, for short tasks
 MAX_PREFETCH = 64
 SPILL_AT = 0.60        # of the memory limit: results beyond this go to disk
@@ -36,21 +32,17 @@ PAUSE_AT = 0.80        # of the memory limit: start no new task above this
 TERMINATE_AT = 0.95    # of the memory limit: the process asks to be replaced above this
 
 
-def _mib(n: int) -> str:
-    return f"{n / 2**20:,.0f} MiB"
-
-
 class WorkerTask:
     __slots__ = ("key", "state", "fn", "args", "kwargs", "deps", "waiting_on", "want",
                  "priority", "order", "who_has", "dependents", "nbytes", "cancelled", "fetched",
-                 "options", "scattered", "spilled", "unspillable", "run_id")
+                 "options", "scattered", "spilled", "unspillable", "run_id", "announced")
 
     def __init__(self, key: str) -> None:
         self.key = key
         self.state = "new"
-        self.fn = None
-        self.args = None
-        self.kwargs = None
+        self.fn: str | None = None     # token of the function (None once it ran)
+        self.args: Any = None
+        self.kwargs: Any = None
         self.deps: list[str] = []
         self.waiting_on: set[str] = set()
         self.want = False
@@ -60,12 +52,13 @@ class WorkerTask:
         self.dependents: set[str] = set()
         self.nbytes = 0
         self.cancelled = False
-        self.options: dict | None = None
+        self.options: dict[str, Any] | None = None
         self.fetched = False   # a copy of a peer's result: the scheduler does not count it
         self.scattered = False  # put here by a client (scatter), not computed
         self.spilled = False    # its value is on disk (still here, loaded when needed)
         self.unspillable = False  # writing it to disk failed: it stays in memory
         self.run_id = 0         # the scheduler's id of this assignment, echoed in reports
+        self.announced = False  # STARTED sent for its current run
 
     def __lt__(self, other: "WorkerTask") -> bool:
         return (self.priority, self.order) < (other.priority, other.order)
@@ -104,18 +97,20 @@ class WorkerState:
         self.prefetch = 0                 # tasks handed to the executor beyond nthreads
 
     # ------------------------------------------------------------------ scheduler messages
-    def compute(self, key, fn, args, kwargs, deps: dict, want: bool, priority: int,
-                options: dict | None = None, run: int = 0) -> list:
-        out: list = []
+    def compute(self, key: str, fn: str, args: Any, kwargs: Any, deps: dict[str, list[str]],
+                want: bool, priority: int, options: dict[str, Any] | None = None,
+                run: int = 0) -> list[Instruction]:
+        out: list[Instruction] = []
         ts = self.tasks.get(key)
         if ts is not None and ts.state in ("memory", "ready", "executing", "waiting"):
             ts.run_id = run
             if ts.state == "memory":
                 ts.fetched = False
-                out.append(("send", [m.FINISHED, key, ts.nbytes, 0.0, 0.0, False, None, "",
-                                     run]))
-            # freed while running, then given back: the running call delivers the result
-            ts.cancelled = False
+                out.append(Send([m.FINISHED, key, ts.nbytes, 0.0, 0.0, False, None, "", run]))
+            if ts.cancelled:
+                # freed while with the executor, then given back: the call delivers the result
+                ts.cancelled = False
+                out.append(Resume(key))
             ts.want = ts.want or want
             return out
         if ts is None:
@@ -148,8 +143,8 @@ class WorkerState:
             ts.state = "waiting"
         else:
             self._make_ready(ts)
-        # Queued only now: an input with no holder reports the task MISSING, which needs it
-        # to be waiting (before, the report was skipped and the task waited forever).
+        # Queued only now that the task waits: an input with no holder reports the task
+        # MISSING, and only a waiting task is reported (or it would wait forever).
         for dts, gone in to_fetch:
             if dts.state == "fetch":
                 self._queue_fetch(dts, out, gone)
@@ -157,23 +152,23 @@ class WorkerState:
         self._start_fetches(out)
         return out
 
-    def free(self, keys) -> list:
-        out: list = []
-        drop = []
+    def free(self, keys: list[str]) -> list[Instruction]:
+        out: list[Instruction] = []
+        drop: list[str] = []
         for key in keys:
             ts = self.tasks.get(key)
             if ts is None:
                 continue
             if ts.state == "executing":
                 ts.cancelled = True   # the result is dropped when the thread returns
-                out.append(("stop", key))   # and a running call is interrupted
+                out.append(Stop(key))   # and a running call is interrupted
                 continue
             if ts.dependents and any(self._is_pending(d) for d in ts.dependents):
                 ts.fetched = True   # no longer counted by the scheduler: drop after use
                 continue
             self._forget(ts, drop)
         if drop:
-            out.append(("drop", drop))
+            out.append(Drop(drop))
         self._run_ready(out)
         return out
 
@@ -184,18 +179,29 @@ class WorkerState:
         per_thread = int(PREFETCH_SECONDS / max(self.avg_duration, 1e-6))
         self.prefetch = 0 if self.avg_duration >= 1e-3 else self.nthreads * min(per_thread, MAX_PREFETCH)
 
-    def task_finished(self, key, nbytes, start, stop, has_value, value, typ) -> list:
-        out: list = []
+    def task_started(self, key: str, start: float) -> list[Instruction]:
+        """A thread began to run ``key``: the scheduler hears STARTED, unless it was told when
+        the task went to an idle thread, or the task has ended (its end, reported in the same
+        batch, is handled first: the scheduler then needs no STARTED)."""
+        ts = self.tasks.get(key)
+        if ts is None or ts.state != "executing" or ts.announced:
+            return []
+        ts.announced = True
+        return [Send([m.STARTED, key, start, ts.run_id])]
+
+    def task_finished(self, key: str, nbytes: int, start: float, stop: float, has_value: bool,
+                      value: Any, typ: str) -> list[Instruction]:
+        out: list[Instruction] = []
         self.executing.discard(key)
         self._observe_duration(stop - start)
         ts = self.tasks.get(key)
         if ts is None or (ts.cancelled and not any(map(self._is_pending, ts.dependents))):
             if ts is not None:
-                drop: list = []
+                drop: list[str] = []
                 self._forget(ts, drop)
-                out.append(("drop", drop + [key]))
+                out.append(Drop(drop + [key]))
             else:
-                out.append(("drop", [key]))
+                out.append(Drop([key]))
             self._run_ready(out)
             return out
         ts.state = "memory"
@@ -207,8 +213,8 @@ class WorkerState:
             ts.cancelled, ts.fetched = False, True
         else:
             ts.fetched = False
-            out.append(("send", [m.FINISHED, key, nbytes, start, stop, has_value, value, typ,
-                                 ts.run_id]))
+            out.append(Send([m.FINISHED, key, nbytes, start, stop, has_value, value, typ,
+                             ts.run_id]))
             if self.spill_limit is not None:
                 self.lru[key] = None
                 self._maybe_spill(out)
@@ -217,93 +223,28 @@ class WorkerState:
         self._run_ready(out)
         return out
 
-    def task_failed(self, key, exception, traceback, start, stop, retry=None) -> list:
-        out: list = []
+    def task_failed(self, key: str, exception: Any, traceback: str, start: float, stop: float,
+                    retry: dict[str, Any] | None = None) -> list[Instruction]:
+        out: list[Instruction] = []
         self.executing.discard(key)
         ts = self.tasks.get(key)
         if ts is not None:
             if not ts.cancelled:
-                out.append(("send", [m.FAILED, key, exception, traceback, start, stop, retry,
-                                     ts.run_id]))
+                out.append(Send([m.FAILED, key, exception, traceback, start, stop, retry,
+                                 ts.run_id]))
             else:   # tasks here that wait for it must get it elsewhere: hand them back
                 for dkey in list(ts.dependents):
                     self._report_missing(dkey, key, "", out)
-            drop: list = []
+            drop: list[str] = []
             self._release_inputs(ts, out)
             ts.dependents.clear()
             self._forget(ts, drop)
             if drop:
-                out.append(("drop", drop))
+                out.append(Drop(drop))
         self._run_ready(out)
         return out
 
-    def fetch_done(self, peer: str, nbytes: dict, missing: list) -> list:
-        """A transfer from ``peer`` ended: ``nbytes`` for keys received, ``missing`` not had."""
-        out: list = []
-        self.in_flight[peer] = self.in_flight.get(peer, 1) - 1
-        for key, size in nbytes.items():
-            ts = self.tasks.get(key)
-            if ts is None:   # forgotten while it travelled: the shell stored it anyway
-                out.append(("drop", [key]))
-                continue
-            if ts.state != "flight":   # here already, or now computed here
-                continue
-            ts.state = "memory"
-            ts.nbytes = size
-            self.nbytes += size
-            if not any(self._is_pending(d) for d in ts.dependents):
-                # everyone who needed it went away while it travelled
-                drop: list = []
-                self._forget(ts, drop)
-                out.append(("drop", drop))
-                continue
-            self._input_arrived(ts, out)
-        for key in missing:
-            self._fetch_failed(key, peer, out)
-        if nbytes and self.spill_limit is not None:
-            self._maybe_spill(out)
-        self._run_ready(out)
-        self._start_fetches(out)
-        return out
-
-    def fetch_failed(self, peer: str, keys: list) -> list:
-        """The peer could not be reached at all."""
-        out: list = []
-        self.in_flight[peer] = self.in_flight.get(peer, 1) - 1
-        queued = self.to_fetch.pop(peer, ())
-        for key in keys:
-            self._fetch_failed(key, peer, out)
-        for ts in self.tasks.values():
-            if ts.state == "fetch" and peer in ts.who_has:
-                ts.who_has.remove(peer)
-        for key in queued:   # they waited for this peer: another holder, or MISSING
-            ts = self.tasks.get(key)
-            if ts is not None and ts.state == "fetch":
-                self._queue_fetch(ts, out, peer)
-        self._start_fetches(out)
-        return out
-
-    def fetch_errored(self, key: str, error: tuple) -> list:
-        """An input arrived but cannot be used (it does not unpickle): fail who needs it."""
-        out: list = []
-        exception, text = error
-        ts = self.tasks.get(key)
-        if ts is None:
-            return out
-        for dkey in list(ts.dependents):
-            dts = self.tasks.get(dkey)
-            if dts is not None and dts.state == "waiting":
-                out.append(("send", [m.FAILED, dkey, exception, text, 0.0, 0.0, None,
-                                     dts.run_id]))
-                drop: list = []
-                self._forget(dts, drop)
-                if drop:
-                    out.append(("drop", drop))
-        if not ts.dependents and key in self.tasks:
-            self._forget(ts, [])
-        return out
-
-    def refuses_data(self, keys) -> list[str]:
+    def refuses_data(self, keys: Iterable[str]) -> list[str]:
         """The keys a client may not put here: tasks this worker runs, waits on or computed.
         A scattered value, or a copy fetched from a peer, may be replaced."""
         refused = []
@@ -314,9 +255,9 @@ class WorkerState:
                 refused.append(key)
         return refused
 
-    def data_added(self, nbytes: dict) -> list:
+    def data_added(self, nbytes: dict[str, int]) -> list[Instruction]:
         """Values were put here directly (scatter)."""
-        out: list = []
+        out: list[Instruction] = []
         for key, size in nbytes.items():
             ts = self.tasks.get(key) or self.tasks.setdefault(key, WorkerTask(key))
             if ts.state == "memory":
@@ -337,105 +278,21 @@ class WorkerState:
         self._run_ready(out)
         return out
 
-    def unspilled(self, key: str) -> list:
-        """A task read ``key`` back from disk: keep it in memory again (as the most recently
-        used result) unless it is large next to the spill limit, which would only churn, or
-        results pushed out earlier are still being written: each value kept would push out
-        another before the last one has left memory, and tasks reading spilled inputs faster
-        than the disk takes them would grow the process past its limit."""
-        self.writing.discard(key)      # read from its file: the file is complete
-        ts = self.tasks.get(key)
-        limit = self.spill_limit
-        if ts is None or not ts.spilled or limit is None or ts.nbytes > limit // 2 \
-                or self.writing:
-            return []
-        ts.spilled = False
-        self.spilled -= ts.nbytes
-        self.lru[key] = None
-        out: list = [("unspill", key)]
-        self._maybe_spill(out)
-        return out
+    # inputs held by peers: decided in worker_transfers.py, bound here as methods
+    fetch_done = worker_transfers.fetch_done
+    fetch_failed = worker_transfers.fetch_failed
+    fetch_errored = worker_transfers.fetch_errored
+    _queue_fetch = worker_transfers.queue_fetch
+    _start_fetches = worker_transfers.start_fetches
+    _fetch_failed = worker_transfers.holder_failed
 
-    def spill_failed(self, key: str) -> list:
-        """Writing ``key`` to disk failed (it cannot be pickled, or the disk is full): it
-        stays in memory and is not tried again."""
-        self.writing.discard(key)
-        ts = self.tasks.get(key)
-        if ts is not None and ts.spilled:
-            ts.spilled = False
-            ts.unspillable = True
-            self.spilled -= ts.nbytes
-        return []
-
-    def spill_written(self, key: str) -> list:
-        """``key``'s file is complete (or the key went meanwhile): its memory is free."""
-        self.writing.discard(key)
-        return []
-
-    def set_memory_limit(self, limit: int | None) -> list:
-        """A new memory limit (its cluster re-divided the machine's memory): the spill limit
-        follows, results over it go to disk, and the scheduler hears of it."""
-        self.memory_limit = limit or None
-        spill_at = self.spill_at
-        self.spill_limit = int(limit * spill_at) if limit and spill_at else None
-        out: list = [("send", [m.MEMORY_LIMIT, self.memory_limit])]
-        if self.spill_limit is not None:
-            self._maybe_spill(out)
-        return out
-
-    def memory_used(self, rss: int) -> list:
-        """The process's memory was measured: pause above ``pause_at`` of the limit (running
-        tasks go on, new ones wait), resume below it, and ask to be terminated (the process
-        is replaced and its results recomputed) above ``terminate_at``."""
-        out: list = []
-        limit = self.memory_limit
-        if not limit:
-            return out
-        share = rss / limit
-        if self.terminate_at is not None and share >= self.terminate_at:
-            out.append(("terminate", f"process memory {_mib(rss)} is {share:.0%} of the worker's "
-                        f"limit of {_mib(limit)} (terminates at {self.terminate_at:.0%})"))
-            return out
-        if self.pause_at is None:
-            return out
-        if not self.paused and share >= self.pause_at:
-            self.paused = True
-            out.append(("send", [m.STATUS, "paused", f"process memory {_mib(rss)} is "
-                                 f"{share:.0%} of the worker's limit of {_mib(limit)} (pauses "
-                                 f"at {self.pause_at:.0%})"]))
-        elif self.paused and share < self.pause_at:
-            self.paused = False
-            out.append(("send", [m.STATUS, "running", f"process memory {_mib(rss)}, "
-                                 f"{share:.0%} of the limit"]))
-            self._run_ready(out)
-        return out
-
-    def _maybe_spill(self, out: list) -> None:
-        """Results in memory over ``spill_limit``: send the least recently used to disk."""
-        limit = self.spill_limit
-        in_memory = self.nbytes - self.spilled
-        if in_memory <= limit:
-            return
-        chosen, gone = [], []
-        tasks = self.tasks
-        for key in self.lru:
-            if in_memory <= limit:
-                break
-            ts = tasks.get(key)
-            if ts is None or ts.state != "memory" or ts.fetched or ts.unspillable or ts.spilled:
-                gone.append(key)
-                continue
-            chosen.append(ts)
-            in_memory -= ts.nbytes
-        for key in gone:
-            del self.lru[key]
-        for ts in chosen:
-            del self.lru[ts.key]
-            ts.spilled = True
-            self.spilled += ts.nbytes
-            self.writing.add(ts.key)
-        if chosen:
-            out.append(("spill", [ts.key for ts in chosen]))
+    # memory limits and spilling: decided in worker_memory.py, bound here as methods
+    memory_used = worker_memory.memory_used
+    set_memory_limit = worker_memory.set_memory_limit
+    unspilled = worker_memory.unspilled
+    spill_failed = worker_memory.spill_failed
+    spill_written = worker_memory.spill_written
+    _maybe_spill = worker_memory.maybe_spill
 
     # ------------------------------------------------------------------ internals
     def _is_pending(self, key: str) -> bool:
@@ -446,28 +303,38 @@ class WorkerState:
         ts.state = "ready"
         heapq.heappush(self.ready, ts)
 
-    def _run_ready(self, out: list) -> None:
+    def _run_ready(self, out: list[Instruction]) -> None:
         if self.paused:
             return
         ready = self.ready
+        executing = self.executing
+        nthreads = self.nthreads
         # Short tasks: hand the executor a few more than it has threads, so a thread moves on
         # to the next task without waiting for the event loop (completions then batch up).
-        limit = self.nthreads + self.prefetch
+        limit = nthreads + self.prefetch
         lru = self.lru if self.spill_limit is not None else None
-        while ready and len(self.executing) < limit:
+        while ready and len(executing) < limit:
             ts = heapq.heappop(ready)
             if ts.state != "ready":
                 continue
+            # A thread is free for it (or is about to be): STARTED goes out with this batch,
+            # before a thread can run it. Tasks queued behind busy threads are announced when
+            # a thread reports their start, unless they ended by then (task_started).
+            announce = len(executing) < nthreads
             ts.state = "executing"
-            self.executing.add(ts.key)
-            out.append(("execute", ts.key))
+            ts.announced = announce
+            executing.add(ts.key)
+            fn = ts.fn
+            assert fn is not None     # a ready task was computed here
+            out.append(Execute(ts.key, fn, ts.args, ts.kwargs, ts.want, ts.options, ts.run_id,
+                               announce))
             if lru is not None:
                 for dkey in ts.deps:      # used now: the last to go to disk
                     if dkey in lru:
                         del lru[dkey]
                         lru[dkey] = None
 
-    def _input_arrived(self, ts: WorkerTask, out: list) -> None:
+    def _input_arrived(self, ts: WorkerTask, out: list[Instruction]) -> None:
         for dkey in ts.dependents:
             dts = self.tasks.get(dkey)
             if dts is not None and dts.state == "waiting" and ts.key in dts.waiting_on:
@@ -475,9 +342,9 @@ class WorkerState:
                 if not dts.waiting_on:
                     self._make_ready(dts)
 
-    def _release_inputs(self, ts: WorkerTask, out: list) -> None:
+    def _release_inputs(self, ts: WorkerTask, out: list[Instruction]) -> None:
         """After ``ts`` ran, inputs fetched only for it can go (the scheduler may still free)."""
-        drop: list = []
+        drop: list[str] = []
         for dkey in ts.deps:
             dts = self.tasks.get(dkey)
             if dts is None:
@@ -489,9 +356,9 @@ class WorkerState:
         ts.deps = []
         ts.fn = ts.args = ts.kwargs = None
         if drop:
-            out.append(("drop", drop))
+            out.append(Drop(drop))
 
-    def _forget(self, ts: WorkerTask, drop: list) -> None:
+    def _forget(self, ts: WorkerTask, drop: list[str]) -> None:
         if ts.state == "memory":
             self.nbytes -= ts.nbytes
             if ts.spilled:
@@ -509,47 +376,13 @@ class WorkerState:
                                                                         "missing"):
                     self._forget(dts, drop)
 
-    def _queue_fetch(self, dts: WorkerTask, out: list, gone: str = "") -> None:
-        """Queue a transfer from a holder; with none left, report MISSING (``gone`` failed)."""
-        if not dts.who_has:
-            dts.state = "missing"
-            for dkey in list(dts.dependents):
-                self._report_missing(dkey, dts.key, gone, out)
-            return
-        peer = self.rng.choice(dts.who_has)
-        self.to_fetch.setdefault(peer, set()).add(dts.key)
-
-    def _start_fetches(self, out: list) -> None:
-        for peer in list(self.to_fetch):
-            while self.in_flight.get(peer, 0) < FETCHES_PER_PEER and self.to_fetch.get(peer):
-                keys = self.to_fetch[peer]
-                batch = [keys.pop() for _ in range(min(FETCH_BATCH, len(keys)))]
-                batch = [k for k in batch if k in self.tasks and self.tasks[k].state == "fetch"]
-                if not batch:
-                    continue
-                for k in batch:
-                    self.tasks[k].state = "flight"
-                self.in_flight[peer] = self.in_flight.get(peer, 0) + 1
-                out.append(("fetch", peer, batch))
-            if not self.to_fetch.get(peer):
-                self.to_fetch.pop(peer, None)
-
-    def _fetch_failed(self, key: str, peer: str, out: list) -> None:
-        ts = self.tasks.get(key)
-        if ts is None or ts.state != "flight":   # not this transfer's any more
-            return
-        if peer in ts.who_has:
-            ts.who_has.remove(peer)
-        ts.state = "fetch"
-        self._queue_fetch(ts, out, peer)
-
-    def _report_missing(self, key: str, dep: str, peer: str, out: list) -> None:
+    def _report_missing(self, key: str, dep: str, peer: str, out: list[Instruction]) -> None:
         """Give the task back to the scheduler: one of its inputs cannot be had."""
         ts = self.tasks.get(key)
         if ts is None or ts.state != "waiting":
             return
-        out.append(("send", [m.MISSING, key, dep, peer]))
-        drop: list = []
+        out.append(Send([m.MISSING, key, dep, peer]))
+        drop: list[str] = []
         self._forget(ts, drop)
         if drop:
-            out.append(("drop", drop))
+            out.append(Drop(drop))
