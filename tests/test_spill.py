@@ -35,6 +35,17 @@ def make_unpicklable():
     return Unpicklable()
 
 
+class ExitsWhenPickled:
+    nbytes = 80 * MB
+
+    def __reduce__(self):
+        raise SystemExit("this object ends whoever pickles it")
+
+
+def make_exiting():
+    return ExitsWhenPickled()
+
+
 def is_unpicklable(x):
     return type(x).__name__ == "Unpicklable"
 
@@ -79,3 +90,13 @@ def test_a_value_that_cannot_be_pickled_stays_in_memory(spilling):
     wait_until(lambda: len(spill_files(cluster)) == 1, "the picklable value on disk")
     assert client.submit(len, small, workers=[a]).result(timeout=20) == 1 * MB
     assert client.submit(is_unpicklable, odd, workers=[a]).result(timeout=20) is True
+
+
+def test_a_value_whose_pickling_raises_system_exit_stays_and_spilling_goes_on(spilling):
+    cluster, client = spilling
+    a = cluster.workers[0]
+    odd = client.submit(make_exiting, workers=[a])
+    assert client.submit(type, odd, workers=[a]).result(timeout=20).__name__ == "ExitsWhenPickled"
+    small = client.submit(block, 1, 1 * MB, workers=[a])     # the spill thread still writes
+    wait_until(lambda: len(spill_files(cluster)) == 1, "the picklable value on disk")
+    assert client.submit(len, small, workers=[a]).result(timeout=20) == 1 * MB

@@ -24,6 +24,7 @@ import tempfile
 import threading
 from typing import Any, Callable
 
+from ..errors import PicklingError
 from ..protocol.serialize import Serialized, dump_value, loads
 
 _COUNT = struct.Struct("<I")
@@ -110,6 +111,10 @@ class SpillStore:
                 marker, error = self.write(key, value, nbytes), None
             except Exception as e:   # unpicklable, or the disk is full: the value stays
                 marker, error = None, e
+            except BaseException as e:   # noqa: BLE001 - SystemExit from a __reduce__: this
+                marker = None            # thread must live on to write the next values
+                error = PicklingError(f"pickling the result of {key!r} raised "
+                                      f"{type(e).__name__}: {e}")
             done(key, value, marker, error)
             key = value = done = marker = error = None   # hold nothing while waiting
 
