@@ -107,7 +107,9 @@ async def make_pair(transport, token="secret", start_server=True) -> Pair:
 
 
 async def settle() -> None:
-    """Let the event loop run what is already due (closing callbacks, say)."""
+    """Let the event loop run what is already due (closing callbacks, say). Used only before
+    asserting that something did NOT happen (no second close, no batch delivered): there is
+    no event to wait for, so the loop is given a bounded number of turns instead."""
     for _ in range(20):
         await asyncio.sleep(0)
 

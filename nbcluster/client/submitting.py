@@ -37,7 +37,6 @@ class Submitting:
               prefix: str | None = None, pure: bool = False) -> list:
         """``[key, token, args, kwargs, deps, options]``; ``pure``: the key is a digest of the
         function and arguments, so the same call made again is the same task."""
-        self._check_usable()
         token = self._fn_token(fn)
         if key is None:
             if not pure:
@@ -57,7 +56,9 @@ class Submitting:
         return spec
 
     def _post_specs(self, specs: list) -> list[Future]:
-        """Futures for ``specs``; sends those whose key this client does not hold already."""
+        """Futures for ``specs``; sends those whose key this client does not hold already.
+        Refuses (once per call, not per task) when the client is closed or disconnected."""
+        self._check_usable()
         records, futures, new = self._records, [], []
         for spec in specs:
             key = spec[0]
@@ -104,6 +105,7 @@ class Submitting:
         control keywords (and ``pure``) as ``submit`` apply to every task. ``key`` is a name
         the tasks' keys start with (``"load"`` gives ``load-...``), or a list of keys, one per
         task."""
+        self._check_usable()     # before pickling any argument
         pure = _pure_flag(kwargs)
         inputs = check_iterables(iterables)
         kwargs, options = self._split_options(kwargs)

@@ -87,6 +87,16 @@ def _fail(rule: str, key: object = None, detail: str = "") -> None:
     raise InvariantError(rule, key, detail)
 
 
+def _filed(key: str, ts: Any, states: Any) -> str:
+    """The state of a task of either machine, once it is known to be filed under its own
+    key and live."""
+    if ts.key != key:
+        _fail("a task is filed under its own key", key, f"filed under {key!r}: {ts!r}")
+    if ts.state not in states:
+        _fail("a known task is in a live state", key, ts.state)
+    return ts.state
+
+
 # ---------------------------------------------------------------------- scheduler
 def check_scheduler(s: SchedulerState) -> None:
     """Every rule of a :class:`~nbcluster.state.scheduler_state.SchedulerState`."""
@@ -98,11 +108,7 @@ def check_scheduler(s: SchedulerState) -> None:
     limited: dict[Any, int] = {}
     delayed = False
     for key, ts in tasks.items():
-        state = ts.state
-        if ts.key != key:
-            _fail("a task is filed under its own key", key, f"filed under {key!r}: {ts!r}")
-        if state not in SCHEDULER_TASK_STATES:
-            _fail("a known task is in a live state", key, state)
+        state = _filed(key, ts, SCHEDULER_TASK_STATES)
         if not ts.who_wants and not ts.dependents:
             _fail("a task is kept only while a client wants it or a dependent needs it", key)
         for client in ts.who_wants:
@@ -255,11 +261,7 @@ def check_worker(w: WorkerState) -> None:
     fetch: set[str] = set()
     nbytes = spilled = 0
     for key, ts in tasks.items():
-        state = ts.state
-        if ts.key != key:
-            _fail("a task is filed under its own key", key, f"filed under {key!r}: {ts!r}")
-        if state not in WORKER_TASK_STATES:
-            _fail("a known task is in a live state", key, state)
+        state = _filed(key, ts, WORKER_TASK_STATES)
         if state == "executing":
             executing.add(key)
         elif state == "ready":
