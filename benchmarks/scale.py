@@ -22,21 +22,21 @@ def run(workers: int, tasks: int, chain: bool, threads: int = 4) -> float:
     state.add_client("c")
     for i in range(workers):
         state.add_worker(f"w{i}", threads, f"w{i}", {"address": f"w{i}"})
-    state.handle("c", [[m.FUNCTION, "f", b"f"]], 0.0)
+    state.handle("c", [m.Function("f", b"f")], 0.0)
     now, spent = 1.0, 0.0
     for batch in range((tasks + 999) // 1000):
         keys = [f"k{batch}-{i}" for i in range(1000)]
-        specs = [[key, "f", [1], None, [keys[i - 1]] if chain and i else [], None]
+        specs = [m.TaskSpec(key, "f", [1], None, [keys[i - 1]] if chain and i else [], None)
                  for i, key in enumerate(keys)]
         start = time.perf_counter()
-        out = state.handle("c", [[m.SUBMIT, specs]], now)
+        out = state.handle("c", [m.Submit(specs)], now)
         spent += time.perf_counter() - start
         while out:
-            by_worker: dict[str, list] = {}
+            by_worker: dict[str, list[m.Message]] = {}
             for peer, msg in out:
-                if msg[0] == m.COMPUTE:
+                if type(msg) is m.Compute:
                     by_worker.setdefault(peer, []).append(
-                        [m.FINISHED, msg[1], 8, now, now + 0.001, True, 1, "int", msg[9]])
+                        m.Finished(msg.key, 8, now, now + 0.001, True, 1, "int", msg.run))
             out = []
             for peer, finished in by_worker.items():
                 now += 0.0001
@@ -44,7 +44,7 @@ def run(workers: int, tasks: int, chain: bool, threads: int = 4) -> float:
                 out += state.handle(peer, finished, now)
                 spent += time.perf_counter() - start
         start = time.perf_counter()
-        state.handle("c", [[m.RELEASE, keys]], now)
+        state.handle("c", [m.Release(keys)], now)
         spent += time.perf_counter() - start
     return spent
 

@@ -17,6 +17,7 @@ import pytest
 
 from nbcluster.comm import Comm, connect, listen
 from nbcluster.errors import AuthenticationError, ConnectError
+from nbcluster.protocol import messages as m
 from nbcluster.protocol.serialize import Serialized, dumps, loads
 
 pytestmark = pytest.mark.timeout(30)
@@ -40,6 +41,17 @@ def transport(request, security):
             "inproc": ("inproc://", None)}[request.param]
 
 
+def note(*fields) -> m.Message:
+    """A message carrying ``fields`` (any msgpack values and Serialized ones): what the
+    transport carries is not its concern, so one record type serves every test."""
+    return m.Data(0, {"f": list(fields)}, [], {})
+
+
+def fields(msg: m.Message) -> list:
+    assert type(msg) is m.Data
+    return msg.values["f"]
+
+
 def run(coro):
     return asyncio.run(asyncio.wait_for(coro, 4 * WAIT))
 
@@ -61,7 +73,8 @@ class End:
         self.closed.set()
 
     async def batch(self) -> list:
-        return await asyncio.wait_for(self.batches.get(), WAIT)
+        """The fields of each message of the next batch."""
+        return [fields(msg) for msg in await asyncio.wait_for(self.batches.get(), WAIT)]
 
     async def messages(self, n: int) -> list:
         """The next ``n`` messages, over however many batches they came in."""
@@ -137,10 +150,10 @@ def test_messages_travel_both_ways_in_order(transport):
         pair = await make_pair(transport)
         try:
             for i in range(50):                                  # one tick each
-                pair.client.comm.send(["ping", i])
+                pair.client.comm.send(note("ping", i))
                 await asyncio.sleep(0)
             assert await pair.server.messages(50) == [["ping", i] for i in range(50)]
-            pair.server.comm.send(["pong", {"a": [1, 2.5, None, True, "x", b"raw"]}])
+            pair.server.comm.send(note("pong", {"a": [1, 2.5, None, True, "x", b"raw"]}))
             assert await pair.client.batch() == [["pong", {"a": [1, 2.5, None, True, "x",
                                                                  b"raw"]}]]
         finally:
@@ -153,12 +166,12 @@ def test_what_is_queued_in_one_tick_leaves_as_one_batch(transport):
         pair = await make_pair(transport)
         try:
             comm = pair.client.comm
-            comm.send(["a", 1])
-            comm.send_many([["b", 2], ["c", 3]])
+            comm.send(note("a", 1))
+            comm.send_many([note("b", 2), note("c", 3)])
             comm.send_many([])                                   # nothing, and no empty batch
-            comm.send(["d", 4])
+            comm.send(note("d", 4))
             assert await pair.server.batch() == [["a", 1], ["b", 2], ["c", 3], ["d", 4]]
-            comm.send_many([["e", 5]])
+            comm.send_many([note("e", 5)])
             assert await pair.server.batch() == [["e", 5]]
             assert pair.server.batches.empty()
         finally:
@@ -170,14 +183,14 @@ def test_batches_that_arrive_before_start_are_delivered_by_it(transport):
     async def main():
         pair = await make_pair(transport, start_server=False)
         try:
-            pair.client.comm.send(["early", 1])
+            pair.client.comm.send(note("early", 1))
             await asyncio.sleep(0)
-            pair.client.comm.send(["early", 2])
-            pair.client.comm.send(["ping"])
+            pair.client.comm.send(note("early", 2))
+            pair.client.comm.send(note("ping"))
             await asyncio.sleep(0)
             # the server has not started its comm: make sure the batches are there, then start
             probe = await make_pair(transport)        # a round trip on another connection
-            probe.client.comm.send(["probe"])
+            probe.client.comm.send(note("probe"))
             await probe.server.batch()
             probe.stop()
             pair.server.start()
@@ -214,11 +227,11 @@ def test_the_two_ends_may_live_on_different_event_loops(transport):
         client.start()
         server = await asyncio.wait_for(accepted.get(), WAIT)
         try:
-            client.comm.send(["hello", 1])
+            client.comm.send(note("hello", 1))
             assert await there(server.batch()) == [["hello", 1]]
 
             async def reply():
-                server.comm.send(["back", 2])
+                server.comm.send(note("back", 2))
             await there(reply())
             assert await client.batch() == [["back", 2]]
             client.comm.close()
@@ -247,8 +260,8 @@ def test_large_control_frames_and_large_buffers_arrive_whole(transport):
         try:
             blob = bytes(range(256)) * (12 * MB // 256)           # 12 MB inside the control frame
             arr = np.arange(5 * MB, dtype="u8")                   # 40 MB as a buffer of its own
-            pair.client.comm.send(["blob", blob, dumps(arr)])
-            pair.client.comm.send(["after", 1])
+            pair.client.comm.send(note("blob", blob, dumps(arr)))
+            pair.client.comm.send(note("after", 1))
             [first, after] = await pair.server.messages(2)
             assert first[0] == "blob" and bytes(first[1]) == blob
             assert type(first[2]) is Serialized
@@ -256,7 +269,7 @@ def test_large_control_frames_and_large_buffers_arrive_whole(transport):
             assert got.dtype == arr.dtype and np.array_equal(got, arr)
             assert after == ["after", 1]
             # and back the other way, forwarding what arrived without unpickling it
-            pair.server.comm.send(["echo", first[2]])
+            pair.server.comm.send(note("echo", first[2]))
             [[op, ser]] = await pair.client.batch()
             assert op == "echo" and np.array_equal(loads(ser), arr)
         finally:
@@ -272,7 +285,7 @@ def test_serialized_values_keep_their_out_of_band_buffers(transport):
             parts = dumps({"a": a, "b": b, "text": "x" * 100})
             assert len(parts.buffers) == 2
             small = dumps((1, "two"))
-            pair.client.comm.send(["values", parts, [small, None], {"k": dumps(b)}])
+            pair.client.comm.send(note("values", parts, [small, None], {"k": dumps(b)}))
             [[op, got, [got_small, none], mapping]] = await pair.server.batch()
             assert op == "values" and none is None
             assert type(got) is Serialized and len(got.buffers) == 2
@@ -294,7 +307,7 @@ def test_close_flushes_then_both_sides_hear_once_with_a_reason(transport, side):
         pair = await make_pair(transport)
         try:
             mine, theirs = pair.ends(side)
-            mine.comm.send(["last words"])
+            mine.comm.send(note("last words"))
             mine.comm.close()                                    # what is queued still goes
             assert mine.comm.closed
             assert await theirs.messages(1) == [["last words"]]
@@ -305,9 +318,9 @@ def test_close_flushes_then_both_sides_hear_once_with_a_reason(transport, side):
             await settle()
             assert len(mine.closes) == 1 and len(theirs.closes) == 1
             assert theirs.comm.closed
-            mine.comm.send(["into the void"])                    # ignored, not an error
-            mine.comm.send_many([["nor this"]])
-            theirs.comm.send(["nor that"])
+            mine.comm.send(note("into the void"))              # ignored, not an error
+            mine.comm.send_many([note("nor this")])
+            theirs.comm.send(note("nor that"))
             await settle()
             assert mine.batches.empty()
         finally:
@@ -322,8 +335,8 @@ def test_close_right_after_a_large_send_still_delivers_it_whole(transport, side)
         try:
             mine, theirs = pair.ends(side)
             arr = np.arange(6 * MB, dtype="u8")                  # 48 MB: more than any buffer
-            mine.comm.send(["big", dumps(arr)])
-            mine.comm.send(["small", 1])
+            mine.comm.send(note("big", dumps(arr)))
+            mine.comm.send(note("small", 1))
             mine.comm.close()
             [[op, ser], small] = await theirs.messages(2)
             assert op == "big" and np.array_equal(loads(ser), arr)
@@ -379,7 +392,7 @@ def test_a_protocol_error_in_a_handler_aborts_the_connection(transport):
                 raise ProtocolError("not for me")
 
             pair.server.comm.start(refuse, pair.server._on_close)
-            pair.client.comm.send(["bad"])
+            pair.client.comm.send(note("bad"))
             reason = await pair.server.wait_closed()
             assert "not for me" in reason
             await pair.client.wait_closed()
@@ -392,14 +405,32 @@ def test_a_message_that_cannot_be_encoded_aborts_naming_why(transport):
     async def main():
         pair = await make_pair(transport)
         try:
-            pair.client.comm.send(["fine", 1])
-            pair.client.comm.send(["not msgpack", object()])
+            pair.client.comm.send(note("fine", 1))
+            pair.client.comm.send(note("not msgpack", object()))
             reason = await pair.client.wait_closed()
             assert "cannot encode" in reason and "object" in reason
             await pair.server.wait_closed()
             await settle()
             assert len(pair.client.closes) == 1 and len(pair.server.closes) == 1
             assert pair.server.batches.empty()             # the batch was not half sent
+        finally:
+            pair.stop()
+    run(main())
+
+
+@pytest.mark.parametrize("size", ["small", "large"])
+def test_a_batch_the_receiver_cannot_decode_closes_the_connection_naming_why(transport, size):
+    """Decoding checks each field's type: a message the sender could encode but whose field
+    is of the wrong type is refused by the receiver (also when a large buffer ends it)."""
+    async def main():
+        pair = await make_pair(transport)
+        try:
+            payload = dumps(np.zeros(4 * MB if size == "large" else 10, dtype="u8"))
+            pair.client.comm.send(m.Data("not an id", {"x": payload}, [], {}))  # type: ignore
+            reason = await pair.server.wait_closed()
+            assert "'data': bad request_id" in reason
+            await pair.client.wait_closed()
+            assert pair.server.batches.empty()
         finally:
             pair.stop()
     run(main())

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections import deque
 
-import msgpack
+import msgspec
 import pytest
 
 from nbcluster.dashboard.feed import Feed, RateMeter
@@ -18,9 +18,9 @@ pytestmark = pytest.mark.timeout(10)
 C = "client-1"
 
 
-def msg(op: str, *fields) -> list:
+def msg(kind: type[m.Message], *fields) -> m.Message:
     """A message; fields the protocol added since (options) left as None."""
-    return [op, *fields, *[None] * (len(m.FIELDS[op]) - len(fields))]
+    return kind(*fields, *[None] * (len(kind.__struct_fields__) - len(fields)))
 
 
 class Cluster:
@@ -33,25 +33,24 @@ class Cluster:
         for w, n in (("A", 1), ("B", 2)):
             self.s.add_worker(w, n, f"worker-{w}", {"address": w, "memory_limit": 1000, "pid": 7},
                               self.now)
-        self.s.handle(C, [msg(m.FUNCTION, "tok", b"fn")], self.now)
+        self.s.handle(C, [msg(m.Function, "tok", b"fn")], self.now)
 
     def submit(self, *keys: str) -> None:
-        spec = [None] * len(m.TASK_FIELDS)   # key, fn, args, kwargs, deps, options, ...
-        specs = [[k, "tok", [1], None, [], None, *spec[6:]] for k in keys]
-        self.s.handle(C, [msg(m.SUBMIT, specs)], self.now)
+        specs = [m.TaskSpec(k, "tok", [1], None, [], None) for k in keys]
+        self.s.handle(C, [msg(m.Submit, specs)], self.now)
 
     def where(self, key: str) -> str:
         return self.s.tasks[key].processing_on.address
 
     def finish(self, key: str, nbytes: int = 8) -> None:
         self.now += 0.01
-        self.s.handle(self.where(key), [msg(m.FINISHED, key, nbytes, self.now - 0.005, self.now,
+        self.s.handle(self.where(key), [msg(m.Finished, key, nbytes, self.now - 0.005, self.now,
                                             False, None, "int", self.s.tasks[key].run_id)],
                       self.now)
 
     def fail(self, key: str) -> None:
         self.now += 0.01
-        self.s.handle(self.where(key), [msg(m.FAILED, key, dumps(ValueError("x")), "tb",
+        self.s.handle(self.where(key), [msg(m.Failed, key, dumps(ValueError("x")), "tb",
                                             self.now - 0.005, self.now, None,
                                             self.s.tasks[key].run_id)], self.now)
 
@@ -59,13 +58,13 @@ class Cluster:
 def test_snapshot_counts_workers_and_log_as_plain_data():
     c = Cluster()
     c.submit("inc-1", "inc-2", "inc-3", "inc-4", "boom-1")
-    c.s.handle("A", [msg(m.HEARTBEAT, {"rss": 500, "cpu": 12.5, "executing": 1, "ready": 0})],
+    c.s.handle("A", [msg(m.Heartbeat, {"rss": 500, "cpu": 12.5, "executing": 1, "ready": 0})],
                c.now)
     c.finish("inc-1", nbytes=100)
     c.finish("inc-2", nbytes=50)
     c.fail("boom-1")
     snap = snapshot(c.s)
-    assert snap == msgpack.unpackb(msgpack.packb(snap), strict_map_key=False)  # plain data
+    assert snap == msgspec.msgpack.decode(msgspec.msgpack.encode(snap))  # plain data
     assert snap["tasks"] == {"memory": 2, "processing": 2, "erred": 1}
     inc = snap["prefixes"]["inc"]
     assert (inc["done"], inc["memory"], inc["processing"], inc["failed"]) == (2, 2, 2, 0)

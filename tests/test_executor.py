@@ -214,8 +214,8 @@ def count_functions_sent(client):
     post = client._conn.post
 
     def counting(msg):
-        if msg[0] == m.FUNCTION:
-            sent.append(msg[1])
+        if type(msg) is m.Function:
+            sent.append(msg.token)
         post(msg)
 
     client._conn.post = counting

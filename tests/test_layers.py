@@ -71,7 +71,11 @@ def test_public_api():
     assert set(nbcluster.__all__) <= set(dir(nbcluster))
 
 
+HOT_PATH = ("state", "protocol", "comm", "server")   # every task passes through these
+
+
 def test_modules_are_small():
     for path in ROOT.rglob("*.py"):
         n = len(path.read_text().splitlines())
-        assert n <= 650, f"{path.relative_to(ROOT)} has {n} lines"
+        limit = 400 if path.relative_to(ROOT).parts[0] in HOT_PATH else 600
+        assert n <= limit, f"{path.relative_to(ROOT)} has {n} lines (at most {limit} here)"

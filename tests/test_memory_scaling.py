@@ -9,6 +9,7 @@ import pytest
 
 from nbcluster import Client, LocalCluster
 from nbcluster.protocol import messages as m
+from nbcluster.protocol.framing import decode, encode
 from nbcluster.state.scheduler_state import SchedulerState
 from nbcluster.state.instructions import Send, Spill
 from nbcluster.state.worker_state import WorkerState
@@ -27,20 +28,20 @@ def limits(client) -> list:
 def test_a_new_limit_moves_the_spill_limit_spills_what_is_over_and_tells_the_scheduler():
     w = WorkerState("tcp://me:1", 1, memory_limit=100 * MB, pause_at=None, terminate_at=None,
                     spill_at=0.5)
-    w.compute("a", "fn", [1], None, {}, True, 0)
+    w.compute(m.Compute("a", "fn", [1], None, {}, True, 0, None, 0))
     w.task_finished("a", 40 * MB, 1.0, 2.0, False, None, "bytes")
     assert w.spilled == 0                                # 40 MiB under 50 MiB
     out = w.set_memory_limit(60 * MB)                    # spill above 30 MiB now
     assert w.memory_limit == 60 * MB and w.spill_limit == 30 * MB
-    assert Send([m.MEMORY_LIMIT, 60 * MB]) in out
+    assert Send(m.MemoryLimit(60 * MB)) in out
     assert Spill({"a": 40 * MB}) in out and w.spilled == 40 * MB
-    m.check_fields([m.MEMORY_LIMIT, 60 * MB])
+    assert decode(encode([m.MemoryLimit(60 * MB)])) == [m.MemoryLimit(60 * MB)]   # well typed
 
 
 def test_the_scheduler_shows_a_workers_new_limit():
     st = SchedulerState()
     st.add_worker("tcp://w:1", 1, "w", {"memory_limit": 100, "pid": 1}, 0.0)
-    st.handle("tcp://w:1", [[m.MEMORY_LIMIT, 50]], 1.0)
+    st.handle("tcp://w:1", [m.MemoryLimit(50)], 1.0)
     assert st.workers["tcp://w:1"].identity == {"memory_limit": 50, "pid": 1}
 
 

@@ -62,7 +62,7 @@ def test_random_steps_decide_as_a_scan_of_all_workers_would():
                 sim.release(key)
         elif roll < 0.93:
             w = rng.choice(workers)
-            sim.worker(w, [m.STATUS, rng.choice(["paused", "running"]), ""])
+            sim.worker(w, m.Status(rng.choice(["paused", "running"]), ""))
         else:   # a worker leaves and comes back: its tasks are placed again
             w = rng.choice(workers)
             out = sim.remove_worker(w)
@@ -91,7 +91,7 @@ def test_idle_workers_steal_from_a_busy_one_at_scale():
 
 
 def test_one_stealing_pass_does_bounded_work():
-    from nbcluster.state import transitions
+    from nbcluster.state import placement
 
     workers = [f"w{i}" for i in range(200)]
     sim = Sim(workers, nthreads=1)
@@ -100,9 +100,9 @@ def test_one_stealing_pass_does_bounded_work():
     sim.s.prefix_durations["u"] = 1.0
     out = sim.submit(*[spec(f"u-{i}", deps=["seed"]) for i in range(150)])
     stolen = [k for k, w in computes(out).items() if w != "w0"]
-    assert len(stolen) == transitions.STEAL_THIEVES       # the rest wait for the next pass
+    assert len(stolen) == placement.STEAL_THIEVES       # the rest wait for the next pass
     out = sim.finish("w0", on_w0_running(sim))
-    assert len([k for k, w in computes(out).items() if w != "w0"]) == transitions.STEAL_THIEVES
+    assert len([k for k, w in computes(out).items() if w != "w0"]) == placement.STEAL_THIEVES
     check_occupancy(sim.s)
 
 

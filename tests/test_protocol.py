@@ -7,7 +7,7 @@ import struct
 import threading
 
 import cloudpickle
-import msgpack
+import msgspec
 import numpy as np
 import pytest
 
@@ -40,23 +40,26 @@ def from_stream(data: bytes) -> list:
 
 # ---------------------------------------------------------------------- framing
 def test_plain_batch_round_trip():
-    batch = [[m.SUBMIT, [["k", "fn", [1, 2.5, "s", None, True], None, [], {"priority": 3}]]],
-             [m.RELEASE, ["a", "b"]], [m.DONE, "k", True, -(2**63), 2**64 - 1],
-             [m.FUNCTION, "tok", b"\x00\xffbytes"], [m.HEARTBEAT, {"nested": {"x": [1, {}]}}]]
+    batch = [m.Submit([m.TaskSpec("k", "fn", [1, 2.5, "s", None, True], None, [],
+                                  {"priority": 3})]),
+             m.Release(["a", "b"]), m.Done("k", True, -(2**63), 2**64 - 1, ["w"]),
+             m.Function("tok", b"\x00\xffbytes"), m.Heartbeat({"nested": {"x": [1, {}]}})]
     frames = encode(batch)
     assert len(frames) == 1
     assert decode(frames) == batch
     assert decode(from_stream(to_stream(frames))) == batch
+    # on the wire a message is an array [op, *fields]: compact, and readable by any msgpack
+    assert msgspec.msgpack.decode(frames[0])[1] == ["release", ["a", "b"]]
 
 
 def test_tuples_and_sets_travel_as_lists():
-    assert decode(encode([[m.FREE, ("a", "b")], [m.RELEASE, {"x"}]])) == [[m.FREE, ["a", "b"]],
-                                                                            [m.RELEASE, ["x"]]]
+    assert decode(encode([m.Free(("a", "b")), m.Release({"x"})])) == [m.Free(["a", "b"]),
+                                                                      m.Release(["x"])]
 
 
 def test_unencodable_value_is_refused():
     with pytest.raises(TypeError, match="object"):
-        encode([[m.DONE, "k", True, object(), 1]])
+        encode([m.Done("k", True, object(), 1, [])])
 
 
 def test_numpy_array_travels_out_of_band_without_copies():
@@ -64,13 +67,14 @@ def test_numpy_array_travels_out_of_band_without_copies():
     ser = dumps(arr)
     assert len(ser.buffers) == 1 and len(ser.header) < 1000      # the data is not in the pickle
     assert address(ser.buffers[0]) == address(arr.view(np.uint8))
-    frames = encode([[m.DONE, "k", True, ser, arr.nbytes]])
+    frames = encode([m.Done("k", True, ser, arr.nbytes, [])])
     assert len(frames) == 2
     assert frames[1] is ser.buffers[0]                            # the array's own memory
     assert address(frames[1]) == address(arr.view(np.uint8))
     assert len(frames[0]) < 2000                                  # control frame stays small
-    [[op, key, flag, got, nbytes]] = decode(frames)
-    assert (op, key, flag, nbytes) == (m.DONE, "k", True, arr.nbytes)
+    [done] = decode(frames)
+    got = done.value
+    assert (type(done), done.key, done.has_value, done.nbytes) == (m.Done, "k", True, arr.nbytes)
     assert type(got) is Serialized and got.buffers[0] is frames[1]
     out = loads(got)
     assert np.array_equal(out, arr)
@@ -78,46 +82,47 @@ def test_numpy_array_travels_out_of_band_without_copies():
     # the same over a byte stream, as TCP carries it
     header = frame_header(frames)
     assert header == struct.pack("<IQQ", 2, len(frames[0]), arr.nbytes)
-    [[_, _, _, got, _]] = decode(from_stream(to_stream(frames)))
+    [done] = decode(from_stream(to_stream(frames)))
+    got = done.value
     assert np.array_equal(loads(got), arr)
 
 
 def test_several_serialized_values_in_one_batch():
     a, b = np.ones(10, "i4"), np.zeros((3, 4))
-    batch = [[m.DONE, "a", True, dumps(a), 40], [m.DONE, "b", True, dumps(b), 96],
-             [m.DATA, 1, {"x": dumps({"arr": a, "n": 1}), "y": 5}, [], {}]]
+    batch = [m.Done("a", True, dumps(a), 40, []), m.Done("b", True, dumps(b), 96, []),
+             m.Data(1, {"x": dumps({"arr": a, "n": 1}), "y": 5}, [], {})]
     got = decode(from_stream(to_stream(encode(batch))))
-    assert np.array_equal(loads(got[0][3]), a)
-    assert np.array_equal(loads(got[1][3]), b)
-    d = loads(got[2][2]["x"])
-    assert np.array_equal(d["arr"], a) and d["n"] == 1 and got[2][2]["y"] == 5
+    assert np.array_equal(loads(got[0].value), a)
+    assert np.array_equal(loads(got[1].value), b)
+    d = loads(got[2].values["x"])
+    assert np.array_equal(d["arr"], a) and d["n"] == 1 and got[2].values["y"] == 5
 
 
 def test_large_pickle_header_gets_a_frame_of_its_own():
     value = {"blob": b"x" * (INLINE_LIMIT + 10)}   # bytes are pickled in band
     ser = dumps(value)
     assert not ser.buffers and len(ser.header) > INLINE_LIMIT
-    frames = encode([[m.DONE, "k", True, ser, 1]])
+    frames = encode([m.Done("k", True, ser, 1, [])])
     assert len(frames) == 2 and frames[1] is ser.header
-    assert msgpack.unpackb(frames[0], ext_hook=lambda code, data: code)[0][3] == EXT_FRAMED
-    [[_, _, _, got, _]] = decode(from_stream(to_stream(frames)))
-    assert loads(got) == value
+    assert msgspec.msgpack.decode(frames[0], ext_hook=lambda code, data: code)[0][3] == EXT_FRAMED
+    [done] = decode(from_stream(to_stream(frames)))
+    assert loads(done.value) == value
 
 
 def test_small_pickle_header_rides_inline():
     ser = dumps([1, 2, 3, "x" * 10])
-    frames = encode([[m.DONE, "k", True, ser, 1]])
+    frames = encode([m.Done("k", True, ser, 1, [])])
     assert len(frames) == 1
-    assert msgpack.unpackb(frames[0], ext_hook=lambda code, data: code)[0][3] == EXT_INLINE
-    assert loads(decode(frames)[0][3]) == [1, 2, 3, "x" * 10]
+    assert msgspec.msgpack.decode(frames[0], ext_hook=lambda code, data: code)[0][3] == EXT_INLINE
+    assert loads(decode(frames)[0].value) == [1, 2, 3, "x" * 10]
 
 
 def test_decoded_serialized_can_be_forwarded():
     """The scheduler relays arguments it never unpickles: decode -> encode -> decode."""
     arr = np.arange(100)
-    once = decode(encode([[m.COMPUTE, "k", "fn", dumps((arr,)), None, {}, True, 0, None]]))
+    once = decode(encode([m.Compute("k", "fn", dumps((arr,)), None, {}, True, 0, None, 1)]))
     twice = decode(from_stream(to_stream(encode(once))))
-    (got,) = loads(twice[0][3])
+    (got,) = loads(twice[0].args)
     assert np.array_equal(got, arr)
 
 
@@ -128,7 +133,7 @@ def test_frame_header_counts_any_buffer():
 
 
 def _ext(code, data):
-    return msgpack.packb([[m.DONE, "k", True, msgpack.ExtType(code, data), 1]])
+    return msgspec.msgpack.encode([["done", "k", True, msgspec.msgpack.Ext(code, data), 1, []]])
 
 
 @pytest.mark.parametrize("frames", [
@@ -136,9 +141,9 @@ def _ext(code, data):
     [b""],
     [b"\xc1"],                                              # never used in msgpack
     [b"\x92\x01"],                                          # truncated array
-    [msgpack.packb([1]) + b"\x00"],                         # trailing bytes
-    [msgpack.packb({"a": 1})],                              # a batch is a list
-    [msgpack.packb("text")],
+    [msgspec.msgpack.encode([1]) + b"\x00"],                         # trailing bytes
+    [msgspec.msgpack.encode({"a": 1})],                              # a batch is a list
+    [msgspec.msgpack.encode("text")],
     [None],
     [12345],
     [_ext(EXT_INLINE, b"\x01\x00")],                        # range too short
@@ -157,79 +162,94 @@ def test_framing_constants():
     assert framing.EXT_INLINE != framing.EXT_FRAMED
 
 
-# ---------------------------------------------------------------------- message tables
-def test_every_message_type_is_declared_once_with_field_types():
-    ops = [v for k, v in vars(m).items() if k.isupper() and type(v) is str and k not in
-           ("FIELDS", "TASK_FIELDS")]
-    assert len(ops) == len(set(ops))
-    assert set(ops) == set(m.FIELDS) == set(m.TYPES)
-    for op, fields in m.FIELDS.items():
-        assert len(m.TYPES[op]) == len(fields), op
-    for role, ops in m.TO_SCHEDULER.items():
-        assert ops <= set(m.FIELDS), role
+# ---------------------------------------------------------------------- message records
+def test_every_message_type_is_declared_once_as_a_record():
+    tags = [kind.__struct_config__.tag for kind in m.MESSAGES]
+    assert len(tags) == len(set(tags)) == len(m.MESSAGES)
+    declared = {v for v in vars(m).values() if isinstance(v, type) and issubclass(v, m.Message)
+                and v is not m.Message}
+    assert declared == set(m.MESSAGES)
+    for role, kinds in m.TO_SCHEDULER.items():
+        assert kinds <= set(m.MESSAGES), role
     assert not (m.TO_SCHEDULER["client"] & m.TO_SCHEDULER["worker"])
 
 
-def test_check_shape():
-    assert m.check([m.RELEASE, ["a"]]) == m.RELEASE
-    for bad in (None, [], (m.RELEASE, ["a"]), ["nope", 1], [m.RELEASE], [m.RELEASE, [], 1],
-                [1, 2], [[m.RELEASE], 1]):
-        with pytest.raises(ProtocolError):
-            m.check(bad)
+def _wire(*raw) -> list:
+    return [msgspec.msgpack.encode(list(raw))]
 
 
-def test_check_fields():
+def test_decoding_checks_every_field_type():
     ser = dumps(ValueError("x"))
-    good = [[m.FINISHED, "k", 8, 0.0, 1, True, None, "int", 3],
-            [m.FAILED, "k", ser, None, 0, 1.5, None, 3],
-            [m.COMPUTE, "k", "fn", ser, None, {"d": ["w"]}, False, -3, None, 1],
-            [m.COMPUTE, "k", "fn", [1], {"a": 1}, {}, True, 0.5, {"timeout": 1.0}, 2],
-            [m.UPDATE_DATA, {"k": 10}, "tcp://w:1"], [m.MISSING, "k", "d", ""],
-            [m.DONE, "k", True, 1, 8, []], [m.DONE, "k", False, None, 10**7, ["tcp://w:1"]]]
-    for msg in good:
-        assert m.check_fields(msg) == msg[0]
-    bad = [[m.FINISHED, "k", 8.0, 0.0, 1, True, None, "int", 1],   # nbytes a float
-           [m.FINISHED, "k", True, 0.0, 1, True, None, "int", 1],  # nbytes a bool
-           [m.FINISHED, "k", 8, 0.0, 1, 1, None, "int", 1],        # flag an int
-           [m.FINISHED, "k", 8, 0.0, 1, True, None, "int", None],  # no run id
-           [m.COMPUTE, "k", "fn", "args", None, {}, True, 0, None, 1],
-           [m.UPDATE_DATA, {"k": "10"}, "w"], [m.UPDATE_DATA, {1: 10}, "w"],
-           [m.RELEASE, ["a", None]], [m.FREE, "a"], [m.HEARTBEAT, None],
-           [m.DONE, "k", False, None, 8, "tcp://w:1"]]                 # holders not a list
+    good = [m.Finished("k", 8, 0.0, 1, True, None, "int", 3),
+            m.Failed("k", ser, None, 0, 1.5, None, 3),
+            m.Compute("k", "fn", ser, None, {"d": ["w"]}, False, -3, None, 1),
+            m.Compute("k", "fn", [1], {"a": 1}, {}, True, 0.5, {"timeout": 1.0}, 2),
+            m.UpdateData({"k": 10}, "tcp://w:1"), m.Missing("k", "d", ""),
+            m.Done("k", True, 1, 8, []), m.Done("k", False, None, 10**7, ["tcp://w:1"]),
+            m.SetLimit("k", [5, 1.5], None), m.Status("paused", "memory"),
+            m.Transfers([("k", "tcp://w:1", 1.0, 2.0, 8)])]
+    frames = encode(good)
+    assert [type(g) for g in decode(frames)] == [type(g) for g in good]
+    again = encode(decode(frames))   # nothing lost on the way (ints in float fields: floats)
+    assert encode(decode(again)) == again
+    bad = [["finished", "k", 8.0, 0.0, 1, True, None, "int", 1],   # nbytes a float
+           ["finished", "k", True, 0.0, 1, True, None, "int", 1],  # nbytes a bool
+           ["finished", "k", 8, 0.0, 1, 1, None, "int", 1],        # flag an int
+           ["finished", "k", 8, 0.0, 1, True, None, "int", None],  # no run id
+           ["finished", "k", 8, 0.0, 1, True, None, "int"],        # a field short
+           ["finished", "k", 8, 0.0, 1, True, None, "int", 1, 2],  # a field too many
+           ["update-data", {"k": "10"}, "w"], ["update-data", {1: 10}, "w"],
+           ["release", ["a", None]], ["free", "a"], ["heartbeat", None],
+           ["done", "k", False, None, 8, "tcp://w:1"],                 # holders not a list
+           ["limit", "k", [0, 1], None], ["limit", "k", [1], None],   # rate: 2 positives
+           ["limit", "k", None, 0],                                    # concurrency > 0
+           ["status", "asleep", ""], ["memory-limit", 0],
+           ["submit", [["", "fn", [], None, [], None]]],               # empty key
+           ["transfers", [["k", "w", 1.0, 2.0]]]]
     for msg in bad:
-        with pytest.raises(ProtocolError, match=msg[0]):
-            m.check_fields(msg)
+        with pytest.raises(ProtocolError, match=repr(msg[0])):
+            decode(_wire(msg))
+
+
+def test_decode_error_names_the_message_and_field():
+    with pytest.raises(ProtocolError, match=r"'finished': bad nbytes: Expected `int`, got `str`"):
+        decode(_wire(["release", ["a"]], ["finished", "k", "8", 0.0, 1, True, None, "int", 1]))
+    with pytest.raises(ProtocolError, match="unknown message type 'frobnicate'"):
+        decode(_wire(["frobnicate", 1]))
+    with pytest.raises(ProtocolError, match=r"'release' takes \['keys'\]"):
+        decode(_wire(["release"]))
 
 
 def test_check_task():
-    m.check_task(["k", "fn", [1], None, [], None])
-    m.check_task(["k", "fn", dumps(()), dumps({}), ["d"], {"priority": -2, "workers": ["w"],
-                                                            "queue": "high"}])
-    for bad in (("k", "fn", [], None, [], None), ["k", "fn", [], None, []], ["", "fn", [], None, [], None],
-                ["k", 1, [], None, [], None], ["k", "fn", (), None, [], None],
-                ["k", "fn", [], [], [], None], ["k", "fn", [], None, "d", None],
-                ["k", "fn", [], None, ["k"], None], ["k", "fn", [], None, [], []],
+    m.check_task(m.TaskSpec("k", "fn", [1], None, [], None))
+    m.check_task(m.TaskSpec("k", "fn", dumps(()), dumps({}), ["d"],
+                            {"priority": -2, "workers": ["w"], "queue": "high", "retries": 2,
+                             "rate": [10, 1.0], "timeout": 0.5, "retry_jitter": False}))
+    for bad in (["k", "fn", "args", None, [], None], ["k", "fn", [], [], [], None],
+                ["k", "fn", [], None, ["k"], None],
                 ["k", "fn", [], None, [], {"workers": "w"}],
+                ["k", "fn", [], None, [], {"workers": []}],
                 ["k", "fn", [], None, [], {"priority": "1"}],
+                ["k", "fn", [], None, [], {"priority": True}],
                 ["k", "fn", [], None, [], {"anything": "else"}],
                 ["k", "fn", [], None, [], {"retries": -1}],
+                ["k", "fn", [], None, [], {"queue": "x" * 65}],
                 ["k", "fn", [], None, [], {"rate": [0, 1]}]):
         with pytest.raises(ProtocolError):
-            m.check_task(bad)
+            m.check_task(m.TaskSpec(*bad))
 
 
-# ---------------------------------------------------------------------- serialize
 def test_plain_values():
     for v in (0, -(2**63), 2**64 - 1, 1.5, float("inf"), "", "é" * 100, True, False, None):
         assert is_plain(v), v
         assert dump_value(v) is v
-        assert decode(encode([[m.DONE, "k", True, v, 1]]))[0][3] == v
+        assert decode(encode([m.Done("k", True, v, 1, [])]))[0].value == v
     for v in (2**64, -(2**63) - 1, "x" * 65536, b"x", [1], (1,), {"a": 1}, np.int64(1),
               1j, "\udc80"):   # a lone surrogate is not valid UTF-8: msgpack cannot carry it
         assert not is_plain(v), repr(v)
         ser = dump_value(v)
         assert type(ser) is Serialized
-        assert load_value(decode(encode([[m.DONE, "k", True, ser, 1]]))[0][3]) == v
+        assert load_value(decode(encode([m.Done("k", True, ser, 1, [])]))[0].value) == v
     assert all_plain([1, "a", None]) and not all_plain([1, [2]]) and all_plain([])
 
 
@@ -280,7 +300,7 @@ def test_task_refs_with_out_of_band_buffers():
     refs: list = []
     ser = dumps((Ref("x"), arr), refs)
     assert refs == ["x"] and len(ser.buffers) == 1
-    got = loads(decode(encode([[m.DONE, "k", True, ser, 1]]))[0][3], resolve=lambda k: k)
+    got = loads(decode(encode([m.Done("k", True, ser, 1, [])]))[0].value, resolve=lambda k: k)
     assert got[0] == "x" and np.array_equal(got[1], arr)
 
 

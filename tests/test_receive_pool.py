@@ -9,6 +9,7 @@ import pytest
 
 from nbcluster.comm import core
 from nbcluster.comm.buffers import POOLED_FROM, GRAIN, ReceivePool
+from nbcluster.protocol import messages as m
 from nbcluster.protocol.serialize import Serialized, dumps, loads
 
 pytestmark = pytest.mark.timeout(30)
@@ -125,10 +126,10 @@ def test_repeated_large_transfers_over_tcp_carry_the_right_bytes():
             sums = []
             for fill in (1, 2, 3, 4):
                 arr = np.full(3 * MB, fill, dtype="u8")          # 24 MB, above POOLED_FROM
-                comm.send(["data", dumps(arr)])
+                comm.send(m.Data(fill, {"arr": dumps(arr)}, [], {}))
                 batch = await asyncio.wait_for(got.get(), 10)
-                value = loads(batch[0][1])
-                assert type(batch[0][1]) is Serialized
+                value = loads(batch[0].values["arr"])
+                assert type(batch[0].values["arr"]) is Serialized
                 assert value.shape == arr.shape
                 sums.append(int(value.sum()))
                 del value, batch

@@ -8,12 +8,12 @@ to peers that do not exist.
 
 from __future__ import annotations
 
-import copy
-
+import msgspec
 import pytest
 
 from nbcluster.errors import (CancelledError, FutureLostError, KilledWorkerError, ProtocolError)
 from nbcluster.protocol import messages as m
+from nbcluster.protocol.framing import decode
 from nbcluster.protocol.serialize import Serialized, dumps, loads
 from nbcluster.state.scheduler_state import KILLED_WORKER_LIMIT, SchedulerState
 from nbcluster.testing import FakeClock, validate
@@ -24,7 +24,7 @@ C, C2 = "client-1", "client-2"
 
 
 def spec(key, deps=(), options=None, fn=FN, args=None, kwargs=None):
-    return [key, fn, [1] if args is None else args, kwargs, list(deps), options]
+    return m.TaskSpec(key, fn, [1] if args is None else args, kwargs, list(deps), options)
 
 
 class Sim:
@@ -40,7 +40,7 @@ class Sim:
         for w in workers:
             self.add_worker(w, nthreads)
         for c in clients:
-            self.client(*[[m.FUNCTION, t, b] for t, b in BLOBS.items()], peer=c)
+            self.client(*[m.Function(t, b) for t, b in BLOBS.items()], peer=c)
 
     @property
     def now(self) -> float:
@@ -73,10 +73,10 @@ class Sim:
         return self._step(self.s.remove_worker(addr, self.now))
 
     def submit(self, *specs, peer=C):
-        return self.client([m.SUBMIT, list(specs)], peer=peer)
+        return self.client(m.Submit(list(specs)), peer=peer)
 
     def release(self, *keys, peer=C):
-        return self.client([m.RELEASE, list(keys)], peer=peer)
+        return self.client(m.Release(list(keys)), peer=peer)
 
     def run_of(self, key, run=None):
         """The run id a worker echoes: that of the task's latest assignment unless given."""
@@ -90,16 +90,16 @@ class Sim:
         if has_value is None:
             has_value = value is not None
         t = self.now
-        return self.worker(addr, [m.FINISHED, key, nbytes, t, t + duration, has_value,
-                                  value, "int", self.run_of(key, run)])
+        return self.worker(addr, m.Finished(key, nbytes, t, t + duration, has_value,
+                                  value, "int", self.run_of(key, run)))
 
     def fail(self, addr, key, exc=None, tb="Traceback: boom", run=None):
         exc = exc if exc is not None else dumps(ValueError("boom"))
-        return self.worker(addr, [m.FAILED, key, exc, tb, self.now, self.now + 0.001, None,
-                                  self.run_of(key, run)])
+        return self.worker(addr, m.Failed(key, exc, tb, self.now, self.now + 0.001, None,
+                                  self.run_of(key, run)))
 
     def started(self, addr, key, run=None):
-        return self.worker(addr, [m.STARTED, key, self.now, self.run_of(key, run)])
+        return self.worker(addr, m.Started(key, self.now, self.run_of(key, run)))
 
     def state(self, key):
         ts = self.s.tasks.get(key)
@@ -111,29 +111,29 @@ class Sim:
 
 
 def sent(out, peer=None, op=None):
-    return [msg for p, msg in out if (peer is None or p == peer) and (op is None or msg[0] == op)]
+    return [msg for p, msg in out if (peer is None or p == peer) and (op is None or type(msg) is op)]
 
 
 def computes(out):
     """{key: worker} of the COMPUTE messages in ``out``."""
-    return {msg[1]: p for p, msg in out if msg[0] == m.COMPUTE}
+    return {msg.key: p for p, msg in out if type(msg) is m.Compute}
 
 
 def compute_order(out, peer=None):
-    return [msg[1] for msg in sent(out, peer, m.COMPUTE)]
+    return [msg.key for msg in sent(out, peer, m.Compute)]
 
 
 def compute_msg(out, key):
-    [msg] = [msg for msg in sent(out, op=m.COMPUTE) if msg[1] == key]
+    [msg] = [msg for msg in sent(out, op=m.Compute) if msg.key == key]
     return msg
 
 
 def frees(out):
-    return {(p, k) for p, msg in out if msg[0] == m.FREE for k in msg[1]}
+    return {(p, k) for p, msg in out if type(msg) is m.Free for k in msg.keys}
 
 
 def to_client(out, op, peer=C):
-    return {msg[1]: msg for msg in sent(out, peer, op)}
+    return {msg.key: msg for msg in sent(out, peer, op)}
 
 
 # ---------------------------------------------------------------------- submitting
@@ -147,12 +147,12 @@ def test_independent_tasks_spread_over_workers_within_window():
     assert sorted(placed.values()).count("A") == window
     assert sorted(placed.values()).count("B") == window
     assert compute_order(out, "A") == [f"t{i}" for i in range(0, 12, 2)]   # FIFO, alternating
-    assert compute_msg(out, "t0") == [m.COMPUTE, "t0", FN, [1], None, {}, True, 0, None, 1]
+    assert compute_msg(out, "t0") == m.Compute("t0", FN, [1], None, {}, True, 0, None, 1)
     assert sum(sim.state(f"t{i}") == "queued" for i in range(20)) == 8
     # a completion frees a slot on that worker, which takes the next task in order
     out = sim.finish("A", "t0")
     assert computes(out) == {"t12": "A"}
-    assert len(sent(out, C, m.DONE)) == 1
+    assert len(sent(out, C, m.Done)) == 1
 
 
 def test_window_scales_with_threads_and_shrinks_for_slow_tasks():
@@ -172,18 +172,18 @@ def test_function_sent_once_per_worker_per_token():
     out = sim.submit(*[spec(f"a{i}") for i in range(4)])
     for w in ("A", "B"):
         msgs = sent(out, w)
-        assert msgs[0] == [m.FUNCTION, FN, BLOBS[FN]]          # before the first compute
-        assert len(sent(out, w, m.FUNCTION)) == 1
+        assert msgs[0] == m.Function(FN, BLOBS[FN])          # before the first compute
+        assert len(sent(out, w, m.Function)) == 1
     out = sim.submit(spec("a9"), spec("b0", fn=FN2), spec("b1", fn=FN2))
-    assert sorted(msg[1] for msg in sent(out, op=m.FUNCTION)) == [FN2, FN2]
-    assert {p for p, msg in out if msg[0] == m.FUNCTION} == {"A", "B"}
+    assert sorted(msg.token for msg in sent(out, op=m.Function)) == [FN2, FN2]
+    assert {p for p, msg in out if type(msg) is m.Function} == {"A", "B"}
     out = sim.submit(spec("b2", fn=FN2))
-    assert not sent(out, op=m.FUNCTION)
+    assert not sent(out, op=m.Function)
     # a worker that joins later gets the function with its first task of it
     out = sim.add_worker("C")
     out = sim.submit(spec("b3", fn=FN2))
     assert computes(out) == {"b3": "C"}
-    assert sent(out, "C") == [[m.FUNCTION, FN2, BLOBS[FN2]], compute_msg(out, "b3")]
+    assert sent(out, "C") == [m.Function(FN2, BLOBS[FN2]), compute_msg(out, "b3")]
 
 
 def test_dependencies_wait_then_run_where_most_input_bytes_are():
@@ -197,11 +197,11 @@ def test_dependencies_wait_then_run_where_most_input_bytes_are():
     out = sim.finish("B", "y", nbytes=10_000)
     assert computes(out) == {"z": "B"}
     msg = compute_msg(out, "z")
-    assert msg[5] == {"x": ["A"], "y": ["B"]}
+    assert msg.deps == {"x": ["A"], "y": ["B"]}
     # inputs already in memory at submission: runs at once, next to its input
     out = sim.submit(spec("w", deps=["x"]))
     assert computes(out) == {"w": "A"}
-    assert compute_msg(out, "w")[5] == {"x": ["A"]}
+    assert compute_msg(out, "w").deps == {"x": ["A"]}
 
 
 def test_dependent_goes_elsewhere_when_holder_is_much_busier():
@@ -211,7 +211,7 @@ def test_dependent_goes_elsewhere_when_holder_is_much_busier():
     sim.submit(*[spec(f"p{i}", options={"workers": ["A"]}) for i in range(6)])
     out = sim.submit(spec("y", deps=["x"]))
     assert computes(out) == {"y": "B"}          # small input, A has 6 queued, B none
-    assert compute_msg(out, "y")[5] == {"x": ["A"]}
+    assert compute_msg(out, "y").deps == {"x": ["A"]}
 
 
 def test_small_result_carried_inline_to_client():
@@ -219,14 +219,14 @@ def test_small_result_carried_inline_to_client():
     sim.submit(spec("x"), spec("big"))
     sim.submit(spec("x"), peer=C2)
     out = sim.finish("A", "x", nbytes=28, value=42)
-    assert to_client(out, m.DONE, C) == {"x": [m.DONE, "x", True, 42, 28, []]}
-    assert to_client(out, m.DONE, C2) == {"x": [m.DONE, "x", True, 42, 28, []]}
+    assert to_client(out, m.Done, C) == {"x": m.Done("x", True, 42, 28, [])}
+    assert to_client(out, m.Done, C2) == {"x": m.Done("x", True, 42, 28, [])}
     ser = dumps(list(range(5)))
     out = sim.finish("A", "big", nbytes=10**7)
-    assert to_client(out, m.DONE) == {"big": [m.DONE, "big", False, None, 10**7, ["A"]]}
+    assert to_client(out, m.Done) == {"big": m.Done("big", False, None, 10**7, ["A"])}
     # wanting a finished key later: DONE without the value (the client fetches it)
     out = sim.submit(spec("big"), peer=C2)
-    assert sent(out) == [[m.DONE, "big", False, None, 10**7, ["A"]]]
+    assert sent(out) == [m.Done("big", False, None, 10**7, ["A"])]
     assert sent(out, C2) == sent(out)
     assert ser.nbytes > 0
 
@@ -235,9 +235,9 @@ def test_want_known_and_unknown_keys():
     sim = Sim(("A",), clients=(C, C2))
     sim.submit(spec("x"))
     sim.finish("A", "x")
-    out = sim.client([m.WANT, ["x", "nope"]], peer=C2)
-    assert sent(out, C2) == [[m.DONE, "x", False, None, 8, ["A"]],
-                             [m.CANCELLED, "nope", "the scheduler does not know this key"]]
+    out = sim.client(m.Want(["x", "nope"]), peer=C2)
+    assert sent(out, C2) == [m.Done("x", False, None, 8, ["A"]),
+                             m.Cancelled("nope", "the scheduler does not know this key")]
     sim.release("x")
     assert sim.state("x") == "memory"          # C2 holds it now
     out = sim.release("x", peer=C2)
@@ -253,18 +253,18 @@ def test_failure_errs_client_and_dependents_with_the_same_exception():
     sim.finish("B", "w", nbytes=100)
     exc = dumps(ZeroDivisionError("division by zero"))
     out = sim.fail("A", "x", exc, "Traceback (most recent call last): ...")
-    erred = to_client(out, m.ERRED)
+    erred = to_client(out, m.Erred)
     assert set(erred) == {"x", "y", "z"}
     for key, msg in erred.items():
-        assert msg[2] is exc and msg[3] == "Traceback (most recent call last): ..."
-        assert msg[4] == "x"                    # blamed key
+        assert msg.exception is exc and msg.traceback == "Traceback (most recent call last): ..."
+        assert msg.blame == "x"
     assert isinstance(loads(exc), ZeroDivisionError)
     assert {sim.state(k) for k in "xyz"} == {"erred"}
     # w is no longer needed by anyone: its data is freed, its lineage forgotten with y
     assert ("B", "w") in frees(out)
     # a task submitted later on an erred key errs at once, with the same exception
     out = sim.submit(spec("v", deps=["z"]))
-    assert to_client(out, m.ERRED)["v"][2] is exc and not computes(out)
+    assert to_client(out, m.Erred)["v"].exception is exc and not computes(out)
     out = sim.release("x", "y", "z", "v")
     assert not sim.s.tasks
 
@@ -285,7 +285,7 @@ def test_release_frees_data_on_workers_and_forgets():
     sim.finish("A", "x", nbytes=50)
     assert sim.s.workers["A"].nbytes == 50
     out = sim.release("x")
-    assert out == [("A", [m.FREE, ["x"]])]
+    assert out == [("A", m.Free(["x"]))]
     assert not sim.s.tasks and sim.s.workers["A"].nbytes == 0
     out = sim.release("x")                      # twice: nothing
     assert out == []
@@ -327,7 +327,7 @@ def test_release_of_pending_task_cancels_it_on_its_worker():
     out = sim.release("x", "y")
     assert frees(out) == {("A", "x")} and not sim.s.tasks
     out = sim.finish("A", "x", value=1)        # the worker finished before it got FREE
-    assert out == [("A", [m.FREE, ["x"]])]
+    assert out == [("A", m.Free(["x"]))]
     assert not sim.s.tasks
 
 
@@ -358,16 +358,16 @@ def test_cancel_pending_task_and_its_dependents():
     sim = Sim(("A",))
     sim.submit(spec("x"), spec("y", deps=["x"]), spec("done"))
     sim.finish("A", "done")
-    out = sim.client([m.CANCEL, ["x", "done", "unknown"]])
-    cancelled = to_client(out, m.CANCELLED)
+    out = sim.client(m.Cancel(["x", "done", "unknown"]))
+    cancelled = to_client(out, m.Cancelled)
     assert set(cancelled) == {"x", "y"}
     assert frees(out) == {("A", "x")}
     assert sim.state("done") == "memory"        # finished tasks are not cancelled
     assert isinstance(loads(sim.s.tasks["y"].exception), CancelledError)
     out = sim.finish("A", "x")                  # late result of the cancelled task
-    assert out == [("A", [m.FREE, ["x"]])] and sim.state("x") == "erred"
+    assert out == [("A", m.Free(["x"]))] and sim.state("x") == "erred"
     out = sim.submit(spec("w", deps=["y"]))   # depending on a cancelled task
-    assert set(to_client(out, m.ERRED)) == {"w"}
+    assert set(to_client(out, m.Erred)) == {"w"}
     sim.release("x", "y", "w", "done")
     assert not sim.s.tasks
 
@@ -375,7 +375,7 @@ def test_cancel_pending_task_and_its_dependents():
 def test_fire_and_forget_runs_to_completion_then_forgets():
     sim = Sim(("A",))
     sim.submit(spec("x"))
-    sim.client([m.FIRE_AND_FORGET, ["x"]])
+    sim.client(m.FireAndForget(["x"]))
     out = sim.release("x")
     assert out == [] and sim.state("x") == "processing"
     out = sim.finish("A", "x", value=3)
@@ -386,7 +386,7 @@ def test_fire_and_forget_runs_to_completion_then_forgets():
 def test_fire_and_forget_keeps_inputs_until_done():
     sim = Sim(("A",))
     sim.submit(spec("x"), spec("y", deps=["x"]))
-    sim.client([m.FIRE_AND_FORGET, ["y"]])
+    sim.client(m.FireAndForget(["y"]))
     sim.release("x", "y")
     out = sim.finish("A", "x")
     assert computes(out) == {"y": "A"}
@@ -398,10 +398,10 @@ def test_fire_and_forget_keeps_inputs_until_done():
 def test_fire_and_forget_task_that_errs_is_forgotten():
     sim = Sim(("A",))
     sim.submit(spec("x"), spec("y", deps=["x"]))
-    sim.client([m.FIRE_AND_FORGET, ["y"]])
+    sim.client(m.FireAndForget(["y"]))
     sim.release("y")
     out = sim.fail("A", "x")
-    assert set(to_client(out, m.ERRED)) == {"x"}    # y is not the client's any more
+    assert set(to_client(out, m.Erred)) == {"x"}    # y is not the client's any more
     assert sim.state("y") == "forgotten"
     sim.release("x")
     assert not sim.s.tasks
@@ -410,8 +410,8 @@ def test_fire_and_forget_task_that_errs_is_forgotten():
 def test_fire_and_forget_task_that_is_cancelled_is_forgotten():
     sim = Sim(("A",))
     sim.submit(spec("x"))
-    sim.client([m.FIRE_AND_FORGET, ["x"]])
-    sim.client([m.CANCEL, ["x"]])
+    sim.client(m.FireAndForget(["x"]))
+    sim.client(m.Cancel(["x"]))
     out = sim.release("x")
     assert out == [] and not sim.s.tasks
 
@@ -423,7 +423,7 @@ def test_worker_removal_reschedules_its_tasks():
     on_a = sorted(k for k, w in computes(out).items() if w == "A")
     out = sim.remove_worker("A")
     assert computes(out) == {k: "B" for k in on_a}
-    assert not sent(out, op=m.FUNCTION)         # B already has it
+    assert not sent(out, op=m.Function)         # B already has it
     assert sim.remove_worker("A") == []         # unknown worker: nothing
 
 
@@ -435,7 +435,7 @@ def test_result_held_only_by_dead_worker_is_recomputed():
     out = sim.remove_worker("A")
     assert computes(out) == {"x": "B"} and not sent(out, C)
     out = sim.finish("B", "x", value=1)
-    assert to_client(out, m.DONE) == {"x": [m.DONE, "x", True, 1, 8, []]}
+    assert to_client(out, m.Done) == {"x": m.Done("x", True, 1, 8, [])}
 
 
 def test_chain_recomputed_from_lineage_after_intermediates_were_released():
@@ -455,11 +455,11 @@ def test_chain_recomputed_from_lineage_after_intermediates_were_released():
     assert computes(out) == {"x": "B"}
     assert [sim.state(k) for k in "xyz"] == ["processing", "waiting", "waiting"]
     out = sim.finish("B", "x")
-    assert computes(out) == {"y": "B"} and compute_msg(out, "y")[5] == {"x": ["B"]}
+    assert computes(out) == {"y": "B"} and compute_msg(out, "y").deps == {"x": ["B"]}
     out = sim.finish("B", "y")
     assert computes(out) == {"z": "B"} and frees(out) == {("B", "x")}
     out = sim.finish("B", "z", value=7)
-    assert to_client(out, m.DONE) == {"z": [m.DONE, "z", True, 7, 8, []]}
+    assert to_client(out, m.Done) == {"z": m.Done("z", True, 7, 8, [])}
     assert frees(out) == {("B", "y")}
     assert [sim.state(k) for k in "xyz"] == ["released", "released", "memory"]
 
@@ -482,7 +482,7 @@ def test_dependent_sent_to_fetch_from_dead_worker_waits_for_recompute():
     assert computes(out) == {"y": "B"}
     assert sim.s.tasks["y"].suspicious == 0     # y was not running when a worker died
     out = sim.finish("B", "y", value=5)
-    assert to_client(out, m.DONE)["y"][3] == 5
+    assert to_client(out, m.Done)["y"].value == 5
 
 
 def test_task_killing_three_workers_fails_with_killed_worker():
@@ -496,11 +496,11 @@ def test_task_killing_three_workers_fails_with_killed_worker():
             assert not sent(out, C)
             out = sim.add_worker(f"W{i + 1}")
             assert computes(out) == {"x": f"W{i + 1}"}
-    erred = to_client(out, m.ERRED)
+    erred = to_client(out, m.Erred)
     assert set(erred) == {"x", "y"}
-    err = loads(erred["x"][2])
+    err = loads(erred["x"].exception)
     assert isinstance(err, KilledWorkerError) and "3 workers" in str(err)
-    assert erred["y"][2] is erred["x"][2]
+    assert erred["y"].exception is erred["x"].exception
     out = sim.add_worker("W9")
     assert not computes(out)
 
@@ -510,11 +510,11 @@ def test_killed_worker_error_names_what_the_last_worker_said():
     sim.submit(spec("x"))
     for i in range(KILLED_WORKER_LIMIT):
         sim.started(f"W{i}", "x")
-        sim.worker(f"W{i}", [m.STATUS, "terminating", f"process memory {i} MiB is over"])
+        sim.worker(f"W{i}", m.Status("terminating", f"process memory {i} MiB is over"))
         out = sim.remove_worker(f"W{i}")
         if i < KILLED_WORKER_LIMIT - 1:
             sim.add_worker(f"W{i + 1}")
-    err = loads(to_client(out, m.ERRED)["x"][2])
+    err = loads(to_client(out, m.Erred)["x"].exception)
     assert "The last one said: process memory 2 MiB is over" in str(err)
     assert sim.s.tasks["x"].attempts[-1][-1].endswith("2 MiB is over")   # (worker, start, duration, error)
 
@@ -525,10 +525,10 @@ def test_restart_forgets_every_task_and_tells_clients_and_workers():
     sim.finish("A", "x")
     sim.submit(spec("y", deps=["x"], options={"workers": ["B"]}))      # running on B
     sim.submit(*[spec(f"q{i}") for i in range(20)], peer="c2")        # some still queued
-    sim.client([m.SET_LIMIT, "api", [1, 1.0], None])
+    sim.client(m.SetLimit("api", [1, 1.0], None))
     out = sim._step(sim.s.restart("restarted", sim.now))
-    assert set(to_client(out, m.CANCELLED)) == {"x", "y"}
-    assert len(to_client(out, m.CANCELLED, peer="c2")) == 20
+    assert set(to_client(out, m.Cancelled)) == {"x", "y"}
+    assert len(to_client(out, m.Cancelled, peer="c2")) == 20
     assert ("A", "x") in frees(out) and ("B", "y") in frees(out)
     assert sim.s.tasks == {} and all(not h for h in sim.s.queues.values())
     assert all(not w.processing and not w.has_what and w.nbytes == 0
@@ -563,7 +563,7 @@ def test_a_stale_report_from_an_earlier_run_on_the_same_worker_is_ignored():
     out = sim.fail("A", "x", run=first)
     assert sim.state("x") == "processing" and not sent(out, C)
     out = sim.finish("A", "x")                       # the current run counts
-    assert sim.state("x") == "memory" and to_client(out, m.DONE)
+    assert sim.state("x") == "memory" and to_client(out, m.Done)
 
 
 # ---------------------------------------------------------------------- work stealing
@@ -616,11 +616,11 @@ def test_pinned_tasks_and_tasks_with_big_inputs_stay():
 # ---------------------------------------------------------------------- paused workers
 def test_paused_worker_gets_no_new_tasks_until_it_resumes():
     sim = Sim(("A", "B"))
-    sim.worker("A", [m.STATUS, "paused", "memory 85% of the limit"])
+    sim.worker("A", m.Status("paused", "memory 85% of the limit"))
     out = sim.submit(*[spec(f"t{i}") for i in range(20)])
     assert set(computes(out).values()) == {"B"}       # up to B's window; the rest wait
     assert sim.s.workers["A"].paused and len(computes(out)) < 20
-    out = sim.worker("A", [m.STATUS, "running", "memory 40%"])
+    out = sim.worker("A", m.Status("running", "memory 40%"))
     assert set(computes(out).values()) == {"A"}, "queued tasks go to the resumed worker"
 
 
@@ -628,24 +628,24 @@ def test_paused_worker_is_avoided_for_tasks_with_inputs_it_holds():
     sim = Sim(("A", "B"))
     sim.submit(spec("x", options={"workers": ["A"]}))
     sim.finish("A", "x", nbytes=10_000_000)
-    sim.worker("A", [m.STATUS, "paused", "memory"])
+    sim.worker("A", m.Status("paused", "memory"))
     out = sim.submit(spec("y", deps=["x"]))
     assert computes(out) == {"y": "B"}
 
 
 def test_task_pinned_to_a_paused_worker_waits_there():
     sim = Sim(("A", "B"))
-    sim.worker("A", [m.STATUS, "paused", "memory"])
+    sim.worker("A", m.Status("paused", "memory"))
     out = sim.submit(spec("p", options={"workers": ["A"]}))
     assert computes(out) == {"p": "A"}      # the worker starts it once it resumes
 
 
 def test_all_workers_paused_holds_root_tasks_in_the_scheduler():
     sim = Sim(("A",))
-    sim.worker("A", [m.STATUS, "paused", "memory"])
+    sim.worker("A", m.Status("paused", "memory"))
     out = sim.submit(spec("t"))
     assert not computes(out) and sim.state("t") == "queued"
-    out = sim.worker("A", [m.STATUS, "running", ""])
+    out = sim.worker("A", m.Status("running", ""))
     assert computes(out) == {"t": "A"}
 
 
@@ -659,7 +659,7 @@ def test_workers_dying_before_task_started_do_not_count():
         assert sim.where("x") == f"W{i + 1}"
     assert sim.s.tasks["x"].suspicious == 0
     out = sim.finish(f"W{2 * KILLED_WORKER_LIMIT}", "x", value=1)
-    assert to_client(out, m.DONE)["x"][3] == 1
+    assert to_client(out, m.Done)["x"].value == 1
 
 
 def test_all_workers_gone_then_one_joins():
@@ -686,27 +686,27 @@ def _y_on_b_needs_x_on_a():
 
 def test_missing_input_with_no_other_holder_is_recomputed():
     sim = _y_on_b_needs_x_on_a()
-    out = sim.worker("B", [m.MISSING, "y", "x", "A"])
+    out = sim.worker("B", m.Missing("y", "x", "A"))
     assert computes(out) == {"x": "A"}          # x is pinned to A
     assert sim.state("y") == "waiting"
     out = sim.finish("A", "x")
-    assert computes(out) == {"y": "B"} and compute_msg(out, "y")[5] == {"x": ["A"]}
+    assert computes(out) == {"y": "B"} and compute_msg(out, "y").deps == {"x": ["A"]}
 
 
 def test_missing_input_retries_with_remaining_holders():
     sim = Sim(("A", "B", "C"))
-    sim.client([m.UPDATE_DATA, {"s": 100}, "A"], [m.UPDATE_DATA, {"s": 100}, "C"])
+    sim.client(m.UpdateData({"s": 100}, "A"), m.UpdateData({"s": 100}, "C"))
     assert {w.address for w in sim.s.tasks["s"].who_has} == {"A", "C"}
     out = sim.submit(spec("y", deps=["s"], options={"workers": ["B"]}))
-    assert sorted(compute_msg(out, "y")[5]["s"]) == ["A", "C"]
-    out = sim.worker("B", [m.MISSING, "y", "s", "A"])
-    assert computes(out) == {"y": "B"} and compute_msg(out, "y")[5] == {"s": ["C"]}
+    assert sorted(compute_msg(out, "y").deps["s"]) == ["A", "C"]
+    out = sim.worker("B", m.Missing("y", "s", "A"))
+    assert computes(out) == {"y": "B"} and compute_msg(out, "y").deps == {"s": ["C"]}
     assert sim.s.workers["A"].nbytes == 0
 
 
 def test_missing_report_from_worker_not_running_the_task():
     sim = _y_on_b_needs_x_on_a()
-    out = sim.worker("C", [m.MISSING, "y", "x", "C"])   # C holds nothing, runs nothing
+    out = sim.worker("C", m.Missing("y", "x", "C"))   # C holds nothing, runs nothing
     assert out == [] and sim.state("y") == "processing"
 
 
@@ -715,15 +715,15 @@ def test_worker_missing_data_the_scheduler_thinks_it_holds():
     sim.submit(spec("x", options={"workers": ["A"]}))
     sim.finish("A", "x")
     sim.submit(spec("y", deps=["x"], options={"workers": ["A"]}))
-    out = sim.worker("A", [m.MISSING, "y", "x", "A"])   # A lost x (its own copy)
+    out = sim.worker("A", m.Missing("y", "x", "A"))   # A lost x (its own copy)
     assert computes(out) == {"x": "A"} and sim.state("y") == "waiting"
 
 
 def test_submit_on_unknown_key_fails_with_future_lost():
     sim = Sim(("A",))
     out = sim.submit(spec("y", deps=["gone"]))
-    erred = to_client(out, m.ERRED)
-    err = loads(erred["y"][2])
+    erred = to_client(out, m.Erred)
+    err = loads(erred["y"].exception)
     assert isinstance(err, FutureLostError) and "'gone'" in str(err)
     assert not computes(out) and sim.state("y") == "erred"
     sim.release("y")
@@ -733,52 +733,52 @@ def test_submit_on_unknown_key_fails_with_future_lost():
 # ---------------------------------------------------------------------- scattered data
 def test_scattered_data_lost_with_its_worker():
     sim = Sim(("A", "B"))
-    out = sim.client([m.UPDATE_DATA, {"s": 100}, "A"])
-    assert sent(out) == [[m.DONE, "s", False, None, 100, ["A"]]]
+    out = sim.client(m.UpdateData({"s": 100}, "A"))
+    assert sent(out) == [m.Done("s", False, None, 100, ["A"])]
     out = sim.submit(spec("y", deps=["s"]))
     assert computes(out) == {"y": "A"}
     out = sim.remove_worker("A")
-    erred = to_client(out, m.ERRED)
+    erred = to_client(out, m.Erred)
     assert set(erred) == {"s", "y"}
-    assert isinstance(loads(erred["s"][2]), FutureLostError)
+    assert isinstance(loads(erred["s"].exception), FutureLostError)
     assert not computes(out)
 
 
 def test_scatter_to_unknown_worker_errs():
     sim = Sim(("A",))
-    out = sim.client([m.UPDATE_DATA, {"s": 100}, "ghost"])
-    assert isinstance(loads(to_client(out, m.ERRED)["s"][2]), FutureLostError)
+    out = sim.client(m.UpdateData({"s": 100}, "ghost"))
+    assert isinstance(loads(to_client(out, m.Erred)["s"].exception), FutureLostError)
 
 
 def test_released_scattered_input_cannot_be_recomputed():
     sim = Sim(("A", "B"))
-    sim.client([m.UPDATE_DATA, {"s": 100}, "A"])
+    sim.client(m.UpdateData({"s": 100}, "A"))
     sim.submit(spec("y", deps=["s"]))
     sim.release("s")
     out = sim.finish("A", "y")
     assert frees(out) == {("A", "s")} and sim.state("s") == "released"
     out = sim.remove_worker("A")                # y must be recomputed, but s is gone
     assert not computes(out)
-    assert isinstance(loads(to_client(out, m.ERRED)["y"][2]), FutureLostError)
+    assert isinstance(loads(to_client(out, m.Erred)["y"].exception), FutureLostError)
 
 
 def test_scatter_under_a_running_task_key_frees_the_copy_and_keeps_the_task():
     sim = Sim(("A", "B"), clients=(C, "c2"))
     sim.submit(spec("x", options={"workers": ["A"]}))
-    out = sim.client([m.UPDATE_DATA, {"x": 100}, "B"], peer="c2")   # another client's scatter
+    out = sim.client(m.UpdateData({"x": 100}, "B"), peer="c2")   # another client's scatter
     assert frees(out) == {("B", "x")} and not sent(out, peer="c2")
     assert sim.state("x") == "processing" and sim.where("x") == "A"
     out = sim.finish("A", "x")
-    assert "x" in to_client(out, m.DONE, peer="c2") and "x" in to_client(out, m.DONE)
+    assert "x" in to_client(out, m.Done, peer="c2") and "x" in to_client(out, m.Done)
 
 
 def test_scatter_under_a_finished_task_key_answers_with_the_task_result():
     sim = Sim(("A", "B"), clients=(C, "c2"))
     sim.submit(spec("x", options={"workers": ["A"]}))
     sim.finish("A", "x", nbytes=8)
-    out = sim.client([m.UPDATE_DATA, {"x": 100}, "B"], peer="c2")
+    out = sim.client(m.UpdateData({"x": 100}, "B"), peer="c2")
     assert frees(out) == {("B", "x")}
-    assert sent(out, peer="c2") == [[m.DONE, "x", False, None, 8, ["A"]]]
+    assert sent(out, peer="c2") == [m.Done("x", False, None, 8, ["A"])]
     assert {w.address for w in sim.s.tasks["x"].who_has} == {"A"}
 
 
@@ -789,7 +789,7 @@ def test_queued_root_tasks_run_by_priority_then_fifo():
     sim.submit(*[spec(k, options={"priority": p} if p else None) for k, p in prios.items()])
     out = sim.add_worker("A")
     assert compute_order(out) == ["b", "d", "a", "c", "f", "e"]
-    assert compute_msg(out, "b")[7] == -5 and compute_msg(out, "e")[7] == 1
+    assert compute_msg(out, "b").priority == -5 and compute_msg(out, "e").priority == 1
 
 
 def test_high_priority_task_overtakes_queued_ones():
@@ -827,64 +827,75 @@ def test_workers_option_pins_tasks():
 def test_output_and_heartbeat():
     sim = Sim(("A",), clients=(C, C2))
     sim.submit(spec("x"))
-    sim.client([m.FIRE_AND_FORGET, ["x"]])
-    out = sim.worker("A", [m.OUTPUT, "x", "stdout", "hello\n"])
-    assert out == [(C, [m.OUTPUT, "x", "stdout", "hello\n"])]
-    out = sim.worker("A", [m.HEARTBEAT, {"rss": 1}])
+    sim.client(m.FireAndForget(["x"]))
+    out = sim.worker("A", m.Output("x", "stdout", "hello\n"))
+    assert out == [(C, m.Output("x", "stdout", "hello\n"))]
+    out = sim.worker("A", m.Heartbeat({"rss": 1}))
     assert out == [] and sim.s.workers["A"].metrics == {"rss": 1}
-    assert sim.worker("A", [m.OUTPUT, "nope", "stdout", "x"]) == []
+    assert sim.worker("A", m.Output("nope", "stdout", "x")) == []
 
 
 # ---------------------------------------------------------------------- malformed messages
-GOOD = [m.SUBMIT, [spec("ok")]]
+# What a peer may put on the wire: raw msgpack arrays, decoded (and type-checked) by the
+# framing layer, then checked for what types cannot say by the state machine.
+def raw_spec(key, deps=(), options=None, fn=FN, args=None, kwargs=None):
+    return [key, fn, [1] if args is None else args, kwargs, list(deps), options]
+
+
+GOOD = ["submit", [raw_spec("ok")]]
 BAD_CLIENT_MESSAGES = {
     "not a list": "submit",
     "empty": [],
     "unknown op": ["frobnicate", 1],
-    "missing field": [m.SUBMIT],
-    "extra field": [m.RELEASE, ["x"], 1],
-    "specs not a list": [m.SUBMIT, "x"],
-    "spec too short": [m.SUBMIT, [["k", FN, [], None, []]]],
-    "spec not a list": [m.SUBMIT, [{"key": "k"}]],
-    "key not a string": [m.SUBMIT, [spec(7)]],
-    "empty key": [m.SUBMIT, [spec("")]],
-    "unknown function": [m.SUBMIT, [spec("k", fn="never-sent")]],
-    "args not a list": [m.SUBMIT, [spec("k", args="abc")]],
-    "kwargs a list": [m.SUBMIT, [spec("k", kwargs=[1])]],
-    "deps not a list": [m.SUBMIT, [["k", FN, [], None, "ok", None]]],
-    "dep not a string": [m.SUBMIT, [spec("k", deps=[["ok"]])]],
-    "depends on itself": [m.SUBMIT, [spec("k", deps=["k"])]],
-    "options not a map": [m.SUBMIT, [spec("k", options=["priority"])]],
-    "workers a string": [m.SUBMIT, [spec("k", options={"workers": "A"})]],
-    "priority a string": [m.SUBMIT, [spec("k", options={"priority": "high"})]],
-    "release keys a string": [m.RELEASE, "ok"],
-    "release key unhashable": [m.RELEASE, [["ok"]]],
-    "cancel keys none": [m.CANCEL, None],
-    "want keys ints": [m.WANT, [1, 2]],
-    "fire keys map": [m.FIRE_AND_FORGET, {"ok": 1}],
-    "update sizes list": [m.UPDATE_DATA, [1], "A"],
-    "update size str": [m.UPDATE_DATA, {"s": "big"}, "A"],
-    "update worker int": [m.UPDATE_DATA, {"s": 1}, 5],
-    "function token int": [m.FUNCTION, 1, b""],
-    "function blob str": [m.FUNCTION, "t", "not bytes"],
-    "request": [m.REQUEST, 1, "info", {}],
-    "hello": [m.HELLO, "client", {}],
-    "worker message from a client": [m.FINISHED, "ok", 8, 0.0, 1.0, False, None, "int", 1],
+    "missing field": ["submit"],
+    "extra field": ["release", ["x"], 1],
+    "specs not a list": ["submit", "x"],
+    "spec too short": ["submit", [["k", FN, [], None, []]]],
+    "spec not a list": ["submit", [{"key": "k"}]],
+    "key not a string": ["submit", [raw_spec(7)]],
+    "empty key": ["submit", [raw_spec("")]],
+    "unknown function": ["submit", [raw_spec("k", fn="never-sent")]],
+    "args not a list": ["submit", [raw_spec("k", args="abc")]],
+    "kwargs a list": ["submit", [raw_spec("k", kwargs=[1])]],
+    "deps not a list": ["submit", [["k", FN, [], None, "ok", None]]],
+    "dep not a string": ["submit", [raw_spec("k", deps=[["ok"]])]],
+    "depends on itself": ["submit", [raw_spec("k", deps=["k"])]],
+    "options not a map": ["submit", [raw_spec("k", options=["priority"])]],
+    "workers a string": ["submit", [raw_spec("k", options={"workers": "A"})]],
+    "priority a string": ["submit", [raw_spec("k", options={"priority": "high"})]],
+    "release keys a string": ["release", "ok"],
+    "release key unhashable": ["release", [["ok"]]],
+    "cancel keys none": ["cancel", None],
+    "want keys ints": ["want", [1, 2]],
+    "fire keys map": ["fire", {"ok": 1}],
+    "update sizes list": ["update-data", [1], "A"],
+    "update size str": ["update-data", {"s": "big"}, "A"],
+    "update worker int": ["update-data", {"s": 1}, 5],
+    "function token int": ["fn", 1, b""],
+    "function blob str": ["fn", "t", "not bytes"],
+    "request": ["req", 1, "info", {}],
+    "hello": ["hello", "client", {}],
+    "worker message from a client": ["finished", "ok", 8, 0.0, 1.0, False, None, "int", 1],
 }
 BAD_WORKER_MESSAGES = {
-    "finished key int": [m.FINISHED, 5, 8, 0.0, 1.0, False, None, "int", 1],
-    "finished nbytes str": [m.FINISHED, "ok", "8", 0.0, 1.0, False, None, "int", 1],
-    "finished stop str": [m.FINISHED, "ok", 8, 0.0, "later", False, None, "int", 1],
-    "finished flag int": [m.FINISHED, "ok", 8, 0.0, 1.0, 2, None, "int", 1],
-    "finished run str": [m.FINISHED, "ok", 8, 0.0, 1.0, False, None, "int", "1"],
-    "failed traceback int": [m.FAILED, "ok", None, 5, 0.0, 1.0, None, 1],
-    "started time str": [m.STARTED, "ok", "now", 1],
-    "missing dep int": [m.MISSING, "ok", 3, "A"],
-    "output text bytes": [m.OUTPUT, "ok", "stdout", b"x"],
-    "heartbeat list": [m.HEARTBEAT, [1]],
-    "client message from a worker": [m.SUBMIT, [spec("k")]],
-    "run result": [m.RUN_RESULT, 1, True, None],
+    "finished key int": ["finished", 5, 8, 0.0, 1.0, False, None, "int", 1],
+    "finished nbytes str": ["finished", "ok", "8", 0.0, 1.0, False, None, "int", 1],
+    "finished stop str": ["finished", "ok", 8, 0.0, "later", False, None, "int", 1],
+    "finished flag int": ["finished", "ok", 8, 0.0, 1.0, 2, None, "int", 1],
+    "finished run str": ["finished", "ok", 8, 0.0, 1.0, False, None, "int", "1"],
+    "failed traceback int": ["failed", "ok", None, 5, 0.0, 1.0, None, 1],
+    "started time str": ["started", "ok", "now", 1],
+    "missing dep int": ["missing", "ok", 3, "A"],
+    "output text bytes": ["output", "ok", "stdout", b"x"],
+    "heartbeat list": ["heartbeat", [1]],
+    "client message from a worker": ["submit", [raw_spec("k")]],
+    "run result": ["run-result", 1, True, None],
 }
+
+
+def deliver(sim, peer, raw_batch):
+    """``raw_batch`` as it arrives from ``peer`` over the wire: decoded, then handled."""
+    return sim.s.handle(peer, decode([msgspec.msgpack.encode(raw_batch, use_bin_type=True)]), sim.now)
 
 
 def _snapshot(s):
@@ -904,10 +915,10 @@ def test_malformed_client_message_raises_and_changes_nothing(bad):
     before = _snapshot(sim.s)
     for batch in ([BAD_CLIENT_MESSAGES[bad]], [GOOD, BAD_CLIENT_MESSAGES[bad]]):
         with pytest.raises(ProtocolError):
-            sim.s.handle(C, copy.deepcopy(batch), sim.now)
+            deliver(sim, C, batch)
         assert _snapshot(sim.s) == before, bad
     # the state still works
-    out = sim.client(GOOD)
+    out = sim.client(m.Submit([spec("ok")]))
     assert "ok" in computes(out)
 
 
@@ -916,28 +927,27 @@ def test_malformed_worker_message_raises_and_changes_nothing(bad):
     sim = Sim(("A",))
     sim.submit(spec("ok"))
     before = _snapshot(sim.s)
-    good = [m.STARTED, "ok", 1.0, 1]
+    good = ["started", "ok", 1.0, 1]
     for batch in ([BAD_WORKER_MESSAGES[bad]], [good, BAD_WORKER_MESSAGES[bad]]):
         with pytest.raises(ProtocolError):
-            sim.s.handle("A", copy.deepcopy(batch), sim.now)
+            deliver(sim, "A", batch)
         assert _snapshot(sim.s) == before, bad
         assert not sim.s.tasks["ok"].executing
     out = sim.finish("A", "ok", value=1)
-    assert to_client(out, m.DONE)["ok"][3] == 1
+    assert to_client(out, m.Done)["ok"].value == 1
 
 
 def test_batch_must_be_a_list():
     sim = Sim(("A",))
-    with pytest.raises(ProtocolError):
-        sim.s.handle(C, None, 0.0)
-    with pytest.raises(ProtocolError):
-        sim.s.handle(C, (GOOD,), 0.0)
+    for raw in (None, ["submit", []], {"0": GOOD}):
+        with pytest.raises(ProtocolError):
+            deliver(sim, C, raw)
 
 
 def test_function_and_submit_in_one_batch():
     sim = Sim(("A",))
-    out = sim.client([m.FUNCTION, "new-fn", b"blob"], [m.SUBMIT, [spec("k", fn="new-fn")]])
-    assert sent(out, "A") == [[m.FUNCTION, "new-fn", b"blob"], compute_msg(out, "k")]
+    out = sim.client(m.Function("new-fn", b"blob"), m.Submit([spec("k", fn="new-fn")]))
+    assert sent(out, "A") == [m.Function("new-fn", b"blob"), compute_msg(out, "k")]
 
 
 def test_resubmitting_a_known_key_with_an_unknown_function_is_harmless():
@@ -958,37 +968,37 @@ def test_serialized_arguments_pass_through_untouched():
     args, kwargs = dumps((1, 2)), dumps({"k": 3})
     out = sim.submit(spec("x", args=args, kwargs=kwargs))
     msg = compute_msg(out, "x")
-    assert msg[3] is args and msg[4] is kwargs and isinstance(msg[3], Serialized)
+    assert msg.args is args and msg.kwargs is kwargs and isinstance(msg.args, Serialized)
 
 
 def test_missing_report_naming_no_holder_retries_elsewhere():
     sim = _y_on_b_needs_x_on_a()
-    out = sim.worker("B", [m.MISSING, "y", "x", ""])     # B gave up on x without a culprit
-    assert computes(out) == {"y": "B"} and compute_msg(out, "y")[5] == {"x": ["A"]}
+    out = sim.worker("B", m.Missing("y", "x", ""))     # B gave up on x without a culprit
+    assert computes(out) == {"y": "B"} and compute_msg(out, "y").deps == {"x": ["A"]}
     assert sim.state("x") == "memory"
 
 
 def test_internal_error_still_sends_what_earlier_messages_decided(monkeypatch):
     from nbcluster.state.scheduler_state import BadBatch
 
-    def boom(self, peer, metrics):
+    def boom(self, peer, msg):
         raise RuntimeError("bug")
-    monkeypatch.setitem(SchedulerState._handlers, m.HEARTBEAT, boom)
+    monkeypatch.setitem(SchedulerState._handlers, m.Heartbeat, boom)
     sim = Sim(("A",))
     sim.submit(spec("x"))
     with pytest.raises(BadBatch) as info:
-        sim.s.handle("A", [[m.FINISHED, "x", 8, 0.0, 0.001, True, 1, "int", sim.run_of("x")],
-                           [m.HEARTBEAT, {}]], sim.now)
-    assert (C, [m.DONE, "x", True, 1, 8, []]) in info.value.out
+        sim.s.handle("A", [m.Finished("x", 8, 0.0, 0.001, True, 1, "int", sim.run_of("x")),
+                           m.Heartbeat({})], sim.now)
+    assert (C, m.Done("x", True, 1, 8, [])) in info.value.out
     assert isinstance(info.value, ProtocolError)
 
 
 def test_broadcast_scatter_with_one_target_gone():
     sim = Sim(("A", "B"))
-    out = sim.client([m.UPDATE_DATA, {"s": 10}, "A"], [m.UPDATE_DATA, {"s": 10}, "ghost"])
-    assert to_client(out, m.DONE) == {"s": [m.DONE, "s", False, None, 10, ["A"]]}
-    assert not to_client(out, m.ERRED) and sim.state("s") == "memory"
-    out = sim.client([m.UPDATE_DATA, {"s": 10}, "B"])
+    out = sim.client(m.UpdateData({"s": 10}, "A"), m.UpdateData({"s": 10}, "ghost"))
+    assert to_client(out, m.Done) == {"s": m.Done("s", False, None, 10, ["A"])}
+    assert not to_client(out, m.Erred) and sim.state("s") == "memory"
+    out = sim.client(m.UpdateData({"s": 10}, "B"))
     assert {w.address for w in sim.s.tasks["s"].who_has} == {"A", "B"}
     out = sim.remove_worker("A")
     assert out == [] and sim.state("s") == "memory"
@@ -998,9 +1008,9 @@ def test_broadcast_scatter_with_one_target_gone():
 
 def test_functions_of_a_client_that_left_are_forgotten_once_unused():
     sim = Sim(workers=("A",), clients=(C, C2))
-    sim.client([m.FUNCTION, "mine-tok", b"<blob>"], peer=C2)
+    sim.client(m.Function("mine-tok", b"<blob>"), peer=C2)
     sim.submit(spec("kept", fn="mine-tok"), peer=C2)
-    sim.client([m.FIRE_AND_FORGET, ["kept"]], peer=C2)
+    sim.client(m.FireAndForget(["kept"]), peer=C2)
     sim.s.remove_client(C2, sim.now)
     assert "mine-tok" in sim.s.functions          # a task still needs it (lineage, retries)
     sim.finish("A", "kept")

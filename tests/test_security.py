@@ -6,7 +6,7 @@ import socket
 import struct
 from operator import add
 
-import msgpack
+import msgspec
 import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
@@ -145,7 +145,7 @@ async def _send_garbage(address, token, payload, authenticate):
 
 def _encode_any(obj):
     try:
-        return raw_frames(obj) if isinstance(obj, list) else msgpack.packb(obj)
+        return raw_frames(obj) if isinstance(obj, list) else msgspec.msgpack.encode(obj)
     except (TypeError, ValueError, OverflowError):
         return b"\x01\x00\x00\x00" + b"\xff" * 8
 

@@ -11,6 +11,7 @@ import os
 
 import pytest
 
+from nbcluster.protocol import messages as m
 from nbcluster import Client, LocalCluster, wait
 from nbcluster.server.spill import SpillStore
 from nbcluster.state.instructions import Spill, Unspill
@@ -74,7 +75,7 @@ def test_a_value_read_back_stays_on_disk_while_others_are_still_being_written():
                     spill_at=0.5)                      # spill above 50 MiB in memory
 
     def result(key):
-        w.compute(key, "fn", [1], None, {}, True, 0)
+        w.compute(m.Compute(key, "fn", [1], None, {}, True, 0, None, 0))
         return w.task_finished(key, 20 * MB, 1.0, 2.0, False, None, "bytes")
 
     result("a"), result("b")

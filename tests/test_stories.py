@@ -40,9 +40,9 @@ def test_a_story_says_why_a_task_failed_and_what_it_blamed():
     sim.fail("A", "x")
     assert whats(sim, "x")[-2:] == [("failed", "A"), ("erred", "x")]
     assert whats(sim, "y") == [("submitted", C), ("erred", "x")]   # blamed on its input
-    sim.client([m.CANCEL, ["y"]])
+    sim.client(m.Cancel(["y"]))
     sim.submit(spec("z"))
-    sim.client([m.CANCEL, ["z"]])
+    sim.client(m.Cancel(["z"]))
     assert whats(sim, "z")[-1] == ("cancelled", f"cancelled by {C}")
 
 

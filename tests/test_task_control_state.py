@@ -25,9 +25,9 @@ def wake(sim, when):
 
 
 def retry_fail(sim, addr, key, delay=None, maximum=None):
-    return sim.worker(addr, [m.FAILED, key, dumps(ConnectionError("flaky")),
+    return sim.worker(addr, m.Failed(key, dumps(ConnectionError("flaky")),
                              "Traceback ...\nConnectionError: flaky", sim.now, sim.now + 0.001,
-                             {"delay": delay, "max": maximum}, sim.run_of(key)])
+                             {"delay": delay, "max": maximum}, sim.run_of(key)))
 
 
 # ---------------------------------------------------------------------- queues and priorities
@@ -59,11 +59,11 @@ def test_priority_order_within_a_queue_fifo_among_equals():
                  for i, p in enumerate([0, 5, 0, 5, 9])])
     sim.s.avg_duration = 10.0            # long tasks: the window is one queued task per thread
     out = sim.add_worker("A")
-    assert [msg[1] for msg in sent(out, "A", m.COMPUTE)] == ["t4", "t1"]
+    assert [msg.key for msg in sent(out, "A", m.Compute)] == ["t4", "t1"]
     out = sim.finish("A", "t4")
-    assert [msg[1] for msg in sent(out, "A", m.COMPUTE)] == ["t3"]
+    assert [msg.key for msg in sent(out, "A", m.Compute)] == ["t3"]
     out = sim.finish("A", "t1")
-    assert [msg[1] for msg in sent(out, "A", m.COMPUTE)] == ["t0"]
+    assert [msg.key for msg in sent(out, "A", m.Compute)] == ["t0"]
 
 
 def test_misspelt_queue_on_a_worker_is_named():
@@ -90,8 +90,8 @@ def test_retry_with_exponential_backoff_then_failure():
     wake(sim, t1 + 2.01)
     out = retry_fail(sim, "A", "x")                                     # budget spent
     assert sim.state("x") == "erred"
-    [erred] = sent(out, C, m.ERRED)
-    assert isinstance(loads(erred[2]), ConnectionError)
+    [erred] = sent(out, C, m.Erred)
+    assert isinstance(loads(erred.exception), ConnectionError)
     attempts = sim.s.attempts("x")
     assert len(attempts) == 3 and all(a[3] == "ConnectionError: flaky" for a in attempts)
 
@@ -163,7 +163,7 @@ def test_concurrency_cap_and_shared_limit_key_and_set_limit():
     assert len(running) == 2
     out = sim.finish("A", running[0])
     assert len(computed(out)) == 1             # one more under the cap of 2
-    out = sim.client([m.SET_LIMIT, "db", None, 4])
+    out = sim.client(m.SetLimit("db", None, 4))
     assert len(computed(out)) == 1             # raised cap: the last held one goes
     assert sim.s.limits_info()["db"]["concurrency"] == 4
 
@@ -191,8 +191,8 @@ def test_expires_fails_a_task_that_has_not_started():
     assert sim.state("x") == "queued"
     out = wake(sim, sim.now + 1.5)
     assert sim.state("x") == "erred"
-    [erred] = sent(out, C, m.ERRED)
-    assert isinstance(loads(erred[2]), TaskExpiredError)
+    [erred] = sent(out, C, m.Erred)
+    assert isinstance(loads(erred.exception), TaskExpiredError)
 
 
 def test_expired_task_is_not_started_when_a_worker_comes():
@@ -206,8 +206,8 @@ def test_expired_task_is_not_started_when_a_worker_comes():
 def test_worker_options_carry_timeout_and_retry_rules():
     sim = Sim(workers=("A",))
     out = sim.submit(spec("x", options={"timeout": 2.5, "retries": 1}))
-    [msg] = sent(out, "A", m.COMPUTE)
-    assert msg[8] == {"timeout": 2.5, "retries": 1}
+    [msg] = sent(out, "A", m.Compute)
+    assert msg.options == {"timeout": 2.5, "retries": 1}
 
 
 # ---------------------------------------------------------------------- collected errors
@@ -219,6 +219,6 @@ def test_collect_errors_runs_the_callback_with_the_exceptions():
     sim.finish("A", "h0")
     out = sim.fail("A", "h1")
     assert sim.state("plain") == "erred"                # the default: first error wins
-    [msg] = [msg for msg in sent(out, "A", m.COMPUTE) if msg[1] == "cb"]
-    assert set(msg[5]) == {"h0"}                        # erred input not fetched...
-    assert isinstance(loads(msg[8]["errors"]["h1"]), ValueError)   # ...but given in place
+    [msg] = [msg for msg in sent(out, "A", m.Compute) if msg.key == "cb"]
+    assert set(msg.deps) == {"h0"}                        # erred input not fetched...
+    assert isinstance(loads(msg.options["errors"]["h1"]), ValueError)   # ...but given in place

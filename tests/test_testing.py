@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import threading
 
+import msgspec
 import pytest
 
 from nbcluster.protocol import messages as m
@@ -67,31 +68,31 @@ def test_messages_are_checked_for_peers_order_and_holders():
     s = SchedulerState()
     s.add_client(C)
     s.add_worker("A", 1, "A", {}, 0.0)
-    out = s.handle(C, [[m.FUNCTION, FN, BLOBS[FN]], [m.SUBMIT, [spec("x")]]], 1.0)
+    out = s.handle(C, [m.Function(FN, BLOBS[FN]), m.Submit([spec("x")])], 1.0)
     check_scheduler_messages(s, out)                          # trusts the state for the past
     sent: dict = {}
     check_scheduler_messages(s, out, sent)
     assert sent == {"A": {FN}}
-    compute = next(msg for _, msg in out if msg[0] == m.COMPUTE)
+    compute = next(msg for _, msg in out if type(msg) is m.Compute)
     with pytest.raises(InvariantError, match="function before a task"):
         check_scheduler_messages(s, [("A", compute)], {})
     with pytest.raises(InvariantError, match="connected peers"):
-        check_scheduler_messages(s, [("B", [m.FREE, ["x"]])], sent)
-    bad = [*compute[:5], {"dep": []}, *compute[6:]]
+        check_scheduler_messages(s, [("B", m.Free(["x"]))], sent)
+    bad = msgspec.structs.replace(compute, deps={"dep": []})
     with pytest.raises(InvariantError, match="has a holder"):
         check_scheduler_messages(s, [("A", bad)], sent)
     with pytest.raises(InvariantError, match="well formed"):
-        check_scheduler_messages(s, [("A", [m.FREE])], sent)
+        check_scheduler_messages(s, [("A", m.Free("x"))], sent)   # keys not a list
 
 
 # ---------------------------------------------------------------------- worker invariants
 def _worker():
     """a in memory, b waiting for c (a is here), c fetched from a peer, d running."""
     w = WorkerState("tcp://me:1", 1)
-    w.compute("a", "fn", [1], None, {}, True, 0)
+    w.compute(m.Compute("a", "fn", [1], None, {}, True, 0, None, 0))
     w.task_finished("a", 8, 0.0, 0.1, False, None, "int")
-    w.compute("b", "fn", [1], None, {"a": ["tcp://me:1"], "c": ["tcp://peer:1"]}, True, 0)
-    w.compute("d", "fn", [1], None, {}, True, 0)
+    w.compute(m.Compute("b", "fn", [1], None, {"a": ["tcp://me:1"], "c": ["tcp://peer:1"]}, True, 0, None, 0))
+    w.compute(m.Compute("d", "fn", [1], None, {}, True, 0, None, 0))
     return w
 
 
@@ -159,7 +160,7 @@ def test_fake_clock_moves_only_when_told_and_drives_timers():
     s.add_worker("A", 1, "A", {}, clock())
     later = spec("later", options={"not_before": 100.0})
     sooner = spec("sooner", options={"not_before": 50.0})
-    s.handle(C, [[m.FUNCTION, FN, BLOBS[FN]], [m.SUBMIT, [later, sooner]]], clock())
+    s.handle(C, [m.Function(FN, BLOBS[FN]), m.Submit([later, sooner])], clock())
     assert clock.wake(s) and clock() == 50.0             # the first timer, no earlier
     assert s.tasks["sooner"].state == "processing" and s.tasks["later"].state == "delayed"
     assert clock.wake(s) and clock() == 100.0

@@ -212,8 +212,8 @@ def test_each_task_is_announced_started_at_most_once(client, inproc_cluster):
 
     def counting(send):
         def send_counted(msg):
-            if msg[0] == m.STARTED:
-                started[msg[1]] += 1
+            if type(msg) is m.Started:
+                started[msg.key] += 1
             send(msg)
         return send_counted
 

@@ -62,7 +62,7 @@ class Sim:
         return step
 
     def run(self, key, deps=None, priority=0, want=True):
-        return self.compute(key, "fn-token", [1], None, deps or {}, want, priority)
+        return self.compute(m.Compute(key, "fn-token", [1], None, deps or {}, want, priority, None, 0))
 
     def done(self, key, nbytes=8, seconds=0.5):
         return self.task_finished(key, nbytes, 10.0, 10.0 + seconds, False, None, "int")
@@ -86,7 +86,7 @@ def fetches(out):
 
 
 def sends(out, op=None):
-    return [i.msg for i in out if type(i) is Send and (op is None or i.msg[0] == op)]
+    return [i.msg for i in out if type(i) is Send and (op is None or type(i.msg) is op)]
 
 
 def drops(out):
@@ -101,7 +101,7 @@ def test_compute_without_inputs_executes_and_reports():
     ts = sim.w.tasks["x"]
     assert (ts.fn, ts.args, ts.kwargs, ts.want) == ("fn-token", [1], None, True)
     out = sim.task_finished("x", 28, 1.0, 1.5, True, 42, "int")
-    assert out == [Send([m.FINISHED, "x", 28, 1.0, 1.5, True, 42, "int", 0])]
+    assert out == [Send(m.Finished("x", 28, 1.0, 1.5, True, 42, "int", 0))]
     assert sim.state("x") == "memory" and sim.w.nbytes == 28
     assert ts.fn is None and ts.args is None   # the spec is not kept once done
 
@@ -111,9 +111,9 @@ def test_at_most_nthreads_execute_at_once():
     assert executes(sim.run("a") + sim.run("b") + sim.run("c")) == ["a", "b"]
     assert sim.state("c") == "ready"
     out = sim.done("a")
-    assert executes(out) == ["c"] and sends(out, m.FINISHED)[0][1] == "a"
+    assert executes(out) == ["c"] and sends(out, m.Finished)[0].key == "a"
     out = sim.task_failed("b", "exc", "tb", 1.0, 2.0)
-    assert out == [Send([m.FAILED, "b", "exc", "tb", 1.0, 2.0, None, 0])]
+    assert out == [Send(m.Failed("b", "exc", "tb", 1.0, 2.0, None, 0))]
     assert sim.state("b") == "forgotten"
 
 
@@ -155,14 +155,14 @@ def test_duplicate_compute_is_ignored_and_finished_key_reported_again():
     assert sim.run("x") == []
     sim.done("x", nbytes=5)
     out = sim.run("x")
-    assert out == [Send([m.FINISHED, "x", 5, 0.0, 0.0, False, None, "", 0])]
+    assert out == [Send(m.Finished("x", 5, 0.0, 0.0, False, None, "", 0))]
 
 
 def test_execute_carries_the_whole_work_item():
     """The shell hands the instruction to a thread as it is: it reads nothing back."""
     sim = Sim()
     options = {"timeout": 2.0, "retries": 1, "errors": {"bad": "EXC"}}
-    out = sim.compute("x", "tok", "ARGS", {"k": 1}, {}, False, -3, options, 7)
+    out = sim.compute(m.Compute("x", "tok", "ARGS", {"k": 1}, {}, False, -3, options, 7))
     assert out == [Execute("x", "tok", "ARGS", {"k": 1}, False, options, 7, True)]
     sim.run("y", {"x": [ME]})
     out = sim.done("x")                        # y's inputs are here: its item is whole too
@@ -183,15 +183,15 @@ def test_started_is_sent_at_once_for_a_task_handed_to_an_idle_thread():
 def test_started_of_a_task_queued_ahead_is_sent_when_a_thread_reports_it_once():
     sim = Sim(nthreads=1)
     for i in range(30):                        # short tasks: handed over ahead of time
-        sim.compute(f"s{i}", "fn-token", [1], None, {}, True, 0, None, i)
+        sim.compute(m.Compute(f"s{i}", "fn-token", [1], None, {}, True, 0, None, i))
         sim.done(f"s{i}", seconds=0.0001)
-    out = sim.compute("a", "fn-token", [1], None, {}, True, 0, None, 41)
-    out += sim.compute("b", "fn-token", [1], None, {}, True, 0, None, 42)
-    out += sim.compute("c", "fn-token", [1], None, {}, True, 0, None, 43)
+    out = sim.compute(m.Compute("a", "fn-token", [1], None, {}, True, 0, None, 41))
+    out += sim.compute(m.Compute("b", "fn-token", [1], None, {}, True, 0, None, 42))
+    out += sim.compute(m.Compute("c", "fn-token", [1], None, {}, True, 0, None, 43))
     assert [(i.key, i.announce) for i in out] == [("a", True), ("b", False), ("c", False)]
     assert sim.task_started("a", 1.0) == []
     sim.done("a")
-    assert sim.task_started("b", 2.0) == [Send([m.STARTED, "b", 2.0, 42])]
+    assert sim.task_started("b", 2.0) == [Send(m.Started("b", 2.0, 42))]
     assert sim.task_started("b", 2.0) == []                # once
     # c started and ended in one batch: its end is handled first, and needs no STARTED
     sim.done("b")
@@ -206,7 +206,7 @@ def test_a_task_freed_with_the_executor_is_stopped_and_resumed_when_given_back()
     assert sim.free(["a"]) == [Stop("a")]      # skipped if queued, interrupted if running
     assert sim.run("a") == [Resume("a")]       # given back: the executor runs it after all
     assert sim.run("a") == []                  # not cancelled: nothing to resume
-    assert sends(sim.done("a"), m.FINISHED)
+    assert sends(sim.done("a"), m.Finished)
 
 
 # ---------------------------------------------------------------------- inputs
@@ -303,13 +303,13 @@ def test_scattered_values_may_be_replaced_but_task_keys_are_refused():
 
 def test_reports_carry_the_run_id_of_the_latest_assignment():
     sim = Sim()
-    sim.compute("x", "fn", [1], None, {}, True, 0, None, 7)
+    sim.compute(m.Compute("x", "fn", [1], None, {}, True, 0, None, 7))
     sim.free(["x"])                                           # freed while running ...
-    sim.compute("x", "fn", [1], None, {}, True, 0, None, 9)  # ... and given back
+    sim.compute(m.Compute("x", "fn", [1], None, {}, True, 0, None, 9))  # ... and given back
     out = sim.done("x")
-    assert sends(out, m.FINISHED)[0][-1] == 9                 # the running call delivers run 9
-    out = sim.compute("x", "fn", [1], None, {}, True, 0, None, 12)   # already here
-    assert sends(out, m.FINISHED)[0][-1] == 12
+    assert sends(out, m.Finished)[0].run == 9                 # the running call delivers run 9
+    out = sim.compute(m.Compute("x", "fn", [1], None, {}, True, 0, None, 12))   # already here
+    assert sends(out, m.Finished)[0].run == 12
 
 
 # ---------------------------------------------------------------------- memory
@@ -320,13 +320,13 @@ def test_worker_pauses_over_the_threshold_and_resumes_below_it():
     sim = Sim(memory_limit=1000 * MB, pause_at=0.8, terminate_at=0.95)
     assert sim.memory_used(500 * MB) == []
     out = sim.memory_used(850 * MB)
-    assert [s[:2] for s in sends(out)] == [[m.STATUS, "paused"]] and sim.w.paused
-    assert "85% of the worker's limit of 1,000 MiB" in sends(out)[0][2]
+    assert [s.status for s in sends(out)] == ["paused"] and sim.w.paused
+    assert "85% of the worker's limit of 1,000 MiB" in sends(out)[0].detail
     assert sim.memory_used(900 * MB) == []           # said once
     assert executes(sim.run("x")) == []              # ready, not started
     assert sim.state("x") == "ready"
     out = sim.memory_used(700 * MB)
-    assert [s[:2] for s in sends(out)] == [[m.STATUS, "running"]]
+    assert [s.status for s in sends(out)] == ["running"]
     assert executes(out) == ["x"] and not sim.w.paused
 
 
@@ -336,7 +336,7 @@ def test_a_running_task_finishes_while_paused_and_the_next_waits():
     sim.run("b")
     sim.memory_used(90 * MB)
     out = sim.done("a")
-    assert sends(out, m.FINISHED) and executes(out) == []
+    assert sends(out, m.Finished) and executes(out) == []
 
 
 def test_worker_asks_to_terminate_over_the_terminate_threshold():
@@ -469,7 +469,7 @@ def test_fetch_failure_tries_another_holder_then_reports_missing():
     out = sim.fetch_failed(P, ["a"])
     assert fetches(out) == [(Q, ["a"])]
     out = sim.fetch_failed(Q, ["a"])
-    assert sends(out) == [[m.MISSING, "y", "a", Q]]
+    assert sends(out) == [m.Missing("y", "a", Q)]
     assert sim.w.tasks == {}                   # y handed back to the scheduler, a forgotten
 
 
@@ -498,7 +498,8 @@ def test_unreachable_peer_with_no_other_holder():
     for i in range(FETCHES_PER_PEER + 1):
         sim.run(f"y{i}", {f"a{i}": [P]})
     out = sim.fetch_failed(P, ["a0"])
-    assert sorted(sends(out)) == [[m.MISSING, "y0", "a0", P], [m.MISSING, "y2", "a2", P]]
+    assert sorted(sends(out), key=lambda s: s.key) == [m.Missing("y0", "a0", P),
+                                                       m.Missing("y2", "a2", P)]
     assert set(sim.w.tasks) == {"y1", "a1"}
 
 
@@ -506,7 +507,7 @@ def test_unusable_input_fails_its_dependents():
     sim = Sim()
     sim.run("y", {"a": [P], "b": [P]})
     out = sim.fetch_errored("a", ("EXC", "cannot unpickle"))
-    assert out == [Send([m.FAILED, "y", "EXC", "cannot unpickle", 0.0, 0.0, None, 0])]
+    assert out == [Send(m.Failed("y", "EXC", "cannot unpickle", 0.0, 0.0, None, 0))]
     out = sim.fetch_done(P, {"b": 4}, [])
     assert drops(out) == ["b"] and sim.w.tasks == {}
     assert sim.fetch_errored("zzz", ("EXC", "x")) == []
@@ -516,18 +517,18 @@ def test_unusable_input_fails_its_dependents():
 def test_input_with_no_holder_left_is_reported_missing():
     sim = Sim()
     out = sim.run("y", {"a": []})
-    assert sends(out) == [[m.MISSING, "y", "a", ""]]
+    assert sends(out) == [m.Missing("y", "a", "")]
     assert sim.w.tasks == {}
     # the scheduler believes this worker holds it, but it does not (any more)
     out = sim.run("z", {"a": [ME]})
-    assert sends(out) == [[m.MISSING, "z", "a", ME]]
+    assert sends(out) == [m.Missing("z", "a", ME)]
     assert sim.w.tasks == {}
 
 
 def test_other_inputs_not_fetched_for_a_task_handed_back():
     sim = Sim()
     out = sim.run("y", {"b": [P], "a": []})
-    assert sends(out) == [[m.MISSING, "y", "a", ""]]
+    assert sends(out) == [m.Missing("y", "a", "")]
     assert fetches(out) == [] and sim.w.tasks == {}
 
 
@@ -538,7 +539,7 @@ def test_recomputed_after_being_freed_while_running():
     assert sim.run("x") == [Resume("x")]       # ... and gave it back while still running:
     #                                            nothing to start, the running call delivers
     out = sim.done("x", nbytes=3)
-    assert sends(out) == [[m.FINISHED, "x", 3, 10.0, 10.5, False, None, "int", 0]]
+    assert sends(out) == [m.Finished("x", 3, 10.0, 10.5, False, None, "int", 0)]
     assert sim.state("x") == "memory"
 
 
@@ -560,7 +561,7 @@ def test_freed_running_task_that_fails_hands_back_tasks_waiting_here():
     sim.free(["x"])
     sim.run("z", {"x": [Q]})
     out = sim.task_failed("x", "EXC", "tb", 1.0, 2.0)
-    assert sends(out) == [[m.MISSING, "z", "x", ""]]     # no FAILED: x was not ours any more
+    assert sends(out) == [m.Missing("z", "x", "")]     # no FAILED: x was not ours any more
     assert sim.w.tasks == {}
 
 
@@ -587,7 +588,7 @@ def test_transfer_outcome_leaves_a_key_now_computed_here_alone(outcome):
         out = sim.fetch_done(P, {"a": 8} if outcome == "done" else {}, ["a"] * (outcome == "missing"))
     assert out == [] and sim.state("a") == "executing" and sim.w.nbytes == 0
     out = sim.done("a", nbytes=8)
-    assert sends(out, m.FINISHED) and sim.w.nbytes == 8
+    assert sends(out, m.Finished) and sim.w.nbytes == 8
 
 
 def test_freed_dependent_lets_go_of_queued_input():

@@ -144,7 +144,7 @@ class Client(Submitting, Results, ClusterRequests):
         if record.refs <= 0 and not self._closed:
             if self._records.get(record.key) is record:
                 del self._records[record.key]
-            self._conn.post([m.RELEASE, [record.key]])
+            self._conn.post(m.Release([record.key]))
 
     # ------------------------------------------------------------------ other operations
     def cancel(self, futures: Future | Iterable[Future]) -> None:
@@ -155,10 +155,10 @@ class Client(Submitting, Results, ClusterRequests):
                 if self._conn.listeners["task"]:
                     self._conn.emit("task", f.key, CANCELLED)
                 f._record.finish(CANCELLED)
-        self._conn.post([m.CANCEL, [f.key for f in found]])
+        self._conn.post(m.Cancel([f.key for f in found]))
 
     def fire_and_forget(self, futures: Future | Iterable[Future]) -> None:
-        self._conn.post([m.FIRE_AND_FORGET, [f.key for f in collect_futures(futures)]])
+        self._conn.post(m.FireAndForget([f.key for f in collect_futures(futures)]))
 
     def scatter(self, data: Any, workers: str | list[str] | None = None,
                 broadcast: bool = False) -> Any:
@@ -196,7 +196,7 @@ class Client(Submitting, Results, ClusterRequests):
                 keys.append(f.key)
         if keys:
             self._check_usable()
-            self._conn.post([m.RETRY, keys])
+            self._conn.post(m.RetryTasks(keys))
 
     def get_executor(self, **options):
         """A ``concurrent.futures.Executor``: task ``options`` (``timeout=``, ``queue=``...) are

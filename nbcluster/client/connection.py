@@ -7,6 +7,7 @@ import asyncio
 import logging
 import uuid
 from collections import deque
+from typing import Any, Callable
 
 from ..comm import Comm, connect
 from ..comm.pool import DataPool, Replies
@@ -52,7 +53,7 @@ class ClientConnection:
         self.comm = await connect(self.address, self.token, self.timeout, self.security)
         _, hello = self._replies.expect(request_id=0)   # the scheduler's REPLY to HELLO
         self.comm.start(self._on_batch, self._on_close)
-        self.comm.send([m.HELLO, "client", {"id": self.id}])
+        self.comm.send(m.Hello("client", {"id": self.id}))
         try:
             await asyncio.wait_for(hello, self.timeout)
         except asyncio.TimeoutError:
@@ -81,7 +82,7 @@ class ClientConnection:
             pass
 
     # ------------------------------------------------------------------ outgoing
-    def post(self, msg: list) -> None:
+    def post(self, msg: m.Message) -> None:
         """Queue ``msg`` for the scheduler from any thread; one write per loop tick."""
         self.outbox.append(msg)
         if not self._flush_scheduled:
@@ -103,16 +104,23 @@ class ClientConnection:
     def _flush(self) -> None:
         self._flush_scheduled = False
         outbox = self.outbox
-        batch: list = []
-        last = None     # consecutive submits (or releases) travel as one message
-        while outbox:
+        batch: list[m.Message] = []
+        last: m.Submit | m.Release | None = None   # consecutive submits (or releases) travel
+        while outbox:                                # as one message
             msg = outbox.popleft()
-            op = msg[0]
-            if op == m.SUBMIT or op == m.RELEASE:
-                if last is not None and last[0] == op:
-                    last[1].extend(msg[1])
+            kind = type(msg)
+            if kind is m.Submit:
+                if type(last) is m.Submit:
+                    last.tasks.extend(msg.tasks)
                 else:
-                    last = [op, list(msg[1])]
+                    last = m.Submit(list(msg.tasks))
+                    batch.append(last)
+                continue
+            if kind is m.Release:
+                if type(last) is m.Release:
+                    last.keys.extend(msg.keys)
+                else:
+                    last = m.Release(list(msg.keys))
                     batch.append(last)
                 continue
             last = None
@@ -129,55 +137,66 @@ class ClientConnection:
     async def request(self, name: str, **args):
         self.check_open()
         rid, reply = self._replies.expect()
-        self.post([m.REQUEST, rid, name, args])
-        _, _, ok, result = await reply
-        if not ok:
-            raise ClusterError(f"the scheduler could not do {name!r}: {result}")
-        return result
+        self.post(m.Request(rid, name, args))
+        answer: m.Reply = await reply
+        if not answer.ok:
+            raise ClusterError(f"the scheduler could not do {name!r}: {answer.result}")
+        return answer.result
 
     # ------------------------------------------------------------------ incoming
-    def _on_batch(self, batch: list) -> None:
+    def _on_batch(self, batch: list[m.Message]) -> None:
         self._last_heard = self.loop.time()
-        records = self.records
-        task_listeners = self.listeners["task"]
+        handlers = self._handlers
         for msg in batch:
-            op = msg[0]
-            # observers hear of an end before any waiter wakes up
-            if op == m.DONE:
-                rec = records.get(msg[1])
-                if rec is not None:
-                    if msg[2]:
-                        rec.value = msg[3]
-                    rec.holders = msg[5]
-                    rec.nbytes = msg[4]
-                    if rec.status != FINISHED:
-                        if task_listeners:
-                            self.emit("task", msg[1], FINISHED)
-                        rec.finish(FINISHED)
-            elif op == m.ERRED:
-                rec = records.get(msg[1])
-                if rec is not None and rec.status == PENDING:
-                    rec.exc, rec.traceback = msg[2], msg[3]
-                    if task_listeners:
-                        self.emit("task", msg[1], ERROR)
-                    rec.finish(ERROR)
-            elif op == m.CANCELLED:
-                # also for a finished or failed key: the scheduler forgot it (a restart)
-                rec = records.get(msg[1])
-                if rec is not None and rec.status != CANCELLED:
-                    rec.cancel_reason = msg[2]
-                    rec.value, rec.exc, rec.traceback = NO_VALUE, None, None
-                    rec.holders = ()
-                    if task_listeners:
-                        self.emit("task", msg[1], CANCELLED)
-                    rec.finish(CANCELLED)
-            elif op == m.REPLY:
-                self._replies.resolve(msg[1], msg)
-                continue
-            elif op == m.OUTPUT:
-                self._on_output(msg[1], msg[2], msg[3])
-            elif op == m.CLOSE:   # the connection ends next: expected, not a failure
-                self._closing_reason = msg[1]
+            handler = handlers.get(type(msg))
+            if handler is None:
+                raise m.ProtocolError(f"{type(msg).__name__} is not accepted by a client")
+            handler(self, msg)
+
+    # observers hear of an end before any waiter wakes up
+    def _on_done(self, msg: m.Done) -> None:
+        rec = self.records.get(msg.key)
+        if rec is not None:
+            if msg.has_value:
+                rec.value = msg.value
+            rec.holders = msg.holders
+            rec.nbytes = msg.nbytes
+            if rec.status != FINISHED:
+                if self.listeners["task"]:
+                    self.emit("task", msg.key, FINISHED)
+                rec.finish(FINISHED)
+
+    def _on_erred(self, msg: m.Erred) -> None:
+        rec = self.records.get(msg.key)
+        if rec is not None and rec.status == PENDING:
+            rec.exc, rec.traceback = msg.exception, msg.traceback
+            if self.listeners["task"]:
+                self.emit("task", msg.key, ERROR)
+            rec.finish(ERROR)
+
+    def _on_cancelled(self, msg: m.Cancelled) -> None:
+        # also for a finished or failed key: the scheduler forgot it (a restart)
+        rec = self.records.get(msg.key)
+        if rec is not None and rec.status != CANCELLED:
+            rec.cancel_reason = msg.reason
+            rec.value, rec.exc, rec.traceback = NO_VALUE, None, None
+            rec.holders = ()
+            if self.listeners["task"]:
+                self.emit("task", msg.key, CANCELLED)
+            rec.finish(CANCELLED)
+
+    def _on_reply(self, msg: m.Reply) -> None:
+        self._replies.resolve(msg.request_id, msg)
+
+    def _on_output_message(self, msg: m.Output) -> None:
+        self._on_output(msg.key, msg.stream, msg.text)
+
+    def _on_close_message(self, msg: m.Close) -> None:
+        self._closing_reason = msg.reason   # the connection ends next: expected, not a failure
+
+    _handlers: dict[type, Callable[[Any, Any], None]] = {
+        m.Done: _on_done, m.Erred: _on_erred, m.Cancelled: _on_cancelled, m.Reply: _on_reply,
+        m.Output: _on_output_message, m.Close: _on_close_message}
 
     def emit(self, event: str, *args) -> None:
         for fn in list(self.listeners[event]):

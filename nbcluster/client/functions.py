@@ -75,7 +75,7 @@ class FunctionCache:
                 self._strong.popitem(last=False)
         else:
             self._weak[key] = (token, *refs)
-        self._post([m.FUNCTION, token, blob])
+        self._post(m.Function(token, blob))
         return token
 
     def __len__(self) -> int:

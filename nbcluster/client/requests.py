@@ -70,7 +70,7 @@ class ClusterRequests:
         if concurrency is not None and (type(concurrency) is not int or concurrency < 1):
             raise ValueError(f"concurrency must be a positive int, got {concurrency!r}")
         parsed = list(parse_rate(rate)) if rate is not None else None
-        self._conn.post([m.SET_LIMIT, key, parsed, concurrency])
+        self._conn.post(m.SetLimit(key, parsed, concurrency))
 
     def attempts(self, future: Future) -> list[dict]:
         rows = self._sync(self._conn.request("attempts", key=future.key))

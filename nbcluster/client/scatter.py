@@ -60,7 +60,7 @@ async def scatter(client, data: Any, workers: str | list[str] | None, broadcast:
     for (w, vals), res in zip(placed, results):
         if not isinstance(res, BaseException):   # what did land is announced (then released)
             nbytes = {k: (v.nbytes if type(v) is Serialized else 64) for k, v in vals.items()}
-            conn.post([m.UPDATE_DATA, nbytes, w])
+            conn.post(m.UpdateData(nbytes, w))
     failed = [res for res in results if isinstance(res, BaseException)]
     if failed:
         raise failed[0]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 from typing import Any, Iterator
 
+from ..protocol.messages import TaskSpec
 from ..protocol.serialize import Serialized
 from .future import Future
 
@@ -72,10 +73,10 @@ def check_iterables(iterables: tuple) -> list[Iterator]:
     return out
 
 
-def call_digest(spec: list) -> str:
+def call_digest(spec: TaskSpec) -> str:
     """A digest of a task spec's function token and arguments (``pure=True`` keys)."""
-    h = hashlib.blake2b(spec[1].encode(), digest_size=12)
-    for part in (spec[2], spec[3], spec[4]):
+    h = hashlib.blake2b(spec.fn.encode(), digest_size=12)
+    for part in (spec.args, spec.kwargs, spec.deps):
         if type(part) is Serialized:
             h.update(b"S")
             h.update(part.header)

@@ -34,8 +34,8 @@ class Submitting:
         self._conn.check_open()
 
     def _spec(self, fn: Callable, args: tuple, kwargs: dict, key: str | None, options,
-              prefix: str | None = None, pure: bool = False) -> list:
-        """``[key, token, args, kwargs, deps, options]``; ``pure``: the key is a digest of the
+              prefix: str | None = None, pure: bool = False) -> m.TaskSpec:
+        """The task spec of one call; ``pure``: the key is a digest of the
         function and arguments, so the same call made again is the same task."""
         token = self._fn_token(fn)
         if key is None:
@@ -44,31 +44,31 @@ class Submitting:
         elif not isinstance(key, str) or not key:
             raise TypeError(f"key must be a non-empty string, got {key!r}")
         if not kwargs and all_plain(args):
-            spec = [key, token, list(args), None, [], options]
+            spec = m.TaskSpec(key, token, list(args), None, [], options)
         else:
             refs: list = []
             name = funcname(fn)
             sargs = dumps(args, refs, what=f"an argument of {name}()")
             skw = dumps(kwargs, refs, what=f"a keyword argument of {name}()") if kwargs else None
-            spec = [key, token, sargs, skw, list(dict.fromkeys(refs)), options]
+            spec = m.TaskSpec(key, token, sargs, skw, list(dict.fromkeys(refs)), options)
         if key is None:
-            spec[0] = f"{prefix or funcname(fn)}-{call_digest(spec)}"
+            spec.key = f"{prefix or funcname(fn)}-{call_digest(spec)}"
         return spec
 
-    def _post_specs(self, specs: list) -> list[Future]:
+    def _post_specs(self, specs: list[m.TaskSpec]) -> list[Future]:
         """Futures for ``specs``; sends those whose key this client does not hold already.
         Refuses (once per call, not per task) when the client is closed or disconnected."""
         self._check_usable()
         records, futures, new = self._records, [], []
         for spec in specs:
-            key = spec[0]
+            key = spec.key
             if key not in records:
                 new.append(spec)
             futures.append(Future(key, self))
         if new:
             if self._conn.listeners["submit"]:   # before it can run: observers see it first
-                self._conn.emit("submit", [s[0] for s in new])
-            self._conn.post([m.SUBMIT, new])
+                self._conn.emit("submit", [s.key for s in new])
+            self._conn.post(m.Submit(new))
         return futures
 
     @staticmethod

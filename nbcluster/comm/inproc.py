@@ -9,11 +9,13 @@ from __future__ import annotations
 import asyncio
 import hmac
 import itertools
+import logging
 
-from ..errors import AuthenticationError, ConnectError
+from ..errors import AuthenticationError, ConnectError, ProtocolError
 from ..protocol.framing import decode
 from .core import Comm, Listener
 
+logger = logging.getLogger("nbcluster.comm")
 _listeners: dict[str, "InprocListener"] = {}
 _ids = itertools.count(1)
 
@@ -37,8 +39,15 @@ class InprocComm(Comm):
                 pass
 
     def _receive(self, frames: list) -> None:
-        if not self.closed:
-            self._deliver(decode(frames))
+        if self.closed:
+            return
+        try:
+            batch = decode(frames)
+        except ProtocolError as e:   # as over TCP: the peer sent what no record describes
+            logger.warning("closing connection: %s: %s", self.peer_address, e)
+            self.abort(str(e))
+            return
+        self._deliver(batch)
 
     def _abort(self) -> None:
         other, self.other = self.other, None

@@ -33,7 +33,7 @@ class Replies:
         self._waiting[rid] = (tag, fut)
         return rid, fut
 
-    def resolve(self, request_id: Any, reply: list) -> None:
+    def resolve(self, request_id: Any, reply: m.Message) -> None:
         entry = self._waiting.pop(request_id, None)
         if entry is not None and not entry[1].done():
             entry[1].set_result(reply)
@@ -74,36 +74,40 @@ class DataPool:
             raise
         finally:
             self._connecting.pop(address, None)
-        comm.send([m.HELLO, "peer", self.identity])
+        comm.send(m.Hello("peer", self.identity))
         comm.start(self._on_batch, lambda reason: self._on_close(address, reason))
         self.comms[address] = comm
         fut.set_result(comm)
         return comm
 
-    def _on_batch(self, batch: list) -> None:
+    def _on_batch(self, batch: list[m.Message]) -> None:
         for msg in batch:
-            if m.check(msg) in (m.DATA, m.REPLY):
-                self._replies.resolve(msg[1], msg)
+            if type(msg) is m.Data or type(msg) is m.Reply:
+                self._replies.resolve(msg.request_id, msg)
+            else:
+                raise m.ProtocolError(f"{type(msg).__name__} is not an answer to a request")
 
     def _on_close(self, address: str, reason: str) -> None:
         self.comms.pop(address, None)
         self._replies.fail(lambda: CommError(f"connection to {address} lost: {reason}"), address)
 
-    async def _request(self, address: str, op: str, payload) -> list:
+    async def _request(self, address: str, make: Callable[[int], m.Message]) -> m.Message:
         comm = await self._comm(address)
         rid, reply = self._replies.expect(address)
-        comm.send([op, rid, payload])
+        comm.send(make(rid))
         return await reply
 
     async def get_data(self, address: str, keys: list) -> tuple[dict, list, dict]:
         """Returns (values, missing keys, {key: error text}) from the worker at ``address``."""
-        msg = await self._request(address, m.GET_DATA, keys)
-        return msg[2], msg[3], msg[4]
+        msg = await self._request(address, lambda rid: m.GetData(rid, keys))
+        if type(msg) is not m.Data:
+            raise CommError(f"{address} answered a request for data with {msg!r}")
+        return msg.values, msg.missing, msg.errors
 
     async def put_data(self, address: str, values: dict) -> None:
-        msg = await self._request(address, m.PUT_DATA, values)
-        if msg[0] == m.REPLY and not msg[2]:
-            raise ValueError(f"scatter: {address} refused the data: {msg[3]}")
+        msg = await self._request(address, lambda rid: m.PutData(rid, values))
+        if type(msg) is m.Reply and not msg.ok:
+            raise ValueError(f"scatter: {address} refused the data: {msg.result}")
 
     def close(self) -> None:
         for comm in list(self.comms.values()):

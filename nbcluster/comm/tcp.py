@@ -177,7 +177,11 @@ class _Protocol(asyncio.BufferedProtocol):
             self._large_pos += nbytes
             if self._large_pos == len(self._large):
                 frame, self._large = self._large, None
-                self._frame_done(frame)
+                try:
+                    self._frame_done(frame)
+                except ProtocolError as e:   # as in _parse: the peer sent a bad batch
+                    self._refuse(e)
+                    return
                 self._parse()
             return
         self._n += nbytes
@@ -196,17 +200,20 @@ class _Protocol(asyncio.BufferedProtocol):
             while self._step():
                 pass
         except (ProtocolError, ValueError) as e:
-            reason = f"{self.peer}: {e}"
-            if self.comm is not None:
-                logger.warning("closing connection: %s", reason)
-                self.comm.abort(str(e))
-            else:
-                logger.warning("refused connection from %s", reason)
-                err = AuthenticationError if "token" in str(e) else ConnectError
-                self._fail(err(str(e)))
+            self._refuse(e)
             return
         if self._pos == self._n:
             self._pos = self._n = 0
+
+    def _refuse(self, e: Exception) -> None:
+        reason = f"{self.peer}: {e}"
+        if self.comm is not None:
+            logger.warning("closing connection: %s", reason)
+            self.comm.abort(str(e))
+        else:
+            logger.warning("refused connection from %s", reason)
+            err = AuthenticationError if "token" in str(e) else ConnectError
+            self._fail(err(str(e)))
 
     def _step(self) -> bool:
         phase = self._phase

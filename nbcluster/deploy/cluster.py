@@ -294,9 +294,9 @@ class Cluster:
                           "; starting a replacement" if replace else "", details)
         thread = threading.Thread(target=self._replace, args=(dead, replace), daemon=True,
                                   name=f"nbcluster-replace-{dead.spec.name}")
-        with self._lock:
+        with self._lock:   # started before close() can see it: it joins what it sees
             self._replacing.add(thread)
-        thread.start()
+            thread.start()
 
     def _replace(self, dead: RunningWorker, replace: bool) -> None:
         try:

@@ -1,267 +1,333 @@
-"""Every message type, declared once.
+"""Every message type, declared once, as a typed record.
 
-A message is a list ``[op, *fields]``. A batch (one write on a connection) is a list of
-messages. Fields are msgpack values; user data is a ``Serialized`` or a plain value.
-The tables below are the reference: ``FIELDS[op]`` names the fields in order, ``TYPES[op]``
-their types. :func:`check` validates a message's shape; :func:`check_fields` (and
-:func:`check_task` for task specs) also the field types, where a message enters a state machine.
+A record is the message's schema, its validator and its handler's signature. On the wire it is
+a compact msgpack array ``[op, *fields]`` (``op`` is the record's tag); a batch (one write on a
+connection) is an array of messages. Decoding (``nbcluster.protocol.framing``) checks every
+field's type against these declarations, so a state machine only ever sees well-formed records.
+User data is a ``Serialized`` (fields typed ``Any``) or a plain msgpack value.
+
+Handlers are tables keyed by record type (``{Submit: on_submit, ...}``), one style everywhere.
 """
 
 from __future__ import annotations
 
+import re
+from typing import Annotated, Any, Literal, Union
+
+import msgspec
+from msgspec import Meta, Struct
+
 from ..errors import ProtocolError
 from .serialize import Serialized
 
-# client -> scheduler
-HELLO = "hello"            # role, identity dict (first message on every connection)
-FUNCTION = "fn"            # token, pickled function bytes
-SUBMIT = "submit"          # list of task specs, see TASK_FIELDS
-RELEASE = "release"        # keys the client no longer holds
-WANT = "want"              # keys the client holds futures for, though it did not submit them
-CANCEL = "cancel"          # keys to cancel
-RETRY = "retry"            # keys of failed tasks to run again (with their failed inputs)
-FIRE_AND_FORGET = "fire"   # keys to run to completion even when no client holds them
-SET_LIMIT = "limit"        # limit key, [count, seconds] or None, concurrency or None
-UPDATE_DATA = "update-data"  # {key: nbytes}, worker address: scattered data now on a worker
-REQUEST = "req"            # request id, request name, argument dict (replied with REPLY)
-# scheduler -> client
-DONE = "done"              # key, value present flag, value (plain or Serialized), nbytes,
-                           # holders: workers holding a value that did not travel (the
-                           # client fetches it from one of them), else []
-ERRED = "erred"            # key, exception (Serialized), traceback text, blamed key
-CANCELLED = "cancelled"    # key, reason
-REPLY = "reply"            # request id, ok flag, result
-# scheduler -> worker
-COMPUTE = "compute"        # key, fn token, args, kwargs, {dep: [holders]}, want result, priority,
-                           # worker options (timeout, retry_on, retries, expires, errors) or None,
-                           # run id (new for every assignment; echoed by STARTED/FINISHED/FAILED)
-FREE = "free"              # keys to forget (data and tasks)
-RUN = "run"                # request id, pickled function, args (run on the worker itself)
-CLOSE = "close"            # reason
-# worker -> scheduler
-STARTED = "started"        # key, start time, run id
-FINISHED = "finished"      # key, nbytes, start, stop, value present flag, value, type name, run id
-FAILED = "failed"          # key, exception (Serialized), traceback text, start, stop,
-                           # retry: None, or {"delay": seconds or None, "max": int or None}, run id
-MISSING = "missing"        # key, dependency key, worker that did not have it
-OUTPUT = "output"          # key, stream ("stdout", "stderr", "log"), text (also to clients)
-TRANSFERS = "transfers"    # [[key, from worker, start, stop, nbytes], ...] fetched by a worker
-RUN_RESULT = "run-result"  # request id, ok flag, value
-HEARTBEAT = "heartbeat"    # metrics dict
-STATUS = "status"          # "running", "paused" (memory above the pause threshold) or
-                           # "terminating" (over the memory limit: about to exit), detail
-MEMORY_LIMIT = "memory-limit"  # bytes or None: the worker's memory limit changed (LocalCluster
-                               # re-divides the machine's memory when it scales)
-# worker <-> worker and client -> worker
-GET_DATA = "get"           # request id, keys
-DATA = "data"              # request id, {key: value}, missing keys, {key: error text}
-PUT_DATA = "put"           # request id, {key: value}
+__all__ = ["Message", "ProtocolError", "TaskSpec", "TaskOptions", "MESSAGES", "TO_SCHEDULER",
+           "check_task", "explain"]
 
-FIELDS: dict[str, tuple[str, ...]] = {
-    HELLO: ("role", "identity"),
-    FUNCTION: ("token", "blob"),
-    SUBMIT: ("tasks",),
-    RELEASE: ("keys",),
-    WANT: ("keys",),
-    CANCEL: ("keys",),
-    RETRY: ("keys",),
-    FIRE_AND_FORGET: ("keys",),
-    SET_LIMIT: ("key", "rate", "concurrency"),
-    UPDATE_DATA: ("nbytes", "worker"),
-    REQUEST: ("request_id", "name", "args"),
-    DONE: ("key", "has_value", "value", "nbytes", "holders"),
-    ERRED: ("key", "exception", "traceback", "blame"),
-    CANCELLED: ("key", "reason"),
-    REPLY: ("request_id", "ok", "result"),
-    COMPUTE: ("key", "fn", "args", "kwargs", "deps", "want", "priority", "options", "run"),
-    FREE: ("keys",),
-    RUN: ("request_id", "blob", "args"),
-    CLOSE: ("reason",),
-    STARTED: ("key", "start", "run"),
-    FINISHED: ("key", "nbytes", "start", "stop", "has_value", "value", "type", "run"),
-    FAILED: ("key", "exception", "traceback", "start", "stop", "retry", "run"),
-    MISSING: ("key", "dep", "worker"),
-    OUTPUT: ("key", "stream", "text"),
-    TRANSFERS: ("entries",),
-    RUN_RESULT: ("request_id", "ok", "value"),
-    HEARTBEAT: ("metrics",),
-    STATUS: ("status", "detail"),
-    MEMORY_LIMIT: ("limit",),
-    GET_DATA: ("request_id", "keys"),
-    DATA: ("request_id", "values", "missing", "errors"),
-    PUT_DATA: ("request_id", "values"),
+Key = Annotated[str, Meta(min_length=1)]
+Keys = list[str]
+Seconds = float                       # a time (seconds since the epoch) or a duration
+Positive = Annotated[float, Meta(gt=0)]
+Count = Annotated[int, Meta(gt=0)]
+RunId = int                           # new for every assignment; echoed by the worker
+Rate = Annotated[list[Positive], Meta(min_length=2, max_length=2)]   # [count, per seconds]
+
+
+class Message(Struct, array_like=True, tag_field="op", forbid_unknown_fields=True, gc=False):
+    """Base of every message (gc=False: messages hold no reference cycles)."""
+
+
+# ---------------------------------------------------------------------- on every connection
+class Hello(Message, tag="hello"):
+    """First message on every connection: who is speaking."""
+    role: Literal["client", "worker", "peer"]
+    identity: dict[str, Any]
+
+
+class Reply(Message, tag="reply"):
+    """The answer to a Request (or to a Hello: request id 0), from scheduler or worker."""
+    request_id: int
+    ok: bool
+    result: Any
+
+
+class Close(Message, tag="close"):
+    """The sender is closing the connection, and why (an expected end, not a failure)."""
+    reason: str
+
+
+# ---------------------------------------------------------------------- client -> scheduler
+class TaskOptions(Struct, forbid_unknown_fields=True, omit_defaults=True):
+    """The task options a Submit may carry, by name (see ``nbcluster/client/options.py``).
+    They travel as a plain map; this record declares and checks their types."""
+    priority: float = 0
+    workers: Annotated[Keys, Meta(min_length=1)] | None = None
+    queue: Annotated[str, Meta(min_length=1, max_length=64)] | None = None
+    retries: Annotated[int, Meta(ge=0)] = 0
+    retry_on: Any = None                  # Serialized tuple of exception types
+    retry_backoff: Annotated[float, Meta(ge=0)] = 0
+    retry_backoff_max: Annotated[float, Meta(ge=0)] = 0
+    retry_jitter: bool = True
+    rate: Rate | None = None
+    limit_key: Key | None = None
+    limit_key_only: bool = False
+    concurrency: Count | None = None
+    timeout: Positive | None = None
+    not_before: Seconds | None = None
+    expires: Seconds | None = None
+    collect_errors: bool = False
+
+
+class TaskSpec(Struct, array_like=True, forbid_unknown_fields=True, gc=False):
+    """One task of a Submit."""
+    key: Key
+    fn: str                               # token of a function sent with Function
+    args: Any                             # list of plain values, or a Serialized tuple
+    kwargs: Any                           # None, a dict of plain values, or a Serialized dict
+    deps: Keys                            # keys of the tasks whose results are arguments
+    options: dict[str, Any] | None        # TaskOptions, sparse
+
+
+class Function(Message, tag="fn"):
+    """A pickled function, sent once per client (and once per worker by the scheduler)."""
+    token: str
+    blob: bytes
+
+
+class Submit(Message, tag="submit"):
+    tasks: list[TaskSpec]
+
+
+class Release(Message, tag="release"):
+    """Keys the client no longer holds."""
+    keys: Keys
+
+
+class Want(Message, tag="want"):
+    """Keys the client holds futures for, though it did not submit them."""
+    keys: Keys
+
+
+class Cancel(Message, tag="cancel"):
+    keys: Keys
+
+
+class RetryTasks(Message, tag="retry"):
+    """Run failed tasks again (with the failed inputs they blamed)."""
+    keys: Keys
+
+
+class FireAndForget(Message, tag="fire"):
+    """Run these to completion even when no client holds them."""
+    keys: Keys
+
+
+class SetLimit(Message, tag="limit"):
+    key: Key
+    rate: Rate | None
+    concurrency: Count | None
+
+
+class UpdateData(Message, tag="update-data"):
+    """Scattered data now on a worker: {key: nbytes}."""
+    nbytes: dict[str, int]
+    worker: str
+
+
+class Request(Message, tag="req"):
+    """Ask the scheduler's shell something (answered with a Reply)."""
+    request_id: int
+    name: str
+    args: dict[str, Any]
+
+
+# ---------------------------------------------------------------------- scheduler -> client
+class Done(Message, tag="done"):
+    key: str
+    has_value: bool
+    value: Any                            # the result (plain or Serialized) if has_value
+    nbytes: int
+    holders: Keys                         # workers holding a value that did not travel
+
+
+class Erred(Message, tag="erred"):
+    key: str
+    exception: Any                        # Serialized
+    traceback: str | None
+    blame: str | None                     # the key whose failure this is
+
+
+class Cancelled(Message, tag="cancelled"):
+    key: str
+    reason: str
+
+
+# ---------------------------------------------------------------------- scheduler -> worker
+class Compute(Message, tag="compute"):
+    key: str
+    fn: str
+    args: Any
+    kwargs: Any
+    deps: dict[str, Keys]                 # dependency -> workers that hold it
+    want: bool                            # the result travels with Finished if small
+    priority: float
+    options: dict[str, Any] | None        # worker options: timeout, retry_on, retries, ...
+    run: RunId
+
+
+class Free(Message, tag="free"):
+    """Keys to forget (data and tasks)."""
+    keys: Keys
+
+
+class Run(Message, tag="run"):
+    """Run a function on the worker itself (client.run), answered with RunResult."""
+    request_id: int
+    blob: bytes
+    args: Any
+
+
+# ---------------------------------------------------------------------- worker -> scheduler
+class Started(Message, tag="started"):
+    key: str
+    start: Seconds
+    run: RunId
+
+
+class Finished(Message, tag="finished"):
+    key: str
+    nbytes: int
+    start: Seconds
+    stop: Seconds
+    has_value: bool
+    value: Any
+    type: str                             # the result's type name
+    run: RunId
+
+
+class Failed(Message, tag="failed"):
+    key: str
+    exception: Any                        # Serialized
+    traceback: str | None
+    start: Seconds
+    stop: Seconds
+    retry: dict[str, Any] | None          # {"delay": seconds or None, "max": int or None}
+    run: RunId
+
+
+class Missing(Message, tag="missing"):
+    """A dependency could not be fetched from the worker said to hold it."""
+    key: str
+    dep: str
+    worker: str
+
+
+class Output(Message, tag="output"):
+    """What a task printed (also forwarded to the clients holding it)."""
+    key: str
+    stream: Literal["stdout", "stderr", "log"]
+    text: str
+
+
+class Transfers(Message, tag="transfers"):
+    """Copies a worker fetched: (key, from worker, start, stop, nbytes)."""
+    entries: list[tuple[str, str, Seconds, Seconds, int]]
+
+
+class RunResult(Message, tag="run-result"):
+    request_id: int
+    ok: bool
+    value: Any
+
+
+class Heartbeat(Message, tag="heartbeat"):
+    metrics: dict[str, Any]
+
+
+class Status(Message, tag="status"):
+    """Paused: memory above the pause threshold; terminating: over the limit, about to exit."""
+    status: Literal["running", "paused", "terminating"]
+    detail: str
+
+
+class MemoryLimit(Message, tag="memory-limit"):
+    """The worker's memory limit changed (LocalCluster re-divides memory when it scales)."""
+    limit: Count | None
+
+
+# ---------------------------------------------------------------------- worker <-> worker, client -> worker
+class GetData(Message, tag="get"):
+    request_id: int
+    keys: Keys
+
+
+class Data(Message, tag="data"):
+    request_id: int
+    values: dict[str, Any]
+    missing: Keys
+    errors: dict[str, str]
+
+
+class PutData(Message, tag="put"):
+    request_id: int
+    values: dict[str, Any]
+
+
+MESSAGES: tuple[type[Message], ...] = (
+    Hello, Reply, Close, Function, Submit, Release, Want, Cancel, RetryTasks, FireAndForget,
+    SetLimit, UpdateData, Request, Done, Erred, Cancelled, Compute, Free, Run, Started,
+    Finished, Failed, Missing, Output, Transfers, RunResult, Heartbeat, Status, MemoryLimit,
+    GetData, Data, PutData)
+
+AnyMessage = Union[MESSAGES]          # type: ignore[valid-type]   # decoded batches
+
+# What each role may send to the scheduler's state machine (requests go to its shell).
+TO_SCHEDULER: dict[str, frozenset[type[Message]]] = {
+    "client": frozenset((Function, Submit, Release, Want, Cancel, RetryTasks, FireAndForget,
+                         UpdateData, SetLimit)),
+    "worker": frozenset((Started, Finished, Failed, Missing, Output, Heartbeat, Transfers,
+                         Status, MemoryLimit)),
 }
 
-# What each role may send to the scheduler.
-TO_SCHEDULER = {
-    "client": frozenset((FUNCTION, SUBMIT, RELEASE, WANT, CANCEL, RETRY, FIRE_AND_FORGET,
-                         UPDATE_DATA, SET_LIMIT, REQUEST)),
-    "worker": frozenset((STARTED, FINISHED, FAILED, MISSING, OUTPUT, RUN_RESULT, HEARTBEAT,
-                         TRANSFERS, STATUS, MEMORY_LIMIT)),
-}
 
-# A task spec inside SUBMIT: [key, fn token, args, kwargs, dependency keys, options]
-# args is a list of plain values or a Serialized tuple; kwargs is None, a dict of plain
-# values, or a Serialized dict; options is None or a dict (priority, workers, ...).
-TASK_FIELDS = ("key", "fn", "args", "kwargs", "deps", "options")
-
-
-def _str(v) -> bool:
-    return type(v) is str
-
-
-def _num(v) -> bool:
-    return type(v) is int or type(v) is float
-
-
-def _int(v) -> bool:
-    return type(v) is int
-
-
-def _bool(v) -> bool:
-    return type(v) is bool
-
-
-def _bytes(v) -> bool:
-    return type(v) is bytes
-
-
-def _map(v) -> bool:
-    return type(v) is dict
-
-
-def _keys(v) -> bool:
-    return type(v) is list and all(type(k) is str for k in v)
-
-
-def _text(v) -> bool:
-    return v is None or type(v) is str
-
-
-def _args(v) -> bool:
-    return type(v) is list or type(v) is Serialized
-
-
-def _kwargs(v) -> bool:
-    return v is None or type(v) is dict or type(v) is Serialized
-
-
-def _sizes(v) -> bool:
-    return type(v) is dict and all(type(k) is str and type(n) is int for k, n in v.items())
-
-
-def _any(v) -> bool:
-    return True
-
-
-def _rate(v) -> bool:
-    return type(v) is list and len(v) == 2 and all(_num(x) and x > 0 for x in v)
-
-
-def _nonneg(v) -> bool:
-    return _num(v) and v >= 0
-
-
-# Types of the task options a SUBMIT may carry (see nbcluster/client/options.py).
-OPTION_TYPES = {
-    "priority": _num, "workers": _keys, "queue": lambda v: type(v) is str and 0 < len(v) <= 64,
-    "retries": lambda v: _int(v) and v >= 0, "retry_on": lambda v: type(v) is Serialized,
-    "retry_backoff": _nonneg, "retry_backoff_max": _nonneg, "retry_jitter": _bool,
-    "rate": _rate, "limit_key": lambda v: type(v) is str and bool(v),
-    "limit_key_only": _bool, "concurrency": lambda v: _int(v) and v > 0,
-    "timeout": lambda v: _num(v) and v > 0, "not_before": _num, "expires": _num,
-    "collect_errors": _bool,
-}
-
-
-# The type of each field, checked by check_fields where a message enters a state machine.
-TYPES: dict[str, tuple] = {
-    HELLO: (_str, _map),
-    FUNCTION: (_str, _bytes),
-    SUBMIT: (lambda v: type(v) is list,),
-    RELEASE: (_keys,),
-    WANT: (_keys,),
-    CANCEL: (_keys,),
-    RETRY: (_keys,),
-    FIRE_AND_FORGET: (_keys,),
-    SET_LIMIT: (_str, lambda v: v is None or _rate(v), lambda v: v is None or (_int(v) and v > 0)),
-    UPDATE_DATA: (_sizes, _str),
-    REQUEST: (_any, _str, _map),
-    DONE: (_str, _bool, _any, _int, _keys),
-    ERRED: (_str, _any, _text, _text),
-    CANCELLED: (_str, _str),
-    REPLY: (_any, _bool, _any),
-    COMPUTE: (_str, _str, _args, _kwargs, _map, _bool, _num, lambda v: v is None or _map(v),
-              _int),
-    FREE: (_keys,),
-    RUN: (_any, _bytes, _any),
-    CLOSE: (_str,),
-    STARTED: (_str, _num, _int),
-    FINISHED: (_str, _int, _num, _num, _bool, _any, _str, _int),
-    FAILED: (_str, _any, _text, _num, _num, lambda v: v is None or _map(v), _int),
-    MISSING: (_str, _str, _str),
-    OUTPUT: (_str, _str, _str),
-    TRANSFERS: (lambda v: type(v) is list and all(
-        type(e) is list and len(e) == 5 and type(e[0]) is str and type(e[1]) is str
-        and _num(e[2]) and _num(e[3]) and _int(e[4]) for e in v),),
-    RUN_RESULT: (_any, _bool, _any),
-    HEARTBEAT: (_map,),
-    STATUS: (lambda v: v in ("running", "paused", "terminating"), _str),
-    MEMORY_LIMIT: (lambda v: v is None or (_int(v) and v > 0),),
-    GET_DATA: (_any, _keys),
-    DATA: (_any, _map, _keys, _map),
-    PUT_DATA: (_any, _map),
-}
-_TASK_TYPES = (_str, _str, _args, _kwargs, _keys, lambda v: v is None or type(v) is dict)
-
-
-def _show(value) -> str:
+def _show(value: object) -> str:
     text = repr(value)
     return f"{text[:60]}... ({type(value).__name__})" if len(text) > 60 else text
 
 
-def check(msg) -> str:
-    """Return the op of ``msg`` after checking its shape; raise ProtocolError if malformed."""
-    if type(msg) is not list or not msg:
-        raise ProtocolError(f"a message must be a non-empty list, got {type(msg).__name__}")
-    op = msg[0]
-    fields = FIELDS.get(op) if type(op) is str else None
-    if fields is None:
-        raise ProtocolError(f"unknown message type {op!r}")
-    if len(msg) != len(fields) + 1:
-        raise ProtocolError(f"{op!r} takes {len(fields)} fields {fields}, got {len(msg) - 1}")
-    return op
-
-
-def check_fields(msg) -> str:
-    """:func:`check`, then the type of every field; ProtocolError names the first bad one."""
-    op = check(msg)
-    for name, ok, value in zip(FIELDS[op], TYPES[op], msg[1:]):
-        if not ok(value):
-            raise ProtocolError(f"{op!r}: bad {name} {_show(value)}")
-    return op
-
-
-def check_task(spec) -> None:
-    """Check a task spec of SUBMIT (see TASK_FIELDS) and its options; raise ProtocolError."""
-    if type(spec) is not list or len(spec) != len(TASK_FIELDS):
-        raise ProtocolError(f"a task spec is a list {TASK_FIELDS}, got {_show(spec)}")
-    key, fn, args, kwargs, deps, options = spec
-    if not (type(key) is str and type(fn) is str and type(args) is list and kwargs is None
-            and deps == [] and options is None):   # not the common plain call: check each
-        for name, ok, value in zip(TASK_FIELDS, _TASK_TYPES, spec):
-            if not ok(value):
-                raise ProtocolError(f"task spec: bad {name} {_show(value)}")
-        if key in deps:
-            raise ProtocolError(f"task {key!r} depends on itself")
-    if not key:
-        raise ProtocolError("task spec: empty key")
+def check_task(spec: TaskSpec) -> None:
+    """What decoding cannot see in a task spec: a self-dependency, the options' names and
+    types (they travel as a sparse map). Raise ProtocolError naming the problem."""
+    if type(spec.args) is not list and type(spec.args) is not Serialized:
+        raise ProtocolError(f"task {spec.key!r}: args must be a list or Serialized, got "
+                            f"{_show(spec.args)}")
+    kwargs = spec.kwargs
+    if kwargs is not None and type(kwargs) is not dict and type(kwargs) is not Serialized:
+        raise ProtocolError(f"task {spec.key!r}: kwargs must be None, a dict or Serialized, "
+                            f"got {_show(kwargs)}")
+    if spec.deps and spec.key in spec.deps:
+        raise ProtocolError(f"task {spec.key!r} depends on itself")
+    options = spec.options
     if options:
-        for name, value in options.items():
-            ok = OPTION_TYPES.get(name)
-            if ok is None:
-                raise ProtocolError(f"task {key!r}: unknown option {name!r}")
-            if not ok(value):
-                raise ProtocolError(f"task {key!r}: bad {name} {_show(value)}")
-        if "workers" in options and not options["workers"]:
-            raise ProtocolError(f"task {key!r}: workers must be a list of addresses, got []")
+        try:
+            msgspec.convert(options, TaskOptions)
+        except msgspec.ValidationError as e:
+            raise ProtocolError(f"task {spec.key!r}: bad options {_show(options)}: {e}") from None
+
+
+def explain(batch: object, error: msgspec.ValidationError) -> str:
+    """Name the message and field that failed to decode (``$[i][j]`` in the error's path)."""
+    text = str(error)
+    path = re.search(r"`\$((?:\[\d+\])*)", text)
+    index = [int(i) for i in re.findall(r"\d+", path.group(1))] if path else []
+    if type(batch) is not list or not index or index[0] >= len(batch):
+        return text
+    msg = batch[index[0]]
+    if type(msg) is not list or not msg:
+        return f"message {index[0]}: {text}"
+    kind = next((t for t in MESSAGES if t.__struct_config__.tag == msg[0]), None)
+    if kind is None:
+        return f"unknown message type {_show(msg[0])}"
+    if len(index) > 1 and 1 <= index[1] <= len(kind.__struct_fields__):
+        name = kind.__struct_fields__[index[1] - 1]
+        return f"{msg[0]!r}: bad {name}: {text}"
+    return f"{msg[0]!r} takes {list(kind.__struct_fields__)}: {text}"

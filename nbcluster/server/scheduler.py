@@ -12,6 +12,7 @@ import itertools
 import logging
 import os
 import time
+from typing import Any, Callable, ClassVar
 
 from ..comm import Comm, listen
 from ..errors import ProtocolError
@@ -25,6 +26,8 @@ logger = logging.getLogger("nbcluster.scheduler")
 
 class Scheduler:
     """Serve a cluster on ``address`` (``tcp://HOST:PORT``, port 0 picks one; or ``inproc://``)."""
+
+    _requests: ClassVar[dict[str, Callable[..., Any]]]   # name -> handler, below the class
 
     def __init__(self, address: str = "tcp://127.0.0.1:0", token: str | None = None,
                  security=None) -> None:
@@ -59,7 +62,7 @@ class Scheduler:
         if self.closed.is_set():
             return
         for peer, comm in list(self.comms.items()):
-            comm.send([m.CLOSE, "the scheduler was closed"])   # clients say so, and don't warn
+            comm.send(m.Close("the scheduler was closed"))   # clients say so, and don't warn
             comm.close()
         if self.listener is not None:
             self.listener.stop()
@@ -67,11 +70,11 @@ class Scheduler:
 
     # ------------------------------------------------------------------ connections
     def _on_comm(self, comm: Comm) -> None:
-        def first_batch(batch):
+        def first_batch(batch: list[m.Message]) -> None:
             msg = batch[0]
-            if m.check(msg) != m.HELLO or type(msg[2]) is not dict:
+            if type(msg) is not m.Hello:
                 raise ProtocolError("the first message must be a hello")
-            role, identity = msg[1], msg[2]
+            role, identity = msg.role, msg.identity
             if role == "worker":
                 peer = self._add_worker(comm, identity)
             elif role == "client":
@@ -87,7 +90,7 @@ class Scheduler:
             comm.on_close = lambda reason: self._on_close(peer, reason)
             if len(batch) > 1:
                 self._on_batch(peer, batch[1:])
-            comm.send([m.REPLY, 0, True, {"address": self.address, "peer": peer}])
+            comm.send(m.Reply(0, True, {"address": self.address, "peer": peer}))
 
         comm.start(first_batch, lambda reason: None)
 
@@ -100,7 +103,7 @@ class Scheduler:
             raise ProtocolError(f"worker {address}: queues must be a list of names")
         typo = queue_typo(queues, self.state.known_queues())
         if typo is not None:
-            comm.send([m.REPLY, 0, False, f"worker {address} refused: {typo}"])
+            comm.send(m.Reply(0, False, f"worker {address} refused: {typo}"))
             comm.close()
             raise _Refused(typo)
         self.comms[address] = comm
@@ -120,7 +123,7 @@ class Scheduler:
             if comm is None:
                 continue           # the client left
             if count >= n:
-                comm.send([m.REPLY, request_id, True, count])
+                comm.send(m.Reply(request_id, True, count))
             else:
                 waiting.append((n, peer, request_id))
         self._worker_waiters = waiting
@@ -138,12 +141,12 @@ class Scheduler:
             self._send(self.state.remove_client(peer, self._clock()))
             self._worker_waiters = [w for w in self._worker_waiters if w[1] != peer]
 
-    def _on_batch(self, peer: str, batch: list) -> None:
+    def _on_batch(self, peer: str, batch: list[m.Message]) -> None:
         requests = None
         for msg in batch:
-            if type(msg) is list and msg and msg[0] in (m.REQUEST, m.RUN_RESULT):
-                requests = [x for x in batch if type(x) is list and x and x[0] in (m.REQUEST, m.RUN_RESULT)]
-                batch = [x for x in batch if not (type(x) is list and x and x[0] in (m.REQUEST, m.RUN_RESULT))]
+            if type(msg) in _SHELL_MESSAGES:   # the rest goes to the state machine
+                requests = [x for x in batch if type(x) in _SHELL_MESSAGES]
+                batch = [x for x in batch if type(x) not in _SHELL_MESSAGES]
                 break
         if batch:
             try:
@@ -154,13 +157,14 @@ class Scheduler:
             self._send(out)
         if requests:
             for msg in requests:
-                m.check(msg)
-                if msg[0] == m.REQUEST:
-                    self._on_request(peer, msg[1], msg[2], msg[3])
-                else:
-                    run = self._pending_runs.get(msg[1])
+                if type(msg) is m.Request:
+                    self._on_request(peer, msg)
+                elif type(msg) is m.RunResult and peer in self.state.workers:
+                    run = self._pending_runs.get(msg.request_id)
                     if run is not None:
-                        self._run_result(run, peer, msg[2], msg[3])
+                        self._run_result(run, peer, msg.ok, msg.value)
+                else:
+                    raise ProtocolError(f"{type(msg).__name__} is not accepted from {peer}")
 
     def _send(self, out: list) -> None:
         if self.state.timers or self.state.limits_held:
@@ -168,8 +172,8 @@ class Scheduler:
         comms = self.comms
         frees: dict[str, list] = {}
         for peer, msg in out:
-            if msg[0] == m.FREE:   # one FREE per worker per batch, however many keys
-                frees.setdefault(peer, []).extend(msg[1])
+            if type(msg) is m.Free:   # one Free per worker per batch, however many keys
+                frees.setdefault(peer, []).extend(msg.keys)
                 continue
             comm = comms.get(peer)
             if comm is not None:
@@ -177,7 +181,7 @@ class Scheduler:
         for peer, keys in frees.items():
             comm = comms.get(peer)
             if comm is not None:
-                comm.send([m.FREE, keys])
+                comm.send(m.Free(keys))
         self._check(self.state)   # debug mode (NBCLUSTER_VALIDATE=1): after every batch
 
     def _schedule_wakeup(self) -> None:
@@ -197,24 +201,23 @@ class Scheduler:
         self._send(self.state.wake(self._clock()))
 
     # ------------------------------------------------------------------ requests
-    def _on_request(self, peer: str, request_id, name, args) -> None:
+    def _on_request(self, peer: str, msg: m.Request) -> None:
         comm = self.comms.get(peer)
         if comm is None:
             return
-        if type(args) is not dict:
-            raise ProtocolError("request arguments must be a map")
-        handler = getattr(self, f"_request_{str(name).replace('-', '_')}", None)
+        request_id, name = msg.request_id, msg.name
+        handler = self._requests.get(name)
         if handler is None:
-            comm.send([m.REPLY, request_id, False, f"unknown request {name!r}"])
+            comm.send(m.Reply(request_id, False, f"unknown request {name!r}"))
             return
         try:
-            result = handler(peer, request_id, **args)
+            result = handler(self, peer, request_id, **msg.args)
         except Exception as e:  # a bad request must not take the scheduler down
             logger.warning("request %s from %s failed: %r", name, peer, e)
-            comm.send([m.REPLY, request_id, False, f"{type(e).__name__}: {e}"])
+            comm.send(m.Reply(request_id, False, f"{type(e).__name__}: {e}"))
             return
         if result is not _LATER:
-            comm.send([m.REPLY, request_id, True, result])
+            comm.send(m.Reply(request_id, True, result))
 
     def _request_info(self, peer, request_id) -> dict:
         st = self.state
@@ -301,7 +304,7 @@ class Scheduler:
         self._pending_runs[rid] = {"client": peer, "request": request_id, "waiting": set(targets),
                                    "results": {}, "errors": {}}
         for address in targets:
-            self.comms[address].send([m.RUN, rid, blob, args])
+            self.comms[address].send(m.Run(rid, blob, args))
         return _LATER
 
     def _run_result(self, run: dict, worker: str, ok: bool, value) -> None:
@@ -314,8 +317,8 @@ class Scheduler:
                 del self._pending_runs[rid]
         comm = self.comms.get(run["client"])
         if comm is not None:
-            comm.send([m.REPLY, run["request"], True, {"results": run["results"],
-                                                        "errors": run["errors"]}])
+            comm.send(m.Reply(run["request"], True, {"results": run["results"],
+                                                        "errors": run["errors"]}))
 
     def _request_restart(self, peer, request_id) -> dict:
         """Forget every task; the futures of every client are cancelled first."""
@@ -331,6 +334,10 @@ class Scheduler:
 
 
 _LATER = object()
+# Requests by name, each answered by the method ``_request_<name>`` (one table, as messages).
+Scheduler._requests = {name[len("_request_"):]: fn for name, fn in vars(Scheduler).items()
+                       if name.startswith("_request_")}
+_SHELL_MESSAGES = (m.Request, m.RunResult)   # answered here, not by the state machine
 
 
 class _Refused(ProtocolError):

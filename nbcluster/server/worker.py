@@ -75,7 +75,7 @@ class Worker:
         self.output: TaskOutput | None = None
         self._started: list[TaskStarted] = []   # handled after the ends of the same batch
         # how each instruction of the state machine, and each outcome of the executor, is
-        # carried out: one handler per record type
+        # carried out, and each message from the scheduler handled: one handler per record type
         self._do: dict[type, Callable[[Any], None]] = {
             Send: self._send, Execute: self._execute, Drop: self._drop, Fetch: self._fetch,
             Stop: self._stop, Resume: self._resume, Terminate: self._terminate,
@@ -83,6 +83,9 @@ class Worker:
         self._on: dict[type, Callable[[Any], None]] = {
             TaskFinished: self._finished, TaskFailed: self._failed,
             TaskStarted: self._started.append, InputReadBack: self._read_back}
+        self._from_scheduler: dict[type, Callable[[Any], None]] = {
+            m.Compute: self._on_compute, m.Free: self._on_free, m.Function: self._define_function,
+            m.Run: self._run_function, m.Close: self._on_close_message, m.Reply: self._on_reply}
         self._loop: asyncio.AbstractEventLoop | None = None
         self._heartbeat: asyncio.Task | None = None
         self._memory_watch: asyncio.Task | None = None
@@ -116,7 +119,7 @@ class Worker:
                                  self._on_outcomes, self.output.write, self._on_stuck,
                                  self.output.task_ended)
         self._hello: asyncio.Future = self._loop.create_future()
-        self.scheduler.send([m.HELLO, "worker", identity])
+        self.scheduler.send(m.Hello("worker", identity))
         self.scheduler.start(self._on_scheduler_batch, self._on_scheduler_lost)
         try:   # the scheduler may refuse us (a misspelt queue): fail start with its reason
             ok, reason = await asyncio.wait_for(self._hello, 30)
@@ -163,31 +166,33 @@ class Worker:
             logger.warning("lost the scheduler at %s: %s; closing", self.scheduler_address, reason)
             asyncio.ensure_future(self.close("scheduler lost"))
 
-    def _on_scheduler_batch(self, batch: list) -> None:
-        st = self.state
+    def _on_scheduler_batch(self, batch: list[m.Message]) -> None:
+        handlers = self._from_scheduler
         for msg in batch:
-            op = m.check(msg)
-            if op == m.COMPUTE:
-                self.apply(st.compute(*msg[1:]))
-            elif op == m.FREE:
-                self.apply(st.free(msg[1]))
-            elif op == m.FUNCTION:
-                self._define_function(msg[1], msg[2])
-            elif op == m.RUN:
-                self._run_function(msg[1], msg[2], msg[3])
-            elif op == m.CLOSE:
-                asyncio.ensure_future(self.close(msg[1]))
-            elif op == m.REPLY:
-                if msg[1] == 0 and not self._hello.done():
-                    self._hello.set_result((msg[2], msg[3]))
-            else:
-                raise m.ProtocolError(f"{op!r} is not accepted by a worker")
+            handler = handlers.get(type(msg))
+            if handler is None:
+                raise m.ProtocolError(f"{type(msg).__name__} is not accepted by a worker")
+            handler(msg)
 
-    def _define_function(self, token: str, blob: bytes) -> None:
+    def _on_compute(self, msg: m.Compute) -> None:
+        self.apply(self.state.compute(msg))
+
+    def _on_free(self, msg: m.Free) -> None:
+        self.apply(self.state.free(msg.keys))
+
+    def _on_close_message(self, msg: m.Close) -> None:
+        asyncio.ensure_future(self.close(msg.reason))
+
+    def _on_reply(self, msg: m.Reply) -> None:
+        if msg.request_id == 0 and not self._hello.done():   # the answer to our hello
+            self._hello.set_result((msg.ok, msg.result))
+
+    def _define_function(self, msg: m.Function) -> None:
+        token = msg.token
         if token in self.functions:
             return
         try:
-            self.functions[token] = loads_function(blob)
+            self.functions[token] = loads_function(msg.blob)
         except Exception as e:
             self.functions[token] = SerializationError(f"cannot unpickle the function: {e!r}")
 
@@ -206,7 +211,7 @@ class Worker:
         if ins.announce:
             # STARTED leaves before a thread can run the task: a task that kills the process
             # must still be counted against (KilledWorkerError after 3 deaths)
-            self.scheduler.send([m.STARTED, ins.key, time.time(), ins.run])
+            self.scheduler.send(m.Started(ins.key, time.time(), ins.run))
             self._loop.call_soon(self.executor.submit, ins)   # after the flush
         else:
             self.executor.submit(ins)
@@ -300,16 +305,18 @@ class Worker:
         worker_data.serve(self, comm)
 
     # ------------------------------------------------------------------ run and heartbeat
-    def _run_function(self, request_id, blob, args) -> None:
-        def run():
+    def _run_function(self, msg: m.Run) -> None:
+        request_id = msg.request_id
+
+        def run() -> None:
             try:
-                fn = loads_function(blob)
-                result = fn(*(args or ()))
+                fn = loads_function(msg.blob)
+                result = fn(*(msg.args or ()))
                 payload = (True, dump_value(result, what="the result of run"))
             except BaseException as e:  # noqa: BLE001
                 payload = (False, exception_payload(e)[0])
             self._loop.call_soon_threadsafe(
-                self.scheduler.send, [m.RUN_RESULT, request_id, payload[0], payload[1]])
+                self.scheduler.send, m.RunResult(request_id, payload[0], payload[1]))
 
         threading.Thread(target=run, name="nbcluster-run", daemon=True).start()
 
@@ -323,7 +330,7 @@ class Worker:
                            "nbytes": self.state.nbytes, "spilled": self.state.spilled,
                            "executing": len(self.state.executing),
                            "ready": len(self.state.ready), "time": time.time()}
-                self.scheduler.send([m.HEARTBEAT, metrics])
+                self.scheduler.send(m.Heartbeat(metrics))
             except Exception:  # metrics are best effort
                 logger.debug("heartbeat failed", exc_info=True)
             await asyncio.sleep(HEARTBEAT_SECONDS)
@@ -369,7 +376,7 @@ class Worker:
         # reason if a task keeps doing this)
         print(f"nbcluster worker {self.address} terminating: {reason}", file=sys.stderr,
               flush=True)
-        self.scheduler.send([m.STATUS, "terminating", reason])
+        self.scheduler.send(m.Status("terminating", reason))
         self._loop.call_later(TERMINATE_GRACE_SECONDS, os._exit, MEMORY_EXIT_CODE)
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, Callable
 
 from ..comm import Comm
 from ..errors import SerializationError
@@ -51,7 +51,7 @@ async def fetch(worker: Worker, peer: str, keys: list[str]) -> None:
         nbytes[key] = sizeof(obj)
     stop = time.time()
     if nbytes:   # for the dashboard's task stream: one mark per transfer
-        worker.scheduler.send([m.TRANSFERS, [[k, peer, start, stop, n] for k, n in nbytes.items()]])
+        worker.scheduler.send(m.Transfers([(k, peer, start, stop, n) for k, n in nbytes.items()]))
     for key, text in errors.items():
         worker.apply(state.fetch_errored(key, exception_payload(SerializationError(text))))
     worker.apply(state.fetch_done(peer, nbytes, missing))
@@ -60,30 +60,38 @@ async def fetch(worker: Worker, peer: str, keys: list[str]) -> None:
 # ---------------------------------------------------------------------- serving values
 def serve(worker: Worker, comm: Comm) -> None:
     """A peer or a client connected: answer its requests for data."""
-    def on_batch(batch: list) -> None:
+    def on_get(msg: m.GetData) -> None:
+        if any(type(worker.data.get(k)) is Spilled for k in msg.keys):
+            asyncio.ensure_future(_get_data_from_disk(worker, comm, msg.request_id, msg.keys))
+        else:
+            comm.send(get_data(worker.data, msg.request_id, msg.keys))
+
+    handlers: dict[type, Callable[[Any], None]] = {
+        m.GetData: on_get,
+        m.PutData: lambda msg: comm.send(put_data(worker, msg.request_id, msg.values)),
+        m.Hello: lambda msg: None,
+    }
+
+    def on_batch(batch: list[m.Message]) -> None:
         for msg in batch:
-            op = m.check(msg)
-            if op == m.GET_DATA:
-                if any(type(worker.data.get(k)) is Spilled for k in msg[2]):
-                    asyncio.ensure_future(_get_data_from_disk(worker, comm, msg[1], msg[2]))
-                else:
-                    comm.send(get_data(worker.data, msg[1], msg[2]))
-            elif op == m.PUT_DATA:
-                comm.send(put_data(worker, msg[1], msg[2]))
-            elif op != m.HELLO:
-                raise m.ProtocolError(f"{op!r} is not accepted from a peer")
+            handler = handlers.get(type(msg))
+            if handler is None:
+                raise m.ProtocolError(f"{type(msg).__name__} is not accepted from a peer")
+            handler(msg)
 
     comm.start(on_batch, lambda reason: None)
 
 
-async def _get_data_from_disk(worker: Worker, comm: Comm, request_id, keys: list) -> None:
+async def _get_data_from_disk(worker: Worker, comm: Comm, request_id: int,
+                             keys: list[str]) -> None:
     """Some of the values asked for are on disk: read them off the event loop."""
     spilled = {k: v for k in keys if type(v := worker.data.get(k)) is Spilled}
     read = await asyncio.get_running_loop().run_in_executor(None, _read_spilled, spilled)
     comm.send(get_data(worker.data, request_id, keys, read))
 
 
-def get_data(data: dict, request_id, keys: list, read: dict | None = None) -> list:
+def get_data(data: dict, request_id: int, keys: list[str],
+             read: dict | None = None) -> m.Data:
     """The DATA reply: values as they travel, keys not here, and values that would not
     pickle (by key, as text)."""
     values, missing, errors = {}, [], {}
@@ -107,17 +115,17 @@ def get_data(data: dict, request_id, keys: list, read: dict | None = None) -> li
             missing.append(key)
         except BaseException as e:  # noqa: BLE001 - SystemExit from a __reduce__: a reply
             errors[key] = str(result_error(key, data.get(key), e))
-    return [m.DATA, request_id, values, missing, errors]
+    return m.Data(request_id, values, missing, errors)
 
 
-def put_data(worker: Worker, request_id, values: dict) -> list:
+def put_data(worker: Worker, request_id: int, values: dict) -> m.Reply:
     """A client scatters values here, unless a key names a task of this worker."""
     state, data = worker.state, worker.data
     assert state is not None
     refused = state.refuses_data(values)
     if refused:
-        return [m.REPLY, request_id, False,
-                f"{', '.join(map(repr, refused))} already name tasks on this worker"]
+        return m.Reply(request_id, False,
+                f"{', '.join(map(repr, refused))} already name tasks on this worker")
     nbytes = {}
     for key, value in values.items():
         if type(data.get(key)) is Spilled:
@@ -125,7 +133,7 @@ def put_data(worker: Worker, request_id, values: dict) -> list:
         data[key] = obj = load_value(value)
         nbytes[key] = sizeof(obj)
     worker.apply(state.data_added(nbytes))
-    return [m.REPLY, request_id, True, nbytes]
+    return m.Reply(request_id, True, nbytes)
 
 
 def _read_spilled(spilled: dict) -> dict:

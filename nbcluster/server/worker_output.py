@@ -22,7 +22,7 @@ class TaskOutput:
         self._loop = loop
         self._send_many = send_many
         self._lock = threading.Lock()
-        self.queued: list[list] = []     # OUTPUT messages not sent yet (checked on the loop)
+        self.queued: list[m.Output] = []     # Output messages not sent yet (checked on the loop)
         self._partial: dict[tuple[str, str], str] = {}   # printed text not yet ending a line
 
     def write(self, key: str, stream: str, text: str) -> None:
@@ -36,7 +36,7 @@ class TaskOutput:
             if cut and cut < len(held):
                 self._partial[(key, stream)] = held[cut:]
                 held = held[:cut]
-            self.queued.append([m.OUTPUT, key, stream, held])
+            self.queued.append(m.Output(key, stream, held))
             wake = len(self.queued) == 1
         if wake:
             try:
@@ -57,10 +57,10 @@ class TaskOutput:
         """On the loop: send what was printed since the last drain."""
         with self._lock:
             outputs, self.queued = self.queued, []
-        merged: list[list] = []
+        merged: list[m.Output] = []
         for msg in outputs:   # print() writes text and newline separately: join them
-            if merged and merged[-1][1] == msg[1] and merged[-1][2] == msg[2]:
-                merged[-1][3] += msg[3]
+            if merged and merged[-1].key == msg.key and merged[-1].stream == msg.stream:
+                merged[-1].text += msg.text
             else:
                 merged.append(msg)
         if merged:

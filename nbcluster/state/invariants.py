@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any, Callable
 
 from ..errors import ProtocolError
 from ..protocol import messages as m
+from ..protocol.framing import decode, encode
 from .model import FIRE_AND_FORGET
 
 if TYPE_CHECKING:
@@ -223,8 +224,7 @@ def check_scheduler_messages(s: SchedulerState, out: list[tuple[str, Any]],
     functions it was sent in earlier steps and is updated here (keep one per state, across
     steps); without it, the scheduler's own record of earlier steps is trusted."""
     if sent is None:
-        now = {(peer, msg[1]) for peer, msg in out if type(msg) is list and msg
-               and msg[0] == m.FUNCTION and len(msg) > 1}
+        now = {(peer, msg.token) for peer, msg in out if type(msg) is m.Function}
         sent = {a: {t for t in ws.functions if (a, t) not in now} for a, ws in s.workers.items()}
     for gone in [p for p in sent if p not in s.workers]:
         del sent[gone]
@@ -232,19 +232,21 @@ def check_scheduler_messages(s: SchedulerState, out: list[tuple[str, Any]],
         if peer not in s.workers and peer not in s.clients:
             _fail("messages go to connected peers", None, f"to {peer!r}: {msg!r}")
         try:
-            m.check(msg)
-        except ProtocolError as e:
+            if type(msg) not in m.MESSAGES:
+                raise ProtocolError(f"not a message record: {type(msg).__name__}")
+            decode(encode([msg]))   # every field of the declared type
+        except (ProtocolError, TypeError) as e:
             _fail("messages are well formed", None, f"to {peer!r}: {e}")
-        if msg[0] == m.FUNCTION:
-            sent.setdefault(peer, set()).add(msg[1])
-        elif msg[0] == m.COMPUTE:
-            key, fn, deps = msg[1], msg[2], msg[5]
+        if type(msg) is m.Function:
+            sent.setdefault(peer, set()).add(msg.token)
+        elif type(msg) is m.Compute:
+            key, fn = msg.key, msg.fn
             if fn not in s.functions:
                 _fail("a task runs a function the scheduler keeps", key, f"function {fn!r}")
             if fn not in sent.get(peer, ()):
                 _fail("a worker is sent a function before a task that runs it", key,
                       f"function {fn!r} to {peer}")
-            for dep, holders in deps.items():
+            for dep, holders in msg.deps.items():
                 if not holders:
                     _fail("every input of a task sent to run has a holder", key, f"input {dep!r}")
                 for h in holders:

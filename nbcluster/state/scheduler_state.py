@@ -19,14 +19,16 @@ from __future__ import annotations
 
 import random
 from collections import defaultdict, deque
+from typing import Any, Callable
 
-from ..errors import FutureLostError, KilledWorkerError
+from ..errors import KilledWorkerError
 from ..protocol import messages as m
-from .gates import Limit, Timers, backoff
+from .gates import Limit, Timers
 from .occupancy import Occupancy
 from .model import (DEFAULT_QUEUE, FIRE_AND_FORGET, KILLED_WORKER_LIMIT, STORY_LENGTH,
-                    TASK_LOG_LENGTH, BadBatch, TaskState, WorkerState, error, own, unwant,
-                    want)
+                    TASK_LOG_LENGTH, BadBatch, TaskState, WorkerState, error, unwant)
+from . import client_requests as requests
+from . import worker_reports as reports
 from .transitions import Transitions
 
 __all__ = ["SchedulerState", "TaskState", "WorkerState", "BadBatch", "FIRE_AND_FORGET"]
@@ -69,16 +71,16 @@ class SchedulerState(Transitions):
         self.transfer_log_total = 0
 
     # ------------------------------------------------------------------ entry points
-    def handle(self, peer: str, batch: list, now: float) -> list:
+    def handle(self, peer: str, batch: list[m.Message], now: float) -> list:
         """Apply a batch of messages from ``peer``; return ``[(peer, message), ...]`` to send."""
-        self._check_batch(peer, batch)   # a malformed message is refused before any is applied
+        self._check_batch(peer, batch)   # a message that cannot apply is refused before any is
         self.now = now
         self._stimulus(peer)
         out = self.out = []
         handlers = self._handlers
         try:
             for msg in batch:
-                handlers[msg[0]](self, peer, *msg[1:])
+                handlers[type(msg)](self, peer, msg)
         except Exception as e:
             # What the messages before the bad one decided must still go out, or other
             # peers would wait forever for it; the shell closes the offending connection.
@@ -89,25 +91,27 @@ class SchedulerState(Transitions):
         self.out = []
         return out
 
-    def _check_batch(self, peer: str, batch) -> None:
-        """Raise ProtocolError unless every message in ``batch`` can be applied."""
-        if type(batch) is not list:
-            raise m.ProtocolError(f"a batch must be a list, got {type(batch).__name__}")
+    def _check_batch(self, peer: str, batch: list[m.Message]) -> None:
+        """Raise ProtocolError unless every message in ``batch`` can be applied (decoding
+        checked the types of their fields already)."""
         role = "worker" if peer in self.workers else "client" if peer in self.clients else None
+        accepted = m.TO_SCHEDULER[role] if role else self._handlers
         defined: set = set()   # functions sent earlier in this batch
         for msg in batch:
-            op = m.check_fields(msg)
-            if op not in self._handlers or (role and op not in m.TO_SCHEDULER[role]):
-                raise m.ProtocolError(f"{op!r} is not accepted from {role or 'peer'} {peer!r} "
-                                      "by the scheduler's state (requests go to its shell)")
-            if op == m.FUNCTION:
-                defined.add(msg[1])
-            elif op == m.SUBMIT:
-                for spec in msg[1]:
+            kind = type(msg)
+            if kind not in accepted:
+                raise m.ProtocolError(f"{getattr(kind, '__name__', kind)} is not accepted from "
+                                      f"{role or 'peer'} {peer!r} by the scheduler's state "
+                                      "(requests go to its shell)")
+            if kind is m.Function:
+                defined.add(msg.token)   # type: ignore[attr-defined]
+            elif kind is m.Submit:
+                for spec in msg.tasks:   # type: ignore[attr-defined]
                     m.check_task(spec)
-                    fn = spec[1]
-                    if spec[0] not in self.tasks and fn not in self.functions and fn not in defined:
-                        raise m.ProtocolError(f"task {spec[0]!r} names unknown function {fn!r}")
+                    fn = spec.fn
+                    if fn not in self.functions and fn not in defined and \
+                            spec.key not in self.tasks:
+                        raise m.ProtocolError(f"task {spec.key!r} names unknown function {fn!r}")
 
     def add_client(self, client_id: str) -> None:
         self.clients.add(client_id)
@@ -142,13 +146,13 @@ class SchedulerState(Transitions):
         for ts in self.tasks.values():
             for client in ts.who_wants:
                 if client in self.clients:
-                    out.append((client, [m.CANCELLED, ts.key, reason]))
+                    out.append((client, m.Cancelled(ts.key, reason)))
             for ws in ts.who_has:
                 on_worker[ws.address].append(ts.key)
             if ts.processing_on is not None:
                 on_worker[ts.processing_on.address].append(ts.key)
         for address, keys in on_worker.items():
-            out.append((address, [m.FREE, keys]))
+            out.append((address, m.Free(keys)))
         self.tasks.clear()
         for heap in self.queues.values():
             heap.clear()
@@ -243,299 +247,22 @@ class SchedulerState(Transitions):
         self.out = []
         return out
 
-    # ------------------------------------------------------------------ client messages
-    def _on_function(self, peer, token, blob) -> None:
-        if token not in self.functions:
-            self.functions[token] = blob
-            self.function_owners[token] = peer
-
-    def _on_submit(self, peer, specs) -> None:
-        tasks = self.tasks
-        for spec in specs:
-            key, fn, args, kwargs, deps, options = spec
-            ts = tasks.get(key)
-            if ts is not None:
-                want(ts, peer)
-                self._report_if_final(ts, peer)
-                continue
-            self.counter += 1
-            prio = -(options.get("priority", 0) or 0) if options else 0
-            ts = TaskState(key, fn, args, kwargs, options, (prio, self.counter))
-            tasks[key] = ts
-            want(ts, peer)
-            if options:
-                self._apply_options(ts, options)
-            self._record(ts, "submitted", peer)
-            failed_dep = None
-            for dkey in dict.fromkeys(deps):
-                dts = tasks.get(dkey)
-                if dts is None:
-                    failed_dep = dkey
-                    continue
-                ts.deps.append(dts)
-                own(dts, "dependents").add(ts)
-            if failed_dep is not None:
-                ts.state = "waiting"
-                self._set_erred(ts, error(FutureLostError,
-                    f"task {key!r} depends on {failed_dep!r}, which the scheduler does not know "
-                    "(its future was released before this task was submitted)"), None, key)
-                continue
-            ts.state = "waiting"
-            self._become_ready_or_wait(ts)
-
-    def _on_release(self, peer, keys) -> None:
-        tasks = self.tasks
-        for key in keys:
-            ts = tasks.get(key)
-            if ts is not None and peer in ts.who_wants:
-                unwant(ts, peer)
-                if not ts.who_wants:
-                    self._maybe_forget(ts)
-
-    def _on_want(self, peer, keys) -> None:
-        for key in keys:
-            ts = self.tasks.get(key)
-            if ts is None:
-                self.out.append((peer, [m.CANCELLED, key, "the scheduler does not know this key"]))
-                continue
-            want(ts, peer)
-            self._report_if_final(ts, peer)
-
-    def _on_cancel(self, peer, keys) -> None:
-        for key in keys:
-            ts = self.tasks.get(key)
-            if ts is None or ts.state in ("memory", "erred", "released"):
-                continue
-            self._set_erred(ts, None, None, key, cancel=f"cancelled by {peer}")
-
-    def _on_retry(self, peer, keys) -> None:
-        for key in keys:
-            ts = self.tasks.get(key)
-            if ts is None:
-                self.out.append((peer, [m.CANCELLED, key, "the scheduler does not know this key"]))
-            elif ts.state == "erred":
-                self._rerun_failed(ts, peer)
-            else:   # already rerunning (another client asked) or done: the client hears as usual
-                want(ts, peer)
-                self._report_if_final(ts, peer)
-
-    def _on_fire_and_forget(self, peer, keys) -> None:
-        for key in keys:
-            ts = self.tasks.get(key)
-            if ts is not None and ts.state not in ("memory", "erred", "released"):
-                want(ts, FIRE_AND_FORGET)
-
-    def _on_update_data(self, peer, nbytes, worker) -> None:
-        ws = self.workers.get(worker)
-        for key, size in nbytes.items():
-            ts = self.tasks.get(key)
-            if ts is None:
-                self.counter += 1
-                ts = TaskState(key, "", None, None, None, (0, self.counter))
-                self.tasks[key] = ts
-            want(ts, peer)
-            if ts.fn:
-                # the key names a submitted task (the client checks first; this is a race
-                # with another client): the task's own result wins, the put copy goes
-                if ws is not None and ws not in ts.who_has:
-                    self.out.append((worker, [m.FREE, [key]]))
-                if ts.state == "memory":
-                    self.out.append((peer, [m.DONE, key, False, None, ts.nbytes,
-                                            [w.address for w in ts.who_has]]))
-                continue
-            if ws is None:
-                if ts.state != "memory":   # else another copy (broadcast) is still there
-                    self._set_erred(ts, error(FutureLostError, f"{key!r} was scattered to "
-                        f"{worker}, which is gone; scattered data cannot be recomputed"), None, key)
-                continue
-            if ts.state != "memory":   # replicas already counted keep their size
-                ts.nbytes = size
-            ts.state = "memory"
-            self._add_replica(ts, ws)
-            self.out.append((peer, [m.DONE, key, False, None, size,
-                                    [w.address for w in ts.who_has]]))
-
-    # ------------------------------------------------------------------ worker messages
-    def _on_started(self, peer, key, start, run) -> None:
-        ts = self.tasks.get(key)
-        if ts is not None and ts.processing_on is not None and ts.processing_on.address == peer \
-                and run == ts.run_id:
-            ts.executing = True
-
-    def _on_finished(self, peer, key, nbytes, start, stop, has_value, value, typ, run) -> None:
-        ws = self.workers.get(peer)
-        if ws is None:
-            return
-        ts = self.tasks.get(key)
-        if ts is not None and ts.processing_on is ws and run != ts.run_id:
-            # an earlier run here, finished before the worker heard it was freed: it dropped
-            # that value and reports the current run separately
-            return
-        if ts is None or ts.processing_on is not ws:
-            # Not (or no longer) this worker's to run: it was freed, cancelled, erred or moved
-            # elsewhere, and the worker was sent FREE for it, so it drops the value. Counting
-            # it would record a replica that is gone.
-            if ts is None or ws not in ts.who_has:
-                self.out.append((peer, [m.FREE, [key]]))
-            return
-        ws.last_seen = self.now
-        self.task_log.append((key, peer, start, stop, True))
-        self.task_log_total += 1
-        self._unassign(ts, free=False)
-        if ts.attempts is not None or ts.options:
-            self._attempt(ts, peer, start, stop - start, None)
-        duration = max(stop - start, 1e-6)
-        self.avg_duration = 0.9 * self.avg_duration + 0.1 * duration
-        known = self.prefix_durations.get(ts.prefix)
-        self.prefix_durations[ts.prefix] = duration if known is None else \
-            0.5 * known + 0.5 * duration
-        self.counts[ts.prefix] += 1
-        ts.nbytes = nbytes
-        ts.state = "memory"
-        self._add_replica(ts, ws)
-        self._record(ts, "memory", peer)
-        self._tell(ts, [m.DONE, key, has_value, value if has_value else None, nbytes,
-                        [] if has_value else [peer]])
-        for dts in ts.dependents:
-            if ts in dts.waiting_on:
-                dts.waiting_on.discard(ts)
-                if not dts.waiting_on and dts.state == "waiting":
-                    self._become_ready(dts)
-        if FIRE_AND_FORGET in ts.who_wants:
-            unwant(ts, FIRE_AND_FORGET)
-        for dep in ts.deps:
-            self._maybe_release_data(dep)
-        if not ts.who_wants:
-            self._maybe_release_data(ts)
-
-    def _on_failed(self, peer, key, exception, traceback, start, stop, retry, run) -> None:
-        ts = self.tasks.get(key)
-        ws = self.workers.get(peer)
-        if ts is None or ws is None or ts.processing_on is not ws or run != ts.run_id:
-            return
-        self.task_log.append((key, peer, start, stop, False))
-        self.task_log_total += 1
-        self._unassign(ts, free=False)
-        self._attempt(ts, peer, start, stop - start, _last_line(traceback))
-        if retry is not None and self._retry(ts, retry):
-            return
-        self.counts[ts.prefix + " erred"] += 1
-        self._record(ts, "failed", peer)
-        self._set_erred(ts, exception, traceback, key)
-
-    def _retry(self, ts: TaskState, retry: dict) -> bool:
-        """Another attempt, if the task's budget allows: now or after its back-off."""
-        if ts.retries_left > 0:
-            ts.retries_left -= 1
-        elif retry.get("delay") is not None and ts.retry_count < (retry.get("max") or 0) \
-                and not (ts.options and "retries" in ts.options):
-            pass   # an explicit Retry() in a task with no retry budget of its own
-        else:
-            return False
-        ts.retry_count += 1
-        options = ts.options or {}
-        delay = retry.get("delay")
-        if delay is None:
-            delay = backoff(options.get("retry_backoff", 0.0), ts.retry_count,
-                            options.get("retry_backoff_max", 600.0),
-                            options.get("retry_jitter", True), self.rng)
-        self._record(ts, "retry", delay)
-        ts.state = "waiting"
-        if delay > 0:
-            ts.state = "delayed"
-            self.timers.add(self.now + delay, "start", ts)
-        else:
-            self._become_ready_or_wait(ts)
-        return True
-
+    # ------------------------------------------------------------------ task options
     def _attempt(self, ts: TaskState, worker: str, start, duration, err) -> None:
         if ts.attempts is None:
             ts.attempts = []
         ts.attempts.append((worker, start, duration, err))
 
-    def _apply_options(self, ts: TaskState, options: dict) -> None:
-        """Limits, and the expiry timer, of a new task."""
-        key = options.get("limit_key")
-        if key is None and ("rate" in options or "concurrency" in options):
-            key = f"function:{ts.prefix}"
-        if key is not None:
-            limit = self.limits.get(key)
-            if limit is None:
-                limit = self.limits[key] = Limit(key)
-            if "rate" in options or "concurrency" in options:
-                limit.set(options.get("rate"), options.get("concurrency"))
-            ts.limit = limit
-        if "expires" in options:
-            self.timers.add(options["expires"], "expire", ts)
-        if ts.queue not in self.queues:
-            self.queues[ts.queue] = []
-
-    def _on_set_limit(self, peer, key, rate, concurrency) -> None:
-        limit = self.limits.get(key)
-        if limit is None:
-            limit = self.limits[key] = Limit(key)
-        limit.set(rate, concurrency)
-        self.limits_held = True    # the new budget may let held tasks go
-
-    def _on_missing(self, peer, key, dep_key, holder) -> None:
-        """A worker could not fetch ``dep_key`` from ``holder``: fix who_has, retry ``key``."""
-        ts = self.tasks.get(key)
-        dts = self.tasks.get(dep_key)
-        hws = self.workers.get(holder)
-        if dts is not None and hws is not None and hws in dts.who_has:
-            dts.who_has.discard(hws)
-            hws.has_what.discard(dts)
-            hws.nbytes -= dts.nbytes
-            if not dts.who_has and dts.state == "memory":
-                self._lost_data(dts)
-        if ts is not None and ts.processing_on is not None and ts.processing_on.address == peer:
-            self._unassign(ts, free=False)
-            ts.state = "waiting"
-            self._record(ts, "missing-dep", dep_key)
-            self._become_ready_or_wait(ts)
-
-    def _on_output(self, peer, key, stream, text) -> None:
-        """What a task printed: to the clients that hold its future."""
-        ts = self.tasks.get(key)
-        if ts is not None:
-            self._tell(ts, [m.OUTPUT, key, stream, text])
-
-    def _on_transfers(self, peer, entries) -> None:
-        for key, source, start, stop, nbytes in entries:
-            self.transfer_log.append((key, source, peer, start, stop, nbytes))
-        self.transfer_log_total += len(entries)
-
-    def _on_heartbeat(self, peer, metrics) -> None:
-        ws = self.workers.get(peer)
-        if ws is not None:
-            ws.metrics = metrics
-            ws.last_seen = self.now
-
-    def _on_status(self, peer, status, detail) -> None:
-        ws = self.workers.get(peer)
-        if ws is None:
-            return
-        if status == "terminating":
-            ws.last_words = detail
-        paused = status != "running"
-        if paused != ws.paused:
-            ws.paused = paused
-            self.occupancy.changed(ws)
-            if not paused:
-                self._fill_workers()
-
-    def _on_memory_limit(self, peer, limit) -> None:
-        ws = self.workers.get(peer)
-        if ws is not None:   # a new identity: observers may hold the old one
-            ws.identity = {**ws.identity, "memory_limit": limit}
-
-    _handlers = {
-        m.FUNCTION: _on_function, m.SUBMIT: _on_submit, m.RELEASE: _on_release, m.WANT: _on_want,
-        m.CANCEL: _on_cancel, m.RETRY: _on_retry, m.FIRE_AND_FORGET: _on_fire_and_forget,
-        m.UPDATE_DATA: _on_update_data, m.STARTED: _on_started, m.FINISHED: _on_finished,
-        m.FAILED: _on_failed, m.MISSING: _on_missing, m.HEARTBEAT: _on_heartbeat,
-        m.OUTPUT: _on_output, m.SET_LIMIT: _on_set_limit, m.TRANSFERS: _on_transfers,
-        m.STATUS: _on_status, m.MEMORY_LIMIT: _on_memory_limit,
+    _handlers: dict[type, Callable[[Any, str, Any], None]] = {
+        m.Function: requests.on_function, m.Submit: requests.on_submit,
+        m.Release: requests.on_release, m.Want: requests.on_want, m.Cancel: requests.on_cancel,
+        m.RetryTasks: requests.on_retry, m.FireAndForget: requests.on_fire_and_forget,
+        m.UpdateData: requests.on_update_data, m.SetLimit: requests.on_set_limit,
+        m.Started: reports.on_started, m.Finished: reports.on_finished,
+        m.Failed: reports.on_failed, m.Missing: reports.on_missing,
+        m.Heartbeat: reports.on_heartbeat, m.Output: reports.on_output,
+        m.Transfers: reports.on_transfers, m.Status: reports.on_status,
+        m.MemoryLimit: reports.on_memory_limit,
     }
 
     # ------------------------------------------------------------------ helpers
@@ -604,8 +331,3 @@ class SchedulerState(Transitions):
             out[ts.state] += 1
         return dict(out)
 
-
-def _last_line(traceback: str | None) -> str:
-    """``ValueError: bad input`` out of a formatted traceback."""
-    lines = [line for line in (traceback or "").strip().splitlines() if line.strip()]
-    return lines[-1].strip() if lines else "error"

@@ -39,13 +39,13 @@ def memory_used(self: WorkerState, rss: int) -> list[Instruction]:
         return out
     if not self.paused and share >= self.pause_at:
         self.paused = True
-        out.append(Send([m.STATUS, "paused", f"process memory {_mib(rss)} is {share:.0%} of "
+        out.append(Send(m.Status("paused", f"process memory {_mib(rss)} is {share:.0%} of "
                          f"the worker's limit of {_mib(limit)} (pauses at "
-                         f"{self.pause_at:.0%})"]))
+                         f"{self.pause_at:.0%})")))
     elif self.paused and share < self.pause_at:
         self.paused = False
-        out.append(Send([m.STATUS, "running", f"process memory {_mib(rss)}, {share:.0%} of "
-                         "the limit"]))
+        out.append(Send(m.Status("running", f"process memory {_mib(rss)}, {share:.0%} of "
+                         "the limit")))
         self._run_ready(out)
     return out
 
@@ -56,7 +56,7 @@ def set_memory_limit(self: WorkerState, limit: int | None) -> list[Instruction]:
     self.memory_limit = limit or None
     spill_at = self.spill_at
     self.spill_limit = int(limit * spill_at) if limit and spill_at else None
-    out: list[Instruction] = [Send([m.MEMORY_LIMIT, self.memory_limit])]
+    out: list[Instruction] = [Send(m.MemoryLimit(self.memory_limit))]
     if self.spill_limit is not None:
         maybe_spill(self, out)
     return out

@@ -97,16 +97,17 @@ class WorkerState:
         self.prefetch = 0                 # tasks handed to the executor beyond nthreads
 
     # ------------------------------------------------------------------ scheduler messages
-    def compute(self, key: str, fn: str, args: Any, kwargs: Any, deps: dict[str, list[str]],
-                want: bool, priority: int, options: dict[str, Any] | None = None,
-                run: int = 0) -> list[Instruction]:
+    def compute(self, msg: m.Compute) -> list[Instruction]:
+        """The scheduler assigns a task here (or gives back one it freed, or one whose
+        result is here already)."""
+        key, want, run = msg.key, msg.want, msg.run
         out: list[Instruction] = []
         ts = self.tasks.get(key)
         if ts is not None and ts.state in ("memory", "ready", "executing", "waiting"):
             ts.run_id = run
             if ts.state == "memory":
                 ts.fetched = False
-                out.append(Send([m.FINISHED, key, ts.nbytes, 0.0, 0.0, False, None, "", run]))
+                out.append(Send(m.Finished(key, ts.nbytes, 0.0, 0.0, False, None, "", run)))
             if ts.cancelled:
                 # freed while with the executor, then given back: the call delivers the result
                 ts.cancelled = False
@@ -116,10 +117,12 @@ class WorkerState:
         if ts is None:
             ts = self.tasks[key] = WorkerTask(key)
         self.counter += 1
-        ts.fn, ts.args, ts.kwargs, ts.want, ts.options = fn, args, kwargs, want, options
-        ts.priority, ts.order, ts.cancelled, ts.fetched = priority, self.counter, False, False
+        ts.fn, ts.args, ts.kwargs, ts.want, ts.options = msg.fn, msg.args, msg.kwargs, want, \
+            msg.options
+        ts.priority, ts.order, ts.cancelled, ts.fetched = msg.priority, self.counter, False, False
         ts.scattered = False
         ts.run_id = run
+        deps = msg.deps
         ts.deps = list(deps)
         ts.waiting_on = set()
         to_fetch = []
@@ -187,7 +190,7 @@ class WorkerState:
         if ts is None or ts.state != "executing" or ts.announced:
             return []
         ts.announced = True
-        return [Send([m.STARTED, key, start, ts.run_id])]
+        return [Send(m.Started(key, start, ts.run_id))]
 
     def task_finished(self, key: str, nbytes: int, start: float, stop: float, has_value: bool,
                       value: Any, typ: str) -> list[Instruction]:
@@ -213,8 +216,8 @@ class WorkerState:
             ts.cancelled, ts.fetched = False, True
         else:
             ts.fetched = False
-            out.append(Send([m.FINISHED, key, nbytes, start, stop, has_value, value, typ,
-                             ts.run_id]))
+            out.append(Send(m.Finished(key, nbytes, start, stop, has_value, value, typ,
+                             ts.run_id)))
             if self.spill_limit is not None:
                 self.lru[key] = None
                 self._maybe_spill(out)
@@ -230,8 +233,8 @@ class WorkerState:
         ts = self.tasks.get(key)
         if ts is not None:
             if not ts.cancelled:
-                out.append(Send([m.FAILED, key, exception, traceback, start, stop, retry,
-                                 ts.run_id]))
+                out.append(Send(m.Failed(key, exception, traceback, start, stop, retry,
+                                 ts.run_id)))
             else:   # tasks here that wait for it must get it elsewhere: hand them back
                 for dkey in list(ts.dependents):
                     self._report_missing(dkey, key, "", out)
@@ -381,7 +384,7 @@ class WorkerState:
         ts = self.tasks.get(key)
         if ts is None or ts.state != "waiting":
             return
-        out.append(Send([m.MISSING, key, dep, peer]))
+        out.append(Send(m.Missing(key, dep, peer)))
         drop: list[str] = []
         self._forget(ts, drop)
         if drop:

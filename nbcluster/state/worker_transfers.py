@@ -81,7 +81,7 @@ def fetch_errored(self: WorkerState, key: str, error: tuple[Any, str]) -> list[I
     for dkey in list(ts.dependents):
         dts = self.tasks.get(dkey)
         if dts is not None and dts.state == "waiting":
-            out.append(Send([m.FAILED, dkey, exception, text, 0.0, 0.0, None, dts.run_id]))
+            out.append(Send(m.Failed(dkey, exception, text, 0.0, 0.0, None, dts.run_id)))
             drop: list[str] = []
             self._forget(dts, drop)
             if drop:

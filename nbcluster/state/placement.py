@@ -1,0 +1,219 @@
+"""Where tasks run: placement on the least-loaded eligible worker (O(log W) through
+:class:`~nbcluster.state.occupancy.Occupancy`), filling each worker's window, stealing for idle
+threads, and the limits that hold tasks back.
+
+A base class of SchedulerState through Transitions (split out to keep modules small); it owns
+no state of its own and reads no clock: ``self.now`` is the time of the event being handled.
+"""
+
+from __future__ import annotations
+
+import heapq
+
+from ..protocol import messages as m
+from .model import MAX_WINDOW, QUEUED_WORK_SECONDS, STEAL_BANDWIDTH, STEAL_LATENCY, TaskState, \
+    WorkerState
+
+STEAL_VICTIMS = 8      # busiest workers one stealing pass looks at
+STEAL_THIEVES = 64     # idle workers one stealing pass serves
+STEAL_EXAMINED = 512   # queued tasks one stealing pass considers
+
+
+def _load_key(ws: WorkerState) -> tuple:
+    return (len(ws.processing) / ws.nthreads, ws.assigned, ws.index)
+
+
+def _priority(ts: TaskState) -> tuple:
+    return ts.priority
+
+
+def _allowed(queue: str, idle_only: bool, paused_ok: bool):
+    """Whether a worker holding an input may run the task (the rule _pick_worker's idlest
+    was chosen by: its queue, a free thread if asked, not paused unless all are)."""
+    def allowed(ws: WorkerState) -> bool:
+        return (queue in ws.queues and (paused_ok or not ws.paused)
+                and (not idle_only or len(ws.processing) < ws.nthreads))
+    return allowed
+
+
+class Placement:
+    def _eligible(self, ts: TaskState) -> list[WorkerState]:
+        pinned = ts.options.get("workers") if ts.options else None
+        if pinned:
+            workers = [self.workers[a] for a in pinned if a in self.workers]
+        else:
+            workers = self.workers.values()
+        return [w for w in workers if ts.queue in w.queues]
+
+    def _pick_worker(self, ts: TaskState, idle_only: bool = False) -> WorkerState | None:
+        """The worker holding most input bytes, unless it is much busier than the idlest."""
+        pinned = ts.options.get("workers") if ts.options else None
+        if pinned:    # a few named workers: look at each
+            candidates = self._eligible(ts)
+            if idle_only:
+                candidates = [w for w in candidates if len(w.processing) < w.nthreads]
+            if not candidates:
+                return None
+            # a paused worker (out of memory) gets work only when no other may take it: it
+            # is run there once the worker resumes
+            candidates = [w for w in candidates if not w.paused] or candidates
+            idlest = min(candidates, key=_load_key)
+            allowed = set(candidates).__contains__
+        else:
+            idlest = self.occupancy.least_loaded(ts.queue)
+            if idlest is None or (idle_only and len(idlest.processing) >= idlest.nthreads):
+                paused = [w for w in self.occupancy.paused_in(ts.queue)
+                          if not idle_only or len(w.processing) < w.nthreads]
+                if not paused:
+                    return None
+                idlest = min(paused, key=_load_key)
+            allowed = _allowed(ts.queue, idle_only, idlest.paused)
+        if not ts.deps:
+            return idlest
+        held: dict[WorkerState, int] = {}
+        for dts in ts.deps:
+            for ws in dts.who_has:
+                if allowed(ws):
+                    held[ws] = held.get(ws, 0) + dts.nbytes + 1
+        if not held:
+            return idlest
+        best = max(held, key=held.__getitem__)
+        idle_load = len(idlest.processing) / idlest.nthreads
+        best_load = len(best.processing) / best.nthreads
+        # moving inputs costs less than idling: go elsewhere only for small inputs
+        if best_load > 2 * idle_load + 2 and held[best] < 1_000_000:
+            return idlest
+        return best
+
+    def _window(self, ws: WorkerState) -> int:
+        per_thread = int(QUEUED_WORK_SECONDS / self.avg_duration)
+        return ws.nthreads * (1 + max(1, min(MAX_WINDOW, per_thread)))
+
+    def _fill_workers(self) -> None:
+        if self.limits_held:
+            self._release_limited()
+        if not self.workers:
+            return
+        least_loaded = self.occupancy.least_loaded
+        for name, heap in self.queues.items():
+            while heap:
+                # every worker's window holds the same tasks per thread: if the least loaded
+                # worker has no room, none has
+                best = least_loaded(name)
+                if best is None or len(best.processing) >= self._window(best):
+                    break
+                _, ts = heapq.heappop(heap)
+                if ts.state != "queued":
+                    continue   # cancelled or forgotten while queued
+                if self._expired(ts):
+                    continue
+                if ts.deps or (ts.options and ts.options.get("workers")):
+                    ws = self._pick_worker(ts)
+                    if ws is None:
+                        self.unrunnable.append(ts)
+                        continue
+                    best = ws
+                self._assign(ts, best)
+        self._steal()
+
+    def _steal(self) -> None:
+        """Idle threads take tasks queued, not yet started, on workers that have more than
+        they can run, when the task's expected run time outweighs moving it (its inputs the
+        thief lacks, plus a round trip). The victim is told FREE and drops it unstarted.
+        One call looks at a bounded number of thieves, victims and tasks."""
+        occupancy = self.occupancy
+        if not occupancy.idle or not occupancy.busy:
+            return
+        victims = occupancy.busiest(STEAL_VICTIMS)
+        if not victims:
+            return
+        durations, default = self.prefix_durations, self.avg_duration
+        waiting_on: dict[WorkerState, list] = {}
+        budget = STEAL_EXAMINED
+        for thief in occupancy.thieves(STEAL_THIEVES):
+            spare = thief.nthreads - len(thief.processing)
+            for victim in victims:
+                surplus = len(victim.processing) - victim.nthreads   # waiting behind its threads
+                if spare <= 0 or budget <= 0:
+                    break
+                if surplus <= 0 or victim is thief:
+                    continue
+                waiting = waiting_on.get(victim)
+                if waiting is None:    # run last there: stolen first
+                    waiting = waiting_on[victim] = sorted(
+                        (ts for ts in victim.processing if not ts.executing and not ts.limited),
+                        key=_priority)
+                while waiting and spare > 0 and surplus > 0 and budget > 0:
+                    ts = waiting.pop()
+                    budget -= 1
+                    if ts.processing_on is not victim or ts.queue not in thief.queues:
+                        continue
+                    pinned = ts.options.get("workers") if ts.options else None
+                    if pinned and thief.address not in pinned:
+                        continue
+                    moved = sum(d.nbytes for d in ts.deps if thief not in d.who_has)
+                    if durations.get(ts.prefix, default) < STEAL_LATENCY + moved / STEAL_BANDWIDTH:
+                        continue
+                    self._unassign(ts)
+                    self._assign(ts, thief)
+                    self._record(ts, "stolen", thief.address)
+                    spare -= 1
+                    surplus -= 1
+
+    def _release_limited(self) -> None:
+        """Start held tasks whose limit allows it, each on an idle thread."""
+        still = False
+        for limit in list(self.limits.values()):
+            held = limit.held
+            while held and limit.can_start(self.now):
+                _, ts = held[0]
+                if ts.state != "queued" or ts.limit is not limit:
+                    heapq.heappop(held)
+                    continue
+                if self._expired(ts):
+                    heapq.heappop(held)
+                    continue
+                ws = self._pick_worker(ts, idle_only=True)
+                if ws is None:
+                    break
+                heapq.heappop(held)
+                limit.started(self.now)
+                ts.limited = True
+                self._assign(ts, ws)
+            still = still or bool(held)
+        self.limits_held = still
+
+    def _assign(self, ts: TaskState, ws: WorkerState) -> None:
+        self.runs += 1
+        ts.run_id = self.runs
+        ts.state = "processing"
+        ts.processing_on = ws
+        ts.executing = False   # until this worker says STARTED
+        ws.processing.add(ts)
+        ws.assigned += 1
+        self.occupancy.changed(ws)
+        if self.record_stories:
+            self.stories.append((ts.key, "processing", ws.address, self.stimulus, self.now))
+        if ts.fn and ts.fn not in ws.functions:
+            ws.functions.add(ts.fn)
+            self.out.append((ws.address, m.Function(ts.fn, self.functions[ts.fn])))
+        deps = {dts.key: [w.address for w in dts.who_has] for dts in ts.deps
+                if dts.state != "erred"}
+        self.out.append((ws.address, m.Compute(ts.key, ts.fn, ts.args, ts.kwargs, deps,
+                                      bool(ts.who_wants), ts.priority[0],
+                                      self._worker_options(ts), ts.run_id)))
+
+    def _worker_options(self, ts: TaskState) -> dict | None:
+        """What the worker needs to know to run a task: limits, retry rules, failed inputs."""
+        options = ts.options
+        if not options and not ts.collect:
+            return None
+        out = {}
+        for name in ("timeout", "retry_on", "expires"):
+            if name in options:
+                out[name] = options[name]
+        if ts.retries_left > 0:
+            out["retries"] = ts.retries_left
+        if ts.collect:
+            out["errors"] = {d.key: d.exception for d in ts.deps if d.state == "erred"}
+        return out or None
