@@ -75,10 +75,10 @@ def progress(*futures, notebook: bool | None = None, label: str = "", wait: bool
     if notebook:
         from .jupyter.widgets import progress_widget
 
-        bar = progress_widget(futures, rate=rate)
+        widget = progress_widget(futures, rate=rate)
         if wait:
-            bar.wait()
-        return bar
+            widget.wait()
+        return widget
     bar = TextProgress(futures, label=label, rate=rate)
     if wait is None or wait:
         bar.wait()

@@ -34,6 +34,12 @@ class Security:
     def tls(self) -> bool:
         return bool(self.tls_cert and self.tls_key and self.tls_ca_file)
 
+    def _tls_files(self) -> tuple[str, str, str]:
+        """CA, certificate and key, when ``tls``."""
+        if not (self.tls_ca_file and self.tls_cert and self.tls_key):
+            raise ValueError("TLS needs tls_ca_file, tls_cert and tls_key")
+        return self.tls_ca_file, self.tls_cert, self.tls_key
+
     @classmethod
     def temporary(cls, require_encryption: bool = True) -> "Security":
         """A throwaway CA and a certificate for 127.0.0.1/localhost, valid for a day."""
@@ -92,15 +98,17 @@ class Security:
                    _tempdir=tmp)
 
     def server_context(self) -> ssl.SSLContext:
-        ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH, cafile=self.tls_ca_file)
-        ctx.load_cert_chain(self.tls_cert, self.tls_key)
+        ca, cert, key = self._tls_files()
+        ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH, cafile=ca)
+        ctx.load_cert_chain(cert, key)
         ctx.verify_mode = ssl.CERT_REQUIRED      # peers present a certificate of the same CA
         ctx.minimum_version = ssl.TLSVersion.TLSv1_2
         return ctx
 
     def client_context(self) -> ssl.SSLContext:
-        ctx = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=self.tls_ca_file)
-        ctx.load_cert_chain(self.tls_cert, self.tls_key)
+        ca, cert, key = self._tls_files()
+        ctx = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=ca)
+        ctx.load_cert_chain(cert, key)
         ctx.check_hostname = False   # identity is the CA: cluster hosts rarely have DNS names
         ctx.minimum_version = ssl.TLSVersion.TLSv1_2
         return ctx
@@ -109,8 +117,8 @@ class Security:
         """Settings for child processes of a LocalCluster."""
         if not self.tls:
             return {}
-        return {"NBCLUSTER_TLS_CA": self.tls_ca_file, "NBCLUSTER_TLS_CERT": self.tls_cert,
-                "NBCLUSTER_TLS_KEY": self.tls_key,
+        ca, cert, key = self._tls_files()
+        return {"NBCLUSTER_TLS_CA": ca, "NBCLUSTER_TLS_CERT": cert, "NBCLUSTER_TLS_KEY": key,
                 "NBCLUSTER_REQUIRE_ENCRYPTION": "1" if self.require_encryption else ""}
 
     @classmethod

@@ -15,7 +15,8 @@ import urllib.request
 import nbformat
 import psutil
 import pytest
-from polling import wait_until
+
+from nbcluster.testing import wait_until
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",

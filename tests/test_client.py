@@ -349,6 +349,16 @@ def test_async_client(inproc_cluster):
     asyncio.run(main())
 
 
+def test_async_client_closed_inside_its_block(inproc_cluster):
+    async def main():
+        async with AsyncClient(inproc_cluster) as c:
+            assert await c.submit(add, 1, 2) == 3
+            await c.close()
+        await c.close()          # closing again is awaitable too
+
+    asyncio.run(main())
+
+
 def test_await_future_from_sync_client(client):
     f = client.submit(add, 5, 5)
 

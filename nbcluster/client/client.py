@@ -100,8 +100,9 @@ class Client(Submitting, Results, ClusterRequests):
             try:
                 asyncio.run_coroutine_threadsafe(self._conn.connect(), self.loop).result()
             except BaseException:
-                self._io.stop()
-                if self._own_cluster:
+                if self._io is not None:
+                    self._io.stop()
+                if self._own_cluster and self.cluster is not None:
                     self.cluster.close()
                 raise
         if set_as_default:
@@ -123,7 +124,7 @@ class Client(Submitting, Results, ClusterRequests):
         if self._closed:
             coro.close()
             raise ClusterError("this client is closed")
-        if threading.current_thread() is self._io.thread:
+        if self._io is not None and threading.current_thread() is self._io.thread:
             coro.close()
             raise ClusterError("cannot wait for the cluster from a done-callback; "
                                "use asynchronous code or another thread")
@@ -177,7 +178,11 @@ class Client(Submitting, Results, ClusterRequests):
         if event not in self._conn.listeners:
             raise ValueError(f"unknown event {event!r}; choose from {sorted(self._conn.listeners)}")
         self._conn.listeners[event].append(fn)
-        return lambda: fn in self._conn.listeners[event] and self._conn.listeners[event].remove(fn)
+
+        def remove() -> None:
+            if fn in self._conn.listeners[event]:
+                self._conn.listeners[event].remove(fn)
+        return remove
 
     def dashboard(self, **kwargs):
         """The task stream and memory plots, live, inline in the notebook (no extra port)."""
@@ -221,9 +226,11 @@ class Client(Submitting, Results, ClusterRequests):
         return link
 
     # ------------------------------------------------------------------ closing
-    def close(self) -> None:
+    def close(self) -> Any:
+        """Disconnect, and close the cluster if the client started it. An asynchronous client
+        returns an awaitable (``await client.close()``), also when it is closed already."""
         if self._closed:
-            return
+            return _nothing() if self.asynchronous else None
         if self.asynchronous:
             self._conn.close()
             self._closed = True
@@ -234,7 +241,8 @@ class Client(Submitting, Results, ClusterRequests):
         except Exception:
             pass
         self._closed = True
-        self._io.stop()
+        if self._io is not None:
+            self._io.stop()
         if self in _current:
             _current.remove(self)
         if self._own_cluster and self.cluster is not None:
@@ -291,6 +299,10 @@ class Client(Submitting, Results, ClusterRequests):
         dash = f"<br>Dashboard: <a href='{link}' target='_blank'>{link}</a>" if link else ""
         return (f"<div><b>nbcluster Client</b><br>Scheduler: <code>{self.scheduler_address}</code>"
                 f"<br>Futures held: {len(self._records)}{dash}</div>")
+
+
+async def _nothing() -> None:
+    pass
 
 
 def AsyncClient(*args, **kwargs) -> Client:  # noqa: N802 - reads as a class

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import itertools
-from typing import Any, Callable
+from typing import Any, Callable, overload
 
 from .future import Future
 
@@ -81,6 +81,10 @@ def _map_args(obj, fn):
     return obj
 
 
+@overload
+def compute_with(client: Any, collection: Delayed, **submit_kwargs: Any) -> Future: ...
+@overload
+def compute_with(client: Any, collection: list | tuple, **submit_kwargs: Any) -> list: ...
 def compute_with(client, collection, **submit_kwargs) -> Future | list:
     """Submit every call of a Delayed graph; returns the future of the result(s).
     ``pure=`` here, if given, applies to every call instead of each one's own."""

@@ -27,15 +27,20 @@ import threading
 import time
 from concurrent.futures._base import (CANCELLED, CANCELLED_AND_NOTIFIED, FINISHED, PENDING,
                                       RUNNING)
-from typing import Any, Callable, Iterable
+from typing import TYPE_CHECKING, Any, Callable, Iterable
 
 from . import future as nbf
 from . import records
 from .options import build_options, check_option_names
 
+if TYPE_CHECKING:
+    from .client import Client
+
 
 class TaskFuture(concurrent.futures.Future):
     """A standard library future that follows one task on the cluster."""
+
+    _invoke_callbacks: Callable[[], None]   # the standard library's (its stubs leave it out)
 
     def __init__(self, executor: "ClientExecutor", task: nbf.Future) -> None:
         super().__init__()
@@ -108,7 +113,7 @@ class ClientExecutor(concurrent.futures.Executor):
     """Futures from this executor are standard library futures: ``concurrent.futures.wait``
     and ``as_completed`` treat them exactly as they treat a ThreadPoolExecutor's."""
 
-    def __init__(self, client, **options: Any) -> None:
+    def __init__(self, client: Client, **options: Any) -> None:
         check_option_names(options, "get_executor()")
         self._client = client
         self._raw_options = options
@@ -123,8 +128,8 @@ class ClientExecutor(concurrent.futures.Executor):
         if self._shutdown:
             raise RuntimeError("cannot submit to an executor after shutdown")
         options = build_options(self._raw_options) if self._per_task else self._options
-        client = self._client   # not client.submit: none of kwargs is taken as a task option
-        return self._wrap(client._post_specs([client._spec(fn, args, kwargs, None, options)])[0])
+        # not client.submit: none of kwargs is taken as a task option
+        return self._wrap(self._client.submit_call(fn, args, kwargs, options))
 
     def _wrap(self, task: nbf.Future) -> TaskFuture:
         cf = TaskFuture(self, task)

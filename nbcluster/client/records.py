@@ -34,8 +34,8 @@ class KeyRecord:
         self.status = PENDING
         self.value: Any = NO_VALUE      # Serialized or plain value as it arrived
         self.holders: Sequence[str] = ()  # workers with a value that did not travel
-        self.exc = None
-        self.traceback = None
+        self.exc: BaseException | Serialized | None = None   # Serialized as it arrived
+        self.traceback: str | None = None
         self.refs = 0
         self.callbacks: list | None = None
         self.nbytes = 0
@@ -89,6 +89,8 @@ class KeyRecord:
         exc = self.exc
         if type(exc) is Serialized:
             exc = self.exc = _load_exception(exc, self.traceback)
+        if not isinstance(exc, BaseException):
+            raise RuntimeError(f"{self.key} has no error: it is {self.status}")
         return exc
 
 

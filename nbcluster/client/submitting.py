@@ -99,6 +99,14 @@ class Submitting:
         spec = self._spec(fn, args, kwargs, key, options, pure=pure)
         return self._post_specs([spec])[0]
 
+    def submit_call(self, fn: Callable, args: tuple = (), kwargs: dict | None = None,
+                    options: dict | None = None) -> Future:
+        """One new task, ``fn(*args, **kwargs)``: unlike ``submit``, no keyword is taken for a
+        task option (nor ``key``, ``pure``), all go to ``fn``. ``options`` are task options
+        already checked by ``options.build_options`` (None: the defaults). What
+        ``concurrent.futures.Executor.submit`` needs (``client.get_executor()``)."""
+        return self._post_specs([self._spec(fn, args, kwargs or {}, None, options)])[0]
+
     def map(self, fn: Callable, *iterables: Iterable, key: str | list | None = None,
             **kwargs) -> list[Future]:
         """``submit(fn, *args, **kwargs)`` for each tuple of ``zip(*iterables)``; the same task

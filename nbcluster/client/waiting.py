@@ -101,7 +101,7 @@ class as_completed(Iterator):  # noqa: N801 - reads like the function it mirrors
                             f"{future!r:.60}")
         with self._lock:
             self._outstanding += 1
-        future._record.add_callback(lambda _rec, f=future: self._queue.put(f))
+        future._record.add_callback(lambda _rec: self._queue.put(future))
 
     def update(self, futures: Iterable[Future]) -> None:
         for f in futures:

@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import time
 import zlib
-from typing import Any
+from typing import Any, TypeVar
 
 from bokeh.layouts import column
-from bokeh.models import (ColumnDataSource, DataRange1d, DataTable, DatetimeTickFormatter,
-                          Div, FactorRange, FixedTicker, HoverTool, NumeralTickFormatter,
-                          Range1d, TableColumn)
+from bokeh.models import (ColumnDataSource, DataRange1d, DatetimeTickFormatter, FactorRange,
+                          FixedTicker, HoverTool, NumeralTickFormatter, Range, Range1d)
+from bokeh.models.renderers import DataRenderer
+from bokeh.models.widgets import DataTable, Div, TableColumn   # bokeh.models' stubs lack these
 from bokeh.plotting import figure
 
 from .feed import HISTORY, Feed
@@ -30,6 +31,7 @@ PALETTE = ("#1f77b4", "#aec7e8", "#ff7f0e", "#ffbb78", "#2ca02c", "#98df8a", "#9
            "#c5b0d5", "#8c564b", "#c49c94", "#e377c2", "#f7b6d2", "#bcbd22", "#dbdb8d",
            "#17becf", "#9edae5")
 TOOLS = "pan,xwheel_zoom,box_zoom,reset,save"
+R = TypeVar("R", bound=Range)
 
 
 def _axis_ms(t: float) -> float:
@@ -60,6 +62,14 @@ def format_duration(seconds: float) -> str:
     if seconds < 1:
         return f"{seconds * 1e3:.1f} ms"
     return f"{seconds:.2f} s"
+
+
+def _y_range(fig: figure, kind: type[R]) -> R:
+    """The plot's y range, which ``update()`` writes: ``figure_kwargs`` may not change its kind."""
+    y_range = fig.y_range
+    if not isinstance(y_range, kind):
+        raise TypeError(f"y_range must be a {kind.__name__}, not {type(y_range).__name__}")
+    return y_range
 
 
 def _label(w: dict) -> str:
@@ -112,10 +122,11 @@ class TaskStream(Component):
         self.transfer_source = ColumnDataSource({c: [] for c in (
             "left", "right", "bottom", "top", "key", "source", "target", "nbytes",
             "duration")}, name="task_stream_transfers")
-        kwargs = dict(title="Task stream", x_axis_type="datetime", height=300,
-                      sizing_mode="stretch_width", tools=TOOLS, min_border_right=20,
-                      x_range=DataRange1d(follow="end", follow_interval=20_000, range_padding=0),
-                      y_range=Range1d(-0.5, 0.5), output_backend="canvas")
+        kwargs: dict[str, Any] = dict(
+            title="Task stream", x_axis_type="datetime", height=300,
+            sizing_mode="stretch_width", tools=TOOLS, min_border_right=20,
+            x_range=DataRange1d(follow="end", follow_interval=20_000, range_padding=0),
+            y_range=Range1d(start=-0.5, end=0.5), output_backend="canvas")
         kwargs.update(figure_kwargs)
         fig = figure(**kwargs)
         tasks = fig.quad(source=self.source, left="left", right="right", bottom="bottom",
@@ -133,11 +144,12 @@ class TaskStream(Component):
         fig.xaxis.formatter = DatetimeTickFormatter(
             milliseconds="%H:%M:%S.%3N", seconds="%H:%M:%S", minsec="%H:%M:%S",
             minutes="%H:%M", hourmin="%H:%M", context=None)
-        fig.yaxis.ticker = FixedTicker(ticks=[])
+        self._ticker = fig.yaxis.ticker = FixedTicker(ticks=[])
         fig.ygrid.visible = False
         fig.yaxis.axis_label = "worker threads"
         fig.xaxis.axis_label = f"local time ({time.strftime('%Z') or 'scheduler clock'})"
         self.figure = self.root = fig
+        self._y_range = _y_range(fig, Range1d)
 
     def _column(self, values: list) -> Any:
         if not self.binary:
@@ -159,12 +171,12 @@ class TaskStream(Component):
         self._lanes[address] = [float("-inf")] * nthreads
         self._nrows += nthreads
         fig = self.figure
-        ticker = fig.yaxis.ticker
+        ticker = self._ticker
         mid = self._rows[address] + (nthreads - 1) / 2
         ticker.ticks = [*ticker.ticks, mid]
         fig.yaxis.major_label_overrides = {**fig.yaxis.major_label_overrides,
                                            mid: label if len(label) < 40 else address}
-        fig.y_range.start, fig.y_range.end = self._nrows - 0.5, -0.5   # first worker on top
+        self._y_range.start, self._y_range.end = self._nrows - 0.5, -0.5   # first worker on top
 
     def _lane(self, address: str, start: float, stop: float) -> int:
         """The first thread of ``address`` free at ``start`` (tasks carry no thread id)."""
@@ -191,7 +203,7 @@ class TaskStream(Component):
         entries, self._cursor = feed.tasks_since(self._cursor)
         if entries:
             entries = sorted(entries[-self.max_new:], key=lambda e: e[2])
-            new: dict[str, list] = {c: [] for c in self.source.data}
+            new: dict[str, Any] = {c: [] for c in self.source.data}   # lists, or arrays
             for key, worker, start, stop, ok in entries:
                 row = self._lane(worker, start, stop)
                 new["left"].append(_axis_ms(start))
@@ -245,9 +257,10 @@ class MemoryByWorker(_Replacing):
         self.source = ColumnDataSource({c: [] for c in (
             "worker", "address", "nbytes", "rss", "limit", "color", "nbytes_text", "rss_text",
             "limit_text", "disk_end", "spilled_text")}, name="memory")
-        kwargs = dict(title="Memory by worker", height=250, sizing_mode="stretch_width",
-                      y_range=FactorRange(), x_range=DataRange1d(start=0), tools="reset,save",
-                      min_border_right=30)
+        kwargs: dict[str, Any] = dict(
+            title="Memory by worker", height=250, sizing_mode="stretch_width",
+            y_range=FactorRange(), x_range=DataRange1d(start=0), tools="reset,save",
+            min_border_right=30)
         kwargs.update(figure_kwargs)
         fig = figure(**kwargs)
         fig.hbar(source=self.source, y="worker", left=0, right="limit", height=0.85,
@@ -266,6 +279,7 @@ class MemoryByWorker(_Replacing):
         fig.xaxis[0].formatter = NumeralTickFormatter(format="0.0 b")
         fig.ygrid.visible = False
         self.figure = self.root = fig
+        self._y_range = _y_range(fig, FactorRange)
 
     def update(self) -> None:
         self.feed.refresh()
@@ -288,8 +302,8 @@ class MemoryByWorker(_Replacing):
             data["rss_text"].append(format_bytes(rss))
             data["limit_text"].append(format_bytes(limit) if limit else "none")
         factors = list(data["worker"])
-        if list(self.figure.y_range.factors) != factors:
-            self.figure.y_range.factors = factors
+        if list(self._y_range.factors) != factors:
+            self._y_range.factors = factors
         self._set(data)
 
 
@@ -305,13 +319,15 @@ class ProgressByFunction(_Replacing):
         for part, _ in self.PARTS:
             cols += [part, f"{part}_left", f"{part}_right"]
         self.source = ColumnDataSource({c: [] for c in cols}, name="progress")
-        kwargs = dict(title="Progress by function", height=250, sizing_mode="stretch_width",
-                      y_range=FactorRange(), x_range=Range1d(0, 1.0), tools="reset,save")
+        kwargs: dict[str, Any] = dict(
+            title="Progress by function", height=250, sizing_mode="stretch_width",
+            y_range=FactorRange(), x_range=Range1d(start=0, end=1.0), tools="reset,save")
         kwargs.update(figure_kwargs)
         fig = figure(**kwargs)
-        bars = [fig.hbar(source=self.source, y="name", left=f"{part}_left",
-                         right=f"{part}_right", height=0.8, fill_color=color,
-                         line_color=None, name=part) for part, color in self.PARTS]
+        bars: list[DataRenderer] = [
+            fig.hbar(source=self.source, y="name", left=f"{part}_left", right=f"{part}_right",
+                     height=0.8, fill_color=color, line_color=None, name=part)
+            for part, color in self.PARTS]
         fig.text(source=self.source, x=0.01, y="name", text="label", text_font_size="9pt",
                  text_baseline="middle")
         fig.add_tools(HoverTool(renderers=bars, tooltips=[
@@ -320,6 +336,7 @@ class ProgressByFunction(_Replacing):
         fig.xaxis.visible = False
         fig.ygrid.visible = False
         self.figure = self.root = fig
+        self._y_range = _y_range(fig, FactorRange)
 
     def update(self) -> None:
         self.feed.refresh()
@@ -343,8 +360,8 @@ class ProgressByFunction(_Replacing):
             data["name"].append(name)
             data["total"].append(sum(counts))
             data["label"].append(f"{counts[0]} / {sum(counts)}")
-        if list(self.figure.y_range.factors) != data["name"]:
-            self.figure.y_range.factors = list(data["name"])
+        if list(self._y_range.factors) != data["name"]:
+            self._y_range.factors = list(data["name"])
         self._set(data)
 
 
@@ -361,8 +378,8 @@ class WorkerTable(_Replacing):
         super().__init__(feed)
         self.clock = clock
         self.source = ColumnDataSource({c: [] for c, _ in self.COLUMNS}, name="workers")
-        kwargs = dict(height=180, sizing_mode="stretch_width", index_position=None,
-                      reorderable=False)
+        kwargs: dict[str, Any] = dict(height=180, sizing_mode="stretch_width",
+                                      index_position=None, reorderable=False)
         kwargs.update(table_kwargs)
         self.table = DataTable(source=self.source, columns=[
             TableColumn(field=f, title=t) for f, t in self.COLUMNS], **kwargs)

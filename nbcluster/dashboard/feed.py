@@ -183,11 +183,7 @@ def scheduler_feed(scheduler: Any, loop: asyncio.AbstractEventLoop | None = None
 
 def client_snapshot(client: Any, since: int = 0, transfers_since: int = 0) -> dict:
     """Ask the scheduler for a snapshot through a (synchronous) Client."""
-    method = getattr(client, "snapshot", None)
-    if callable(method):
-        return method(since=since, transfers_since=transfers_since)
-    return client._sync(client._conn.request("snapshot", since=since,
-                                             transfers_since=transfers_since), timeout=10)
+    return client.snapshot(since=since, transfers_since=transfers_since)
 
 
 def client_feed(client: Any, **kwargs: Any) -> Feed:

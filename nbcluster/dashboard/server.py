@@ -161,7 +161,7 @@ class Dashboard:
 def _build_page(dashboard: Dashboard, page: str) -> tuple[dict, Any, str]:
     """The components and layout of a page: Bokeh models in no document yet (any thread)."""
     from bokeh.layouts import column, row
-    from bokeh.models import Div
+    from bokeh.models.widgets import Div
 
     from .components import COMPONENTS, TaskStream
 

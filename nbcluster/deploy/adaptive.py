@@ -19,6 +19,7 @@ import threading
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
+    from ..client import Client
     from .cluster import Cluster
 
 logger = logging.getLogger("nbcluster.deploy")
@@ -78,7 +79,7 @@ class Adaptive:
         self.interval, self.wait_count = interval, wait_count
         self._idle: dict[str, int] = {}
         self._stop = threading.Event()
-        self._client = None
+        self._client: Client | None = None
         self._thread = threading.Thread(target=self._run, name="nbcluster-adaptive", daemon=True)
         self._thread.start()
 
@@ -86,8 +87,9 @@ class Adaptive:
         from ..client import Client
 
         try:
-            self._client = Client(self.cluster.scheduler_address, token=self.cluster.token,
-                                  security=self.cluster.security, set_as_default=False)
+            client = self._client = Client(self.cluster.scheduler_address,
+                                           token=self.cluster.token,
+                                           security=self.cluster.security, set_as_default=False)
         except Exception as e:
             logger.error("adaptive scaling could not reach the scheduler: %s", e)
             return
@@ -100,9 +102,11 @@ class Adaptive:
                         break
                     logger.warning("adaptive scaling step failed: %s", e)
         finally:
-            self._client.close()
+            client.close()
 
     def step(self) -> None:
+        if self._client is None:   # not connected yet
+            return
         load = self._client.load()
         wanted, retire = decide(load["tasks"], load["work_seconds"], load["workers"],
                                 self.cluster.threads_per_worker,

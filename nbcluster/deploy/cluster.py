@@ -45,7 +45,7 @@ import itertools
 import logging
 import threading
 from collections import Counter
-from typing import Any
+from typing import Any, Sequence
 
 from ..config import parse_memory_limit
 from ..errors import ClusterError
@@ -102,7 +102,10 @@ class Cluster:
     workers on it, re-divided when their number changes), bytes or text such as "4GB" (each
     worker's), or None (no limit)."""
 
-    kind = "cluster"
+    @property
+    def kind(self) -> str:
+        """What the notebook shows: "processes", "in-process", "ssh"..."""
+        return "cluster"
 
     def __init__(self, *, threads_per_worker: int = 1, memory_limit: int | str | None = "auto",
                  queues=None, token: str | None = None, security=None,
@@ -238,7 +241,7 @@ class Cluster:
                 return True
         if closed:
             self._quietly_stop(handle, self.close_timeout)
-        else:             # it ended before it was counted: as if it ended now
+        elif early is not None:   # it ended before it was counted: as if it ended now
             self._replace_soon(entry, *early[1:])
         return False
 
@@ -249,7 +252,7 @@ class Cluster:
             self._log.debug("stopping %r failed", handle, exc_info=True)
 
     # ------------------------------------------------------------------ memory
-    def _share_memory(self, new: list[WorkerSpec] = ()) -> None:
+    def _share_memory(self, new: Sequence[WorkerSpec] = ()) -> None:
         """Give the ``new`` specs their memory limit. With "auto": each host's memory divided
         among the workers there and those about to start; running workers whose share
         changed are told (if the kind can)."""
@@ -266,9 +269,9 @@ class Cluster:
             shares[host] = "auto" if total is None else max(1, total // n)
         for spec in new:
             spec.memory_limit = shares[spec.host]
-        changes = [(e, shares[e.spec.host]) for e in running
-                   if isinstance(shares[e.spec.host], int)
-                   and e.spec.memory_limit != shares[e.spec.host]]
+        changes = [(e, share) for e in running
+                   if isinstance(share := shares[e.spec.host], int)
+                   and e.spec.memory_limit != share]
         if changes:
             told = {id(h) for h in self._set_memory_limits([(e.handle, n) for e, n in changes])}
             for e, limit in changes:

@@ -10,12 +10,16 @@ import sys
 import tempfile
 import threading
 import time
-from typing import Any
+from typing import IO, TYPE_CHECKING, Any
 
-from ..config import MEMORY_EXIT_CODE, check_fraction
+from ..config import MEMORY_EXIT_CODE, check_fraction, parse_memory_limit
 from ..errors import ClusterError
 from ..loop_thread import LoopThread
 from .cluster import Cluster, WorkerSpec
+
+if TYPE_CHECKING:
+    from ..dashboard.server import Dashboard
+    from ..server.scheduler import Scheduler
 
 logger = logging.getLogger("nbcluster.deploy.local")
 
@@ -40,15 +44,17 @@ class _WorkerProcess:
     def send_address(self) -> None:
         """The scheduler's address, which the process waits for (it imports meanwhile)."""
         if not self.address_sent:
-            self.proc.stdin.write(self.cluster.scheduler_address.encode() + b"\n")
-            self.proc.stdin.flush()
+            address = self.cluster.scheduler_address
+            assert address is not None, "the scheduler starts first"
+            _stdin(self.proc).write(address.encode() + b"\n")
+            _stdin(self.proc).flush()
             self.address_sent = True
 
     def tell_memory_limit(self, limit: int | None) -> bool:
         """Ask the process to take a new memory limit (see ``spawn.py``); False if it is gone."""
         try:
-            self.proc.stdin.write(f"MEMORY_LIMIT {limit or 'none'}\n".encode())
-            self.proc.stdin.flush()
+            _stdin(self.proc).write(f"MEMORY_LIMIT {limit or 'none'}\n".encode())
+            _stdin(self.proc).flush()
             return True
         except (OSError, ValueError):   # exited (it will be replaced with the new limit)
             return False
@@ -74,7 +80,7 @@ class _WorkerProcess:
     def stop(self) -> None:
         self.retired = True
         try:
-            self.proc.stdin.close()     # the child exits when its stdin closes
+            _stdin(self.proc).close()   # the child exits when its stdin closes
         except OSError:
             pass
 
@@ -82,6 +88,12 @@ class _WorkerProcess:
         self.retired = True
         if self.proc.poll() is None:
             self.proc.kill()
+
+
+def _stdin(proc: subprocess.Popen) -> IO[Any]:
+    """A child's stdin: ``_spawn`` gives each one a pipe."""
+    assert proc.stdin is not None
+    return proc.stdin
 
 
 def _read_address(proc: subprocess.Popen, what: str, deadline: float,
@@ -133,7 +145,8 @@ async def _call(fn, *args) -> None:
 def _close_pipes(proc: subprocess.Popen) -> None:
     for stream in (proc.stdout, proc.stdin):
         try:
-            stream.close()
+            if stream is not None:
+                stream.close()
         except Exception:
             pass
 
@@ -174,14 +187,14 @@ class LocalCluster(Cluster):
         self.memory_pause = check_fraction("memory_pause", memory_pause)
         self.memory_terminate = check_fraction("memory_terminate", memory_terminate)
         self._dashboard_port = dashboard_port if dashboard else -1
-        self._dashboard = None
+        self._dashboard: Dashboard | None = None
         self._scheme = "tls" if security is not None and security.tls else "tcp"
         self._listen = f"{self._scheme}://{host}:{scheduler_port}"
         self._scheduler_proc: subprocess.Popen | None = None
         self._prespawned: dict[str, _WorkerProcess] = {}   # the first workers, by name
         self._starting: set[_WorkerProcess] = set()
         self._thread: LoopThread | None = None
-        self.scheduler = None                               # in process: the Scheduler
+        self.scheduler: Scheduler | None = None             # in process: the Scheduler
         # worker processes spill to disk under here; removed when the cluster closes
         self.local_directory = tempfile.mkdtemp(prefix="nbcluster-") if processes else ""
         if host not in ("127.0.0.1", "localhost", "::1"):
@@ -203,7 +216,15 @@ class LocalCluster(Cluster):
         memory divided among the workers there are (or would be one)."""
         if not self._memory_auto:
             return self._memory_fixed
-        return max(1, self._host_memory(None, 1) // max(1, len(self._running)))
+        total = self._host_memory(None, 1)
+        return None if total is None else max(1, total // max(1, len(self._running)))
+
+    @property
+    def _inproc_thread(self) -> LoopThread:
+        """The loop of the in-process scheduler and workers (``processes=False``)."""
+        if self._thread is None:
+            raise ClusterError("this LocalCluster has no in-process loop (processes=True)")
+        return self._thread
 
     @property
     def _inproc_workers(self) -> list:
@@ -296,7 +317,7 @@ class LocalCluster(Cluster):
     def _stop_workers(self, handles: list, grace: float) -> None:
         if not self.processes:
             for w in handles:
-                self._thread.run(w.close("retired"))
+                self._inproc_thread.run(w.close("retired"))
             return
         for wp in handles:
             wp.stop()                      # asked to exit (stdin closes) ...
@@ -314,7 +335,7 @@ class LocalCluster(Cluster):
     def _set_memory_limits(self, changes: list[tuple[Any, int]]) -> list:
         if not self.processes:
             for w, limit in changes:
-                self._thread.run(_call(w.set_memory_limit, limit))
+                self._inproc_thread.run(_call(w.set_memory_limit, limit))
             return [w for w, _ in changes]
         told = [(wp, limit) for wp, limit in changes if wp.tell_memory_limit(limit)]
         deadline = time.monotonic() + self.timeout
@@ -338,7 +359,7 @@ class LocalCluster(Cluster):
         if proc is None:
             return
         try:
-            proc.stdin.close()             # it exits when its stdin closes
+            _stdin(proc).close()           # it exits when its stdin closes
         except OSError:
             pass
         try:
@@ -365,16 +386,17 @@ class LocalCluster(Cluster):
         from ..server.scheduler import Scheduler
 
         self._thread = LoopThread("nbcluster-local")
-        self.scheduler = self._thread.run(Scheduler(f"inproc://scheduler-{id(self)}",
-                                                    token=self.token).start())
-        self.scheduler_address = self.scheduler.address
+        scheduler: Scheduler = self._thread.run(Scheduler(f"inproc://scheduler-{id(self)}",
+                                                          token=self.token).start())
+        self.scheduler = scheduler
+        self.scheduler_address = scheduler.address
         if self._dashboard_port >= 0:
             try:
                 from ..dashboard.server import start_dashboard
 
-                self._dashboard = start_dashboard(self.scheduler, port=self._dashboard_port,
-                                                  loop=self._thread.loop)
-                self._dashboard_link = self.scheduler.dashboard_link = self._dashboard.link
+                dashboard = self._dashboard = start_dashboard(
+                    scheduler, port=self._dashboard_port, loop=self._thread.loop)
+                self._dashboard_link = scheduler.dashboard_link = dashboard.link
             except ImportError:
                 logger.info("no dashboard: bokeh is not installed")
 
@@ -382,11 +404,13 @@ class LocalCluster(Cluster):
         """In process (worker processes start in ``_start_workers``)."""
         from ..server.worker import Worker
 
+        assert self.scheduler_address is not None, "the scheduler starts first"
         w = Worker(self.scheduler_address, nthreads=self.threads_per_worker, name=spec.name,
                    token=self.token, listen_address="inproc://",
-                   memory_limit=spec.memory_limit, queues=spec.queues, memory_pause=None,
+                   memory_limit=parse_memory_limit(spec.memory_limit),   # bytes by now
+                   queues=spec.queues, memory_pause=None,
                    memory_terminate=None, memory_spill=None)
-        self._thread.run(w.start(), timeout)
+        self._inproc_thread.run(w.start(), timeout)
         return w
 
     def _close_inprocess(self, workers: list) -> None:

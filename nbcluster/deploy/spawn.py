@@ -142,7 +142,7 @@ def main(argv=None) -> None:
         sys.stderr.flush()
         os._exit(1)
     finally:
-        if profiler is not None:
+        if profiler is not None and profile_dir:
             profiler.disable()
             profiler.dump_stats(os.path.join(profile_dir, f"{args.role}-{os.getpid()}.prof"))
         # Leave at once: the daemon thread blocked reading stdin (the parent watch) and task

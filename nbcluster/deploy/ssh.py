@@ -199,10 +199,12 @@ class SSHCluster(Cluster):
 
     async def _start_remote_worker(self, spec: WorkerSpec, timeout: float) -> RemoteProcess:
         task = asyncio.current_task()
+        assert task is not None   # a coroutine runs in a task
         self._tasks.add(task)
         try:
             remote = self._new_remote("worker", spec.options["slot"], spec.name)
             opts = self.worker_options
+            assert self.scheduler_address is not None, "the scheduler starts first"
             args = ["worker", self.scheduler_address, "--token-stdin", "--name", spec.name,
                     "--nthreads", str(self.threads_per_worker),
                     "--host", str(opts.get("host", spec.host)), "--port", str(opts.get("port", 0)),
@@ -278,7 +280,8 @@ class SSHCluster(Cluster):
                             "Its last output:\n%s", remote.host, how, remote.output())
             return
         self._worker_exited(remote, f"on {remote.host} {how}",
-                            replace=not self._scheduler.exited.is_set(),
+                            replace=self._scheduler is not None
+                            and not self._scheduler.exited.is_set(),
                             details=f". Its last output:\n{remote.output()}")
 
     # ------------------------------------------------------------------ public
@@ -289,8 +292,9 @@ class SSHCluster(Cluster):
         return [{"role": r.role, "name": r.name, "host": r.host, "pid": r.pid,
                  "address": r.address} for r in remotes]
 
-    def add_worker(self, host: str | None = None, queues: list[str] | None = None) -> str:
-        """Start one more worker on ``host`` (one of ``hosts``; default: the least busy)."""
+    def add_worker(self, queues: list[str] | None = None, *, host: str | None = None) -> str:
+        """Start one more worker (subscribed to ``queues``, default: the cluster's) on
+        ``host`` (one of ``hosts``; default: the least busy)."""
         self._check_open()
         queues = check_queues(queues)
         if host is not None and host not in self.hosts:

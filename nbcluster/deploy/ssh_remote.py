@@ -13,7 +13,7 @@ import collections
 import json
 import logging
 import shlex
-from typing import Callable
+from typing import Any, Callable
 
 from ..errors import ClusterError, ConnectError
 
@@ -94,8 +94,8 @@ class RemoteProcess:
         self.connect_options = connect_options
         self.python = python
         self.on_exit = on_exit
-        self.conn = None
-        self.process = None
+        self.conn: Any = None        # asyncssh's SSHClientConnection (imported when used)
+        self.process: Any = None     # and SSHClientProcess
         self.pid: int | None = None
         self.address: str | None = None
         self.dashboard_link: str | None = None
@@ -103,7 +103,7 @@ class RemoteProcess:
         self.stopping = False
         self.tail: collections.deque[str] = collections.deque(maxlen=TAIL_LINES)
         self._tls_dir: str | None = None
-        self._ready: asyncio.Future | None = None
+        self._ready: asyncio.Future[None]   # made by start, on the loop; read after it
         self._stopped: asyncio.Future | None = None
         self.exited = asyncio.Event()
 

@@ -67,7 +67,8 @@ class _Extension:
             self.router.close()
         unregister_formatters(self.ip)
         magics = self.ip.magics_manager.magics["line"]
-        if magics.get("cluster") == self.magics.cluster:
+        # IPython types line_magic's result as the method or a decorator (a union, no overloads)
+        if magics.get("cluster") == self.magics.cluster:  # type: ignore[misc]
             del magics["cluster"]
 
 

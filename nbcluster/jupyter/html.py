@@ -8,9 +8,12 @@ and LocalCluster a live summary (workers, threads, memory, tasks); the engine's 
 from __future__ import annotations
 
 from html import escape
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .models import ClusterSnapshot, client_closed, flatten_futures, format_bytes, key_name
+
+if TYPE_CHECKING:
+    from ..deploy.local import LocalCluster
 
 STATUS_COLOURS = {"finished": "#2a8a4a", "error": "#c62828", "lost": "#c62828",
                   "cancelled": "#777", "pending": "#e08e00"}
@@ -135,7 +138,7 @@ def client_html(client: Any) -> str | None:
     return snapshot_html(snap, title="nbcluster Client")
 
 
-def cluster_html(cluster: Any) -> str | None:
+def cluster_html(cluster: LocalCluster) -> str | None:
     """LocalCluster summary (asks the scheduler through a client attached to it, if any)."""
     if cluster.closed:
         return (f"<div><b>LocalCluster</b>: closed "

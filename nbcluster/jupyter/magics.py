@@ -189,15 +189,22 @@ class ClusterMagics(Magics):
         if not name.isidentifier():
             raise SessionError(f"--name must be a Python identifier, got {name!r}")
 
+    @property
+    def _user_ns(self) -> dict[str, Any]:
+        """The notebook's namespace: magics are made with their shell."""
+        if self.shell is None:
+            raise SessionError("%cluster has no IPython shell")
+        return self.shell.user_ns
+
     def _bind(self, name: str, client: Any) -> None:
         self._var = name
-        self.shell.user_ns[name] = client
+        self._user_ns[name] = client
         if self._on_client is not None:
             self._on_client(client)
 
     def _unbind(self, client: Any) -> None:
-        if self._var and self.shell.user_ns.get(self._var) is client:
-            del self.shell.user_ns[self._var]
+        if self._var and self._user_ns.get(self._var) is client:
+            del self._user_ns[self._var]
         self._var = None
 
     def _show(self, obj: Any) -> None:

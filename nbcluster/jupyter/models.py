@@ -28,6 +28,14 @@ def client_closed(client: Any) -> bool:
     return bool(getattr(client, "_closed", False))
 
 
+def remover(listeners: list, fn: Any) -> Callable[[], None]:
+    """What ``subscribe`` returns: takes ``fn`` out of ``listeners`` (if still there)."""
+    def remove() -> None:
+        if fn in listeners:
+            listeners.remove(fn)
+    return remove
+
+
 def key_name(key: str) -> str:
     """The function name of a task key: ``"slow_square-1a2b"`` -> ``"slow_square"``."""
     return key.rsplit("-", 1)[0] if "-" in key else key
@@ -183,7 +191,7 @@ class ProgressModel:
     # ------------------------------------------------------------------ listeners
     def subscribe(self, fn: Callable[["ProgressModel"], None]) -> Callable[[], None]:
         self._listeners.append(fn)
-        return lambda: fn in self._listeners and self._listeners.remove(fn)
+        return remover(self._listeners, fn)
 
     def _notify(self) -> None:
         for fn in list(self._listeners):
@@ -330,13 +338,13 @@ class ClusterModel:
 
     def subscribe(self, fn: Callable[[ClusterSnapshot], None]) -> Callable[[], None]:
         self._listeners.append(fn)
-        return lambda: fn in self._listeners and self._listeners.remove(fn)
+        return remover(self._listeners, fn)
 
 
 class Poller:
     """Calls ``fn`` every ``interval`` seconds on a daemon thread until ``stop()``."""
 
-    def __init__(self, fn: Callable[[], None], interval: float = 1.0,
+    def __init__(self, fn: Callable[[], object], interval: float = 1.0,
                  name: str = "nbcluster-jupyter-poll") -> None:
         self.fn = fn
         self.interval = interval

@@ -183,7 +183,8 @@ class OutputRouter:
         elif target.handle is not None:
             with target.lock:
                 target.buffer.append((name, marked))
-            target.throttle.request()
+            if target.throttle is not None:        # made with the handle
+                target.throttle.request()
         else:
             # the cell is running (or just ended without tasks left): a plain stream message
             self._send(target.parent, name, marked)

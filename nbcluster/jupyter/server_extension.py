@@ -207,7 +207,8 @@ class DashboardWebSocket(WebSocketMixin, websocket.WebSocketHandler, JupyterHand
         try:
             self.write_message(message, binary=binary)
         except websocket.WebSocketClosedError:
-            self.upstream.close()
+            if self.upstream is not None:          # it is, once messages reach the page
+                self.upstream.close()
 
     async def on_message(self, message: Any) -> None:
         if self.upstream is not None:

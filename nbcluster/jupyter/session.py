@@ -8,7 +8,7 @@ import time
 from typing import Any, Callable
 
 from ..deploy.cluster import Cluster
-from .models import ClusterSnapshot, client_closed
+from .models import ClusterSnapshot, client_closed, remover
 
 
 class SessionError(Exception):
@@ -25,7 +25,7 @@ class ClusterSession:
         self.adopted = False        # a client made by hand in the notebook, not by %cluster
         self._lock = threading.RLock()
         self._on_stop: list[Callable[[], None]] = []
-        self._on_change: list[Callable[[], None]] = []
+        self._on_change: list[Callable[[], object]] = []
 
     # ------------------------------------------------------------------ life cycle
     @property
@@ -166,11 +166,11 @@ class ClusterSession:
 
     def on_stop(self, fn: Callable[[], None]) -> Callable[[], None]:
         self._on_stop.append(fn)
-        return lambda: fn in self._on_stop and self._on_stop.remove(fn)
+        return remover(self._on_stop, fn)
 
-    def on_change(self, fn: Callable[[], None]) -> Callable[[], None]:
+    def on_change(self, fn: Callable[[], object]) -> Callable[[], None]:
         self._on_change.append(fn)
-        return lambda: fn in self._on_change and self._on_change.remove(fn)
+        return remover(self._on_change, fn)
 
     def _changed(self) -> None:
         for fn in list(self._on_change):
