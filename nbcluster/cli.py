@@ -75,7 +75,7 @@ def _close_on_signals(close) -> None:
 
 def _scheduler(args) -> int:
     from .comm.auth import new_token
-    from .config import remove_connection_file, write_connection_file
+    from .config import remove_connection_file, tune_gc_for_server, write_connection_file
     from .server.scheduler import Scheduler
 
     token = _token(args) or os.environ.get("NBCLUSTER_TOKEN") or new_token()
@@ -88,6 +88,7 @@ def _scheduler(args) -> int:
               f"{exposed}anyone who has the token can run code here. Keep the connection file "
               "private.", file=sys.stderr)
     written: list = []   # (path, address) once the connection file exists
+    tune_gc_for_server()
 
     async def main():
         scheduler = await Scheduler(f"{scheme}://{args.host}:{args.port}", token=token,
@@ -128,7 +129,7 @@ def _scheduler(args) -> int:
 
 
 def _worker(args) -> int:
-    from .config import find_token, parse_memory_limit, read_connection_file
+    from .config import find_token, parse_memory_limit, read_connection_file, tune_gc_for_server
     from .server.worker import run_worker
 
     address = args.address
@@ -144,6 +145,7 @@ def _worker(args) -> int:
     if not _is_loopback(args.host):
         print(f"warning: the worker serves data on {args.host}, reachable from other machines"
               + ("" if scheme == "tls" else ", unencrypted"), file=sys.stderr)
+    tune_gc_for_server()
     asyncio.run(run_worker(address, nthreads=args.nthreads, name=args.name, token=token,
                            listen_address=f"{scheme}://{args.host}:{args.port}",
                            security=security, queues=_queues(args.queues),

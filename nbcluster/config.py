@@ -103,3 +103,13 @@ def find_token(address: str) -> str | None:
         except (OSError, ValueError, KeyError):
             return None
     return None
+
+
+def tune_gc_for_server() -> None:
+    """For a scheduler or worker process: servers hold many long-lived small objects (one per
+    task), so collect young garbage less often and never rescan what was there at start-up.
+    Used by LocalCluster's processes and by ``nbcluster scheduler`` / ``nbcluster worker``."""
+    import gc
+
+    gc.freeze()
+    gc.set_threshold(10_000, 20, 20)

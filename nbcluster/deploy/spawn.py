@@ -17,6 +17,8 @@ import os
 import sys
 import threading
 
+from ..config import tune_gc_for_server
+
 
 def _exit_when_parent_goes(loop: asyncio.AbstractEventLoop, stop: asyncio.Event,
                            on_line=None) -> None:
@@ -118,12 +120,7 @@ def main(argv=None) -> None:
     parser.add_argument("--queues", default=None)
     parser.add_argument("--dashboard-port", type=int, default=-1, help="-1: no dashboard")
     args = parser.parse_args(argv)
-    # Servers hold many long-lived small objects (one per task): collect young garbage less
-    # often and never rescan what was there at start-up.
-    import gc
-
-    gc.freeze()
-    gc.set_threshold(10_000, 20, 20)
+    tune_gc_for_server()
     logging.basicConfig(level=os.environ.get("NBCLUSTER_LOG_LEVEL", "WARNING"),
                         format=f"%(asctime)s {args.role} %(name)s %(levelname)s %(message)s")
     profile_dir = os.environ.get("NBCLUSTER_PROFILE_DIR")   # cProfile each process (benchmarks)
