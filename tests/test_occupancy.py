@@ -79,6 +79,7 @@ def test_idle_workers_steal_from_a_busy_one_at_scale():
     sim.submit(spec("seed"))
     sim.finish("w0", "seed", nbytes=2_000_000)     # a large input: its dependents go to w0
     sim.s.prefix_durations["u"] = 1.0              # long tasks: worth moving 2 MB for
+    sim.s.long_prefixes.add("u")
     out = sim.submit(*[spec(f"u-{i}", deps=["seed"]) for i in range(40)])
     placed = computes(out)
     on_w0 = [k for k, w in placed.items() if w == "w0"]
@@ -98,6 +99,7 @@ def test_one_stealing_pass_does_bounded_work():
     sim.submit(spec("seed"))
     sim.finish("w0", "seed", nbytes=2_000_000)
     sim.s.prefix_durations["u"] = 1.0
+    sim.s.long_prefixes.add("u")
     out = sim.submit(*[spec(f"u-{i}", deps=["seed"]) for i in range(150)])
     stolen = [k for k, w in computes(out).items() if w != "w0"]
     assert len(stolen) == placement.STEAL_THIEVES       # the rest wait for the next pass
@@ -110,3 +112,17 @@ def on_w0_running(sim):
     [ts] = [ts for ts in sim.s.workers["w0"].processing if ts.run_id == min(
         t.run_id for t in sim.s.workers["w0"].processing)]
     return ts.key
+
+
+def test_stealing_is_skipped_while_no_function_runs_long_enough_to_be_worth_moving():
+    """The functions worth stealing from follow their recent run time: a pass returns before
+    looking at victims while there are none (every expected run time is below the cost of a
+    move), and looks again once a function's tasks grow long."""
+    sim = Sim([f"w{i}" for i in range(2)], nthreads=1)
+    sim.submit(*[spec(f"u-{i}") for i in range(9)])
+    assert not sim.s.long_prefixes
+    sim.finish(sim.where("u-0"), "u-0", duration=0.05)           # 50 ms: worth a move
+    assert sim.s.long_prefixes == {"u"}
+    for i in range(1, 9):                                        # then short ones again
+        sim.finish(sim.where(f"u-{i}"), f"u-{i}", duration=0.0001)
+    assert sim.s.prefix_durations["u"] < 0.002 and not sim.s.long_prefixes

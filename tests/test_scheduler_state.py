@@ -895,7 +895,7 @@ BAD_WORKER_MESSAGES = {
 
 def deliver(sim, peer, raw_batch):
     """``raw_batch`` as it arrives from ``peer`` over the wire: decoded, then handled."""
-    return sim.s.handle(peer, decode([msgspec.msgpack.encode(raw_batch, use_bin_type=True)]), sim.now)
+    return sim.s.handle(peer, decode([msgspec.msgpack.encode(raw_batch)]), sim.now)
 
 
 def _snapshot(s):

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any, Callable
 from ..errors import ProtocolError
 from ..protocol import messages as m
 from ..protocol.framing import decode, encode
-from .model import FIRE_AND_FORGET
+from .model import FIRE_AND_FORGET, STEAL_LATENCY
 
 if TYPE_CHECKING:
     from .model import TaskState
@@ -102,6 +102,10 @@ def _filed(key: str, ts: Any, states: Any) -> str:
 def check_scheduler(s: SchedulerState) -> None:
     """Every rule of a :class:`~nbcluster.state.scheduler_state.SchedulerState`."""
     tasks, workers = s.tasks, s.workers
+    long = {p for p, d in s.prefix_durations.items() if d >= STEAL_LATENCY}
+    if s.long_prefixes != long:
+        _fail("the functions worth stealing from are those whose recent run time outweighs "
+              "moving a task", None, f"{sorted(s.long_prefixes)} != {sorted(long)}")
     peers = set(s.clients)
     peers.add(FIRE_AND_FORGET)
     in_heaps = {id(ts) for heap in s.queues.values() for _, ts in heap}

@@ -124,6 +124,8 @@ class Placement:
         occupancy = self.occupancy
         if not occupancy.idle or not occupancy.busy:
             return
+        if not self.long_prefixes and self.avg_duration < STEAL_LATENCY:
+            return   # every task's expected run time is below the cost of moving it
         victims = occupancy.busiest(STEAL_VICTIMS)
         if not victims:
             return

@@ -55,6 +55,9 @@ class SchedulerState(Transitions):
         self.avg_duration = 0.001
         self.counts: dict[str, int] = defaultdict(int)   # finished / erred totals by prefix
         self.prefix_durations: dict[str, float] = {}      # recent run time, by function
+        # functions whose recent run time outweighs moving a task (STEAL_LATENCY): while there
+        # are none (and the average is below it too), no queued task is worth stealing
+        self.long_prefixes: set[str] = set()
         self.out: list = []
         self.now = 0.0
         # What happened to each task, why (the stimulus: which batch of which peer, or a

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 
 from ..protocol import messages as m
 from .gates import backoff
-from .model import FIRE_AND_FORGET, TaskState, unwant
+from .model import FIRE_AND_FORGET, STEAL_LATENCY, TaskState, unwant
 
 if TYPE_CHECKING:
     from .scheduler_state import SchedulerState
@@ -47,8 +47,12 @@ def on_finished(s: SchedulerState, peer: str, msg: m.Finished) -> None:
     duration = max(stop - start, 1e-6)
     s.avg_duration = 0.9 * s.avg_duration + 0.1 * duration
     known = s.prefix_durations.get(ts.prefix)
-    s.prefix_durations[ts.prefix] = duration if known is None else \
+    recent = s.prefix_durations[ts.prefix] = duration if known is None else \
         0.5 * known + 0.5 * duration
+    if recent >= STEAL_LATENCY:
+        s.long_prefixes.add(ts.prefix)
+    elif s.long_prefixes:
+        s.long_prefixes.discard(ts.prefix)
     s.counts[ts.prefix] += 1
     ts.nbytes = nbytes
     ts.state = "memory"
