@@ -1017,3 +1017,20 @@ def test_functions_of_a_client_that_left_are_forgotten_once_unused():
     sim.s.remove_client("client-gone-later", sim.now)   # any later departure re-checks
     assert "mine-tok" not in sim.s.functions
     assert all(t in sim.s.functions for t in BLOBS)     # the other client's stay
+
+
+def test_heartbeats_slow_down_as_the_cluster_grows_and_speed_up_as_it_shrinks():
+    from nbcluster.state.model import HEARTBEAT_WORKERS, heartbeat_interval
+
+    assert heartbeat_interval(1) == heartbeat_interval(HEARTBEAT_WORKERS) == 1.0
+    assert heartbeat_interval(HEARTBEAT_WORKERS + 1) == 1.5
+    assert heartbeat_interval(1000) == 2.5    # about HEARTBEAT_WORKERS heartbeats a second
+    sim = Sim(workers=[f"w{i}" for i in range(HEARTBEAT_WORKERS)])
+    assert sim.s.heartbeat == 1.0
+    out = sim.add_worker("big")                  # past the step: every worker is told
+    assert {p for p, msg in out if msg == m.Settings(1.5)} == set(sim.s.workers)
+    out = sim.add_worker("next")                 # same step: only the newcomer hears
+    assert out == [("next", m.Settings(1.5))]
+    sim.remove_worker("next")
+    out = sim.remove_worker("big")               # back under: every worker is told
+    assert sorted(out) == sorted((w, m.Settings(1.0)) for w in sim.s.workers)

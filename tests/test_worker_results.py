@@ -224,3 +224,15 @@ def test_each_task_is_announced_started_at_most_once(client, inproc_cluster):
     assert client.gather(naps) == list(range(6))
     assert max(started.values()) == 1
     assert all(started[f.key] == 1 for f in naps)
+
+
+def test_a_worker_sends_heartbeats_as_often_as_the_scheduler_says(inproc_cluster):
+    """Settings from the scheduler (sent as the cluster grows) set the heartbeat interval."""
+    cluster = inproc_cluster
+    worker = cluster._inproc_workers[0]
+    assert worker.heartbeat_seconds == 1.0
+
+    async def tell():
+        cluster.scheduler._send([(worker.address, m.Settings(2.5))])
+    asyncio.run_coroutine_threadsafe(tell(), cluster._thread.loop).result(10)
+    wait_until(lambda: worker.heartbeat_seconds == 2.5, "the worker took the interval", timeout=10)

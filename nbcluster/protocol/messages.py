@@ -186,6 +186,12 @@ class Run(Message, tag="run"):
     args: Any
 
 
+class Settings(Message, tag="settings"):
+    """How often to send a Heartbeat (seconds): longer as the cluster grows, so that idle
+    workers cost the scheduler little however many there are."""
+    heartbeat: Positive
+
+
 # ---------------------------------------------------------------------- worker -> scheduler
 class Started(Message, tag="started"):
     key: str
@@ -274,7 +280,7 @@ class PutData(Message, tag="put"):
 
 MESSAGES: tuple[type[Message], ...] = (
     Hello, Reply, Close, Function, Submit, Release, Want, Cancel, RetryTasks, FireAndForget,
-    SetLimit, UpdateData, Request, Done, Erred, Cancelled, Compute, Free, Run, Started,
+    SetLimit, UpdateData, Request, Done, Erred, Cancelled, Compute, Free, Run, Settings, Started,
     Finished, Failed, Missing, Output, Transfers, RunResult, Heartbeat, Status, MemoryLimit,
     GetData, Data, PutData)
 

@@ -24,6 +24,7 @@ from ..protocol.serialize import dump_value, loads_function
 from ..state.instructions import (Drop, Execute, Fetch, Instruction, Resume, Send, Spill, Stop,
                                   Terminate, Unspill)
 from ..state.invariants import check_worker, shell_check
+from ..state.model import HEARTBEAT_SECONDS
 from ..state.worker_state import PAUSE_AT, SPILL_AT, TERMINATE_AT, WorkerState
 from . import capture, worker_data
 from .executor import Executor, exception_payload
@@ -33,7 +34,6 @@ from .worker_output import TaskOutput
 
 logger = logging.getLogger("nbcluster.worker")
 
-HEARTBEAT_SECONDS = 1.0
 MEMORY_CHECK_SECONDS = 0.1   # only with a memory limit; psutil's rss read costs ~20 us
 TERMINATE_GRACE_SECONDS = 0.05   # time for the last words to leave before the process exits
 
@@ -85,7 +85,9 @@ class Worker:
             TaskStarted: self._started.append, InputReadBack: self._read_back}
         self._from_scheduler: dict[type, Callable[[Any], None]] = {
             m.Compute: self._on_compute, m.Free: self._on_free, m.Function: self._define_function,
-            m.Run: self._run_function, m.Close: self._on_close_message, m.Reply: self._on_reply}
+            m.Run: self._run_function, m.Close: self._on_close_message, m.Reply: self._on_reply,
+            m.Settings: self._on_settings}
+        self.heartbeat_seconds = HEARTBEAT_SECONDS
         self._loop: asyncio.AbstractEventLoop | None = None
         self._heartbeat: asyncio.Task | None = None
         self._memory_watch: asyncio.Task | None = None
@@ -182,6 +184,9 @@ class Worker:
 
     def _on_close_message(self, msg: m.Close) -> None:
         asyncio.ensure_future(self.close(msg.reason))
+
+    def _on_settings(self, msg: m.Settings) -> None:
+        self.heartbeat_seconds = msg.heartbeat
 
     def _on_reply(self, msg: m.Reply) -> None:
         if msg.request_id == 0 and not self._hello.done():   # the answer to our hello
@@ -333,7 +338,7 @@ class Worker:
                 self.scheduler.send(m.Heartbeat(metrics))
             except Exception:  # metrics are best effort
                 logger.debug("heartbeat failed", exc_info=True)
-            await asyncio.sleep(HEARTBEAT_SECONDS)
+            await asyncio.sleep(self.heartbeat_seconds)   # the scheduler may lengthen it
 
 
     async def _memory_loop(self) -> None:

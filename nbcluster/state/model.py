@@ -14,6 +14,17 @@ QUEUED_WORK_SECONDS = 0.005   # aim to keep this much work queued on each thread
 TASK_LOG_LENGTH = 10_000
 STORY_LENGTH = 100_000         # transitions remembered for client.story (all tasks together)
 MAX_WINDOW = 256               # tasks queued on a worker per thread, at most
+HEARTBEAT_SECONDS = 1.0        # a worker's heartbeat interval in a cluster of up to ...
+HEARTBEAT_WORKERS = 400        # ... this many workers; above, it grows with the count
+
+
+def heartbeat_interval(workers: int) -> float:
+    """Seconds between a worker's heartbeats in a cluster of ``workers``: in steps of half a
+    second, so that the scheduler handles at most about HEARTBEAT_WORKERS a second."""
+    steps = -(-2 * workers // HEARTBEAT_WORKERS)   # ceil, in half seconds
+    return max(HEARTBEAT_SECONDS, steps / 2)
+
+
 STEAL_LATENCY = 0.002          # seconds moving a queued task to another worker costs, besides
 STEAL_BANDWIDTH = 1e9          # its inputs at this many bytes a second
 _EMPTY: frozenset = frozenset()   # shared by tasks until they need a set of their own

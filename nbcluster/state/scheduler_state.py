@@ -25,8 +25,9 @@ from ..errors import KilledWorkerError
 from ..protocol import messages as m
 from .gates import Limit, Timers
 from .occupancy import Occupancy
-from .model import (DEFAULT_QUEUE, FIRE_AND_FORGET, KILLED_WORKER_LIMIT, STORY_LENGTH,
-                    TASK_LOG_LENGTH, BadBatch, TaskState, WorkerState, error, unwant)
+from .model import (DEFAULT_QUEUE, FIRE_AND_FORGET, HEARTBEAT_SECONDS, KILLED_WORKER_LIMIT,
+                    STORY_LENGTH, TASK_LOG_LENGTH, BadBatch, TaskState, WorkerState, error,
+                    heartbeat_interval, unwant)
 from . import client_requests as requests
 from . import worker_reports as reports
 from .transitions import Transitions
@@ -58,6 +59,7 @@ class SchedulerState(Transitions):
         # functions whose recent run time outweighs moving a task (STEAL_LATENCY): while there
         # are none (and the average is below it too), no queued task is worth stealing
         self.long_prefixes: set[str] = set()
+        self.heartbeat = HEARTBEAT_SECONDS          # what workers were told (Settings)
         self.out: list = []
         self.now = 0.0
         # What happened to each task, why (the stimulus: which batch of which peer, or a
@@ -198,6 +200,8 @@ class SchedulerState(Transitions):
         ws.last_seen = now
         self.workers[address] = ws
         self.occupancy.add(ws)
+        if not self._set_heartbeat() and self.heartbeat != HEARTBEAT_SECONDS:
+            out.append((address, m.Settings(self.heartbeat)))   # the newcomer learns it
         pinned, self.unrunnable = self.unrunnable, []
         for ts in dict.fromkeys(pinned):
             if ts.state == "queued":
@@ -215,6 +219,7 @@ class SchedulerState(Transitions):
         if ws is None:
             return out
         self.occupancy.remove(ws)
+        self._set_heartbeat()
         lost = []
         for ts in ws.has_what:
             ts.who_has.discard(ws)
@@ -267,6 +272,16 @@ class SchedulerState(Transitions):
         m.Transfers: reports.on_transfers, m.Status: reports.on_status,
         m.MemoryLimit: reports.on_memory_limit,
     }
+
+    def _set_heartbeat(self) -> bool:
+        """Tell every worker a new heartbeat interval if the cluster's size calls for one."""
+        interval = heartbeat_interval(len(self.workers))
+        if interval == self.heartbeat:
+            return False
+        self.heartbeat = interval
+        settings = m.Settings(interval)
+        self.out.extend((address, settings) for address in self.workers)
+        return True
 
     # ------------------------------------------------------------------ helpers
     def _stimulus(self, source: str) -> None:
