@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import json
 import os
+import stat
 from pathlib import Path
+
+from .errors import ClusterError
 
 # A worker process that ends itself because its memory went over its limit exits with this.
 MEMORY_EXIT_CODE = 99
@@ -63,14 +66,53 @@ def connection_file_for(address: str) -> Path:
 
 
 def write_connection_file(address: str, token: str | None, path: str | os.PathLike | None = None) -> Path:
-    """Write address and token to a file readable only by this user (like Jupyter's)."""
+    """Write address and token to a file readable only by this user (like Jupyter's).
+
+    The file is made under a new name with O_EXCL|O_NOFOLLOW, mode 0600, then renamed over
+    the target: a symlink planted at the target is replaced, never followed. The runtime
+    directory is made 0700 whatever the umask, and a directory others may write to (without
+    the sticky bit, as /tmp has) or that another user owns is refused."""
     target = Path(path) if path else connection_file_for(address)
-    target.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as f:
-        json.dump({"address": address, "token": token}, f)
-    os.chmod(target, 0o600)
+    _private_dir(target.parent, own=path is None)
+    temp = target.with_name(f".{target.name}.{os.getpid()}.{os.urandom(4).hex()}")
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0)
+    fd = os.open(temp, flags, 0o600)
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump({"address": address, "token": token}, f)
+        os.replace(temp, target)
+    except BaseException:
+        temp.unlink(missing_ok=True)
+        raise
     return target
+
+
+def _private_dir(directory: Path, own: bool) -> None:
+    """Make ``directory`` (and missing parents) 0700; refuse one that others could swap files
+    in. ``own``: nbcluster's runtime directory, whose mode is set to 0700 if it is looser."""
+    missing = []
+    for d in (directory, *directory.parents):
+        if d.exists() or d.is_symlink():
+            break
+        missing.append(d)
+    for d in reversed(missing):
+        os.mkdir(d, 0o700)
+        os.chmod(d, 0o700)            # mkdir's mode is masked by the umask; this is not
+    info = os.lstat(directory)
+    if stat.S_ISLNK(info.st_mode) and own:
+        raise ClusterError(f"{directory} is a symlink; nbcluster keeps connection files "
+                           "(tokens) only in a directory of its own: remove it")
+    info = os.stat(directory)
+    if hasattr(os, "getuid") and info.st_uid != os.getuid():
+        raise ClusterError(f"{directory} belongs to another user; a connection file (a token) "
+                           "is not written there")
+    loose = info.st_mode & (stat.S_IWGRP | stat.S_IWOTH)
+    if own and info.st_mode & 0o077:
+        os.chmod(directory, 0o700)
+    elif loose and not info.st_mode & stat.S_ISVTX:
+        raise ClusterError(f"{directory} can be written by other users (mode "
+                           f"{stat.S_IMODE(info.st_mode):o}); a connection file (a token) is "
+                           "not written there: choose a private directory")
 
 
 def remove_connection_file(path: str | os.PathLike, address: str, token: str | None) -> bool:
