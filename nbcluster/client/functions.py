@@ -30,7 +30,7 @@ class FunctionCache:
     the first time. Thread-safe: a race costs at most one more pickle, never a wrong token."""
 
     def __init__(self, uid: str, name: Callable[[Callable], str],
-                 post: Callable[[list], None]) -> None:
+                 post: Callable[[m.Message], None]) -> None:
         self._uid = uid
         self._name = name
         self._post = post

@@ -43,14 +43,15 @@ class Submitting:
                 key = f"{prefix or funcname(fn)}-{self._uid}{next(self._counter):x}"
         elif not isinstance(key, str) or not key:
             raise TypeError(f"key must be a non-empty string, got {key!r}")
+        # pure and no key yet: named below by a digest of the spec
         if not kwargs and all_plain(args):
-            spec = m.TaskSpec(key, token, list(args), None, [], options)
+            spec = m.TaskSpec(key or "", token, list(args), None, [], options)
         else:
             refs: list = []
             name = funcname(fn)
             sargs = dumps(args, refs, what=f"an argument of {name}()")
             skw = dumps(kwargs, refs, what=f"a keyword argument of {name}()") if kwargs else None
-            spec = m.TaskSpec(key, token, sargs, skw, list(dict.fromkeys(refs)), options)
+            spec = m.TaskSpec(key or "", token, sargs, skw, list(dict.fromkeys(refs)), options)
         if key is None:
             spec.key = f"{prefix or funcname(fn)}-{call_digest(spec)}"
         return spec

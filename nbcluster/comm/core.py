@@ -14,6 +14,7 @@ from typing import Awaitable, Callable
 
 from ..errors import ConnectError, ProtocolError
 from ..protocol.framing import encode
+from ..protocol.messages import Message
 
 logger = logging.getLogger("nbcluster.comm")
 
@@ -45,14 +46,14 @@ class Comm:
         if self.closed:
             on_close(self.close_reason)
 
-    def send(self, msg: list) -> None:
+    def send(self, msg: Message) -> None:
         if self.closed:
             return
         if not self._pending:
             self._loop.call_soon(self._flush)
         self._pending.append(msg)
 
-    def send_many(self, msgs: list) -> None:
+    def send_many(self, msgs: list[Message]) -> None:
         if self.closed or not msgs:
             return
         if not self._pending:

@@ -262,12 +262,14 @@ class _Protocol(asyncio.BufferedProtocol):
         frames, self._frames = self._frames, []
         self._phase = "count"
         batch = decode(frames)
+        assert self.comm is not None   # frames are parsed only after the handshake
         self.comm._deliver(batch)
 
     def _handshake_step(self) -> bool:
         if self._avail() < self._need:
             return False
         data = self._take(self._need)
+        assert self.transport is not None   # connection_made came first
         if self.server:
             proof = auth.check_client_proof(self.token, self._nonce, data)
             self.transport.write(proof)
@@ -285,6 +287,7 @@ class _Protocol(asyncio.BufferedProtocol):
         return True
 
     def _start(self) -> None:
+        assert self.transport is not None
         sockname = self.transport.get_extra_info("sockname") or ("?", 0)
         self.comm = TCPComm(self, f"{self.scheme}://{sockname[0]}:{sockname[1]}", self.peer)
         self._phase = "count"

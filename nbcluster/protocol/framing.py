@@ -62,12 +62,12 @@ def _ext_hook(code: int, data: memoryview) -> Serialized:
 
 
 _encoder = msgspec.msgpack.Encoder(enc_hook=_enc_hook)
-_decoder = msgspec.msgpack.Decoder(list[AnyMessage], ext_hook=_ext_hook)   # type: ignore[valid-type]
+_decoder = msgspec.msgpack.Decoder(list[AnyMessage], ext_hook=_ext_hook)
 
 
-def encode(batch: list[Message]) -> list:
+def encode(batch: list[Message]) -> list[Any]:
     """Encode a batch of messages as a list of frames (bytes-like)."""
-    frames: list = [b""]
+    frames: list[Any] = [b""]
     _frames.out = frames
     try:
         frames[0] = _encoder.encode(batch)
@@ -76,7 +76,7 @@ def encode(batch: list[Message]) -> list:
     return frames
 
 
-def decode(frames: list) -> list[Message]:
+def decode(frames: list[Any]) -> list[Message]:
     """Decode frames made by :func:`encode` into the batch of messages, every field checked
     against its declaration; ProtocolError names the first message and field that is not."""
     if not frames:
@@ -103,7 +103,7 @@ def _untyped(frame: Any) -> object:
         return None
 
 
-def frame_header(frames: list) -> bytes:
+def frame_header(frames: list[Any]) -> bytes:
     """The stream prefix for ``frames``: count and lengths."""
     lengths = [memoryview(f).nbytes for f in frames]
     return _U32.pack(len(frames)) + struct.pack(f"<{len(frames)}Q", *lengths)

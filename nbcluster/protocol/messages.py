@@ -227,10 +227,13 @@ class Missing(Message, tag="missing"):
     worker: str
 
 
+Stream = Literal["stdout", "stderr", "log"]
+
+
 class Output(Message, tag="output"):
     """What a task printed (also forwarded to the clients holding it)."""
     key: str
-    stream: Literal["stdout", "stderr", "log"]
+    stream: Stream
     text: str
 
 

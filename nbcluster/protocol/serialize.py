@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import io
 import pickle
-from typing import Any, Callable
+from typing import Any, Callable, Iterable
 
 import cloudpickle
 
@@ -37,7 +37,7 @@ class Serialized:
 
     __slots__ = ("header", "buffers")
 
-    def __init__(self, header: bytes | memoryview, buffers: list) -> None:
+    def __init__(self, header: bytes | memoryview, buffers: list[Any]) -> None:
         self.header = header
         self.buffers = buffers
 
@@ -53,7 +53,7 @@ def is_plain(value: Any) -> bool:
     """True when msgpack can carry ``value`` exactly (no pickle needed)."""
     t = type(value)
     if t is int:
-        return _INT_MIN <= value <= _INT_MAX
+        return bool(_INT_MIN <= value <= _INT_MAX)
     if t is str:
         # msgpack carries UTF-8 only: a lone surrogate (os.fsdecode of odd bytes) is pickled
         return len(value) < 65536 and (value.isascii() or _utf8(value))
@@ -68,21 +68,22 @@ def _utf8(text: str) -> bool:
     return True
 
 
-def all_plain(values) -> bool:
+def all_plain(values: Iterable[Any]) -> bool:
     for v in values:
         if not is_plain(v):
             return False
     return True
 
 
-class _RefPickler(cloudpickle.Pickler):
+class _RefPickler(cloudpickle.Pickler):   # type: ignore[misc]   # cloudpickle has no types
     """Pickles with cloudpickle and records every TaskRef it meets as a dependency."""
 
-    def __init__(self, file, refs: list, buffer_callback) -> None:
+    def __init__(self, file: io.BytesIO, refs: list[str],
+                 buffer_callback: Callable[[pickle.PickleBuffer], None]) -> None:
         super().__init__(file, protocol=PROTOCOL, buffer_callback=buffer_callback)
         self._refs = refs
 
-    def persistent_id(self, obj):
+    def persistent_id(self, obj: Any) -> str | None:
         if isinstance(obj, TaskRef):
             self._refs.append(obj.key)
             return obj.key
@@ -118,9 +119,9 @@ def _find_unpicklable(obj: Any, depth: int = 0) -> Any:
     return obj
 
 
-def dumps(obj: Any, refs: list | None = None, what: str = "object") -> Serialized:
+def dumps(obj: Any, refs: list[str] | None = None, what: str = "object") -> Serialized:
     """Pickle ``obj``; keys of TaskRefs met inside are appended to ``refs``."""
-    buffers: list = []
+    buffers: list[pickle.PickleBuffer] = []
     try:
         if refs is None:
             try:
@@ -139,11 +140,11 @@ def dumps(obj: Any, refs: list | None = None, what: str = "object") -> Serialize
 
 
 class _RefUnpickler(pickle.Unpickler):
-    def __init__(self, file, buffers, resolve: Callable[[str], Any]) -> None:
+    def __init__(self, file: io.BytesIO, buffers: list[Any], resolve: Callable[[str], Any]) -> None:
         super().__init__(file, buffers=buffers)
         self._resolve = resolve
 
-    def persistent_load(self, pid):
+    def persistent_load(self, pid: Any) -> Any:
         return self._resolve(pid)
 
 
@@ -157,15 +158,17 @@ def loads(ser: Serialized, resolve: Callable[[str], Any] | None = None) -> Any:
         raise UnpicklingError(f"cannot unpickle {len(ser.header)} byte object: {e!r}") from e
 
 
-def dumps_function(fn: Callable) -> bytes:
+def dumps_function(fn: Callable[..., Any]) -> bytes:
     try:
-        return cloudpickle.dumps(fn, protocol=PROTOCOL)
+        blob: bytes = cloudpickle.dumps(fn, protocol=PROTOCOL)
+        return blob
     except Exception as e:
         raise PicklingError(f"cannot pickle function {describe(fn)}: {e}") from e
 
 
-def loads_function(blob: bytes) -> Callable:
-    return pickle.loads(blob)
+def loads_function(blob: bytes) -> Callable[..., Any]:
+    fn: Callable[..., Any] = pickle.loads(blob)
+    return fn
 
 
 def dump_value(value: Any, what: str = "result") -> Any:

@@ -12,7 +12,9 @@ import sys
 import threading
 from typing import Callable
 
-Sink = Callable[[str, str, str], None]     # (key, stream, text)
+from ..protocol import messages as m
+
+Sink = Callable[[str, m.Stream, str], None]     # (key, stream, text)
 _current = threading.local()
 _lock = threading.Lock()
 _installed = False

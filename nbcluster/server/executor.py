@@ -26,6 +26,7 @@ from typing import Any, Callable
 
 from ..errors import (CancelledError, PicklingError, RemoteError, Retry, SerializationError,
                       TaskExpiredError, TaskTimeoutError)
+from ..protocol import messages as m
 from ..protocol.serialize import Serialized, dumps, is_plain, loads, sizeof
 from ..state.instructions import Execute
 from . import capture
@@ -81,7 +82,7 @@ class Executor:
 
     def __init__(self, nthreads: int, loop: asyncio.AbstractEventLoop, functions: dict,
                  data: dict, on_outcomes: Callable[[list[Outcome]], None],
-                 on_output: Callable[[str, str, str], None],
+                 on_output: Callable[[str, m.Stream, str], None],
                  on_stuck: Callable[[str], None],
                  on_task_end: Callable[[str], None] = lambda key: None) -> None:
         self.loop = loop
@@ -250,7 +251,7 @@ class Executor:
         elif e.__traceback__ is not None and e.__traceback__.tb_next is not None:
             e.__traceback__ = e.__traceback__.tb_next   # start at the user's frame
         retryable = retry and not isinstance(e, CancelledError)
-        again = None
+        again: dict[str, float | int | None] | None = None
         if retryable and isinstance(e, Retry):
             again = {"delay": e.delay, "max": e.max_retries}
         elif retryable and options.get("retries"):   # retries left: failures may be retried
@@ -275,13 +276,12 @@ class Executor:
     def _deliver(self, done: list[Outcome]) -> None:
         """Arm time limits as tasks start; as they end, disarm them and forget a cancel."""
         for outcome in done:
-            kind = type(outcome)
-            if kind is TaskStarted:
+            if type(outcome) is TaskStarted:
                 if outcome.timeout:
                     key = outcome.key
                     self._timers[key] = self.loop.call_later(outcome.timeout, self._timed_out,
                                                              key)
-            elif kind is not InputReadBack:
+            elif type(outcome) is not InputReadBack:
                 timer = self._timers.pop(outcome.key, None)
                 if timer is not None:
                     timer.cancel()

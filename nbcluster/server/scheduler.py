@@ -14,7 +14,7 @@ import os
 import time
 from typing import Any, Callable, ClassVar
 
-from ..comm import Comm, listen
+from ..comm import Comm, Listener, listen
 from ..errors import ProtocolError
 from ..protocol import messages as m
 from ..state.gates import queue_typo
@@ -36,11 +36,11 @@ class Scheduler:
         self.security = security
         self.state = SchedulerState()
         self.comms: dict[str, Comm] = {}
-        self.listener = None
+        self.listener: Listener | None = None
         self.address = ""
         self._request_ids = itertools.count(1)
         self._pending_runs: dict[int, dict] = {}
-        self._worker_waiters: list[tuple[int, str, object]] = []   # (n workers, client, request)
+        self._worker_waiters: list[tuple[int, str, int]] = []   # (n workers, client, request)
         self._clock = time.time
         self.started = 0.0
         self.closed = asyncio.Event()
@@ -264,7 +264,8 @@ class Scheduler:
     def _request_scatter_check(self, peer, request_id, keys) -> dict:
         """For keys a client wants to scatter under: which already name a submitted task
         (refused) and where existing scattered values live (to be replaced there too)."""
-        tasks, found = self.state.tasks, {}
+        tasks = self.state.tasks
+        found: dict[str, dict[str, Any]] = {}
         for key in keys:
             ts = tasks.get(key)
             if ts is None:

@@ -14,19 +14,20 @@ import threading
 import time
 from typing import Any, Callable
 
-from ..comm import Comm, connect, listen
+from ..comm import Comm, Listener, connect, listen
 from ..comm.pool import DataPool
-from ..config import MEMORY_EXIT_CODE, check_fraction
+from ..config import check_fraction
 from ..loop_thread import close_on_sigterm
 from ..errors import ClusterError, SerializationError
 from ..protocol import messages as m
 from ..protocol.serialize import dump_value, loads_function
+
 from ..state.instructions import (Drop, Execute, Fetch, Instruction, Resume, Send, Spill, Stop,
                                   Terminate, Unspill)
 from ..state.invariants import check_worker, shell_check
 from ..state.model import HEARTBEAT_SECONDS
 from ..state.worker_state import PAUSE_AT, SPILL_AT, TERMINATE_AT, WorkerState
-from . import capture, worker_data
+from . import capture, worker_data, worker_health
 from .executor import Executor, exception_payload
 from .spill import Spilled, SpillStore
 from .worker_outcomes import InputReadBack, Outcome, TaskFailed, TaskFinished, TaskStarted
@@ -34,8 +35,6 @@ from .worker_output import TaskOutput
 
 logger = logging.getLogger("nbcluster.worker")
 
-MEMORY_CHECK_SECONDS = 0.1   # only with a memory limit; psutil's rss read costs ~20 us
-TERMINATE_GRACE_SECONDS = 0.05   # time for the last words to leave before the process exits
 
 
 class Worker:
@@ -66,7 +65,7 @@ class Worker:
         self.address = ""
         self.state: WorkerState | None = None
         self.scheduler: Comm | None = None
-        self.listener = None
+        self.listener: Listener | None = None
         self.pool: DataPool | None = None
         self.finished = asyncio.Event()
         self.executor: Executor | None = None
@@ -78,7 +77,7 @@ class Worker:
         # carried out, and each message from the scheduler handled: one handler per record type
         self._do: dict[type, Callable[[Any], None]] = {
             Send: self._send, Execute: self._execute, Drop: self._drop, Fetch: self._fetch,
-            Stop: self._stop, Resume: self._resume, Terminate: self._terminate,
+            Stop: self._stop, Resume: self._resume, Terminate: lambda ins: worker_health.terminate(self, ins),
             Spill: self._spill, Unspill: self._unspill}
         self._on: dict[type, Callable[[Any], None]] = {
             TaskFinished: self._finished, TaskFailed: self._failed,
@@ -95,6 +94,32 @@ class Worker:
         self._terminating = False
         self._closing = False
         self._check = shell_check(check_worker, os.environ.get("NBCLUSTER_VALIDATE") == "1")
+
+    # What start() sets up, for the code that runs only after it (handlers, instructions).
+    @property
+    def _state(self) -> WorkerState:
+        assert self.state is not None, "the worker has not started"
+        return self.state
+
+    @property
+    def _scheduler(self) -> Comm:
+        assert self.scheduler is not None, "the worker has not started"
+        return self.scheduler
+
+    @property
+    def _executor(self) -> Executor:
+        assert self.executor is not None, "the worker has not started"
+        return self.executor
+
+    @property
+    def _output(self) -> TaskOutput:
+        assert self.output is not None, "the worker has not started"
+        return self.output
+
+    @property
+    def _running_loop(self) -> asyncio.AbstractEventLoop:
+        assert self._loop is not None, "the worker has not started"
+        return self._loop
 
     async def start(self) -> "Worker":
         self._loop = asyncio.get_running_loop()
@@ -132,9 +157,9 @@ class Worker:
             self.scheduler.abort("refused")
             self.executor.close()
             raise ClusterError(str(reason))
-        self._heartbeat = asyncio.ensure_future(self._heartbeat_loop())
+        self._heartbeat = asyncio.ensure_future(worker_health.heartbeat_loop(self))
         if self.memory_limit and (self.memory_pause or self.memory_terminate):
-            self._memory_watch = asyncio.ensure_future(self._memory_loop())
+            self._memory_watch = asyncio.ensure_future(worker_health.memory_loop(self))
         capture.install()
         return self
 
@@ -177,10 +202,10 @@ class Worker:
             handler(msg)
 
     def _on_compute(self, msg: m.Compute) -> None:
-        self.apply(self.state.compute(msg))
+        self.apply(self._state.compute(msg))
 
     def _on_free(self, msg: m.Free) -> None:
-        self.apply(self.state.free(msg.keys))
+        self.apply(self._state.free(msg.keys))
 
     def _on_close_message(self, msg: m.Close) -> None:
         asyncio.ensure_future(self.close(msg.reason))
@@ -210,16 +235,16 @@ class Worker:
         self._check(self.state)   # debug mode (NBCLUSTER_VALIDATE=1): after every batch
 
     def _send(self, ins: Send) -> None:
-        self.scheduler.send(ins.msg)
+        self._scheduler.send(ins.msg)
 
     def _execute(self, ins: Execute) -> None:
         if ins.announce:
             # STARTED leaves before a thread can run the task: a task that kills the process
             # must still be counted against (KilledWorkerError after 3 deaths)
-            self.scheduler.send(m.Started(ins.key, time.time(), ins.run))
-            self._loop.call_soon(self.executor.submit, ins)   # after the flush
+            self._scheduler.send(m.Started(ins.key, time.time(), ins.run))
+            self._running_loop.call_soon(self._executor.submit, ins)   # after the flush
         else:
-            self.executor.submit(ins)
+            self._executor.submit(ins)
 
     def _drop(self, ins: Drop) -> None:
         data = self.data
@@ -232,10 +257,10 @@ class Worker:
         asyncio.ensure_future(worker_data.fetch(self, ins.peer, ins.keys))
 
     def _stop(self, ins: Stop) -> None:
-        self.executor.cancel(ins.key)
+        self._executor.cancel(ins.key)
 
     def _resume(self, ins: Resume) -> None:
-        self.executor.resume(ins.key)
+        self._executor.resume(ins.key)
 
     def _spill(self, ins: Spill) -> None:
         data = self.data
@@ -251,8 +276,8 @@ class Worker:
 
     # ------------------------------------------------------------------ executor outcomes
     def _on_outcomes(self, done: list[Outcome]) -> None:
-        if self.output.queued:
-            self.output.drain()     # what a task printed goes before its result
+        if self._output.queued:
+            self._output.drain()     # what a task printed goes before its result
         on = self._on
         for outcome in done:
             on[type(outcome)](outcome)
@@ -260,16 +285,16 @@ class Worker:
         started = self._started
         if started:
             for o in started:
-                self.apply(self.state.task_started(o.key, o.start))
+                self.apply(self._state.task_started(o.key, o.start))
             started.clear()
 
     def _finished(self, o: TaskFinished) -> None:
         self.data[o.key] = o.result
-        self.apply(self.state.task_finished(o.key, o.nbytes, o.start, o.stop, o.has_value,
+        self.apply(self._state.task_finished(o.key, o.nbytes, o.start, o.stop, o.has_value,
                                             o.value, o.type_name))
 
     def _failed(self, o: TaskFailed) -> None:
-        self.apply(self.state.task_failed(o.key, o.exception, o.traceback, o.start, o.stop,
+        self.apply(self._state.task_failed(o.key, o.exception, o.traceback, o.start, o.stop,
                                           o.retry))
 
     def _on_stuck(self, key: str) -> None:
@@ -285,26 +310,26 @@ class Worker:
         if self.data.get(o.key) is not o.marker:     # dropped, or read back by another task
             return
         self._loaded[o.key] = (o.marker, o.value)
-        self.apply(self.state.unspilled(o.key))
+        self.apply(self._state.unspilled(o.key))
         self._loaded.pop(o.key, None)              # not taken: it stays on disk
 
     def _spill_written(self, key, value, marker, error) -> None:
         """On the spill thread: hand the outcome to the event loop."""
         try:
-            self._loop.call_soon_threadsafe(self._spill_done, key, value, marker, error)
+            self._running_loop.call_soon_threadsafe(self._spill_done, key, value, marker, error)
         except RuntimeError:     # loop closed: the worker is gone
             pass
 
     def _spill_done(self, key, value, marker, error) -> None:
         if marker is None:               # not written: a plain value, or an error
             self.spill.kept_in_memory(key, error)
-            self.apply(self.state.spill_failed(key))
+            self.apply(self._state.spill_failed(key))
         else:
             if self.data.get(key) is value:
                 self.data[key] = marker  # the value itself is freed (unless a task holds it)
             else:                        # dropped or replaced while it was written
                 self.spill.remove(marker)
-            self.apply(self.state.spill_written(key))
+            self.apply(self._state.spill_written(key))
 
     def _on_peer(self, comm: Comm) -> None:
         worker_data.serve(self, comm)
@@ -320,38 +345,10 @@ class Worker:
                 payload = (True, dump_value(result, what="the result of run"))
             except BaseException as e:  # noqa: BLE001
                 payload = (False, exception_payload(e)[0])
-            self._loop.call_soon_threadsafe(
-                self.scheduler.send, m.RunResult(request_id, payload[0], payload[1]))
+            self._running_loop.call_soon_threadsafe(
+                self._scheduler.send, m.RunResult(request_id, payload[0], payload[1]))
 
         threading.Thread(target=run, name="nbcluster-run", daemon=True).start()
-
-    async def _heartbeat_loop(self) -> None:
-        import psutil
-
-        proc = psutil.Process()
-        while not self._closing:
-            try:
-                metrics = {"rss": proc.memory_info().rss, "cpu": proc.cpu_percent(),
-                           "nbytes": self.state.nbytes, "spilled": self.state.spilled,
-                           "executing": len(self.state.executing),
-                           "ready": len(self.state.ready), "time": time.time()}
-                self.scheduler.send(m.Heartbeat(metrics))
-            except Exception:  # metrics are best effort
-                logger.debug("heartbeat failed", exc_info=True)
-            await asyncio.sleep(self.heartbeat_seconds)   # the scheduler may lengthen it
-
-
-    async def _memory_loop(self) -> None:
-        """Measure the process's memory often enough to pause before it runs out."""
-        import psutil
-
-        proc = psutil.Process()
-        while not self._closing:
-            try:
-                self.apply(self.state.memory_used(proc.memory_info().rss))
-            except psutil.Error:
-                logger.debug("memory measurement failed", exc_info=True)
-            await asyncio.sleep(MEMORY_CHECK_SECONDS)
 
     def set_memory_limit(self, limit: int | None) -> None:
         """On the loop: a new memory limit (LocalCluster re-divides the machine's memory
@@ -362,27 +359,7 @@ class Worker:
         self.apply(self.state.set_memory_limit(self.memory_limit))
         if self.memory_limit and (self.memory_pause or self.memory_terminate) \
                 and self._memory_watch is None and not self._closing:
-            self._memory_watch = asyncio.ensure_future(self._memory_loop())
-
-    def _terminate(self, ins: Terminate) -> None:
-        reason = ins.reason
-        if not self.own_process:
-            # a worker thread in the user's process cannot be replaced: stay, but say so once
-            if not self._over_limit_told:
-                self._over_limit_told = True
-                logger.warning("worker %s: %s; an in-process worker cannot be restarted",
-                               self.address, reason)
-            return
-        if self._terminating:
-            return
-        self._terminating = True
-        # as an out-of-memory kill would, but with the reason: LocalCluster starts a
-        # replacement and the scheduler recomputes what was lost from lineage (and names the
-        # reason if a task keeps doing this)
-        print(f"nbcluster worker {self.address} terminating: {reason}", file=sys.stderr,
-              flush=True)
-        self.scheduler.send(m.Status("terminating", reason))
-        self._loop.call_later(TERMINATE_GRACE_SECONDS, os._exit, MEMORY_EXIT_CODE)
+            self._memory_watch = asyncio.ensure_future(worker_health.memory_loop(self))
 
 
 async def run_worker(scheduler_address: str, **kwargs) -> None:

@@ -12,7 +12,7 @@ from typing import Callable
 
 from ..protocol import messages as m
 
-STREAMS = ("stdout", "stderr", "log")
+STREAMS: tuple[m.Stream, ...] = ("stdout", "stderr", "log")
 LONGEST_PARTIAL_LINE = 4096      # characters held back waiting for a newline
 
 
@@ -25,7 +25,7 @@ class TaskOutput:
         self.queued: list[m.Output] = []     # Output messages not sent yet (checked on the loop)
         self._partial: dict[tuple[str, str], str] = {}   # printed text not yet ending a line
 
-    def write(self, key: str, stream: str, text: str) -> None:
+    def write(self, key: str, stream: m.Stream, text: str) -> None:
         """From a task thread: ``text`` the task ``key`` wrote to ``stream``."""
         with self._lock:
             held = self._partial.pop((key, stream), "") + text

@@ -4,7 +4,7 @@ fire-and-forget marks, scattered data and limits. Each handler takes the
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from ..errors import FutureLostError
 from ..protocol import messages as m
@@ -134,7 +134,7 @@ def on_update_data(s: SchedulerState, peer: str, msg: m.UpdateData) -> None:
                                 [w.address for w in ts.who_has])))
 
 
-def apply_options(s: SchedulerState, ts: TaskState, options: dict) -> None:
+def apply_options(s: SchedulerState, ts: TaskState, options: dict[str, Any]) -> None:
     """Limits, and the expiry timer, of a new task."""
     key = options.get("limit_key")
     if key is None and ("rate" in options or "concurrency" in options):

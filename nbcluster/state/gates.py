@@ -6,6 +6,11 @@ from __future__ import annotations
 import difflib
 import heapq
 import itertools
+import random
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from .model import Priority, TaskState
 
 
 class Limit:
@@ -22,9 +27,9 @@ class Limit:
         self.concurrency: int | None = None
         self.next_start = 0.0
         self.running = 0
-        self.held: list = []     # heap of (priority, task) waiting for the budget
+        self.held: list[tuple[Priority, TaskState]] = []   # heap: waiting for the budget
 
-    def set(self, rate: list | None, concurrency: int | None) -> None:
+    def set(self, rate: list[float] | None, concurrency: int | None) -> None:
         self.interval = rate[1] / rate[0] if rate else None
         self.concurrency = concurrency
 
@@ -47,7 +52,7 @@ class Limit:
             return None
         return self.next_start
 
-    def describe(self) -> dict:
+    def describe(self) -> dict[str, Any]:
         return {"rate_per_second": (1 / self.interval) if self.interval else None,
                 "concurrency": self.concurrency, "running": self.running,
                 "waiting": len(self.held)}
@@ -57,13 +62,13 @@ class Timers:
     """Tasks to act on at a time: ("start", task) when a delay ends, ("expire", task)."""
 
     def __init__(self) -> None:
-        self._heap: list = []
+        self._heap: list[tuple[float, int, str, TaskState]] = []
         self._ids = itertools.count()
 
-    def add(self, when: float, kind: str, ts) -> None:
+    def add(self, when: float, kind: str, ts: TaskState) -> None:
         heapq.heappush(self._heap, (when, next(self._ids), kind, ts))
 
-    def due(self, now: float) -> list:
+    def due(self, now: float) -> list[tuple[str, TaskState]]:
         out = []
         heap = self._heap
         while heap and heap[0][0] <= now:
@@ -78,9 +83,10 @@ class Timers:
         return len(self._heap)
 
 
-def backoff(base: float, count: int, cap: float | None, jitter: bool, rng) -> float:
+def backoff(base: float, count: int, cap: float | None, jitter: bool,
+            rng: random.Random) -> float:
     """Exponential back-off: base, 2*base, 4*base ... up to ``cap``; full jitter if asked."""
-    delay = base * (2 ** max(0, count - 1))
+    delay: float = base * (2 ** max(0, count - 1))
     if cap is not None:
         delay = min(delay, cap)
     if jitter:

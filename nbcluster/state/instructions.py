@@ -17,6 +17,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Union
 
+from ..protocol import messages as m
+
 
 @dataclass(slots=True)
 class Execute:
@@ -41,7 +43,7 @@ class Execute:
 class Send:
     """Send a message to the scheduler."""
 
-    msg: list[Any]
+    msg: m.Message
 
 
 @dataclass(slots=True)

@@ -93,9 +93,10 @@ def _filed(key: str, ts: Any, states: Any) -> str:
     key and live."""
     if ts.key != key:
         _fail("a task is filed under its own key", key, f"filed under {key!r}: {ts!r}")
-    if ts.state not in states:
-        _fail("a known task is in a live state", key, ts.state)
-    return ts.state
+    state: str = ts.state
+    if state not in states:
+        _fail("a known task is in a live state", key, state)
+    return state
 
 
 # ---------------------------------------------------------------------- scheduler

@@ -3,9 +3,16 @@
 from __future__ import annotations
 
 import sys
+from typing import TYPE_CHECKING, Any
 
 from ..protocol import messages as m
-from ..protocol.serialize import dumps
+from ..protocol.serialize import Serialized, dumps
+
+if TYPE_CHECKING:
+    from .gates import Limit
+
+Priority = tuple[float, int]   # (minus the user's priority, submission order): smallest first
+Out = list[tuple[str, m.Message]]   # what one step sends: (peer, message)
 
 FIRE_AND_FORGET = "@fire-and-forget"   # a pseudo client that lets go once the task ends
 DEFAULT_QUEUE = "default"
@@ -27,18 +34,20 @@ def heartbeat_interval(workers: int) -> float:
 
 STEAL_LATENCY = 0.002          # seconds moving a queued task to another worker costs, besides
 STEAL_BANDWIDTH = 1e9          # its inputs at this many bytes a second
-_EMPTY: frozenset = frozenset()   # shared by tasks until they need a set of their own
+# Shared by tasks until they need a set of their own (``own``); typed Any so that it may
+# stand where a set is declared: nothing adds to it (it is a frozenset).
+_EMPTY: Any = frozenset()
 
 
 class BadBatch(m.ProtocolError):
     """A message in a batch was malformed; ``out`` holds what the earlier ones produced."""
 
-    def __init__(self, message: str, out: list) -> None:
+    def __init__(self, message: str, out: list[tuple[str, m.Message]]) -> None:
         super().__init__(message)
         self.out = out
 
 
-def error(cls, message: str):
+def error(cls: type[BaseException], message: str) -> Serialized:
     """An nbcluster error as it travels to clients (pickled, like a task's own exception)."""
     return dumps(cls(message))
 
@@ -53,26 +62,31 @@ class TaskState:
         "limit", "limited", "retries_left", "retry_count", "attempts", "collect", "run_id",
     )
 
-    def __init__(self, key: str, fn: str, args, kwargs, options, priority: tuple) -> None:
+    def __init__(self, key: str, fn: str, args: Any, kwargs: Any,
+                 options: dict[str, Any] | None, priority: Priority) -> None:
         self.key, self.state = key, "new"
         self.prefix = sys.intern(key.rsplit("-", 1)[0])   # shared by a function's tasks
         self.fn, self.args, self.kwargs, self.options = fn, args, kwargs, options
         self.deps: list[TaskState] = []
-        self.dependents = self.waiting_on = self.who_has = _EMPTY
-        self.who_wants: tuple = ()   # client ids: usually one, a tuple is the smallest
-        
+        self.dependents: set[TaskState] = _EMPTY
+        self.waiting_on: set[TaskState] = _EMPTY
+        self.who_has: set[WorkerState] = _EMPTY
+        self.who_wants: tuple[str, ...] = ()   # client ids: usually one, a tuple is smallest
         self.nbytes = 0
         self.processing_on: WorkerState | None = None
         self.executing = False   # the worker it is on said STARTED
-        self.exception = self.traceback = self.blame = None
+        self.exception: Serialized | None = None
+        self.traceback: str | None = None
+        self.blame: str | None = None    # the key whose failure this is
         self.priority = priority
         self.suspicious = 0
         self.queue = DEFAULT_QUEUE
-        self.limit = None        # the Limit it runs under, if any
+        self.limit: Limit | None = None   # the Limit it runs under, if any
         self.limited = False     # counted as running by its Limit
         self.retries_left = 0
         self.retry_count = 0
-        self.attempts: list | None = None   # (worker, start, duration, error text or None)
+        # (worker, start, duration, error text or None) of each run, once options ask for it
+        self.attempts: list[tuple[str, float | None, float | None, str | None]] | None = None
         self.run_id = 0          # of its latest assignment: reports from older ones are stale
         self.collect = False     # inputs that fail arrive as their exceptions
         if options:
@@ -87,18 +101,18 @@ class TaskState:
         return f"<Task {self.key!r} {self.state}>"
 
 
-def want(ts, client: str) -> None:
+def want(ts: TaskState, client: str) -> None:
     if client not in ts.who_wants:
         ts.who_wants = ts.who_wants + (client,)
 
 
-def unwant(ts, client: str) -> None:
+def unwant(ts: TaskState, client: str) -> None:
     ts.who_wants = tuple(c for c in ts.who_wants if c != client)
 
 
-def own(ts, name: str) -> set:
+def own(ts: TaskState, name: str) -> set[Any]:
     """The task's set ``name``, made its own (mutable) first if it is the shared empty one."""
-    value = getattr(ts, name)
+    value: set[Any] = getattr(ts, name)
     if value is _EMPTY:
         value = set()
         setattr(ts, name, value)
@@ -110,12 +124,12 @@ class WorkerState:
                  "functions", "identity", "metrics", "last_seen", "pinned", "queues",
                  "assigned", "paused", "last_words", "index", "version")
 
-    def __init__(self, address: str, nthreads: int, name: str, identity: dict) -> None:
+    def __init__(self, address: str, nthreads: int, name: str, identity: dict[str, Any]) -> None:
         self.address, self.nthreads, self.name, self.identity = address, nthreads, name, identity
         self.processing: set[TaskState] = set()
         self.has_what: set[TaskState] = set()
         self.functions: set[str] = set()
-        self.metrics: dict = {}
+        self.metrics: dict[str, Any] = {}
         self.nbytes, self.last_seen, self.pinned = 0, 0.0, 0
         self.assigned = 0        # tasks ever sent here: spreads ties between idle workers
         self.paused = False      # memory above its pause threshold: no new work placed here

@@ -17,13 +17,16 @@ from .model import WorkerState
 _SLACK = 64    # a heap may hold this many more entries than 2 per worker before it is rebuilt
 
 
+_QueueEntry = tuple[float, int, int, int, WorkerState]   # load, assigned, index, version
+
+
 class Occupancy:
     def __init__(self) -> None:
         # queue name -> min-heap of (load, assigned, index, version, worker): not paused
-        self.by_queue: dict[str, list] = {}
+        self.by_queue: dict[str, list[_QueueEntry]] = {}
         # max-heap of (-load, index, version, worker): workers with tasks waiting behind
         # their threads (paused ones too: their queued tasks may be taken)
-        self.busy: list = []
+        self.busy: list[tuple[float, int, int, WorkerState]] = []
         self.idle: dict[WorkerState, None] = {}     # not paused, a thread free
         self.paused: dict[WorkerState, None] = {}
         self.live = 0
@@ -77,14 +80,16 @@ class Occupancy:
         heap = self.by_queue.get(queue)
         while heap:
             entry = heap[0]
-            if entry[3] == entry[4].version:
-                return entry[4]
+            ws: WorkerState = entry[4]
+            if entry[3] == ws.version:
+                return ws
             heapq.heappop(heap)
         return None
 
     def busiest(self, limit: int) -> list[WorkerState]:
         """Up to ``limit`` workers with tasks waiting behind their threads, busiest first."""
-        heap, found = self.busy, []
+        heap = self.busy
+        found: list[tuple[float, int, int, WorkerState]] = []
         while heap and len(found) < limit:
             entry = heapq.heappop(heap)
             ws = entry[3]
@@ -108,6 +113,6 @@ def _index(ws: WorkerState) -> int:
     return ws.index
 
 
-def _rebuild(heap: list) -> None:
+def _rebuild(heap: list[_QueueEntry]) -> None:
     heap[:] = [e for e in heap if e[3] == e[4].version]
     heapq.heapify(heap)

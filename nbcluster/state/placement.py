@@ -9,25 +9,32 @@ no state of its own and reads no clock: ``self.now`` is the time of the event be
 from __future__ import annotations
 
 import heapq
+import random
+from collections import deque
+from typing import TYPE_CHECKING, Any, Callable, Iterable
 
 from ..protocol import messages as m
-from .model import MAX_WINDOW, QUEUED_WORK_SECONDS, STEAL_BANDWIDTH, STEAL_LATENCY, TaskState, \
-    WorkerState
+from .model import MAX_WINDOW, QUEUED_WORK_SECONDS, STEAL_BANDWIDTH, STEAL_LATENCY, Priority, \
+    TaskState, WorkerState
+
+if TYPE_CHECKING:
+    from .gates import Limit, Timers
+    from .occupancy import Occupancy
 
 STEAL_VICTIMS = 8      # busiest workers one stealing pass looks at
 STEAL_THIEVES = 64     # idle workers one stealing pass serves
 STEAL_EXAMINED = 512   # queued tasks one stealing pass considers
 
 
-def _load_key(ws: WorkerState) -> tuple:
+def _load_key(ws: WorkerState) -> tuple[float, int, int]:
     return (len(ws.processing) / ws.nthreads, ws.assigned, ws.index)
 
 
-def _priority(ts: TaskState) -> tuple:
+def _priority(ts: TaskState) -> Priority:
     return ts.priority
 
 
-def _allowed(queue: str, idle_only: bool, paused_ok: bool):
+def _allowed(queue: str, idle_only: bool, paused_ok: bool) -> Callable[[WorkerState], bool]:
     """Whether a worker holding an input may run the task (the rule _pick_worker's idlest
     was chosen by: its queue, a free thread if asked, not paused unless all are)."""
     def allowed(ws: WorkerState) -> bool:
@@ -37,12 +44,40 @@ def _allowed(queue: str, idle_only: bool, paused_ok: bool):
 
 
 class Placement:
+    # Everything lives on the SchedulerState instance (assigned in its __init__); declared
+    # here, where the rules that use it begin, for the type checker.
+    tasks: dict[str, TaskState]
+    workers: dict[str, WorkerState]
+    occupancy: Occupancy
+    clients: set[str]
+    functions: dict[str, bytes]
+    queues: dict[str, list[tuple[Priority, TaskState]]]   # name -> heap
+    unrunnable: list[TaskState]
+    limits: dict[str, Limit]
+    limits_held: bool
+    timers: Timers
+    rng: random.Random
+    counter: int
+    runs: int
+    avg_duration: float
+    prefix_durations: dict[str, float]
+    long_prefixes: set[str]
+    out: list[tuple[str, m.Message]]
+    now: float
+    record_stories: bool
+    stories: deque[tuple[str, str, Any, str, float]]
+    stimulus: str
+
+    if TYPE_CHECKING:   # defined by Transitions, used here
+        def _expired(self, ts: TaskState) -> bool: ...
+        def _unassign(self, ts: TaskState, free: bool = True) -> None: ...
+        def _record(self, ts: TaskState, what: str, where: Any) -> None: ...
+
     def _eligible(self, ts: TaskState) -> list[WorkerState]:
         pinned = ts.options.get("workers") if ts.options else None
-        if pinned:
-            workers = [self.workers[a] for a in pinned if a in self.workers]
-        else:
-            workers = self.workers.values()
+        workers: Iterable[WorkerState] = \
+            [self.workers[a] for a in pinned if a in self.workers] if pinned else \
+            self.workers.values()
         return [w for w in workers if ts.queue in w.queues]
 
     def _pick_worker(self, ts: TaskState, idle_only: bool = False) -> WorkerState | None:
@@ -57,8 +92,8 @@ class Placement:
             # a paused worker (out of memory) gets work only when no other may take it: it
             # is run there once the worker resumes
             candidates = [w for w in candidates if not w.paused] or candidates
-            idlest = min(candidates, key=_load_key)
-            allowed = set(candidates).__contains__
+            idlest: WorkerState | None = min(candidates, key=_load_key)
+            allowed: Callable[[WorkerState], bool] = set(candidates).__contains__
         else:
             idlest = self.occupancy.least_loaded(ts.queue)
             if idlest is None or (idle_only and len(idlest.processing) >= idlest.nthreads):
@@ -75,7 +110,7 @@ class Placement:
             for ws in dts.who_has:
                 if allowed(ws):
                     held[ws] = held.get(ws, 0) + dts.nbytes + 1
-        if not held:
+        if not held or idlest is None:
             return idlest
         best = max(held, key=held.__getitem__)
         idle_load = len(idlest.processing) / idlest.nthreads
@@ -130,7 +165,7 @@ class Placement:
         if not victims:
             return
         durations, default = self.prefix_durations, self.avg_duration
-        waiting_on: dict[WorkerState, list] = {}
+        waiting_on: dict[WorkerState, list[TaskState]] = {}
         budget = STEAL_EXAMINED
         for thief in occupancy.thieves(STEAL_THIEVES):
             spare = thief.nthreads - len(thief.processing)
@@ -205,12 +240,12 @@ class Placement:
                                       bool(ts.who_wants), ts.priority[0],
                                       self._worker_options(ts), ts.run_id)))
 
-    def _worker_options(self, ts: TaskState) -> dict | None:
+    def _worker_options(self, ts: TaskState) -> dict[str, Any] | None:
         """What the worker needs to know to run a task: limits, retry rules, failed inputs."""
-        options = ts.options
-        if not options and not ts.collect:
+        if not ts.options and not ts.collect:
             return None
-        out = {}
+        options = ts.options or {}
+        out: dict[str, Any] = {}
         for name in ("timeout", "retry_on", "expires"):
             if name in options:
                 out[name] = options[name]

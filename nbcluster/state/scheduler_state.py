@@ -27,7 +27,7 @@ from .gates import Limit, Timers
 from .occupancy import Occupancy
 from .model import (DEFAULT_QUEUE, FIRE_AND_FORGET, HEARTBEAT_SECONDS, KILLED_WORKER_LIMIT,
                     STORY_LENGTH, TASK_LOG_LENGTH, BadBatch, TaskState, WorkerState, error,
-                    heartbeat_interval, unwant)
+                    Out, Priority, heartbeat_interval, unwant)
 from . import client_requests as requests
 from . import worker_reports as reports
 from .transitions import Transitions
@@ -45,7 +45,7 @@ class SchedulerState(Transitions):
         self.clients: set[str] = set()
         self.functions: dict[str, bytes] = {}
         self.function_owners: dict[str, str] = {}   # token -> the client that sent it
-        self.queues: dict[str, list] = {DEFAULT_QUEUE: []}   # name -> heap of (priority, task)
+        self.queues: dict[str, list[tuple[Priority, TaskState]]] = {DEFAULT_QUEUE: []}   # heaps
         self.unrunnable: list[TaskState] = []     # queued, pinned to workers not connected
         self.limits: dict[str, Limit] = {}        # limit key -> rate/concurrency budget
         self.limits_held = False                  # some limit holds tasks back
@@ -60,23 +60,24 @@ class SchedulerState(Transitions):
         # are none (and the average is below it too), no queued task is worth stealing
         self.long_prefixes: set[str] = set()
         self.heartbeat = HEARTBEAT_SECONDS          # what workers were told (Settings)
-        self.out: list = []
+        self.out: Out = []
         self.now = 0.0
         # What happened to each task, why (the stimulus: which batch of which peer, or a
         # timer, a worker leaving...) and when: bounded over all tasks, for client.story.
         self.record_stories = True
-        self.stories: deque = deque(maxlen=STORY_LENGTH)   # (key, what, where, stimulus, now)
+        self.stories: deque[tuple[str, str, Any, str, float]] = deque(maxlen=STORY_LENGTH)
         self.stimulus = ""
         self.stimuli = 0
         # (key, worker, start, stop, ok) of recent tasks, for observers such as the dashboard
-        self.task_log: deque = deque(maxlen=TASK_LOG_LENGTH)
+        self.task_log: deque[tuple[str, str, float, float, bool]] = deque(maxlen=TASK_LOG_LENGTH)
         self.task_log_total = 0       # entries ever appended: observers keep a cursor
         # (key, from worker, to worker, start, stop, nbytes) of recent worker-to-worker copies
-        self.transfer_log: deque = deque(maxlen=TASK_LOG_LENGTH)
+        self.transfer_log: deque[tuple[str, str, str, float, float, int]] = deque(
+            maxlen=TASK_LOG_LENGTH)
         self.transfer_log_total = 0
 
     # ------------------------------------------------------------------ entry points
-    def handle(self, peer: str, batch: list[m.Message], now: float) -> list:
+    def handle(self, peer: str, batch: list[m.Message], now: float) -> Out:
         """Apply a batch of messages from ``peer``; return ``[(peer, message), ...]`` to send."""
         self._check_batch(peer, batch)   # a message that cannot apply is refused before any is
         self.now = now
@@ -101,7 +102,7 @@ class SchedulerState(Transitions):
         checked the types of their fields already)."""
         role = "worker" if peer in self.workers else "client" if peer in self.clients else None
         accepted = m.TO_SCHEDULER[role] if role else self._handlers
-        defined: set = set()   # functions sent earlier in this batch
+        defined: set[str] = set()   # functions sent earlier in this batch
         for msg in batch:
             kind = type(msg)
             if kind not in accepted:
@@ -121,7 +122,7 @@ class SchedulerState(Transitions):
     def add_client(self, client_id: str) -> None:
         self.clients.add(client_id)
 
-    def remove_client(self, client_id: str, now: float = 0.0) -> list:
+    def remove_client(self, client_id: str, now: float = 0.0) -> Out:
         self.now = now
         self._stimulus(f"{client_id} left")
         out = self.out = []
@@ -141,13 +142,13 @@ class SchedulerState(Transitions):
         return sum(durations.get(ts.prefix, default) for ts in self.tasks.values()
                    if ts.state in ("queued", "processing", "waiting"))
 
-    def restart(self, reason: str, now: float = 0.0) -> list:
+    def restart(self, reason: str, now: float = 0.0) -> Out:
         """Forget every task (``client.restart()``): clients hear CANCELLED for each key they
         hold, workers drop all their data and stop what runs. Workers, clients, functions,
         queues and limits (their settings) stay."""
         self.now = now
         out = self.out = []
-        on_worker: dict[str, list] = defaultdict(list)
+        on_worker: dict[str, list[str]] = defaultdict(list)
         for ts in self.tasks.values():
             for client in ts.who_wants:
                 if client in self.clients:
@@ -189,8 +190,8 @@ class SchedulerState(Transitions):
                 for ws in self.workers.values():
                     ws.functions.discard(token)
 
-    def add_worker(self, address: str, nthreads: int, name: str, identity: dict,
-                   now: float = 0.0) -> list:
+    def add_worker(self, address: str, nthreads: int, name: str, identity: dict[str, Any],
+                   now: float = 0.0) -> Out:
         self.now = now
         self._stimulus(f"{address} joined")
         out = self.out = []
@@ -210,7 +211,7 @@ class SchedulerState(Transitions):
         self.out = []
         return out
 
-    def remove_worker(self, address: str, now: float = 0.0) -> list:
+    def remove_worker(self, address: str, now: float = 0.0) -> Out:
         """A worker left or died: reschedule its tasks, recompute what only it held."""
         self.now = now
         self._stimulus(f"{address} left")
@@ -256,7 +257,8 @@ class SchedulerState(Transitions):
         return out
 
     # ------------------------------------------------------------------ task options
-    def _attempt(self, ts: TaskState, worker: str, start, duration, err) -> None:
+    def _attempt(self, ts: TaskState, worker: str, start: float | None, duration: float | None,
+                 err: str | None) -> None:
         if ts.attempts is None:
             ts.attempts = []
         ts.attempts.append((worker, start, duration, err))
@@ -289,7 +291,7 @@ class SchedulerState(Transitions):
         self.stimuli += 1
         self.stimulus = f"{source}#{self.stimuli}"
 
-    def story(self, key: str) -> list:
+    def story(self, key: str) -> list[list[Any]]:
         """``[time, what, where, stimulus]`` of each recorded transition of ``key`` (also after
         it was forgotten, as long as the bounded record still holds it)."""
         return [[now, what, where, stimulus] for k, what, where, stimulus, now in self.stories
@@ -304,7 +306,7 @@ class SchedulerState(Transitions):
                       if t is not None]
         return min(times) if times else None
 
-    def wake(self, now: float) -> list:
+    def wake(self, now: float) -> Out:
         """Time has come for timers or limits: start delayed tasks, expire late ones."""
         self.now = now
         self._stimulus("timer")
@@ -322,9 +324,9 @@ class SchedulerState(Transitions):
         return out
 
     # ------------------------------------------------------------------ views
-    def queues_info(self) -> dict:
+    def queues_info(self) -> dict[str, dict[str, Any]]:
         """Per queue: tasks waiting in it, tasks running from it, workers subscribed."""
-        info: dict = {}
+        info: dict[str, dict[str, Any]] = {}
         names = set(self.queues) | {q for w in self.workers.values() for q in w.queues}
         for name in sorted(names):
             info[name] = {"queued": 0, "processing": 0, "workers": sorted(
@@ -334,13 +336,13 @@ class SchedulerState(Transitions):
                 info[ts.queue]["queued" if ts.state != "processing" else "processing"] += 1
         return info
 
-    def limits_info(self) -> dict:
+    def limits_info(self) -> dict[str, dict[str, Any]]:
         return {key: limit.describe() for key, limit in self.limits.items()}
 
     def known_queues(self) -> set[str]:
         return set(self.queues) | {q for w in self.workers.values() for q in w.queues}
 
-    def attempts(self, key: str) -> list:
+    def attempts(self, key: str) -> list[list[Any]]:
         ts = self.tasks.get(key)
         return [list(a) for a in (ts.attempts or ())] if ts is not None else []
     def counts_by_state(self) -> dict[str, int]:

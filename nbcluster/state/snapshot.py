@@ -36,7 +36,7 @@ TASK_STATES = ("waiting", "queued", "processing", "memory", "released", "erred")
 MAX_PREFIXES = 50
 
 
-def _tail(log: Any, total: int, since: int, limit: int | None) -> tuple[list, int]:
+def _tail(log: Any, total: int, since: int, limit: int | None) -> tuple[list[Any], int]:
     """Entries of ``log`` appended after cursor ``since``, oldest first, and the new cursor."""
     if log is None:
         return [], int(total or 0)
@@ -52,7 +52,7 @@ def _tail(log: Any, total: int, since: int, limit: int | None) -> tuple[list, in
     return [list(e) for e in newest_first], total
 
 
-def _worker(ws: Any) -> dict:
+def _worker(ws: Any) -> dict[str, Any]:
     metrics = ws.metrics or {}
     identity = ws.identity or {}
     return {
@@ -74,7 +74,7 @@ def _worker(ws: Any) -> dict:
     }
 
 
-def _prefix_rows(state: Any, by_prefix: dict) -> dict:
+def _prefix_rows(state: Any, by_prefix: dict[str, Any]) -> dict[str, Any]:
     done: dict[str, int] = {}
     failed: dict[str, int] = {}
     for name, n in state.counts.items():
@@ -90,7 +90,7 @@ def _prefix_rows(state: Any, by_prefix: dict) -> dict:
         row["failed"] = failed.get(prefix, 0)
         rows[prefix] = row
     if len(rows) > MAX_PREFIXES:   # keep the active ones, then the biggest
-        def rank(item):
+        def rank(item: Any) -> Any:
             r = item[1]
             return (r["processing"] + r["waiting"] + r["queued"] > 0,
                     r["done"] + r["failed"] + r["memory"])
@@ -99,7 +99,7 @@ def _prefix_rows(state: Any, by_prefix: dict) -> dict:
 
 
 def snapshot(state: Any, since: int = 0, transfers_since: int = 0, *,
-             log_limit: int | None = None, prefixes: bool = True) -> dict:
+             log_limit: int | None = None, prefixes: bool = True) -> dict[str, Any]:
     """The state as plain data; logs only after the cursors ``since`` / ``transfers_since``.
 
     ``log_limit`` caps how many log entries are returned (0: none); ``prefixes=False`` skips the

@@ -8,6 +8,7 @@ clock: ``self.now`` is the time of the event being handled.
 from __future__ import annotations
 
 import heapq
+from typing import Any
 
 from ..errors import CancelledError, FutureLostError, TaskExpiredError
 from ..protocol import messages as m
@@ -36,7 +37,7 @@ class Transitions(Placement):
         if not ts.waiting_on:
             self._become_ready(ts)
 
-    def _recompute(self, ts: TaskState, why) -> None:
+    def _recompute(self, ts: TaskState, why: Any) -> None:
         """Bring back a released task from its lineage; scattered data has none: it errs."""
         if not ts.fn:
             self._set_erred(ts, error(FutureLostError, f"{ts.key!r} was scattered data, now "
@@ -47,7 +48,7 @@ class Transitions(Placement):
         ts.state = "waiting"
         self._become_ready_or_wait(ts)
 
-    def _rerun_failed(self, ts: TaskState, why) -> None:
+    def _rerun_failed(self, ts: TaskState, why: Any) -> None:
         """``client.retry``: run a failed task again, and the failed tasks it depends on (the
         error came from one of them), with their retry budgets restored."""
         stack = [ts]
@@ -107,11 +108,12 @@ class Transitions(Placement):
     # ------------------------------------------------------------------ placement
     def _unassign(self, ts: TaskState, free: bool = True) -> None:
         ws = ts.processing_on
+        assert ws is not None, ts
         ws.processing.discard(ts)
         self.occupancy.changed(ws)
         ts.processing_on = None
         ts.executing = False
-        if ts.limited:
+        if ts.limited and ts.limit is not None:
             ts.limited = False
             ts.limit.running -= 1
             if ts.limit.held:
@@ -132,7 +134,8 @@ class Transitions(Placement):
             ws.has_what.add(ts)
             ws.nbytes += ts.nbytes
 
-    def _set_erred(self, ts: TaskState, exception, traceback, blame, cancel: str = "") -> None:
+    def _set_erred(self, ts: TaskState, exception: Any, traceback: str | None, blame: str | None,
+                   cancel: str = "") -> None:
         """Fail ``ts`` and, with the same error, every dependent that has not finished.
 
         With ``cancel`` (the reason), they are cancelled instead: CANCELLED to the clients.
@@ -260,6 +263,6 @@ class Transitions(Placement):
         elif ts.state == "released":
             self._recompute(ts, client)
 
-    def _record(self, ts: TaskState, what: str, where) -> None:
+    def _record(self, ts: TaskState, what: str, where: Any) -> None:
         if self.record_stories:
             self.stories.append((ts.key, what, where, self.stimulus, self.now))

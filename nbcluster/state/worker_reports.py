@@ -4,7 +4,7 @@ missing; output, transfers, heartbeats, pauses and memory limits. Each handler t
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from ..protocol import messages as m
 from .gates import backoff
@@ -91,7 +91,7 @@ def on_failed(s: SchedulerState, peer: str, msg: m.Failed) -> None:
     s._set_erred(ts, msg.exception, msg.traceback, key)
 
 
-def _retry(s: SchedulerState, ts: TaskState, retry: dict) -> bool:
+def _retry(s: SchedulerState, ts: TaskState, retry: dict[str, Any]) -> bool:
     """Another attempt, if the task's budget allows: now or after its back-off."""
     if ts.retries_left > 0:
         ts.retries_left -= 1

@@ -46,7 +46,7 @@ class WorkerTask:
         self.deps: list[str] = []
         self.waiting_on: set[str] = set()
         self.want = False
-        self.priority = 0
+        self.priority = 0.0
         self.order = 0
         self.who_has: list[str] = []
         self.dependents: set[str] = set()
