@@ -5,6 +5,7 @@ from __future__ import annotations
 import pickle
 import struct
 import threading
+import typing
 
 import cloudpickle
 import msgspec
@@ -172,6 +173,7 @@ def test_every_message_type_is_declared_once_as_a_record():
     for role, kinds in m.TO_SCHEDULER.items():
         assert kinds <= set(m.MESSAGES), role
     assert not (m.TO_SCHEDULER["client"] & m.TO_SCHEDULER["worker"])
+    assert typing.get_args(m.AnyMessage) == m.MESSAGES    # what the decoder accepts
 
 
 def _wire(*raw) -> list:
