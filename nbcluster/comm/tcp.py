@@ -19,6 +19,7 @@ from ..protocol.framing import decode, frame_header
 from . import auth
 from .buffers import receive_buffer
 from .core import MAX_FRAME, MAX_FRAMES, Comm, Listener
+from .pending import Pending
 
 logger = logging.getLogger("nbcluster.comm")
 
@@ -27,6 +28,10 @@ _U32 = struct.Struct("<I")
 
 
 CHUNK = 1024 * 1024       # large frames are written in pieces of this size
+RECEIVE_BUFFER = 256 * 1024   # once authenticated; before, a few hundred bytes will do
+HANDSHAKE_BUFFER = 256
+HANDSHAKE_SECONDS = 5.0   # a peer that has not proven the token by then is dropped
+MAX_PENDING = 256         # connections still proving the token; beyond, the oldest goes
 
 
 class TCPComm(Comm):
@@ -96,14 +101,16 @@ class TCPComm(Comm):
 class _Protocol(asyncio.BufferedProtocol):
     """Handshake, then frame parsing; delivers decoded batches to its Comm."""
 
-    def __init__(self, token: str | None, server: bool, on_ready, scheme: str = "tcp") -> None:
+    def __init__(self, token: str | None, server: bool, on_ready, scheme: str = "tcp",
+                 pending: Pending | None = None) -> None:
         self.token = token
+        self.pending = pending            # the listener's connections not yet authenticated
         self.scheme = scheme
         self.server = server
         self.on_ready = on_ready          # called with the Comm or an exception
         self.transport: asyncio.Transport | None = None
         self.comm: TCPComm | None = None
-        self._buf = bytearray(256 * 1024)
+        self._buf = bytearray(HANDSHAKE_BUFFER)   # no memory for a peer before its proof
         self._n = 0                       # bytes in _buf
         self._pos = 0                     # parse position in _buf
         self._phase = "hello"
@@ -129,6 +136,8 @@ class _Protocol(asyncio.BufferedProtocol):
         peername = transport.get_extra_info("peername") or ("?", 0)
         self.peer = f"{self.scheme}://{peername[0]}:{peername[1]}"
         if self.server:
+            if self.pending is not None:
+                self.pending.add(self)
             hello, self._nonce = auth.server_hello()
             transport.write(hello)
 
@@ -142,6 +151,8 @@ class _Protocol(asyncio.BufferedProtocol):
             self.comm.pump()
 
     def connection_lost(self, exc) -> None:
+        if self.pending is not None:
+            self.pending.discard(self)
         if self.comm is not None:
             self.comm.abort(f"connection lost: {exc}" if exc else "connection closed by peer")
         elif self.on_ready is not None:
@@ -288,6 +299,13 @@ class _Protocol(asyncio.BufferedProtocol):
 
     def _start(self) -> None:
         assert self.transport is not None
+        if self.pending is not None:
+            self.pending.discard(self)
+        if len(self._buf) < RECEIVE_BUFFER:   # a new one: the transport may hold a view
+            rest = self._buf[self._pos:self._n]
+            self._buf = bytearray(RECEIVE_BUFFER)
+            self._buf[:len(rest)] = rest
+            self._pos, self._n = 0, len(rest)
         sockname = self.transport.get_extra_info("sockname") or ("?", 0)
         self.comm = TCPComm(self, f"{self.scheme}://{sockname[0]}:{sockname[1]}", self.peer)
         self._phase = "count"
@@ -296,9 +314,11 @@ class _Protocol(asyncio.BufferedProtocol):
 
 
 class TCPListener(Listener):
-    def __init__(self, server: asyncio.AbstractServer, address: str) -> None:
+    def __init__(self, server: asyncio.AbstractServer, address: str,
+                 pending: Pending | None = None) -> None:
         self.server = server
         self.address = address
+        self.pending = pending   # connections still proving the token
 
     def stop(self) -> None:
         self.server.close()
@@ -347,9 +367,12 @@ async def connect(hostport: str, token: str | None, timeout: float, ssl=None,
 
 
 async def listen(hostport: str, on_comm, token: str | None, ssl=None,
-                 scheme: str = "tcp") -> Listener:
+                 scheme: str = "tcp", handshake_seconds: float = HANDSHAKE_SECONDS,
+                 max_pending: int = MAX_PENDING) -> Listener:
     host, port = _split(hostport)
     loop = asyncio.get_running_loop()
+
+    pending = Pending(loop, handshake_seconds, max_pending)
 
     def factory():
         def on_ready(result):
@@ -358,13 +381,14 @@ async def listen(hostport: str, on_comm, token: str | None, ssl=None,
                 if coro is not None:
                     loop.create_task(coro)
 
-        return _Protocol(token, True, on_ready, scheme)
+        return _Protocol(token, True, on_ready, scheme, pending)
 
     try:
         server = await loop.create_server(factory, host, port, reuse_address=True, backlog=1024,
-                                          ssl=ssl)
+                                          ssl=ssl, ssl_handshake_timeout=(
+                                              handshake_seconds if ssl is not None else None))
     except OSError as e:
         raise ConnectError(f"cannot listen on {scheme}://{hostport}: {e.strerror or e}") from None
     sock = server.sockets[0]
     bound_host, bound_port = sock.getsockname()[:2]
-    return TCPListener(server, f"{scheme}://{bound_host}:{bound_port}")
+    return TCPListener(server, f"{scheme}://{bound_host}:{bound_port}", pending)
