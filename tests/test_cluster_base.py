@@ -206,7 +206,7 @@ def test_restart_replaces_every_worker_with_the_same_specs():
 
 
 def nap(i):
-    time.sleep(0.2)
+    time.sleep(0.2)   # the task's own run time: work for adaptive scaling to see, not a wait
     return i
 
 

@@ -200,7 +200,7 @@ def test_no_task_thread_touches_the_worker_state(monkeypatch):
 
 
 def nap(x):
-    time.sleep(0.05)
+    time.sleep(0.05)   # the task's own run time (tasks overlap in flight), not a wait
     return x
 
 
