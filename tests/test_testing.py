@@ -31,7 +31,7 @@ def _running_and_done():
 
 def _drop_from_queue(s):
     for heap in s.queues.values():
-        heap[:] = [(p, t) for p, t in heap if t.key != "q"]
+        heap[:] = [entry for entry in heap if entry[2].key != "q"]
 
 
 SCHEDULER_BREAKS = {
@@ -39,7 +39,9 @@ SCHEDULER_BREAKS = {
     "processing task is on a connected worker": (
         lambda s: s.workers["A"].processing.discard(s.tasks["y"]), "y"),
     "only a task in memory has replicas": (lambda s: setattr(s.tasks["x"], "state", "erred"), "x"),
-    "waits on exactly its inputs": (lambda s: s.tasks["w"].waiting_on.clear(), "w"),
+    "waits on exactly its inputs": (lambda s: setattr(s.tasks["w"], "waiting_on", set()), "w"),
+    "frozen set is its member's own": (
+        lambda s: setattr(s.tasks["w"], "waiting_on", frozenset((s.tasks["y"],))), "w"),
     "kept only while a client wants it": (lambda s: setattr(s.tasks["z"], "who_wants", ()), "z"),
     "only connected clients": (lambda s: s.clients.discard(C), "x"),
     "queued task is in its queue": (_drop_from_queue, "q"),

@@ -13,6 +13,8 @@ from ..comm import Comm, connect
 from ..comm.pool import DataPool, Replies
 from ..errors import ClusterError, CommError
 from ..protocol import messages as m
+
+FRAME_TASKS = 5_000   # task specs per frame to the scheduler, at most
 from .output import OutputMarker
 from .records import CANCELLED, ERROR, FINISHED, LOST, NO_VALUE, PENDING, KeyRecord
 
@@ -106,15 +108,29 @@ class ClientConnection:
         outbox = self.outbox
         batch: list[m.Message] = []
         last: m.Submit | m.Release | None = None   # consecutive submits (or releases) travel
-        while outbox:                                # as one message
+        submitted = 0                                # as one message
+        while outbox:
             msg = outbox.popleft()
             kind = type(msg)
             if kind is m.Submit:
-                if type(last) is m.Submit:
-                    last.tasks.extend(msg.tasks)
-                else:
-                    last = m.Submit(list(msg.tasks))
-                    batch.append(last)
+                tasks = msg.tasks
+                start = 0
+                while start < len(tasks):
+                    if submitted >= FRAME_TASKS:
+                        # The scheduler decodes a frame whole: a million specs in one would
+                        # cost it their decoded copies all at once, beside the tasks made
+                        # of them, and hold its loop for seconds.
+                        if self.comm is not None:
+                            self.comm.send_frame(batch)
+                        batch, last, submitted = [], None, 0
+                    part = tasks[start:start + FRAME_TASKS - submitted]
+                    start += len(part)
+                    submitted += len(part)
+                    if type(last) is m.Submit:
+                        last.tasks.extend(part)
+                    else:
+                        last = m.Submit(part)
+                        batch.append(last)
                 continue
             if kind is m.Release:
                 if type(last) is m.Release:

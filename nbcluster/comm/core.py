@@ -60,6 +60,12 @@ class Comm:
             self._loop.call_soon(self._flush)
         self._pending.extend(msgs)
 
+    def send_frame(self, msgs: list[Message]) -> None:
+        """Send what is pending and ``msgs`` now, as one frame that later messages do not
+        join (a receiver decodes a frame whole: this bounds what it holds at once)."""
+        self.send_many(msgs)
+        self._flush()
+
     def _flush(self) -> None:
         batch, self._pending = self._pending, []
         if not batch or self.closed:

@@ -55,12 +55,15 @@ def _ext_hook(code: int, data: memoryview) -> Serialized:
     start, count = _RANGE.unpack_from(data)
     end = start + count
     if code == EXT_INLINE and 1 <= start <= end <= n:
-        return Serialized(bytes(data[_RANGE.size:]), frames[start:end])
+        # most pickles have no buffers: share one empty sequence (a list each is 56 bytes
+        # for every task the scheduler holds)
+        return Serialized(bytes(data[_RANGE.size:]), frames[start:end] if count else _NONE)
     if code == EXT_FRAMED and 1 <= start <= end < n:
         return Serialized(frames[end], frames[start:end])
     raise ProtocolError(f"bad extension object {code} for {n} frames")
 
 
+_NONE: Any = ()
 _encoder = msgspec.msgpack.Encoder(enc_hook=_enc_hook)
 _decoder = msgspec.msgpack.Decoder(list[AnyMessage], ext_hook=_ext_hook)
 

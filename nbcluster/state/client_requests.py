@@ -4,6 +4,7 @@ fire-and-forget marks, scattered data and limits. Each handler takes the
 
 from __future__ import annotations
 
+import sys
 from typing import TYPE_CHECKING, Any
 
 from ..errors import FutureLostError
@@ -31,20 +32,25 @@ def on_submit(s: SchedulerState, peer: str, msg: m.Submit) -> None:
             continue
         s.counter += 1
         prio = -(options.get("priority", 0) or 0) if options else 0
-        ts = TaskState(key, spec.fn, spec.args, spec.kwargs, options, (prio, s.counter))
+        # the token interned: one string for all of a function's tasks, not one each
+        ts = TaskState(key, sys.intern(spec.fn), spec.args, spec.kwargs, options, prio,
+                       s.counter)
         tasks[key] = ts
         want(ts, peer)
         if options:
             apply_options(s, ts, options)
         s._record(ts, "submitted", peer)
         failed_dep = None
-        for dkey in dict.fromkeys(spec.deps):
-            dts = tasks.get(dkey)
-            if dts is None:
-                failed_dep = dkey
-                continue
-            ts.deps.append(dts)
-            own(dts, "dependents").add(ts)
+        if spec.deps:
+            deps = []
+            for dkey in dict.fromkeys(spec.deps):
+                dts = tasks.get(dkey)
+                if dts is None:
+                    failed_dep = dkey
+                    continue
+                deps.append(dts)
+                own(dts, "dependents").add(ts)
+            ts.deps = tuple(deps)
         if failed_dep is not None:
             ts.state = "waiting"
             s._set_erred(ts, error(FutureLostError,
@@ -109,7 +115,7 @@ def on_update_data(s: SchedulerState, peer: str, msg: m.UpdateData) -> None:
         ts = s.tasks.get(key)
         if ts is None:
             s.counter += 1
-            ts = TaskState(key, "", None, None, None, (0, s.counter))
+            ts = TaskState(key, "", None, None, None, 0, s.counter)
             s.tasks[key] = ts
         want(ts, peer)
         if ts.fn:

@@ -10,7 +10,7 @@ import random
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from .model import Priority, TaskState
+    from .model import Queued, TaskState
 
 
 class Limit:
@@ -27,7 +27,7 @@ class Limit:
         self.concurrency: int | None = None
         self.next_start = 0.0
         self.running = 0
-        self.held: list[tuple[Priority, TaskState]] = []   # heap: waiting for the budget
+        self.held: list[Queued] = []   # heap: waiting for the budget
 
     def set(self, rate: list[float] | None, concurrency: int | None) -> None:
         self.interval = rate[1] / rate[0] if rate else None

@@ -109,7 +109,7 @@ def check_scheduler(s: SchedulerState) -> None:
               "moving a task", None, f"{sorted(s.long_prefixes)} != {sorted(long)}")
     peers = set(s.clients)
     peers.add(FIRE_AND_FORGET)
-    in_heaps = {id(ts) for heap in s.queues.values() for _, ts in heap}
+    in_heaps = {id(ts) for heap in s.queues.values() for _, _, ts in heap}
     in_heaps.update(id(ts) for ts in s.unrunnable)
     limited: dict[Any, int] = {}
     delayed = False
@@ -159,6 +159,9 @@ def check_scheduler(s: SchedulerState) -> None:
         elif ts.who_has:
             _fail("only a task in memory has replicas", key,
                   f"{state} on {sorted(w.address for w in ts.who_has)}")
+        for shared in (ts.who_has, ts.waiting_on):   # see add_holder and wait_for
+            if isinstance(shared, frozenset) and shared and shared is not next(iter(shared)).alone:
+                _fail("a one-element frozen set is its member's own, shared", key)
         for holder in ts.who_has:
             if ts not in holder.has_what or workers.get(holder.address) is not holder:
                 _fail("replicas are on connected workers that list them", key, repr(holder))
@@ -178,7 +181,7 @@ def check_scheduler(s: SchedulerState) -> None:
                 if d.state != "memory":
                     _fail("a queued task has its inputs in memory", key, f"input {d!r}")
             if id(ts) not in in_heaps and (ts.limit is None or
-                                           all(t is not ts for _, t in ts.limit.held)):
+                                           all(t is not ts for _, _, t in ts.limit.held)):
                 _fail("a queued task is in its queue, with the unrunnable ones or held by its "
                       "limit (else nothing ever starts it)", key)
         elif state == "delayed":

@@ -11,7 +11,9 @@ from ..protocol.serialize import Serialized, dumps
 if TYPE_CHECKING:
     from .gates import Limit
 
-Priority = tuple[float, int]   # (minus the user's priority, submission order): smallest first
+# A queue's heap entry: (minus the user's priority, submission order, task): smallest first.
+# The task keeps the two numbers, not a tuple of them (56 bytes a task).
+Queued = tuple[float, int, "TaskState"]
 Out = list[tuple[str, m.Message]]   # what one step sends: (peer, message)
 
 FIRE_AND_FORGET = "@fire-and-forget"   # a pseudo client that lets go once the task ends
@@ -60,14 +62,15 @@ class TaskState:
         "waiting_on", "who_has", "nbytes", "processing_on", "executing", "who_wants",
         "exception", "traceback", "blame", "priority", "suspicious", "queue",
         "limit", "limited", "retries_left", "retry_count", "attempts", "collect", "run_id",
+        "alone", "order",
     )
 
     def __init__(self, key: str, fn: str, args: Any, kwargs: Any,
-                 options: dict[str, Any] | None, priority: Priority) -> None:
+                 options: dict[str, Any] | None, priority: float, order: int) -> None:
         self.key, self.state = key, "new"
         self.prefix = sys.intern(key.rsplit("-", 1)[0])   # shared by a function's tasks
         self.fn, self.args, self.kwargs, self.options = fn, args, kwargs, options
-        self.deps: list[TaskState] = []
+        self.deps: tuple[TaskState, ...] = ()
         self.dependents: set[TaskState] = _EMPTY
         self.waiting_on: set[TaskState] = _EMPTY
         self.who_has: set[WorkerState] = _EMPTY
@@ -78,7 +81,8 @@ class TaskState:
         self.exception: Serialized | None = None
         self.traceback: str | None = None
         self.blame: str | None = None    # the key whose failure this is
-        self.priority = priority
+        self.priority = priority   # minus the user's: smaller runs first ...
+        self.order = order         # ... then earlier submitted
         self.suspicious = 0
         self.queue = DEFAULT_QUEUE
         self.limit: Limit | None = None   # the Limit it runs under, if any
@@ -89,25 +93,96 @@ class TaskState:
         self.attempts: list[tuple[str, float | None, float | None, str | None]] | None = None
         self.run_id = 0          # of its latest assignment: reports from older ones are stale
         self.collect = False     # inputs that fail arrive as their exceptions
+        self.alone: Any = None   # frozenset((self,)) once made: see wait_for
         if options:
             self.queue = options.get("queue", DEFAULT_QUEUE)
             self.retries_left = options.get("retries", 0)
             self.collect = options.get("collect_errors", False)
 
     def __lt__(self, other: "TaskState") -> bool:
-        return self.priority < other.priority
+        return (self.priority, self.order) < (other.priority, other.order)
+
+    def queued(self) -> Queued:
+        """Its entry in a heap of queued tasks."""
+        return (self.priority, self.order, self)
 
     def __repr__(self) -> str:
         return f"<Task {self.key!r} {self.state}>"
 
 
+# One-client who_wants tuples, shared by every task that client alone wants (a tuple each
+# would cost 48 bytes a task). Cleared when it grows past a bound: entries are only a cache.
+_ALONE: dict[str, tuple[str]] = {}
+
+
 def want(ts: TaskState, client: str) -> None:
-    if client not in ts.who_wants:
-        ts.who_wants = ts.who_wants + (client,)
+    wants = ts.who_wants
+    if not wants:
+        alone = _ALONE.get(client)
+        if alone is None:
+            if len(_ALONE) >= 10_000:
+                _ALONE.clear()
+            alone = _ALONE[client] = (client,)
+        ts.who_wants = alone
+    elif client not in wants:
+        ts.who_wants = wants + (client,)
 
 
 def unwant(ts: TaskState, client: str) -> None:
     ts.who_wants = tuple(c for c in ts.who_wants if c != client)
+
+
+def add_holder(ts: TaskState, ws: WorkerState) -> bool:
+    """Record that ``ws`` holds ``ts``'s result; False if it was known. A task held by one
+    worker shares that worker's one-element set (a set each would cost 216 bytes a task)."""
+    has: Any = ts.who_has   # a set, or a shared frozenset
+    if not has:
+        ts.who_has = ws.alone
+    elif ws in has:
+        return False
+    elif type(has) is frozenset:
+        ts.who_has = {*has, ws}
+    else:
+        has.add(ws)
+    return True
+
+
+def drop_holder(ts: TaskState, ws: WorkerState) -> None:
+    has: Any = ts.who_has   # a set, or a shared frozenset
+    if type(has) is frozenset:   # ws.alone, or empty
+        if ws in has:
+            ts.who_has = _EMPTY
+    else:
+        has.discard(ws)
+
+
+def wait_for(ts: TaskState, dts: TaskState) -> None:
+    """Add ``dts`` to what ``ts`` waits on. Tasks that wait on one input share that input's
+    one-element set (a set each would cost 216 bytes a waiting task)."""
+    waits: Any = ts.waiting_on   # a set, or a shared frozenset
+    if not waits:
+        alone = dts.alone
+        if alone is None:
+            alone = dts.alone = frozenset((dts,))
+        ts.waiting_on = alone
+    elif dts in waits:
+        return
+    elif type(waits) is frozenset:
+        ts.waiting_on = {*waits, dts}
+    else:
+        waits.add(dts)
+
+
+def stop_waiting(ts: TaskState, dts: TaskState) -> bool:
+    """Remove ``dts`` from what ``ts`` waits on; False if it was not there."""
+    waits: Any = ts.waiting_on
+    if dts not in waits:
+        return False
+    if type(waits) is frozenset:
+        ts.waiting_on = _EMPTY
+    else:
+        waits.discard(dts)
+    return True
 
 
 def own(ts: TaskState, name: str) -> set[Any]:
@@ -122,7 +197,7 @@ def own(ts: TaskState, name: str) -> set[Any]:
 class WorkerState:
     __slots__ = ("address", "nthreads", "name", "processing", "has_what", "nbytes",
                  "functions", "identity", "metrics", "last_seen", "pinned", "queues",
-                 "assigned", "paused", "last_words", "index", "version")
+                 "assigned", "paused", "last_words", "index", "version", "alone")
 
     def __init__(self, address: str, nthreads: int, name: str, identity: dict[str, Any]) -> None:
         self.address, self.nthreads, self.name, self.identity = address, nthreads, name, identity
@@ -136,6 +211,9 @@ class WorkerState:
         self.last_words = ""     # why it is about to exit, when it said so (STATUS)
         self.index = 0           # order of joining (Occupancy): ties go to the earliest
         self.version = 0         # bumped at every load change (Occupancy's lazy heaps)
+        # who_has of the tasks only this worker holds (see add_holder); typed Any so that it
+        # may stand where a set is declared (nothing adds to it: it is a frozenset)
+        self.alone: Any = frozenset((self,))
         queues = identity.get("queues") if isinstance(identity, dict) else None
         self.queues = frozenset(queues) if queues else frozenset((DEFAULT_QUEUE,))
 

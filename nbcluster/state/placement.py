@@ -14,7 +14,7 @@ from collections import deque
 from typing import TYPE_CHECKING, Any, Callable, Iterable
 
 from ..protocol import messages as m
-from .model import MAX_WINDOW, QUEUED_WORK_SECONDS, STEAL_BANDWIDTH, STEAL_LATENCY, Priority, \
+from .model import MAX_WINDOW, QUEUED_WORK_SECONDS, STEAL_BANDWIDTH, STEAL_LATENCY, Queued, \
     TaskState, WorkerState
 
 if TYPE_CHECKING:
@@ -30,8 +30,8 @@ def _load_key(ws: WorkerState) -> tuple[float, int, int]:
     return (len(ws.processing) / ws.nthreads, ws.assigned, ws.index)
 
 
-def _priority(ts: TaskState) -> Priority:
-    return ts.priority
+def _priority(ts: TaskState) -> tuple[float, int]:
+    return ts.priority, ts.order
 
 
 def _allowed(queue: str, idle_only: bool, paused_ok: bool) -> Callable[[WorkerState], bool]:
@@ -51,7 +51,7 @@ class Placement:
     occupancy: Occupancy
     clients: set[str]
     functions: dict[str, bytes]
-    queues: dict[str, list[tuple[Priority, TaskState]]]   # name -> heap
+    queues: dict[str, list[Queued]]   # name -> heap
     unrunnable: list[TaskState]
     limits: dict[str, Limit]
     limits_held: bool
@@ -137,7 +137,7 @@ class Placement:
                 best = least_loaded(name)
                 if best is None or len(best.processing) >= self._window(best):
                     break
-                _, ts = heapq.heappop(heap)
+                ts = heapq.heappop(heap)[2]
                 if ts.state != "queued":
                     continue   # cancelled or forgotten while queued
                 if self._expired(ts):
@@ -203,7 +203,7 @@ class Placement:
         for limit in list(self.limits.values()):
             held = limit.held
             while held and limit.can_start(self.now):
-                _, ts = held[0]
+                ts = held[0][2]
                 if ts.state != "queued" or ts.limit is not limit:
                     heapq.heappop(held)
                     continue
@@ -237,7 +237,7 @@ class Placement:
         deps = {dts.key: [w.address for w in dts.who_has] for dts in ts.deps
                 if dts.state != "erred"}
         self.out.append((ws.address, m.Compute(ts.key, ts.fn, ts.args, ts.kwargs, deps,
-                                      bool(ts.who_wants), ts.priority[0],
+                                      bool(ts.who_wants), ts.priority,
                                       self._worker_options(ts), ts.run_id)))
 
     def _worker_options(self, ts: TaskState) -> dict[str, Any] | None:

@@ -27,7 +27,7 @@ from .gates import Limit, Timers
 from .occupancy import Occupancy
 from .model import (DEFAULT_QUEUE, FIRE_AND_FORGET, HEARTBEAT_SECONDS, KILLED_WORKER_LIMIT,
                     STORY_LENGTH, TASK_LOG_LENGTH, BadBatch, TaskState, WorkerState, error,
-                    Out, Priority, heartbeat_interval, unwant)
+                    Out, Queued, drop_holder, heartbeat_interval, unwant)
 from . import client_requests as requests
 from . import worker_reports as reports
 from .transitions import Transitions
@@ -45,7 +45,7 @@ class SchedulerState(Transitions):
         self.clients: set[str] = set()
         self.functions: dict[str, bytes] = {}
         self.function_owners: dict[str, str] = {}   # token -> the client that sent it
-        self.queues: dict[str, list[tuple[Priority, TaskState]]] = {DEFAULT_QUEUE: []}   # heaps
+        self.queues: dict[str, list[Queued]] = {DEFAULT_QUEUE: []}   # heaps
         self.unrunnable: list[TaskState] = []     # queued, pinned to workers not connected
         self.limits: dict[str, Limit] = {}        # limit key -> rate/concurrency budget
         self.limits_held = False                  # some limit holds tasks back
@@ -223,7 +223,7 @@ class SchedulerState(Transitions):
         self._set_heartbeat()
         lost = []
         for ts in ws.has_what:
-            ts.who_has.discard(ws)
+            drop_holder(ts, ws)
             if not ts.who_has and ts.state == "memory":
                 # Marked before its dependents are rescheduled below, so that they wait for a
                 # recompute instead of being sent to fetch it from nobody.

@@ -12,7 +12,8 @@ from typing import Any
 
 from ..errors import CancelledError, FutureLostError, TaskExpiredError
 from ..protocol import messages as m
-from .model import _EMPTY, FIRE_AND_FORGET, TaskState, WorkerState, error, own, unwant
+from .model import (_EMPTY, FIRE_AND_FORGET, TaskState, WorkerState, add_holder, error,
+                    stop_waiting, unwant, wait_for)
 from .placement import Placement
 
 
@@ -33,7 +34,7 @@ class Transitions(Placement):
                     continue          # it receives the exception in place of the value
                 self._set_erred(ts, dts.exception, dts.traceback, dts.blame)
                 return
-            own(ts, "waiting_on").add(dts)
+            wait_for(ts, dts)
         if not ts.waiting_on:
             self._become_ready(ts)
 
@@ -78,7 +79,7 @@ class Transitions(Placement):
                 return
             if ts.limit is not None:
                 ts.state = "queued"
-                heapq.heappush(ts.limit.held, (ts.priority, ts))
+                heapq.heappush(ts.limit.held, ts.queued())
                 self.limits_held = True
                 return
         pinned = options and options.get("workers")
@@ -94,7 +95,7 @@ class Transitions(Placement):
             heap = self.queues.get(ts.queue)
             if heap is None:
                 heap = self.queues[ts.queue] = []
-            heapq.heappush(heap, (ts.priority, ts))
+            heapq.heappush(heap, ts.queued())
 
     def _expired(self, ts: TaskState) -> bool:
         expires = ts.options.get("expires") if ts.options else None
@@ -129,8 +130,7 @@ class Transitions(Placement):
                 self.out.append((client, msg))
 
     def _add_replica(self, ts: TaskState, ws: WorkerState) -> None:
-        if ws not in ts.who_has:
-            own(ts, "who_has").add(ws)
+        if add_holder(ts, ws):
             ws.has_what.add(ts)
             ws.nbytes += ts.nbytes
 
@@ -172,10 +172,8 @@ class Transitions(Placement):
                 unwant(t, FIRE_AND_FORGET)
                 self._maybe_forget(t)
         for d, t in ready:
-            if t in d.waiting_on:
-                d.waiting_on.discard(t)
-                if not d.waiting_on and d.state == "waiting":
-                    self._become_ready(d)
+            if stop_waiting(d, t) and not d.waiting_on and d.state == "waiting":
+                self._become_ready(d)
 
     def _lost_data(self, ts: TaskState) -> None:
         """The last copy of ``ts`` is gone: recompute it if anyone still needs it."""
@@ -196,7 +194,7 @@ class Transitions(Placement):
             elif dts.state in ("waiting", "queued") and ts not in dts.waiting_on:
                 if dts.state == "queued":
                     dts.state = "waiting"
-                own(dts, "waiting_on").add(ts)
+                wait_for(dts, ts)
 
     def _is_needed(self, ts: TaskState) -> bool:
         if ts.who_wants:

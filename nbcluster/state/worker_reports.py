@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..protocol import messages as m
 from .gates import backoff
-from .model import FIRE_AND_FORGET, STEAL_LATENCY, TaskState, unwant
+from .model import FIRE_AND_FORGET, STEAL_LATENCY, TaskState, drop_holder, stop_waiting, unwant
 
 if TYPE_CHECKING:
     from .scheduler_state import SchedulerState
@@ -62,10 +62,8 @@ def on_finished(s: SchedulerState, peer: str, msg: m.Finished) -> None:
     s._tell(ts, m.Done(key, has_value, msg.value if has_value else None, nbytes,
                           [] if has_value else [peer]))
     for dts in ts.dependents:
-        if ts in dts.waiting_on:
-            dts.waiting_on.discard(ts)
-            if not dts.waiting_on and dts.state == "waiting":
-                s._become_ready(dts)
+        if stop_waiting(dts, ts) and not dts.waiting_on and dts.state == "waiting":
+            s._become_ready(dts)
     if FIRE_AND_FORGET in ts.who_wants:
         unwant(ts, FIRE_AND_FORGET)
     for dep in ts.deps:
@@ -124,7 +122,7 @@ def on_missing(s: SchedulerState, peer: str, msg: m.Missing) -> None:
     dts = s.tasks.get(dep_key)
     hws = s.workers.get(msg.worker)
     if dts is not None and hws is not None and hws in dts.who_has:
-        dts.who_has.discard(hws)
+        drop_holder(dts, hws)
         hws.has_what.discard(dts)
         hws.nbytes -= dts.nbytes
         if not dts.who_has and dts.state == "memory":
