@@ -54,8 +54,8 @@ def test_plain_batch_round_trip():
 
 
 def test_tuples_and_sets_travel_as_lists():
-    assert decode(encode([m.Free(("a", "b")), m.Release({"x"})])) == [m.Free(["a", "b"]),
-                                                                      m.Release(["x"])]
+    assert decode(encode([m.Free(("a", "b"), (1, 2)), m.Release({"x"})])) == [
+        m.Free(["a", "b"], [1, 2]), m.Release(["x"])]
 
 
 def test_unencodable_value_is_refused():
@@ -201,7 +201,7 @@ def test_decoding_checks_every_field_type():
            ["finished", "k", 8, 0.0, 1, True, None, "int"],        # a field short
            ["finished", "k", 8, 0.0, 1, True, None, "int", 1, 2],  # a field too many
            ["update-data", {"k": "10"}, "w"], ["update-data", {1: 10}, "w"],
-           ["release", ["a", None]], ["free", "a"], ["heartbeat", None],
+           ["release", ["a", None]], ["free", "a"], ["free", ["a"]], ["heartbeat", None],
            ["done", "k", False, None, 8, "tcp://w:1"],                 # holders not a list
            ["limit", "k", [0, 1], None], ["limit", "k", [1], None],   # rate: 2 positives
            ["limit", "k", None, 0],                                    # concurrency > 0

@@ -285,7 +285,7 @@ def test_release_frees_data_on_workers_and_forgets():
     sim.finish("A", "x", nbytes=50)
     assert sim.s.workers["A"].nbytes == 50
     out = sim.release("x")
-    assert out == [("A", m.Free(["x"]))]
+    assert out == [("A", m.Free(["x"], [sim.s.runs]))]
     assert not sim.s.tasks and sim.s.workers["A"].nbytes == 0
     out = sim.release("x")                      # twice: nothing
     assert out == []
@@ -327,7 +327,7 @@ def test_release_of_pending_task_cancels_it_on_its_worker():
     out = sim.release("x", "y")
     assert frees(out) == {("A", "x")} and not sim.s.tasks
     out = sim.finish("A", "x", value=1)        # the worker finished before it got FREE
-    assert out == [("A", m.Free(["x"]))]
+    assert out == [("A", m.Free(["x"], [sim.s.runs]))]
     assert not sim.s.tasks
 
 
@@ -365,7 +365,7 @@ def test_cancel_pending_task_and_its_dependents():
     assert sim.state("done") == "memory"        # finished tasks are not cancelled
     assert isinstance(loads(sim.s.tasks["y"].exception), CancelledError)
     out = sim.finish("A", "x")                  # late result of the cancelled task
-    assert out == [("A", m.Free(["x"]))] and sim.state("x") == "erred"
+    assert out == [("A", m.Free(["x"], [sim.s.runs]))] and sim.state("x") == "erred"
     out = sim.submit(spec("w", deps=["y"]))   # depending on a cancelled task
     assert set(to_client(out, m.Erred)) == {"w"}
     sim.release("x", "y", "w", "done")

@@ -79,12 +79,12 @@ def test_messages_are_checked_for_peers_order_and_holders():
     with pytest.raises(InvariantError, match="function before a task"):
         check_scheduler_messages(s, [("A", compute)], {})
     with pytest.raises(InvariantError, match="connected peers"):
-        check_scheduler_messages(s, [("B", m.Free(["x"]))], sent)
+        check_scheduler_messages(s, [("B", m.Free(["x"], [0]))], sent)
     bad = msgspec.structs.replace(compute, deps={"dep": []})
     with pytest.raises(InvariantError, match="has a holder"):
         check_scheduler_messages(s, [("A", bad)], sent)
     with pytest.raises(InvariantError, match="well formed"):
-        check_scheduler_messages(s, [("A", m.Free("x"))], sent)   # keys not a list
+        check_scheduler_messages(s, [("A", m.Free("x", [0]))], sent)   # keys not a list
 
 
 # ---------------------------------------------------------------------- worker invariants

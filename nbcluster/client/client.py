@@ -128,7 +128,12 @@ class Client(Submitting, Results, ClusterRequests):
             coro.close()
             raise ClusterError("cannot wait for the cluster from a done-callback; "
                                "use asynchronous code or another thread")
-        return wait_future(asyncio.run_coroutine_threadsafe(coro, self.loop), timeout)
+        future = asyncio.run_coroutine_threadsafe(coro, self.loop)
+        try:
+            return wait_future(future, timeout)
+        except TimeoutError:
+            future.cancel()   # given up: it must not go on (nor hold what it waits for)
+            raise
 
     # ------------------------------------------------------------------ handles on keys
     def hold_key(self, key: str) -> KeyRecord:

@@ -154,7 +154,10 @@ class ClientConnection:
         self.check_open()
         rid, reply = self._replies.expect()
         self.post(m.Request(rid, name, args))
-        answer: m.Reply = await reply
+        try:
+            answer: m.Reply = await reply
+        finally:   # given up (a caller's timeout): nothing is kept for a late reply
+            self._replies.discard(rid)
         if not answer.ok:
             raise ClusterError(f"the scheduler could not do {name!r}: {answer.result}")
         return answer.result

@@ -1,17 +1,20 @@
 """Future: a handle on a task's result held on the cluster.
 
 What a Future asks of its client is public and small: ``hold_key(key)`` and
-``release_key(record)`` (the handles on a key, counted), ``gather(future)`` and
-``gather_async(future)`` (a value that did not travel with its completion, fetched from a
-worker holding it), ``loop`` and ``asynchronous`` (where that fetch runs), and the user's own
-``cancel``, ``retry`` and ``attempts``. Waiting is the record's business (see records.py).
+``release_key(record)`` (the handles on a key, counted), ``gather_async(future)`` (a value
+that did not travel with its completion, fetched from a worker holding it) and
+``fetch_sync`` (that fetch for a blocking caller, until its deadline), ``loop`` and
+``asynchronous`` (where that fetch runs), and the user's own ``cancel``, ``retry`` and
+``attempts``. Waiting is the record's business (see records.py).
 """
 
 from __future__ import annotations
 
 import asyncio
+import time
 from typing import Any, Callable
 
+from ..durations import optional_timeout
 from ..errors import ClusterError
 from ..protocol.serialize import TaskRef
 from .records import CANCELLED, FINISHED, NO_VALUE, PENDING, KeyRecord, block_on, ended
@@ -38,16 +41,21 @@ class Future(TaskRef):
     def cancelled(self) -> bool:
         return self._record.status == CANCELLED
 
-    def result(self, timeout: float | None = None) -> Any:
-        """Wait for the task; return its value or raise its exception (original type)."""
+    def result(self, timeout: Any = None) -> Any:
+        """Wait for the task; return its value or raise its exception (original type).
+        ``timeout`` (seconds or text) covers the fetch of a value left on a worker too."""
         rec = self._record
+        seconds = optional_timeout(timeout)
+        deadline = None if seconds is None else time.monotonic() + seconds
         if rec.status == PENDING:
-            self._block(timeout)
+            self._block(seconds)
         if rec.status == FINISHED:
             value = rec.loaded()
             if value is NO_VALUE:        # on a worker: fetched from one holding it
                 self._no_async_client()
-                value = self.client.gather(self)
+                client = self.client
+                value = client.fetch_sync(client.gather_async(self), deadline, seconds,
+                                          f"the result of {self.key}")
             return value
         exc = rec.error()
         del self, rec   # the traceback keeps this frame: hold no future in it

@@ -14,8 +14,10 @@ is recomputed by the scheduler, which says DONE again.
 from __future__ import annotations
 
 import asyncio
+import time
 from typing import Any, Callable, Sequence
 
+from ..durations import optional_timeout
 from ..errors import FutureLostError, SerializationError
 from .records import FINISHED, NO_VALUE, KeyRecord, block_on, ended
 from .structure import collect_futures, rebuild
@@ -37,18 +39,37 @@ class Results:
         ``progress=True`` shows a progress bar while waiting (a widget in a notebook)."""
         if errors not in ("raise", "skip"):
             raise ValueError(f"errors must be 'raise' or 'skip', got {errors!r}")
+        seconds = optional_timeout(timeout)
         found = collect_futures(futures)
         hook = type(self)._progress_hook
         if progress and hook is not None:
             hook(found)
+        what = f"gather of {len(found)} futures"
         if self.asynchronous:
-            return self.gather_async(futures, errors)
+            coro = self.gather_async(futures, errors)
+            return coro if seconds is None else _within(coro, seconds, what)
+        deadline = None if seconds is None else time.monotonic() + seconds
         records = [f._record for f in found]
-        block_on(records, timeout, f"gather of {len(found)} futures")
+        block_on(records, seconds, what)
         for rec in records:
             if rec.status == FINISHED and rec.value is NO_VALUE:   # on a worker: fetch it
-                return self._sync(self.gather_async(futures, errors))
+                return self.fetch_sync(self.gather_async(futures, errors), deadline, seconds,
+                                       what)
         return _assemble(futures, records, errors)
+
+    def fetch_sync(self, coro, deadline: float | None, seconds: float | None, what: str) -> Any:
+        """Run ``coro`` (fetching values from workers) on the client's loop until
+        ``deadline`` (``time.monotonic()``): a TimeoutError naming ``what`` after it, and the
+        fetch is given up (a holder that never answers must not hold the caller)."""
+        left = None if deadline is None else max(0.0, deadline - time.monotonic())
+        try:
+            return self._sync(coro, left)
+        except TimeoutError:
+            if deadline is None or time.monotonic() < deadline:
+                raise     # not ours: raised by the fetch itself
+            raise TimeoutError(f"{what} did not finish within {seconds:g} s: the values are "
+                               "on workers that did not send them in time (busy, stuck, or "
+                               "unreachable from here)") from None
 
     async def gather_async(self, futures: Any, errors: str = "raise") -> Any:
         """``gather`` as a coroutine on the client's loop (``client.loop``): what ``gather``
@@ -114,6 +135,14 @@ class Results:
             rec = need[key]
             if worker in rec.holders:
                 rec.holders = [h for h in rec.holders if h != worker]
+
+
+async def _within(coro, seconds: float, what: str) -> Any:
+    """``await coro``, or a TimeoutError naming ``what`` after ``seconds``."""
+    try:
+        return await asyncio.wait_for(coro, seconds)
+    except TimeoutError:
+        raise TimeoutError(f"{what} did not finish within {seconds:g} s") from None
 
 
 def _assemble(futures: Any, records: Sequence[KeyRecord], errors: str) -> Any:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import queue
 import threading
+import time
 from collections import namedtuple
 from typing import Any, Iterable, Iterator
 
@@ -120,6 +121,7 @@ class as_completed(Iterator):  # noqa: N801 - reads like the function it mirrors
         with self._lock:
             if self._outstanding == 0:
                 raise StopIteration
+        start = time.monotonic()
         try:
             f = get_from(self._queue, self.timeout)
         except queue.Empty:
@@ -128,8 +130,10 @@ class as_completed(Iterator):  # noqa: N801 - reads like the function it mirrors
             self._outstanding -= 1
         if not self.with_results:
             return f
-        try:
-            return f, f.result()
+        try:   # the timeout covers fetching a value left on a worker too
+            left = None if self.timeout is None else \
+                max(0.0, self.timeout - (time.monotonic() - start))
+            return f, f.result(left)
         except BaseException as e:  # noqa: BLE001
             if self.raise_errors:
                 raise

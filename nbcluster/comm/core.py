@@ -163,13 +163,17 @@ async def connect(address: str, token: str | None, timeout: float = 10.0,
 
 
 async def listen(address: str, on_comm: Callable[[Comm], Awaitable[None] | None],
-                 token: str | None, security=None) -> Listener:
+                 token: str | None, security=None, reuse_buffers: bool = True) -> Listener:
+    """``reuse_buffers=False``: large frames arriving here get memory of their own, freed with
+    the last reference to them, instead of memory kept warm for the next one (see
+    ``buffers``): for a server that holds what it receives rather than passing it on."""
     scheme, rest = parse_address(address)
     if scheme in ("tcp", "tls"):
         from . import tcp
 
         ssl = _ssl_for(scheme, address, security, server=True)
-        return await tcp.listen(rest, on_comm, token, ssl=ssl, scheme=scheme)
+        return await tcp.listen(rest, on_comm, token, ssl=ssl, scheme=scheme,
+                                reuse_buffers=reuse_buffers)
     from . import inproc
 
     return await inproc.listen(rest, on_comm, token)

@@ -38,6 +38,10 @@ class Replies:
         if entry is not None and not entry[1].done():
             entry[1].set_result(reply)
 
+    def discard(self, request_id: Any) -> None:
+        """Stop waiting for a reply (answered already, or given up by the caller)."""
+        self._waiting.pop(request_id, None)
+
     def fail(self, error: Callable[[], BaseException], tag: Any = _ALL) -> None:
         for rid, (t, fut) in list(self._waiting.items()):
             if tag is _ALL or t == tag:
@@ -94,8 +98,11 @@ class DataPool:
     async def _request(self, address: str, make: Callable[[int], m.Message]) -> m.Message:
         comm = await self._comm(address)
         rid, reply = self._replies.expect(address)
-        comm.send(make(rid))
-        return await reply
+        try:
+            comm.send(make(rid))
+            return await reply
+        finally:   # a caller's timeout cancels the wait: nothing is kept for a late reply
+            self._replies.discard(rid)
 
     async def get_data(self, address: str, keys: list) -> tuple[dict, list, dict]:
         """Returns (values, missing keys, {key: error text}) from the worker at ``address``."""

@@ -102,8 +102,9 @@ class _Protocol(asyncio.BufferedProtocol):
     """Handshake, then frame parsing; delivers decoded batches to its Comm."""
 
     def __init__(self, token: str | None, server: bool, on_ready, scheme: str = "tcp",
-                 pending: Pending | None = None) -> None:
+                 pending: Pending | None = None, reuse_buffers: bool = True) -> None:
         self.token = token
+        self.reuse_buffers = reuse_buffers   # large frames in pooled memory (``buffers``)
         self.pending = pending            # the listener's connections not yet authenticated
         self.scheme = scheme
         self.server = server
@@ -118,7 +119,7 @@ class _Protocol(asyncio.BufferedProtocol):
         self._nonce = b""
         self._lengths: list[int] = []
         self._frames: list = []
-        self._large = None                # receive buffer of the large frame being read
+        self._large: bytearray | memoryview | None = None   # the large frame being read
         self._large_pos = 0
         self.peer = ""
 
@@ -259,7 +260,7 @@ class _Protocol(asyncio.BufferedProtocol):
                 self._frame_done(frame)
                 return True
             if size - avail >= LARGE:
-                target = receive_buffer(size)
+                target = receive_buffer(size) if self.reuse_buffers else bytearray(size)
                 target[:avail] = self._buf[self._pos:self._n]
                 self._pos = self._n = 0
                 self._large, self._large_pos = target, avail
@@ -368,7 +369,7 @@ async def connect(hostport: str, token: str | None, timeout: float, ssl=None,
 
 async def listen(hostport: str, on_comm, token: str | None, ssl=None,
                  scheme: str = "tcp", handshake_seconds: float = HANDSHAKE_SECONDS,
-                 max_pending: int = MAX_PENDING) -> Listener:
+                 max_pending: int = MAX_PENDING, reuse_buffers: bool = True) -> Listener:
     host, port = _split(hostport)
     loop = asyncio.get_running_loop()
 
@@ -381,7 +382,7 @@ async def listen(hostport: str, on_comm, token: str | None, ssl=None,
                 if coro is not None:
                     loop.create_task(coro)
 
-        return _Protocol(token, True, on_ready, scheme, pending)
+        return _Protocol(token, True, on_ready, scheme, pending, reuse_buffers)
 
     try:
         server = await loop.create_server(factory, host, port, reuse_address=True, backlog=1024,

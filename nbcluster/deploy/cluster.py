@@ -30,11 +30,14 @@ optional
     ``_abort_starts()``          on close: give up the starts under way.
     ``_shutdown(handles)``       on close: stop these workers and the scheduler.
     ``_default_maximum()``       ``adapt``'s maximum when none is given.
+    ``_scheduler_lost()``        why the scheduler is gone (it died), or None while it runs:
+                                 workers that exit then are not replaced (default: None).
     ``kind``                     what the notebook shows: "processes", "in-process", "ssh"...
 
 A kind calls ``self._worker_exited(handle, why)`` (from any thread) when a worker ends without
 having been asked to: the base starts a replacement from the same spec while the cluster is
-open. A kind's ``__init__`` sets itself up, then calls ``self._start(n_workers)``.
+open and its scheduler runs (workers exit with their scheduler: no replacement could join).
+A kind's ``__init__`` sets itself up, then calls ``self._start(n_workers)``.
 """
 
 from __future__ import annotations
@@ -133,6 +136,7 @@ class Cluster:
         self._scaling = threading.RLock()          # one change of the workers at a time
         self._names = itertools.count()
         self._adaptive: Adaptive | None = None
+        self._lost: str | None = None              # why the scheduler is gone, once seen
         self._log = logging.getLogger(type(self).__module__)
 
     # ------------------------------------------------------------------ hooks
@@ -191,6 +195,9 @@ class Cluster:
 
     def _default_maximum(self) -> int:
         return max(1, len(self._running))
+
+    def _scheduler_lost(self) -> str | None:
+        return None
 
     # ------------------------------------------------------------------ starting
     def _start(self, n_workers: int) -> None:
@@ -293,8 +300,12 @@ class Cluster:
         self._replace_soon(entry, why, replace, details)
 
     def _replace_soon(self, dead: RunningWorker, why: str, replace: bool, details: str) -> None:
-        self._log.warning("%s: worker %s %s%s%s", type(self).__name__, dead.spec.name, why,
-                          "; starting a replacement" if replace else "", details)
+        if self._scheduler_gone() is not None:   # it went with its scheduler: said once
+            replace = False
+            self._log.debug("worker %s %s%s", dead.spec.name, why, details)
+        else:
+            self._log.warning("%s: worker %s %s%s%s", type(self).__name__, dead.spec.name, why,
+                              "; starting a replacement" if replace else "", details)
         thread = threading.Thread(target=self._replace, args=(dead, replace), daemon=True,
                                   name=f"nbcluster-replace-{dead.spec.name}")
         with self._lock:   # started before close() can see it: it joins what it sees
@@ -310,12 +321,12 @@ class Cluster:
                 for _ in range(REPLACE_ATTEMPTS):
                     # the new worker may be handed the task that killed the last one and die
                     # too before it is ready: try again (the scheduler stops that task after 3)
-                    if self.closed:
+                    if self.closed or self._scheduler_gone() is not None:
                         return
                     try:
                         started = self._grow([self._respec(dead.spec)], self.timeout)
                     except Exception as e:
-                        if self.closed:
+                        if self.closed or self._scheduler_gone() is not None:
                             return
                         self._log.warning("%s: replacing worker %s failed: %s",
                                           type(self).__name__, dead.spec.name, e)
@@ -431,11 +442,34 @@ class Cluster:
 
     @property
     def status(self) -> str:
-        return "closed" if self.closed else "running"
+        """``"running"``, ``"failed"`` (the scheduler is gone: close the cluster and start a
+        new one) or ``"closed"``."""
+        if self.closed:
+            return "closed"
+        return "running" if self._scheduler_gone() is None else "failed"
+
+    def _scheduler_gone(self) -> str | None:
+        """Why the scheduler is gone, or None while it runs (or the cluster is closed). The
+        first to notice says so in the log: once, however many workers exit with it."""
+        if self._lost is not None or self.closed:
+            return self._lost
+        why = self._scheduler_lost()
+        if why is None:
+            return None
+        with self._lock:
+            first, self._lost = self._lost is None, why
+        if first:
+            self._log.error("%s: %s; its workers exit with it and are not replaced (close this "
+                            "cluster and start a new one)", type(self).__name__, why)
+        return why
 
     def _check_open(self) -> None:
         if self.closed:
             raise ClusterError(f"this {type(self).__name__} is closed")
+        lost = self._scheduler_gone()
+        if lost is not None:
+            raise ClusterError(f"this {type(self).__name__} has no scheduler any more: {lost}; "
+                               "close it and start a new one")
 
     def close(self) -> None:
         """Stop adapting, every worker, then the scheduler. Idempotent."""
@@ -468,9 +502,11 @@ class Cluster:
                 pass
 
     def __repr__(self) -> str:
+        status = self.status
         return (f"<{type(self).__name__} {self.scheduler_address or '?'} "
                 f"workers={len(self._running)} threads={self.threads_per_worker} {self.kind}"
-                f"{' closed' if self.closed else ''}>")
+                f"{'' if status == 'running' else ' ' + status}"
+                f"{': ' + self._lost if status == 'failed' and self._lost else ''}>")
 
     def _repr_html_(self) -> str:
         esc = html.escape
@@ -481,8 +517,11 @@ class Cluster:
         link = self.dashboard_link
         dash = (f"<br>Dashboard: <a href='{esc(link, quote=True)}' target='_blank'>"
                 f"{esc(link)}</a>" if link else "")
+        status = self.status
+        if status == "failed":
+            status = f"failed: {self._lost}"
         return (f"<div><b>{type(self).__name__}</b> ({esc(self.kind)})"
-                f"{' closed' if self.closed else ''}<br>Scheduler: "
+                f"{'' if status == 'running' else ' ' + esc(status)}<br>Scheduler: "
                 f"<code>{esc(str(self.scheduler_address))}</code>{dash}<br>"
                 f"Workers ({len(self._running)}, {self.threads_per_worker} threads each):"
                 f"<table><tr><th>name</th><th>host</th><th>address</th><th>memory limit</th>"

@@ -238,6 +238,15 @@ class LocalCluster(Cluster):
     def _default_maximum(self) -> int:
         return machine_size()
 
+    def _scheduler_lost(self) -> str | None:
+        proc = self._scheduler_proc
+        if proc is not None:
+            code = proc.poll()
+            return None if code is None else f"the scheduler exited with code {code}"
+        if self.scheduler is not None and self.scheduler.closed.is_set():
+            return "the scheduler was closed"
+        return None
+
     # ------------------------------------------------------------------ processes
     def _spawn(self, role: str, *args: str) -> subprocess.Popen:
         env = dict(os.environ, NBCLUSTER_TOKEN=self.token)

@@ -175,8 +175,11 @@ class Compute(Message, tag="compute"):
 
 
 class Free(Message, tag="free"):
-    """Keys to forget (data and tasks)."""
+    """Keys to forget (data and tasks). ``runs[i]``: the scheduler's latest run id when it let
+    go of ``keys[i]``; a worker keeps a key assigned to it by a later run (that COMPUTE was
+    decided after this FREE, whatever order they arrive in)."""
     keys: Keys
+    runs: list[RunId]
 
 
 class Run(Message, tag="run"):

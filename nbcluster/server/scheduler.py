@@ -19,6 +19,7 @@ from ..errors import ProtocolError
 from ..protocol import messages as m
 from ..state.gates import queue_typo
 from ..state.invariants import check_scheduler, shell_check
+from ..state.model import merge_frees
 from ..state.scheduler_state import BadBatch, SchedulerState
 
 logger = logging.getLogger("nbcluster.scheduler")
@@ -51,8 +52,10 @@ class Scheduler:
         self._check = shell_check(check_scheduler, os.environ.get("NBCLUSTER_VALIDATE") == "1")
 
     async def start(self) -> "Scheduler":
+        # Its large frames are task arguments, kept as long as their task and no longer:
+        # receive memory kept warm for reuse would hold each one 10 s after its release.
         self.listener = await listen(self.requested_address, self._on_comm, self.token,
-                                     self.security)
+                                     self.security, reuse_buffers=False)
         self.address = self.listener.address
         self.started = self._clock()
         logger.info("scheduler at %s", self.address)
@@ -170,18 +173,10 @@ class Scheduler:
         if self.state.timers or self.state.limits_held:
             self._schedule_wakeup()
         comms = self.comms
-        frees: dict[str, list] = {}
-        for peer, msg in out:
-            if type(msg) is m.Free:   # one Free per worker per batch, however many keys
-                frees.setdefault(peer, []).extend(msg.keys)
-                continue
+        for peer, msg in merge_frees(out):   # one FREE per worker, where order allows
             comm = comms.get(peer)
             if comm is not None:
                 comm.send(msg)
-        for peer, keys in frees.items():
-            comm = comms.get(peer)
-            if comm is not None:
-                comm.send(m.Free(keys))
         self._check(self.state)   # debug mode (NBCLUSTER_VALIDATE=1): after every batch
 
     def _schedule_wakeup(self) -> None:

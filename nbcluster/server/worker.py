@@ -205,7 +205,7 @@ class Worker:
         self.apply(self._state.compute(msg))
 
     def _on_free(self, msg: m.Free) -> None:
-        self.apply(self._state.free(msg.keys))
+        self.apply(self._state.free(msg.keys, msg.runs))
 
     def _on_close_message(self, msg: m.Close) -> None:
         asyncio.ensure_future(self.close(msg.reason))

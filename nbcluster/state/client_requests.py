@@ -122,7 +122,7 @@ def on_update_data(s: SchedulerState, peer: str, msg: m.UpdateData) -> None:
             # the key names a submitted task (the client checks first; this is a race
             # with another client): the task's own result wins, the put copy goes
             if ws is not None and ws not in ts.who_has:
-                s.out.append((worker, m.Free([key])))
+                s._free(worker, key)
             if ts.state == "memory":
                 s.out.append((peer, m.Done(key, False, None, ts.nbytes,
                                         [w.address for w in ts.who_has])))

@@ -247,6 +247,10 @@ def check_scheduler_messages(s: SchedulerState, out: list[tuple[str, Any]],
             _fail("messages are well formed", None, f"to {peer!r}: {e}")
         if type(msg) is m.Function:
             sent.setdefault(peer, set()).add(msg.token)
+        elif type(msg) is m.Free:
+            if len(msg.runs) != len(msg.keys) or any(r > s.runs for r in msg.runs):
+                _fail("a FREE has a run id issued so far for each key", None,
+                      f"to {peer!r}: {msg!r}")
         elif type(msg) is m.Compute:
             key, fn = msg.key, msg.fn
             if fn not in s.functions:

@@ -34,6 +34,35 @@ def heartbeat_interval(workers: int) -> float:
     return max(HEARTBEAT_SECONDS, steps / 2)
 
 
+def merge_frees(out: Out) -> Out:
+    """``out`` with each worker's FREEs merged (one message, however many keys), without
+    changing what the order means: a FREE waits only past messages to its worker that do not
+    name its keys, and goes out before a COMPUTE that names one (as its key or an input), so
+    a key freed and then assigned again reaches the worker in that order."""
+    merged: Out = []
+    waiting: dict[str, dict[str, int]] = {}    # worker -> {key: run} of FREEs not placed yet
+    for peer, msg in out:
+        if type(msg) is m.Free:
+            runs = waiting.get(peer)
+            if runs is None:
+                runs = waiting[peer] = {}
+            keys = msg.keys
+            if len(keys) == 1:     # as the state sends them
+                runs[keys[0]] = msg.runs[0]   # a later FREE of a key covers more runs
+            else:
+                runs.update(zip(keys, msg.runs))
+            continue
+        if type(msg) is m.Compute and peer in waiting:
+            runs = waiting[peer]
+            if msg.key in runs or (msg.deps and not runs.keys().isdisjoint(msg.deps)):
+                del waiting[peer]
+                merged.append((peer, m.Free(list(runs), list(runs.values()))))
+        merged.append((peer, msg))
+    for peer, runs in waiting.items():
+        merged.append((peer, m.Free(list(runs), list(runs.values()))))
+    return merged
+
+
 STEAL_LATENCY = 0.002          # seconds moving a queued task to another worker costs, besides
 STEAL_BANDWIDTH = 1e9          # its inputs at this many bytes a second
 # Shared by tasks until they need a set of their own (``own``); typed Any so that it may

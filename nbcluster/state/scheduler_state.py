@@ -158,7 +158,7 @@ class SchedulerState(Transitions):
             if ts.processing_on is not None:
                 on_worker[ts.processing_on.address].append(ts.key)
         for address, keys in on_worker.items():
-            out.append((address, m.Free(keys)))
+            out.append((address, m.Free(keys, [self.runs] * len(keys))))
         self.tasks.clear()
         for heap in self.queues.values():
             heap.clear()

@@ -120,7 +120,7 @@ class Transitions(Placement):
             if ts.limit.held:
                 self.limits_held = True
         if free:
-            self.out.append((ws.address, m.Free([ts.key])))
+            self._free(ws.address, ts.key)
 
     # ------------------------------------------------------------------ ends
     def _tell(self, ts: TaskState, msg: m.Message) -> None:
@@ -218,8 +218,13 @@ class Transitions(Placement):
         for ws in ts.who_has:
             ws.has_what.discard(ts)
             ws.nbytes -= ts.nbytes
-            self.out.append((ws.address, m.Free([ts.key])))
+            self._free(ws.address, ts.key)
         ts.who_has = _EMPTY
+
+    def _free(self, worker: str, key: str) -> None:
+        """Tell ``worker`` to forget ``key``: whatever ran it there up to now, not a run
+        assigned after this (see ``m.Free``)."""
+        self.out.append((worker, m.Free([key], [self.runs])))
 
     def _maybe_forget(self, ts: TaskState) -> None:
         """Called when a task lost its last wanter."""
@@ -241,6 +246,9 @@ class Transitions(Placement):
                 self._unassign(t)
             self._free_replicas(t)
             t.state = "forgotten"
+            # a queue, timer or limit may list it until its turn comes (they skip forgotten
+            # tasks lazily): what it was called with, maybe large, goes now
+            t.args = t.kwargs = None
             self._record(t, "forgotten", None)
             del self.tasks[t.key]
             for dep in t.deps:

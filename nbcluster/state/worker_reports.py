@@ -36,7 +36,7 @@ def on_finished(s: SchedulerState, peer: str, msg: m.Finished) -> None:
         # elsewhere, and the worker was sent FREE for it, so it drops the value. Counting
         # it would record a replica that is gone.
         if ts is None or ws not in ts.who_has:
-            s.out.append((peer, m.Free([key])))
+            s._free(peer, key)
         return
     ws.last_seen = s.now
     s.task_log.append((key, peer, start, stop, True))

@@ -155,12 +155,17 @@ class WorkerState:
         self._start_fetches(out)
         return out
 
-    def free(self, keys: list[str]) -> list[Instruction]:
+    def free(self, keys: list[str], runs: list[int] | None = None) -> list[Instruction]:
+        """The scheduler let go of ``keys``. ``runs`` (per key, the scheduler's latest run id
+        when it did): a key it assigned here again since, by a later run, is kept: that
+        COMPUTE overtook this FREE. None: whatever run holds them."""
+        if runs is not None and len(runs) != len(keys):
+            raise m.ProtocolError(f"FREE of {len(keys)} keys but {len(runs)} run ids")
         out: list[Instruction] = []
         drop: list[str] = []
-        for key in keys:
+        for i, key in enumerate(keys):
             ts = self.tasks.get(key)
-            if ts is None:
+            if ts is None or (runs is not None and ts.run_id > runs[i]):
                 continue
             if ts.state == "executing":
                 ts.cancelled = True   # the result is dropped when the thread returns
