@@ -17,7 +17,7 @@ import sys
 import time
 import traceback
 
-from .systems import make_system
+from .systems import SYSTEMS, make_system
 from .workloads import METRICS, REPEATS, WORKLOADS, metrics_of
 
 
@@ -148,7 +148,7 @@ def run(system_name, workload_id, mode, out):
 
 def main(argv=None):
     ap = argparse.ArgumentParser(prog="python -m benchmarks.child")
-    ap.add_argument("--system", required=True, choices=["nbcluster", "dask"])
+    ap.add_argument("--system", required=True, choices=sorted(SYSTEMS))
     ap.add_argument("--workload", required=True, choices=sorted(WORKLOADS))
     ap.add_argument("--mode", default="default", choices=sorted(REPEATS))
     ap.add_argument("--out", required=True)

@@ -233,7 +233,28 @@ class NbclusterSystem(System):
         return {"nbcluster": v}
 
 
-SYSTEMS = {"nbcluster": NbclusterSystem, "dask": DaskSystem}
+class NbclusterJournalSystem(NbclusterSystem):
+    """nbcluster with the scheduler's journal on (issue 15): every accepted task written to
+    SQLite (WAL) before anything acknowledges it. A new journal file per cluster."""
+
+    name = "nbcluster-journal"
+
+    def _journal(self):
+        import tempfile
+
+        folder = tempfile.mkdtemp(prefix="nbcluster-bench-journal-")
+        return os.path.join(folder, "journal.sqlite")
+
+    def local_cluster(self):
+        return self.LocalCluster(n_workers=N_WORKERS, threads_per_worker=THREADS_PER_WORKER,
+                                 processes=True, journal=self._journal())
+
+    def scheduler_cmd(self, port):
+        return super().scheduler_cmd(port) + ["--journal", self._journal()]
+
+
+SYSTEMS = {"nbcluster": NbclusterSystem, "nbcluster-journal": NbclusterJournalSystem,
+           "dask": DaskSystem}
 
 
 def make_system(name):

@@ -9,6 +9,7 @@ import logging
 import os
 import sys
 
+from .durations import parse_duration
 from .errors import NBClusterError
 
 
@@ -76,9 +77,11 @@ def _close_on_signals(close) -> None:
 def _scheduler(args) -> int:
     from .comm.auth import new_token
     from .config import remove_connection_file, tune_gc_for_server, write_connection_file
+    from .server.journal import journal_token
     from .server.scheduler import Scheduler
 
-    token = _token(args) or os.environ.get("NBCLUSTER_TOKEN") or new_token()
+    token = _token(args) or os.environ.get("NBCLUSTER_TOKEN") or journal_token(args.journal) \
+        or new_token()
     security = _security(args)
     scheme = "tls" if security is not None and security.tls else "tcp"
     if not _is_loopback(args.host):
@@ -92,7 +95,13 @@ def _scheduler(args) -> int:
 
     async def main():
         scheduler = await Scheduler(f"{scheme}://{args.host}:{args.port}", token=token,
-                                    security=security).start()
+                                    security=security, journal=args.journal,
+                                    durable=args.durable,
+                                    client_grace=parse_duration(args.client_grace,
+                                                                "--client-grace")).start()
+        if scheduler.keeper is not None:
+            print(f"journal {scheduler.keeper.journal.path}: {scheduler.keeper.restored} "
+                  "tasks taken back", flush=True)
         _close_on_signals(scheduler.close)   # before the file exists: no window to leave it
         written.append((write_connection_file(scheduler.address, token, args.connection_file),
                         scheduler.address))
@@ -197,6 +206,14 @@ def main(argv: list[str] | None = None) -> int:
                    help="where to write address and token (default: a per-user runtime dir)")
     s.add_argument("--dashboard-port", type=int, default=0,
                    help="port of the dashboard (0: a free one, -1: none)")
+    s.add_argument("--journal", default=None, metavar="PATH",
+                   help="keep every task accepted and not yet done in this SQLite file; "
+                        "a scheduler started again on it resumes them (and keeps its token)")
+    s.add_argument("--durable", action="store_true",
+                   help="with --journal: fsync every step, so that tasks survive a power cut "
+                        "too (default: they survive the process being killed)")
+    s.add_argument("--client-grace", default="60s",
+                   help="after a restart, how long clients have to come back for their tasks")
     _add_tls_options(s)
     s.set_defaults(run=_scheduler)
 

@@ -18,6 +18,7 @@
     │   ├── TaskTimeoutError (TimeoutError)  the task ran longer than its ``timeout``
     │   └── TaskExpiredError           the task had not started by its ``expires``
     ├── ClusterError                   a cluster could not start or was used after close
+    │   └── JournalError               a scheduler's journal cannot be used (names the file)
     └── Retry                          raised inside a task to ask for another attempt
 
 A task's own exception is never wrapped: ``future.result()`` raises it with its own type and the
@@ -107,6 +108,10 @@ class Retry(NBClusterError):
 
 class ClusterError(NBClusterError, RuntimeError):
     """A cluster or client could not start, or was used after it closed."""
+
+
+class JournalError(ClusterError):
+    """A scheduler's journal is damaged, of another format, or not a journal at all."""
 
 
 __all__ = [

@@ -172,14 +172,19 @@ class LocalCluster(Cluster):
                  queues: list[str] | None = None, dashboard: bool = True,
                  dashboard_port: int = 0, memory_spill: float | None = 0.60,
                  memory_pause: float | None = 0.80,
-                 memory_terminate: float | None = 0.95) -> None:
+                 memory_terminate: float | None = 0.95, journal: str | None = None) -> None:
         if n_workers is None:
             n_workers = max(1, machine_size() // max(1, threads_per_worker))
         if not isinstance(n_workers, int) or n_workers < 0:
             raise ValueError(f"n_workers must be a non-negative int, got {n_workers!r}")
+        if journal is not None and token is None:   # the one its tasks' peers still hold
+            from ..server.journal import journal_token
+
+            token = journal_token(journal)
         super().__init__(threads_per_worker=threads_per_worker, memory_limit=memory_limit,
                          queues=queues, token=token, security=security)
         self.processes = processes
+        self.journal = None if journal is None else os.path.abspath(journal)
         # worker processes spill results to disk above memory_spill of their limit, pause
         # above memory_pause and are replaced above memory_terminate; in-process workers
         # share this process's memory: not watched
@@ -277,7 +282,8 @@ class LocalCluster(Cluster):
             return
         deadline = time.monotonic() + self.timeout
         self._scheduler_proc = self._spawn("scheduler", "--address", self._listen,
-                                           "--dashboard-port", str(self._dashboard_port))
+                                           "--dashboard-port", str(self._dashboard_port),
+                                           *(["--journal", self.journal] if self.journal else []))
         # the first workers import while the scheduler starts; they read its address from stdin
         for spec in first:
             self._prespawned[spec.name] = self._spawn_worker(spec)
@@ -396,7 +402,8 @@ class LocalCluster(Cluster):
 
         self._thread = LoopThread("nbcluster-local")
         scheduler: Scheduler = self._thread.run(Scheduler(f"inproc://scheduler-{id(self)}",
-                                                          token=self.token).start())
+                                                          token=self.token,
+                                                          journal=self.journal).start())
         self.scheduler = scheduler
         self.scheduler_address = scheduler.address
         if self._dashboard_port >= 0:

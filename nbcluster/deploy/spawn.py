@@ -40,7 +40,7 @@ async def _scheduler(args) -> None:
     from ..security import Security
 
     scheduler = await Scheduler(args.address, token=os.environ.get("NBCLUSTER_TOKEN"),
-                                security=Security.from_env()).start()
+                                security=Security.from_env(), journal=args.journal).start()
     dashboard = None
     if args.dashboard_port >= 0:
         try:
@@ -119,6 +119,7 @@ def main(argv=None) -> None:
     parser.add_argument("--spill-dir", default=None)
     parser.add_argument("--queues", default=None)
     parser.add_argument("--dashboard-port", type=int, default=-1, help="-1: no dashboard")
+    parser.add_argument("--journal", default=None)
     args = parser.parse_args(argv)
     tune_gc_for_server()
     logging.basicConfig(level=os.environ.get("NBCLUSTER_LOG_LEVEL", "WARNING"),

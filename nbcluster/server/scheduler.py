@@ -12,6 +12,7 @@ import itertools
 import logging
 import os
 import time
+import uuid
 from typing import Any, Callable, ClassVar
 
 from ..comm import Comm, Listener, listen
@@ -21,6 +22,7 @@ from ..state.gates import queue_typo
 from ..state.invariants import check_scheduler, shell_check
 from ..state.model import merge_frees
 from ..state.scheduler_state import BadBatch, SchedulerState
+from .journal import Keeper
 
 logger = logging.getLogger("nbcluster.scheduler")
 
@@ -31,11 +33,15 @@ class Scheduler:
     _requests: ClassVar[dict[str, Callable[..., Any]]]   # name -> handler, below the class
 
     def __init__(self, address: str = "tcp://127.0.0.1:0", token: str | None = None,
-                 security=None) -> None:
+                 security=None, journal: str | None = None, durable: bool = False,
+                 client_grace: float = 60.0, settle: float = 1.0) -> None:
         self.requested_address = address
         self.token = token
         self.security = security
         self.state = SchedulerState()
+        # the journal (issue 15): what a restart on the same file takes back
+        self.keeper = Keeper(self, journal, durable, client_grace, settle) if journal else None
+        self.incarnation = uuid.uuid4().hex   # tells a restarted scheduler from the last one
         self.comms: dict[str, Comm] = {}
         self.listener: Listener | None = None
         self.address = ""
@@ -52,6 +58,9 @@ class Scheduler:
         self._check = shell_check(check_scheduler, os.environ.get("NBCLUSTER_VALIDATE") == "1")
 
     async def start(self) -> "Scheduler":
+        if self.keeper is not None:   # restored before anyone can connect
+            self.token = self.keeper.token(self.token)
+            self.keeper.restore(asyncio.get_running_loop())
         # Its large frames are task arguments, kept as long as their task and no longer:
         # receive memory kept warm for reuse would hold each one 10 s after its release.
         self.listener = await listen(self.requested_address, self._on_comm, self.token,
@@ -67,6 +76,8 @@ class Scheduler:
         for peer, comm in list(self.comms.items()):
             comm.send(m.Close("the scheduler was closed"))   # clients say so, and don't warn
             comm.close()
+        if self.keeper is not None:
+            self.keeper.close()
         if self.listener is not None:
             self.listener.stop()
         self.closed.set()
@@ -86,6 +97,8 @@ class Scheduler:
                     raise ProtocolError(f"bad or duplicate client id {peer!r}")
                 self.comms[peer] = comm
                 self.state.add_client(peer)
+                if self.keeper is not None:
+                    self.keeper.absent.discard(peer)   # back after a restart
             else:
                 raise ProtocolError(f"unknown role {role!r}")
             comm.extra["peer"] = peer
@@ -93,7 +106,9 @@ class Scheduler:
             comm.on_close = lambda reason: self._on_close(peer, reason)
             if len(batch) > 1:
                 self._on_batch(peer, batch[1:])
-            comm.send(m.Reply(0, True, {"address": self.address, "peer": peer}))
+            comm.send(m.Reply(0, True, {"address": self.address, "peer": peer,
+                                        "journal": self.keeper is not None,
+                                        "incarnation": self.incarnation}))
 
         comm.start(first_batch, lambda reason: None)
 
@@ -101,6 +116,10 @@ class Scheduler:
         address = identity.get("address")
         if type(address) is not str or address in self.comms:
             raise ProtocolError(f"bad or duplicate worker address {address!r}")
+        held = identity.get("held") or {}
+        if type(held) is not dict or not all(type(k) is str and k and type(n) is int and n >= 0
+                                             for k, n in held.items()):
+            raise ProtocolError(f"worker {address}: held must map keys to byte counts")
         queues = identity.get("queues") or ["default"]
         if type(queues) is not list or not all(type(q) is str and q for q in queues):
             raise ProtocolError(f"worker {address}: queues must be a list of names")
@@ -170,6 +189,8 @@ class Scheduler:
                     raise ProtocolError(f"{type(msg).__name__} is not accepted from {peer}")
 
     def _send(self, out: list) -> None:
+        if self.keeper is not None:   # on disk before anything is acknowledged
+            self.keeper.flush()
         if self.state.timers or self.state.limits_held:
             self._schedule_wakeup()
         comms = self.comms
@@ -230,6 +251,7 @@ class Scheduler:
             "tasks": st.counts_by_state(),
             "dashboard": self.dashboard_link,
             "clients": len(st.clients),
+            "journal": None if self.keeper is None else self.keeper.journal.path,
             "done_by_prefix": dict(st.counts),
         }
 

@@ -19,6 +19,8 @@ def on_function(s: SchedulerState, peer: str, msg: m.Function) -> None:
     if token not in s.functions:
         s.functions[token] = msg.blob
         s.function_owners[token] = peer
+        if s.journal is not None:
+            s.journal.append(("fn", token, msg.blob, peer))
 
 
 def on_submit(s: SchedulerState, peer: str, msg: m.Submit) -> None:
@@ -28,6 +30,7 @@ def on_submit(s: SchedulerState, peer: str, msg: m.Submit) -> None:
         ts = tasks.get(key)
         if ts is not None:
             want(ts, peer)
+            s._journal_wants(ts)
             s._report_if_final(ts, peer)
             continue
         s.counter += 1
@@ -37,6 +40,8 @@ def on_submit(s: SchedulerState, peer: str, msg: m.Submit) -> None:
                        s.counter)
         tasks[key] = ts
         want(ts, peer)
+        if s.journal is not None:
+            s.journal.append(("task", spec, ts.who_wants))
         if options:
             apply_options(s, ts, options)
         s._record(ts, "submitted", peer)
@@ -69,6 +74,7 @@ def on_release(s: SchedulerState, peer: str, msg: m.Release) -> None:
             unwant(ts, peer)
             if not ts.who_wants:
                 s._maybe_forget(ts)
+            s._journal_wants(ts)
 
 
 def on_want(s: SchedulerState, peer: str, msg: m.Want) -> None:
@@ -78,6 +84,7 @@ def on_want(s: SchedulerState, peer: str, msg: m.Want) -> None:
             s.out.append((peer, m.Cancelled(key, "the scheduler does not know this key")))
             continue
         want(ts, peer)
+        s._journal_wants(ts)
         s._report_if_final(ts, peer)
 
 
@@ -98,6 +105,7 @@ def on_retry(s: SchedulerState, peer: str, msg: m.RetryTasks) -> None:
             s._rerun_failed(ts, peer)
         else:   # already rerunning (another client asked) or done: the client hears as usual
             want(ts, peer)
+            s._journal_wants(ts)
             s._report_if_final(ts, peer)
 
 
@@ -106,6 +114,7 @@ def on_fire_and_forget(s: SchedulerState, peer: str, msg: m.FireAndForget) -> No
         ts = s.tasks.get(key)
         if ts is not None and ts.state not in ("memory", "erred", "released"):
             want(ts, FIRE_AND_FORGET)
+            s._journal_wants(ts)
 
 
 def on_update_data(s: SchedulerState, peer: str, msg: m.UpdateData) -> None:
@@ -164,4 +173,6 @@ def on_set_limit(s: SchedulerState, peer: str, msg: m.SetLimit) -> None:
     if limit is None:
         limit = s.limits[key] = Limit(key)
     limit.set(msg.rate, msg.concurrency)
+    if s.journal is not None:
+        s.journal.append(("limit", key, msg.rate, msg.concurrency))
     s.limits_held = True    # the new budget may let held tasks go

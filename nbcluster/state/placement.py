@@ -51,6 +51,8 @@ class Placement:
     occupancy: Occupancy
     clients: set[str]
     functions: dict[str, bytes]
+    journal: list[tuple[Any, ...]] | None
+    placing: bool
     queues: dict[str, list[Queued]]   # name -> heap
     unrunnable: list[TaskState]
     limits: dict[str, Limit]
@@ -125,6 +127,8 @@ class Placement:
         return ws.nthreads * (1 + max(1, min(MAX_WINDOW, per_thread)))
 
     def _fill_workers(self) -> None:
+        if not self.placing:
+            return
         if self.limits_held:
             self._release_limited()
         if not self.workers:

@@ -28,6 +28,7 @@ from .occupancy import Occupancy
 from .model import (DEFAULT_QUEUE, FIRE_AND_FORGET, HEARTBEAT_SECONDS, KILLED_WORKER_LIMIT,
                     STORY_LENGTH, TASK_LOG_LENGTH, BadBatch, TaskState, WorkerState, error,
                     Out, Queued, drop_holder, heartbeat_interval, unwant)
+from . import journal
 from . import client_requests as requests
 from . import worker_reports as reports
 from .transitions import Transitions
@@ -44,6 +45,11 @@ class SchedulerState(Transitions):
         self.occupancy = Occupancy()                # which workers have room (O(log W))
         self.clients: set[str] = set()
         self.functions: dict[str, bytes] = {}
+        # changes a restart must know about, while a journal is kept (see state/journal.py)
+        self.journal: list[tuple[Any, ...]] | None = None
+        # False for a moment after a restart, while workers come back with the results
+        # they hold: tasks started at once would be done twice (see resume_placement)
+        self.placing = True
         self.function_owners: dict[str, str] = {}   # token -> the client that sent it
         self.queues: dict[str, list[Queued]] = {DEFAULT_QUEUE: []}   # heaps
         self.unrunnable: list[TaskState] = []     # queued, pinned to workers not connected
@@ -130,6 +136,7 @@ class SchedulerState(Transitions):
         for ts in [ts for ts in self.tasks.values() if client_id in ts.who_wants]:
             unwant(ts, client_id)   # (a non-empty who_wants is the task's own set)
             self._maybe_forget(ts)
+            self._journal_wants(ts)
         self._forget_functions()
         self._fill_workers()
         self.out = []
@@ -203,6 +210,9 @@ class SchedulerState(Transitions):
         self.occupancy.add(ws)
         if not self._set_heartbeat() and self.heartbeat != HEARTBEAT_SECONDS:
             out.append((address, m.Settings(self.heartbeat)))   # the newcomer learns it
+        held = identity.get("held")
+        if held:
+            journal.adopt(self, ws, held)
         pinned, self.unrunnable = self.unrunnable, []
         for ts in dict.fromkeys(pinned):
             if ts.state == "queued":
@@ -239,6 +249,7 @@ class SchedulerState(Transitions):
                 ts.suspicious += 1
                 if ts.retries_left > 0 and ts.suspicious < KILLED_WORKER_LIMIT:
                     ts.retries_left -= 1    # a death is a failed attempt of what it ran
+                    self._journal_retries(ts)
                 if ts.suspicious >= KILLED_WORKER_LIMIT:
                     self._record(ts, "killed-worker", address)
                     last = (f" The last one said: {ws.last_words}." if ws.last_words else

@@ -61,6 +61,8 @@ class Transitions(Placement):
             t.exception = t.traceback = t.blame = None
             t.suspicious = 0
             t.retries_left = t.options.get("retries", 0) if t.options else 0
+            if self.journal is not None:
+                self.journal.append(("rerun", t.key))
             stack.extend(t.deps)
         if ts.state == "released":
             self._recompute(ts, why)
@@ -83,7 +85,7 @@ class Transitions(Placement):
                 self.limits_held = True
                 return
         pinned = options and options.get("workers")
-        if ts.deps or pinned:
+        if (ts.deps or pinned) and self.placing:
             ws = self._pick_worker(ts)
             if ws is not None:
                 self._assign(ts, ws)
@@ -156,6 +158,8 @@ class Transitions(Placement):
             else:
                 self._tell(t, m.Erred(t.key, exception, traceback, blame))
             t.exception, t.traceback, t.blame = exception, traceback, blame
+            if self.journal is not None:
+                self.journal.append(("erred", t.key, exception, traceback, blame))
             erred.append(t)
             for d in t.dependents:
                 if d.collect and d.state == "waiting" and not cancel:
@@ -171,6 +175,7 @@ class Transitions(Placement):
             if FIRE_AND_FORGET in t.who_wants:
                 unwant(t, FIRE_AND_FORGET)
                 self._maybe_forget(t)
+                self._journal_wants(t)
         for d, t in ready:
             if stop_waiting(d, t) and not d.waiting_on and d.state == "waiting":
                 self._become_ready(d)
@@ -226,6 +231,15 @@ class Transitions(Placement):
         assigned after this (see ``m.Free``)."""
         self.out.append((worker, m.Free([key], [self.runs])))
 
+    def _journal_wants(self, ts: TaskState) -> None:
+        """Its wanters changed: the journal, if any, records them (unless it is gone)."""
+        if self.journal is not None and self.tasks.get(ts.key) is ts:
+            self.journal.append(("wants", ts.key, ts.who_wants))
+
+    def _journal_retries(self, ts: TaskState) -> None:
+        if self.journal is not None:
+            self.journal.append(("retries", ts.key, ts.retries_left, ts.retry_count))
+
     def _maybe_forget(self, ts: TaskState) -> None:
         """Called when a task lost its last wanter."""
         if ts.who_wants:
@@ -251,6 +265,8 @@ class Transitions(Placement):
             t.args = t.kwargs = None
             self._record(t, "forgotten", None)
             del self.tasks[t.key]
+            if self.journal is not None:
+                self.journal.append(("forget", t.key))
             for dep in t.deps:
                 if t in dep.dependents:
                     dep.dependents.discard(t)

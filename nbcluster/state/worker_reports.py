@@ -66,6 +66,7 @@ def on_finished(s: SchedulerState, peer: str, msg: m.Finished) -> None:
             s._become_ready(dts)
     if FIRE_AND_FORGET in ts.who_wants:
         unwant(ts, FIRE_AND_FORGET)
+        s._journal_wants(ts)
     for dep in ts.deps:
         s._maybe_release_data(dep)
     if not ts.who_wants:
@@ -99,6 +100,7 @@ def _retry(s: SchedulerState, ts: TaskState, retry: dict[str, Any]) -> bool:
     else:
         return False
     ts.retry_count += 1
+    s._journal_retries(ts)
     options = ts.options or {}
     delay = retry.get("delay")
     if delay is None:

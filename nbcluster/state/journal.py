@@ -1,0 +1,162 @@
+"""What a scheduler's journal keeps, and how a restarted scheduler takes it back (issue 15).
+
+The state decides; the shell (``nbcluster/server/journal.py``) stores. While
+``SchedulerState.journal`` is a list, handlers append a record for every change a restart
+must know about, and the shell writes them (one transaction) before it sends what the same
+step decided. Records (plain tuples, the first item names the kind):
+
+- ``("fn", token, blob, owner)``         a function accepted
+- ``("task", spec, who_wants)``          a task accepted (its TaskSpec as the client sent it)
+- ``("wants", key, who_wants)``          the clients (and fire-and-forget) that want it
+- ``("forget", key)``                    the scheduler let go of it: the journal does too
+- ``("erred", key, exception, traceback, blame)``   it failed for good (or was cancelled)
+- ``("rerun", key)``                     ``client.retry``: failed no more, budget restored
+- ``("retries", key, retries_left, retry_count)``   a retry spent
+- ``("limit", key, rate, concurrency)``  a limit set by ``client.set_limit``
+
+A task lives in the journal from acceptance until the scheduler forgets it, so a restart
+re-creates every task some client (or fire-and-forget) still wants and the lineage they need.
+Results are not kept: a worker that reconnects reports what it holds (``adopt``), the rest is
+computed again. What was running runs again: at least once, as Celery's ``acks_late``.
+"""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from ..errors import FutureLostError
+from ..protocol import messages as m
+from .client_requests import apply_options
+from .gates import Limit
+from .model import _EMPTY, FIRE_AND_FORGET, TaskState, WorkerState, error, own, stop_waiting, unwant
+
+if TYPE_CHECKING:
+    from .scheduler_state import SchedulerState
+
+Record = tuple[Any, ...]
+
+
+@dataclass
+class SavedTask:
+    spec: m.TaskSpec
+    wants: tuple[str, ...]
+    retries: tuple[int, int] | None = None      # (retries_left, retry_count) once one was spent
+    erred: m.Erred | None = None
+
+
+@dataclass
+class Saved:
+    """Everything a journal holds, decoded and checked before any of it is applied."""
+    functions: list[tuple[str, bytes, str]] = field(default_factory=list)
+    limits: list[m.SetLimit] = field(default_factory=list)
+    tasks: list[SavedTask] = field(default_factory=list)   # in the order they were accepted
+    runs: int = 0
+
+
+
+def restore(s: SchedulerState, saved: Saved, now: float) -> set[str]:
+    """Re-create what ``saved`` holds in a fresh state; returns the client ids that wanted
+    tasks (they are expected back: the shell lets them go after a grace period)."""
+    s.now = now
+    s.out = []
+    s._stimulus("restart")
+    s.runs = max(s.runs, saved.runs)   # run ids never repeat across restarts
+    for token, blob, owner in saved.functions:
+        s.functions[token] = blob
+        s.function_owners[token] = owner
+    for lim in saved.limits:
+        limit = s.limits.get(lim.key)
+        if limit is None:
+            limit = s.limits[lim.key] = Limit(lim.key)
+        limit.set(lim.rate, lim.concurrency)
+    clients: set[str] = set()
+    pending: list[TaskState] = []
+    for saved_task in saved.tasks:
+        spec = saved_task.spec
+        if spec.key in s.tasks:
+            continue
+        options = spec.options
+        s.counter += 1
+        prio = -(options.get("priority", 0) or 0) if options else 0
+        ts = TaskState(spec.key, sys.intern(spec.fn), spec.args, spec.kwargs, options, prio,
+                       s.counter)
+        s.tasks[spec.key] = ts
+        ts.who_wants = saved_task.wants
+        clients.update(c for c in saved_task.wants if c != FIRE_AND_FORGET)
+        if options:
+            apply_options(s, ts, options)
+        if saved_task.retries is not None:
+            ts.retries_left, ts.retry_count = saved_task.retries
+        s._record(ts, "restored", None)
+        deps, missing = [], None
+        for dkey in dict.fromkeys(spec.deps):
+            dts = s.tasks.get(dkey)
+            if dts is None:
+                missing = dkey
+                continue
+            deps.append(dts)
+            own(dts, "dependents").add(ts)
+        ts.deps = tuple(deps)
+        ts.state = "waiting"
+        if saved_task.erred is not None:
+            e = saved_task.erred
+            ts.state, ts.exception, ts.traceback, ts.blame = "erred", e.exception, \
+                e.traceback, e.blame
+        elif ts.fn not in s.functions or missing is not None:
+            why = f"its function {ts.fn!r}" if ts.fn not in s.functions else f"its input {missing!r}"
+            s._set_erred(ts, error(FutureLostError, f"task {ts.key!r}: the scheduler restarted "
+                                   f"from its journal without {why}"), None, ts.key)
+        else:
+            pending.append(ts)
+    s.clients.update(clients)
+    for ts in pending:
+        if ts.state == "waiting":
+            s._become_ready_or_wait(ts)
+    s.placing = False   # until resume_placement: the workers' results come back first
+    s.out = []
+    return clients
+
+
+def resume_placement(s: SchedulerState, now: float) -> list[tuple[str, m.Message]]:
+    """Start placing tasks again (a moment after a restart)."""
+    s.now = now
+    out = s.out = []
+    s.placing = True
+    s._fill_workers()
+    s.out = []
+    return out
+
+
+def adopt(s: SchedulerState, ws: WorkerState, held: dict[str, int]) -> None:
+    """A worker that (re)joins holds these results: known tasks not yet in memory take them
+    (their work is not done again); the rest the worker may drop."""
+    for key, nbytes in held.items():
+        ts = s.tasks.get(key)
+        if ts is None or not ts.fn or ts.state == "erred":
+            s._free(ws.address, key)
+            continue
+        if ts.state == "memory":
+            s._add_replica(ts, ws)
+            continue
+        if ts.processing_on is not None:   # started again elsewhere meanwhile: stopped there
+            s._unassign(ts)
+        # waiting, queued, delayed or released: done already (queues and timers skip it
+        # lazily, as they skip a cancelled task)
+        ts.waiting_on = _EMPTY
+        ts.nbytes = nbytes
+        ts.state = "memory"
+        s._add_replica(ts, ws)
+        s._record(ts, "memory", f"{ws.address} (held across a restart)")
+        s._tell(ts, m.Done(key, False, None, nbytes, [ws.address]))
+        for dts in ts.dependents:
+            if stop_waiting(dts, ts) and not dts.waiting_on and dts.state == "waiting":
+                s._become_ready(dts)
+        if FIRE_AND_FORGET in ts.who_wants:
+            unwant(ts, FIRE_AND_FORGET)
+            s._journal_wants(ts)
+        for dep in ts.deps:
+            s._maybe_release_data(dep)
+        if not ts.who_wants:
+            s._maybe_release_data(ts)
