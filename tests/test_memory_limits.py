@@ -56,3 +56,30 @@ def test_worker_over_its_terminate_threshold_is_replaced_and_the_task_fails_with
                    "the third replacement worker")
         assert client.submit(sum, [1, 2]).result(timeout=20) == 3
         assert first_pid not in cluster.worker_pids().values()
+
+
+def block(i, nbytes):
+    return bytearray([i % 256]) * nbytes
+
+
+def copy(data):
+    return bytearray(data)
+
+
+@pytest.mark.timeout(30)
+def test_workers_paused_by_memory_outside_their_results_spill_and_finish():
+    # issue 13, item 1: copies read back, in flight and kept by the allocator held each worker
+    # over its pause line while its results sat under the spill limit: nothing spilled, both
+    # stayed paused and this hung (3 runs in 3 before the fix)
+    with LocalCluster(n_workers=2, memory_limit=160 * MB, memory_terminate=None,
+                      dashboard=False) as cluster, Client(cluster) as client:
+        blocks = client.map(block, range(60), nbytes=8 * MB)     # 480 MiB for 2 x 160
+        wait(blocks, timeout=20)
+        copies = client.map(copy, blocks)
+        try:
+            wait(copies, timeout=10)
+        except TimeoutError:
+            pytest.fail("the copies did not finish; the workers say: " + "; ".join(
+                f"{w['status']}: {w.get('memory_note', '')}"
+                for w in client.scheduler_info()["workers"].values()))
+        assert client.submit(len, copies[-1]).result(timeout=10) == 8 * MB

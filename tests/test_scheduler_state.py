@@ -649,6 +649,73 @@ def test_all_workers_paused_holds_root_tasks_in_the_scheduler():
     assert computes(out) == {"t": "A"}
 
 
+def test_a_worker_that_pauses_hands_its_queued_tasks_to_one_that_runs():
+    # issue 13, item 1: tasks queued on a paused worker waited there while another was idle
+    sim = Sim(("A", "B"))
+    out = sim.submit(*[spec(f"t{i}") for i in range(8)])
+    on_a = sorted(k for k, w in computes(out).items() if w == "A")
+    sim.started("A", on_a[0])
+    for key in sorted(k for k, w in computes(out).items() if w == "B"):
+        sim.started("B", key)
+        sim.finish("B", key)                            # B drains its own window: idle
+    moved = on_a[1:]
+    first_run = sim.s.tasks[moved[0]].run_id
+    out = sim.worker("A", m.Status("paused", "process memory 85% of the limit"))
+    assert computes(out) == {k: "B" for k in moved}, "queued tasks go to the running worker"
+    assert frees(out) == {("A", k) for k in moved}      # A drops them unstarted
+    assert sim.where(on_a[0]) == "A"                    # the one running there goes on
+    assert sim.s.workers["A"].memory_note == "process memory 85% of the limit"
+    out = sim.finish("A", moved[0], run=first_run)      # A ran one before it heard FREE: stale
+    assert ("A", moved[0]) in frees(out) and sim.where(moved[0]) == "B"
+    for key in moved:
+        sim.finish("B", key)
+    sim.finish("A", on_a[0])
+    assert all(sim.state(f"t{i}") == "memory" for i in range(8)), "none lost"
+
+
+def test_tasks_queued_on_a_paused_worker_stay_when_no_other_runs_and_move_when_one_does():
+    sim = Sim(("A", "B"))
+    sim.worker("B", m.Status("paused", "memory"))
+    out = sim.submit(spec("x"))
+    sim.finish("A", "x")
+    out = sim.submit(*[spec(f"y{i}", deps=["x"]) for i in range(3)],
+                     spec("p", options={"workers": ["A"]}))
+    sim.started("A", "y0")
+    out = sim.worker("A", m.Status("paused", "memory"))     # both paused: nothing moves
+    assert not computes(out) and not frees(out)
+    out = sim.worker("B", m.Status("running", ""))          # B resumes: A's queued ones go
+    assert computes(out) == {"y1": "B", "y2": "B"}
+    assert frees(out) == {("A", "y1"), ("A", "y2")}
+    assert sim.where("p") == "A" and sim.where("y0") == "A"  # pinned, and running: stay
+    assert sim.s.workers["B"].memory_note == ""
+
+
+def test_tasks_with_big_inputs_on_the_paused_worker_stay_there():
+    sim = Sim(("A", "B"))
+    sim.submit(spec("big", options={"workers": ["A"]}))
+    sim.finish("A", "big", nbytes=50_000_000)
+    out = sim.submit(*[spec(f"u{i}", deps=["big"]) for i in range(3)], spec("root"))
+    assert computes(out) == {"u0": "A", "u1": "A", "u2": "A", "root": "B"}
+    sim.started("A", "u0")
+    out = sim.worker("A", m.Status("paused", "memory"))
+    assert not computes(out)     # A would serve 50 MB short of memory: it spills, resumes
+    out = sim.worker("A", m.Status("paused", "nothing left to spill"))   # said again: why
+    assert not computes(out) and sim.s.workers["A"].memory_note == "nothing left to spill"
+    out = sim.worker("A", m.Status("running", ""))
+    assert sim.where("u1") == "A" and sim.s.workers["A"].memory_note == ""
+
+
+def test_tasks_queued_on_a_paused_worker_go_to_a_worker_that_joins():
+    sim = Sim(("A",))
+    sim.submit(spec("x"))
+    sim.finish("A", "x")
+    sim.submit(*[spec(f"y{i}", deps=["x"]) for i in range(3)])
+    sim.started("A", "y0")
+    assert not computes(sim.worker("A", m.Status("paused", "memory")))   # nowhere to go
+    out = sim.add_worker("B")
+    assert computes(out) == {"y1": "B", "y2": "B"} and sim.where("y0") == "A"
+
+
 def test_workers_dying_before_task_started_do_not_count():
     sim = Sim(("W0",))
     sim.submit(spec("x"))

@@ -256,7 +256,8 @@ class Heartbeat(Message, tag="heartbeat"):
 
 
 class Status(Message, tag="status"):
-    """Paused: memory above the pause threshold; terminating: over the limit, about to exit."""
+    """Paused: memory above the pause threshold (said again, with why, if it has nothing left
+    to spill); terminating: over the limit, about to exit."""
     status: Literal["running", "paused", "terminating"]
     detail: str
 

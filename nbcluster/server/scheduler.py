@@ -245,7 +245,8 @@ class Scheduler:
                 a: {"nthreads": w.nthreads, "name": w.name, "processing": len(w.processing),
                     "memory": w.nbytes, "keys": len(w.has_what), "metrics": w.metrics,
                     "identity": w.identity, "last_seen": w.last_seen,
-                    "status": "paused" if w.paused else "running"}
+                    "status": "paused" if w.paused else "running",
+                    "memory_note": w.memory_note}
                 for a, w in st.workers.items()
             },
             "tasks": st.counts_by_state(),

@@ -22,8 +22,8 @@ from ..errors import ClusterError, SerializationError
 from ..protocol import messages as m
 from ..protocol.serialize import dump_value, loads_function
 
-from ..state.instructions import (Drop, Execute, Fetch, Instruction, Resume, Send, Spill, Stop,
-                                  Terminate, Unspill)
+from ..state.instructions import (Drop, Execute, Fetch, Instruction, Log, Resume, Send, Spill,
+                                  Stop, Terminate, Unspill)
 from ..state.invariants import check_worker, shell_check
 from ..state.model import HEARTBEAT_SECONDS
 from ..state.worker_state import PAUSE_AT, SPILL_AT, TERMINATE_AT, WorkerState
@@ -78,7 +78,8 @@ class Worker:
         self._do: dict[type, Callable[[Any], None]] = {
             Send: self._send, Execute: self._execute, Drop: self._drop, Fetch: self._fetch,
             Stop: self._stop, Resume: self._resume, Terminate: lambda ins: worker_health.terminate(self, ins),
-            Spill: self._spill, Unspill: self._unspill}
+            Spill: self._spill, Unspill: self._unspill,
+            Log: lambda ins: logger.warning("%s", ins.text)}
         self._on: dict[type, Callable[[Any], None]] = {
             TaskFinished: self._finished, TaskFailed: self._failed,
             TaskStarted: self._started.append, InputReadBack: self._read_back}
@@ -158,7 +159,7 @@ class Worker:
             self.executor.close()
             raise ClusterError(str(reason))
         self._heartbeat = asyncio.ensure_future(worker_health.heartbeat_loop(self))
-        if self.memory_limit and (self.memory_pause or self.memory_terminate):
+        if self._watches_memory():
             self._memory_watch = asyncio.ensure_future(worker_health.memory_loop(self))
         capture.install()
         return self
@@ -292,6 +293,7 @@ class Worker:
         self.data[o.key] = o.result
         self.apply(self._state.task_finished(o.key, o.nbytes, o.start, o.stop, o.has_value,
                                             o.value, o.type_name))
+        worker_health.result_stored(self, o.nbytes)
 
     def _failed(self, o: TaskFailed) -> None:
         self.apply(self._state.task_failed(o.key, o.exception, o.traceback, o.start, o.stop,
@@ -350,6 +352,10 @@ class Worker:
 
         threading.Thread(target=run, name="nbcluster-run", daemon=True).start()
 
+    def _watches_memory(self) -> bool:
+        return bool(self.memory_limit and (self.memory_pause or self.memory_terminate
+                                           or self.memory_spill))
+
     def set_memory_limit(self, limit: int | None) -> None:
         """On the loop: a new memory limit (LocalCluster re-divides the machine's memory
         among its workers when it scales); the scheduler hears of it."""
@@ -357,8 +363,7 @@ class Worker:
             return
         self.memory_limit = limit or None
         self.apply(self.state.set_memory_limit(self.memory_limit))
-        if self.memory_limit and (self.memory_pause or self.memory_terminate) \
-                and self._memory_watch is None and not self._closing:
+        if self._watches_memory() and self._memory_watch is None and not self._closing:
             self._memory_watch = asyncio.ensure_future(worker_health.memory_loop(self))
 
 

@@ -4,15 +4,19 @@ over its memory limit (with its last words, so the scheduler can say why)."""
 from __future__ import annotations
 
 import asyncio
+import ctypes
+import ctypes.util
 import logging
 import os
 import sys
 import time
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
+from ..comm.buffers import POOL
 from ..config import MEMORY_EXIT_CODE
 from ..protocol import messages as m
 from ..state.instructions import Terminate
+from ..state.worker_memory import watch_line
 
 if TYPE_CHECKING:
     from .worker import Worker
@@ -20,6 +24,12 @@ if TYPE_CHECKING:
 logger = logging.getLogger("nbcluster.worker")
 
 MEMORY_CHECK_SECONDS = 0.1   # only with a memory limit; psutil's rss read costs ~20 us
+# Above the line where the next measurement acts (spill, pause, terminate), or while memory
+# climbs fast, the interval halves down to this: a task allocating steadily overshoots the
+# limit by what it allocates in one interval.
+MEMORY_CHECK_MIN_SECONDS = 0.01
+CLIMB = 1 / 16      # of the limit: growth between two measurements that counts as climbing
+BIG_RESULT = 1 / 16  # of the limit: a result this large is followed by a measurement at once
 TERMINATE_GRACE_SECONDS = 0.05   # time for the last words to leave before the process exits
 
 
@@ -40,16 +50,74 @@ async def heartbeat_loop(worker: Worker) -> None:
 
 
 async def memory_loop(worker: Worker) -> None:
-    """Measure the process's memory often enough to pause before it runs out."""
+    """Measure the process's memory often enough to spill, pause or end it in time: every
+    MEMORY_CHECK_SECONDS, twice as often at each measurement while memory is high or
+    climbing."""
     import psutil
 
     proc = psutil.Process()
+    interval = MEMORY_CHECK_SECONDS
+    last = 0
     while not worker._closing:
         try:
-            worker.apply(worker._state.memory_used(proc.memory_info().rss))
+            rss = measure(worker, proc)
         except psutil.Error:
             logger.debug("memory measurement failed", exc_info=True)
-        await asyncio.sleep(MEMORY_CHECK_SECONDS)
+            rss = last
+        limit, line = worker.memory_limit or 0, watch_line(worker._state)
+        stuck = bool(worker._state.memory_note)    # high, but nothing it can do: no hurry
+        if (line is not None and rss >= line and not stuck) or rss - last >= limit * CLIMB:
+            interval = max(interval / 2, MEMORY_CHECK_MIN_SECONDS)
+        else:
+            interval = MEMORY_CHECK_SECONDS
+        last = rss
+        await asyncio.sleep(interval)
+
+
+def measure(worker: Worker, proc: Any) -> int:
+    """The process's memory, to the state machine (which decides). Over the watch line, free
+    memory is first given back to the system: glibc keeps what Python frees in its heap,
+    where it would count against the limit for good (a trim that finds nothing costs ~20 us;
+    when memory was freed is not known here: the last reference may go on another thread)."""
+    rss: int = proc.memory_info().rss
+    line = watch_line(worker._state)
+    if line is not None and rss >= line and trim_memory():
+        rss = proc.memory_info().rss
+    worker.apply(worker._state.memory_used(rss))
+    return rss
+
+
+def result_stored(worker: Worker, nbytes: int) -> None:
+    """A task's result was stored: a large one is measured at once, not at the next tick."""
+    limit = worker.memory_limit
+    if limit and nbytes >= limit * BIG_RESULT and worker._memory_watch is not None:
+        import psutil
+
+        try:
+            measure(worker, psutil.Process())
+        except psutil.Error:
+            pass
+
+
+def trim_memory() -> bool:
+    """Give free memory back to the system: receive buffers kept for reuse, and the heap's
+    free memory (glibc's malloc_trim; other allocators do it themselves). True if it may
+    have freed some."""
+    global _malloc_trim
+    released = POOL.release_free()
+    if _malloc_trim is None:
+        try:
+            _malloc_trim = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim
+            _malloc_trim.argtypes, _malloc_trim.restype = [ctypes.c_size_t], ctypes.c_int
+        except (OSError, AttributeError):   # not glibc: its allocator does this itself
+            _malloc_trim = False
+    if _malloc_trim is False:
+        return released > 0
+    _malloc_trim(0)
+    return True
+
+
+_malloc_trim: Any = None
 
 
 def terminate(worker: Worker, ins: Terminate) -> None:

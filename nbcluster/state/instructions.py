@@ -98,4 +98,12 @@ class Unspill:
     key: str
 
 
-Instruction = Union[Execute, Send, Fetch, Drop, Stop, Resume, Terminate, Spill, Unspill]
+@dataclass(slots=True)
+class Log:
+    """Say this in the worker's log, as a warning (something the user should act on; the
+    state says it once, not at every event)."""
+
+    text: str
+
+
+Instruction = Union[Execute, Send, Fetch, Drop, Stop, Resume, Terminate, Spill, Unspill, Log]

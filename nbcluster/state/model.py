@@ -226,7 +226,8 @@ def own(ts: TaskState, name: str) -> set[Any]:
 class WorkerState:
     __slots__ = ("address", "nthreads", "name", "processing", "has_what", "nbytes",
                  "functions", "identity", "metrics", "last_seen", "pinned", "queues",
-                 "assigned", "paused", "last_words", "index", "version", "alone")
+                 "assigned", "paused", "memory_note", "last_words", "index", "version",
+                 "alone")
 
     def __init__(self, address: str, nthreads: int, name: str, identity: dict[str, Any]) -> None:
         self.address, self.nthreads, self.name, self.identity = address, nthreads, name, identity
@@ -237,6 +238,7 @@ class WorkerState:
         self.nbytes, self.last_seen, self.pinned = 0, 0.0, 0
         self.assigned = 0        # tasks ever sent here: spreads ties between idle workers
         self.paused = False      # memory above its pause threshold: no new work placed here
+        self.memory_note = ""    # what it said when it paused (why it stays so, if it cannot spill)
         self.last_words = ""     # why it is about to exit, when it said so (STATUS)
         self.index = 0           # order of joining (Occupancy): ties go to the earliest
         self.version = 0         # bumped at every load change (Occupancy's lazy heaps)

@@ -217,6 +217,8 @@ class SchedulerState(Transitions):
         for ts in dict.fromkeys(pinned):
             if ts.state == "queued":
                 self._become_ready(ts)   # back to unrunnable unless one of its workers is here
+        for pws in list(self.occupancy.paused):   # what waits on paused workers can go here
+            reports.move_queued(self, pws)
         self._fill_workers()
         self.out = []
         return out

@@ -15,7 +15,7 @@ Shape of the result::
 
     {"workers": [{"address", "name", "nthreads", "processing", "executing", "ready", "nbytes",
                   "keys", "rss", "spilled", "cpu", "memory_limit", "pid", "last_seen",
-                  "status"}, ...],
+                  "status", "memory_note"}, ...],
      "tasks": {state: count},
      "prefixes": {prefix: {"waiting", "queued", "processing", "memory", "released", "erred",
                            "done", "failed"}},            # done/failed: totals ever, by prefix
@@ -71,6 +71,7 @@ def _worker(ws: Any) -> dict[str, Any]:
         "pid": identity.get("pid"),
         "last_seen": float(ws.last_seen or 0.0),
         "status": "paused" if ws.paused else "running",
+        "memory_note": ws.memory_note,     # why it paused (and stays so, if it says)
     }
 
 

@@ -8,10 +8,13 @@ from typing import TYPE_CHECKING, Any
 
 from ..protocol import messages as m
 from .gates import backoff
-from .model import FIRE_AND_FORGET, STEAL_LATENCY, TaskState, drop_holder, stop_waiting, unwant
+from .model import (FIRE_AND_FORGET, STEAL_LATENCY, TaskState, WorkerState, drop_holder,
+                    stop_waiting, unwant)
 
 if TYPE_CHECKING:
     from .scheduler_state import SchedulerState
+
+PAUSED_MOVE_BYTES = 1_000_000   # inputs on paused workers that a task moved off one may need
 
 
 def on_started(s: SchedulerState, peer: str, msg: m.Started) -> None:
@@ -164,11 +167,49 @@ def on_status(s: SchedulerState, peer: str, msg: m.Status) -> None:
     if msg.status == "terminating":
         ws.last_words = msg.detail
     paused = msg.status != "running"
+    ws.memory_note = msg.detail if paused else ""
     if paused != ws.paused:
         ws.paused = paused
         s.occupancy.changed(ws)
-        if not paused:
-            s._fill_workers()
+    # tasks queued on a paused worker would wait for it while others idle: move them to
+    # workers that run (from this one if it paused, else from those still paused)
+    if paused:
+        move_queued(s, ws)
+    else:
+        for pws in list(s.occupancy.paused):
+            move_queued(s, pws)
+        s._fill_workers()
+
+
+def move_queued(s: SchedulerState, ws: WorkerState) -> None:
+    """Hand the tasks queued on paused ``ws`` (not started: it said no STARTED) to workers
+    that run, as stealing does: FREE tells ``ws`` to drop them unstarted, and a report of one
+    it ran meanwhile is stale (its run id). A task whose inputs held only by paused workers
+    weigh over PAUSED_MOVE_BYTES stays: a worker short of memory would have to read them
+    back and send them (measured: that, and the batch arriving at once, took workers past
+    their limit), while it spills until it resumes. Tasks pinned to paused workers, and any
+    whose queue has no running worker, stay too: they run where they are once it resumes."""
+    if not ws.processing:
+        return
+    least_loaded = s.occupancy.least_loaded
+    queued = sorted((ts for ts in ws.processing if not ts.executing), key=_priority)
+    for ts in queued:
+        if least_loaded(ts.queue) is None:
+            continue
+        pinned = ts.options.get("workers") if ts.options else None
+        if pinned and not any(a in s.workers and not s.workers[a].paused for a in pinned):
+            continue
+        if ts.deps and PAUSED_MOVE_BYTES < sum(
+                d.nbytes for d in ts.deps if all(h.paused for h in d.who_has)):
+            continue
+        s._unassign(ts)
+        s._record(ts, "paused-worker", ws.address)
+        ts.state = "waiting"
+        s._become_ready_or_wait(ts)
+
+
+def _priority(ts: TaskState) -> Any:
+    return ts.priority
 
 
 def on_memory_limit(s: SchedulerState, peer: str, msg: m.MemoryLimit) -> None:

@@ -3,7 +3,7 @@
 Events come in as method calls with plain data (messages from the scheduler, outcomes reported
 by the worker's shell); each returns a list of instructions for the shell, the records of
 :mod:`.instructions` (``Execute``, ``Send``, ``Fetch``, ``Drop``, ``Stop``, ``Resume``,
-``Terminate``, ``Spill``, ``Unspill``). Transfers from peers are decided in
+``Terminate``, ``Spill``, ``Unspill``, ``Log``). Transfers from peers are decided in
 :mod:`.worker_transfers`, memory limits and spilling in :mod:`.worker_memory`: methods of this
 class, written there to keep each module small.
 
@@ -80,6 +80,8 @@ class WorkerState:
         self.terminate_at = terminate_at
         self.spill_at = spill_at
         self.paused = False                   # no new task starts while paused
+        self.memory_high = False              # process memory over the line where it spills
+        self.memory_note = ""                 # why it stays paused, once it cannot spill
         # results held in memory beyond spill_limit bytes go to disk, least recently used first
         self.spill_limit = int(memory_limit * spill_at) if memory_limit and spill_at else None
         self.spilled = 0                      # bytes of results on disk (part of nbytes)

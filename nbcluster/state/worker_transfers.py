@@ -126,6 +126,9 @@ def holder_failed(self: WorkerState, key: str, peer: str, out: list[Instruction]
     ts = self.tasks.get(key)
     if ts is None or ts.state != "flight":   # not this transfer's any more
         return
+    if not any(self._is_pending(d) for d in ts.dependents):
+        self._forget(ts, [])    # who needed it went away while it travelled (was moved)
+        return
     if peer in ts.who_has:
         ts.who_has.remove(peer)
     ts.state = "fetch"
