@@ -23,6 +23,7 @@ from .functions import FunctionCache
 from .future import Future
 from .records import CANCELLED, ERROR, PENDING, KeyRecord
 from .requests import ClusterRequests
+from .schedules import Schedules
 from .results import Results
 from .structure import collect_futures
 from .submitting import Submitting, funcname
@@ -38,7 +39,7 @@ def default_client() -> "Client":
     raise ClusterError("no client: create one with nbcluster.Client() or %cluster start")
 
 
-class Client(Submitting, Results, ClusterRequests):
+class Client(Submitting, Results, ClusterRequests, Schedules):
     """Connects to a scheduler and submits work.
 
     ``Client()`` starts a LocalCluster sized to this machine; ``Client(cluster)`` uses a cluster

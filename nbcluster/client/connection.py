@@ -150,6 +150,17 @@ class ClientConnection:
             raise ClusterError(f"cannot reach the scheduler: {self.lost_reason}; "
                                "this client cannot be used any more (make a new Client)")
 
+    async def ask(self, make: Callable[[int], m.Message]) -> m.Reply:
+        """Send ``make(request_id)`` (a message answered by a Reply) and await the reply."""
+        self.check_open()
+        rid, reply = self._replies.expect()
+        self.post(make(rid))
+        try:
+            answer: m.Reply = await reply
+        finally:
+            self._replies.discard(rid)
+        return answer
+
     async def request(self, name: str, **args):
         self.check_open()
         rid, reply = self._replies.expect()

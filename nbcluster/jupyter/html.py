@@ -10,7 +10,8 @@ from __future__ import annotations
 from html import escape
 from typing import TYPE_CHECKING, Any
 
-from .models import ClusterSnapshot, client_closed, flatten_futures, format_bytes, key_name
+from .models import (ClusterSnapshot, client_closed, flatten_futures, format_bytes, key_name,
+                     schedule_line)
 
 if TYPE_CHECKING:
     from ..deploy.local import LocalCluster
@@ -71,6 +72,10 @@ def snapshot_html(snap: ClusterSnapshot, title: str = "nbcluster") -> str:
     workers = (_table(["worker", "address", "threads", "memory", "results", "cpu",
                        "processing", "keys"], rows)
                if rows else "<div style='color:#777'>no workers</div>")
+    if snap.schedules:
+        workers += _table(["schedule", "rule, next run, last run"],
+                          [[f"<code>{escape(n)}</code>", escape(schedule_line(s))]
+                           for n, s in sorted(snap.schedules.items())])
     return (
         f"<div class='nbcluster-status' style='line-height:1.5'><b>{escape(title)}</b>{kind}"
         f" &middot; scheduler <code>{escape(snap.scheduler)}</code>"

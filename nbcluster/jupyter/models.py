@@ -235,6 +235,7 @@ class ClusterSnapshot:
     tasks: dict[str, int] = field(default_factory=dict)
     done_by_prefix: dict[str, int] = field(default_factory=dict)
     dashboard_link: str | None = None
+    schedules: dict[str, dict] = field(default_factory=dict)   # client.schedule, by name
     kind: str = ""                  # "processes", "in-process" or "remote"
     closed: bool = False
     error: str = ""
@@ -273,6 +274,7 @@ class ClusterSnapshot:
         return cls(scheduler=str(info.get("address", "")), workers=rows,
                    tasks=dict(info.get("tasks", {})),
                    done_by_prefix=dict(info.get("done_by_prefix", {})),
+                   schedules=dict(info.get("schedules") or {}),
                    dashboard_link=dashboard_link, kind=kind)
 
     def text(self) -> str:
@@ -293,8 +295,17 @@ class ClusterSnapshot:
                          + ("" if w.status == "running" else f"  ({w.status})"))
         tasks = ", ".join(f"{k}: {v}" for k, v in sorted(self.tasks.items())) or "none"
         lines.append(f"Tasks by state: {tasks}")
+        for name, s in sorted(self.schedules.items()):
+            lines.append(f"Schedule {name}: {schedule_line(s)}")
         lines.append(f"Dashboard: {self.dashboard_link or 'not available'}")
         return "\n".join(lines)
+
+
+def schedule_line(s: dict) -> str:
+    """``every 60 s, next 12:00:00 UTC, last memory`` (and what was skipped, if any)."""
+    next_run = time.strftime("%H:%M:%S", time.gmtime(s.get("next") or 0))
+    text = f"{s.get('rule')}, next {next_run} UTC, last {s.get('last') or 'none yet'}"
+    return text + (f", {s['skipped']} skipped" if s.get("skipped") else "")
 
 
 def format_bytes(n: float | None) -> str:

@@ -280,6 +280,25 @@ class Data(Message, tag="data"):
     errors: dict[str, str]
 
 
+class Schedule(Message, tag="schedule"):
+    """Run ``task`` again and again, ``every`` seconds or at the times of ``cron`` (UTC); each
+    run is a task of its own, named after the schedule. Answered by a Reply."""
+    request_id: int
+    name: Annotated[str, Meta(min_length=1, max_length=200)]
+    task: TaskSpec                        # its key is unused: each run gets its own
+    every: Positive | None
+    cron: Annotated[str, Meta(max_length=200)] | None
+    overlap: bool                         # start a run while the last one still runs
+    keep: Count                           # finished runs whose results are kept
+    start: Seconds | None                 # the first run (default: now, or cron's next time)
+
+
+class Unschedule(Message, tag="unschedule"):
+    """Stop a schedule (runs already started go on). Answered by a Reply."""
+    request_id: int
+    name: str
+
+
 class PutData(Message, tag="put"):
     request_id: int
     values: dict[str, Any]
@@ -289,14 +308,14 @@ MESSAGES: tuple[type[Message], ...] = (
     Hello, Reply, Close, Function, Submit, Release, Want, Cancel, RetryTasks, FireAndForget,
     SetLimit, UpdateData, Request, Done, Erred, Cancelled, Compute, Free, Run, Settings, Started,
     Finished, Failed, Missing, Output, Transfers, RunResult, Heartbeat, Status, MemoryLimit,
-    GetData, Data, PutData)
+    GetData, Data, PutData, Schedule, Unschedule)
 
 AnyMessage = Union[MESSAGES]          # type: ignore[valid-type]   # decoded batches
 
 # What each role may send to the scheduler's state machine (requests go to its shell).
 TO_SCHEDULER: dict[str, frozenset[type[Message]]] = {
     "client": frozenset((Function, Submit, Release, Want, Cancel, RetryTasks, FireAndForget,
-                         UpdateData, SetLimit)),
+                         UpdateData, SetLimit, Schedule, Unschedule)),
     "worker": frozenset((Started, Finished, Failed, Missing, Output, Heartbeat, Transfers,
                          Status, MemoryLimit)),
 }

@@ -27,7 +27,7 @@ from ..protocol import messages as m
 from ..protocol.framing import decode, encode
 from ..state.journal import Saved, SavedTask
 
-FORMAT = 2                      # of the tables below; another is refused, not guessed at
+FORMAT = 1                      # of the tables below; another is refused, not guessed at
 _APPLICATION_ID = 0x6E62636C    # "nbcl": SQLite's header field, so that other files are refused
 _LENGTH = struct.Struct("<I")
 _ONE = _LENGTH.pack(1)
@@ -40,6 +40,7 @@ CREATE TABLE functions (token TEXT PRIMARY KEY, blob BLOB NOT NULL, owner TEXT N
 CREATE TABLE tasks (key TEXT PRIMARY KEY, seq INTEGER NOT NULL, spec BLOB NOT NULL,
                     wants BLOB NOT NULL, retries BLOB, erred BLOB) WITHOUT ROWID;
 CREATE TABLE limits (key TEXT PRIMARY KEY, spec BLOB NOT NULL);
+CREATE TABLE periodics (name TEXT PRIMARY KEY, spec BLOB NOT NULL, next_at REAL NOT NULL);
 """
 
 
@@ -137,6 +138,10 @@ class Journal:
             for key, blob in self.db.execute("SELECT key, spec FROM limits ORDER BY rowid"):
                 where = f"limit {key!r}"
                 saved.limits.append(unpack(blob, m.SetLimit))
+            for name, blob, next_at in self.db.execute(
+                    "SELECT name, spec, next_at FROM periodics ORDER BY rowid"):
+                where = f"schedule {name!r}"
+                saved.periodics.append((unpack(blob, m.Schedule), float(next_at)))
             for key, spec, wants, retries, erred in self.db.execute(
                     "SELECT key, spec, wants, retries, erred FROM tasks ORDER BY seq"):
                 where = f"task {key!r}"
@@ -167,6 +172,7 @@ class Journal:
         gone: set[str] = set()                 # keys to delete (known before this step)
         changes: dict[str, dict[str, Any]] = {}   # key -> column -> value, for known rows
         functions, limits = [], {}
+        periodics: dict[str, tuple[bytes, float] | None] = {}   # None: cancelled
         for record in records:
             kind = record[0]
             if kind == "task":
@@ -178,6 +184,12 @@ class Journal:
                 continue
             if kind == "limit":
                 limits[record[1]] = m.SetLimit(record[1], record[2], record[3])
+                continue
+            if kind == "periodic":
+                periodics[record[1].name] = (pack(record[1]), record[2])
+                continue
+            if kind == "unperiodic":
+                periodics[record[1]] = None
                 continue
             key = record[1]
             if kind == "forget":
@@ -223,6 +235,11 @@ class Journal:
                     encoded = _json_encode(value) if column == "wants" else \
                         _retries(value) if column == "retries" else _erred(key, value)
                     db.execute(f"UPDATE tasks SET {column} = ? WHERE key = ?", (encoded, key))
+            for name, row in periodics.items():
+                if row is None:
+                    db.execute("DELETE FROM periodics WHERE name = ?", (name,))
+                else:
+                    db.execute("INSERT OR REPLACE INTO periodics VALUES (?, ?, ?)", (name, *row))
             db.execute("INSERT OR REPLACE INTO meta VALUES ('runs', ?)", (str(runs),))
             db.execute("COMMIT")
         except BaseException:

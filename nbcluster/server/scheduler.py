@@ -21,6 +21,8 @@ from ..protocol import messages as m
 from ..state.gates import queue_typo
 from ..state.invariants import check_scheduler, shell_check
 from ..state.model import merge_frees
+from ..state.periodic import info as periodic_info
+from ..state.periodic import summary as schedule_summary
 from ..state.scheduler_state import BadBatch, SchedulerState
 from .journal import Keeper
 
@@ -93,7 +95,7 @@ class Scheduler:
                 peer = self._add_worker(comm, identity)
             elif role == "client":
                 peer = str(identity.get("id", ""))
-                if not peer or peer in self.comms:
+                if not peer or peer in self.comms or peer[0] == "@":
                     raise ProtocolError(f"bad or duplicate client id {peer!r}")
                 self.comms[peer] = comm
                 self.state.add_client(peer)
@@ -191,7 +193,7 @@ class Scheduler:
     def _send(self, out: list) -> None:
         if self.keeper is not None:   # on disk before anything is acknowledged
             self.keeper.flush()
-        if self.state.timers or self.state.limits_held:
+        if self.state.timers or self.state.limits_held or self.state.periodic_heap:
             self._schedule_wakeup()
         comms = self.comms
         for peer, msg in merge_frees(out):   # one FREE per worker, where order allows
@@ -253,11 +255,15 @@ class Scheduler:
             "dashboard": self.dashboard_link,
             "clients": len(st.clients),
             "journal": None if self.keeper is None else self.keeper.journal.path,
+            "schedules": {name: schedule_summary(st, p) for name, p in st.periodics.items()},
             "done_by_prefix": dict(st.counts),
         }
 
     def _request_ping(self, peer, request_id) -> bool:
         return True
+
+    def _request_schedules(self, peer, request_id) -> dict:
+        return {name: periodic_info(self.state, p) for name, p in self.state.periodics.items()}
 
     def _request_wait_for_workers(self, peer, request_id, n) -> object:
         """Reply (with the count) once ``n`` workers are connected."""

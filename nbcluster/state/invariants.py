@@ -109,6 +109,7 @@ def check_scheduler(s: SchedulerState) -> None:
               "moving a task", None, f"{sorted(s.long_prefixes)} != {sorted(long)}")
     peers = set(s.clients)
     peers.add(FIRE_AND_FORGET)
+    peers.update(p.wanter for p in s.periodics.values())
     in_heaps = {id(ts) for heap in s.queues.values() for _, _, ts in heap}
     in_heaps.update(id(ts) for ts in s.unrunnable)
     limited: dict[Any, int] = {}

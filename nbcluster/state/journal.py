@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Any
 from ..errors import FutureLostError
 from ..protocol import messages as m
 from .client_requests import apply_options
+from . import periodic
 from .gates import Limit
 from .model import _EMPTY, FIRE_AND_FORGET, TaskState, WorkerState, error, own, stop_waiting, unwant
 
@@ -52,6 +53,7 @@ class Saved:
     functions: list[tuple[str, bytes, str]] = field(default_factory=list)
     limits: list[m.SetLimit] = field(default_factory=list)
     tasks: list[SavedTask] = field(default_factory=list)   # in the order they were accepted
+    periodics: list[tuple[m.Schedule, float]] = field(default_factory=list)   # (spec, next)
     runs: int = 0
 
 
@@ -84,7 +86,7 @@ def restore(s: SchedulerState, saved: Saved, now: float) -> set[str]:
                        s.counter)
         s.tasks[spec.key] = ts
         ts.who_wants = saved_task.wants
-        clients.update(c for c in saved_task.wants if c != FIRE_AND_FORGET)
+        clients.update(c for c in saved_task.wants if c[0] != "@")   # not pseudo-clients
         if options:
             apply_options(s, ts, options)
         if saved_task.retries is not None:
@@ -111,6 +113,7 @@ def restore(s: SchedulerState, saved: Saved, now: float) -> set[str]:
         else:
             pending.append(ts)
     s.clients.update(clients)
+    periodic.restore(s, saved.periodics)
     for ts in pending:
         if ts.state == "waiting":
             s._become_ready_or_wait(ts)

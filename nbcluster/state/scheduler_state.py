@@ -28,7 +28,7 @@ from .occupancy import Occupancy
 from .model import (DEFAULT_QUEUE, FIRE_AND_FORGET, HEARTBEAT_SECONDS, KILLED_WORKER_LIMIT,
                     STORY_LENGTH, TASK_LOG_LENGTH, BadBatch, TaskState, WorkerState, error,
                     Out, Queued, drop_holder, heartbeat_interval, unwant)
-from . import journal
+from . import journal, periodic
 from . import client_requests as requests
 from . import worker_reports as reports
 from .transitions import Transitions
@@ -50,6 +50,8 @@ class SchedulerState(Transitions):
         # False for a moment after a restart, while workers come back with the results
         # they hold: tasks started at once would be done twice (see resume_placement)
         self.placing = True
+        self.periodics: dict[str, periodic.Periodic] = {}   # client.schedule, by name
+        self.periodic_heap: list[tuple[float, str]] = []     # (next run, name)
         self.function_owners: dict[str, str] = {}   # token -> the client that sent it
         self.queues: dict[str, list[Queued]] = {DEFAULT_QUEUE: []}   # heaps
         self.unrunnable: list[TaskState] = []     # queued, pinned to workers not connected
@@ -286,6 +288,7 @@ class SchedulerState(Transitions):
         m.Heartbeat: reports.on_heartbeat, m.Output: reports.on_output,
         m.Transfers: reports.on_transfers, m.Status: reports.on_status,
         m.MemoryLimit: reports.on_memory_limit,
+        m.Schedule: periodic.on_schedule, m.Unschedule: periodic.on_unschedule,
     }
 
     def _set_heartbeat(self) -> bool:
@@ -314,6 +317,8 @@ class SchedulerState(Transitions):
     def next_wakeup(self) -> float | None:
         """When :meth:`wake` should be called next (a timer or a rate limit is due)."""
         times = [t for t in [self.timers.next_time()] if t is not None]
+        if self.periodic_heap:
+            times.append(self.periodic_heap[0][0])
         if self.limits_held:
             times += [t for t in (lm.wake_time(self.now) for lm in self.limits.values())
                       if t is not None]
@@ -332,6 +337,8 @@ class SchedulerState(Transitions):
                 self._become_ready_or_wait(ts)
             elif kind == "expire" and ts.state in ("waiting", "delayed", "queued"):
                 self._expired(ts)
+        if self.periodic_heap:
+            periodic.fire_due(self)
         self._fill_workers()
         self.out = []
         return out

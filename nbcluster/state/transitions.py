@@ -128,7 +128,7 @@ class Transitions(Placement):
     def _tell(self, ts: TaskState, msg: m.Message) -> None:
         """Send ``msg`` to the clients that want ``ts`` (the fire-and-forget one is no peer)."""
         for client in ts.who_wants:
-            if client != FIRE_AND_FORGET:
+            if client[0] != "@":   # not fire-and-forget, not a schedule: a client
                 self.out.append((client, msg))
 
     def _add_replica(self, ts: TaskState, ws: WorkerState) -> None:
