@@ -48,16 +48,22 @@ class PeriodicTask:
         while nothing could start them."""
         return int(self.refresh()["skipped"])
 
-    def last_result(self, timeout: float | None = None) -> Any:
-        """The result of the most recent run that finished (its error raised if it failed)."""
-        return self._last_finished().result(timeout)
+    def last_result(self, timeout: Any = None) -> Any:
+        """The result of the most recent run that finished (its error raised if it failed);
+        if none has finished yet, of the first one, waited for up to ``timeout``."""
+        return self._last_run().result(timeout)
 
-    def _last_finished(self) -> Future:
-        for run in reversed(self.refresh()["runs"]):
-            if run["key"] and run["state"] in ("memory", "erred") \
-                    and run["key"] in self._info["kept"]:
+    def _last_run(self) -> Future:
+        info = self.refresh()
+        kept = info["kept"]
+        for run in reversed(info["runs"]):
+            if run["key"] in kept and run["state"] in ("memory", "erred"):
                 return self.client._future_of(run["key"])
-        raise LookupError(f"schedule {self.name!r} has no finished run whose result is kept")
+        if kept:              # started, not finished: the first one, then
+            return self.client._future_of(kept[0])
+        when = _utc(info["next"][0])
+        raise LookupError(f"schedule {self.name!r} has no run yet (the first is due "
+                          f"{when:%Y-%m-%d %H:%M:%S} UTC)")
 
     def cancel(self) -> None:
         """Stop it: no new runs (a run under way goes on to its end)."""
