@@ -179,3 +179,20 @@ def test_a_damaged_foreign_or_newer_journal_is_refused_whole(tmp_path):
     db.close()
     with pytest.raises(JournalError, match="task 'b'.*nothing of it was used"):
         Journal(k.path).load()
+
+
+def test_an_in_process_cluster_on_a_journal_takes_back_what_it_held(tmp_path):
+    from nbcluster import Client, LocalCluster, fire_and_forget
+
+    path = str(tmp_path / "j.sqlite")
+    with LocalCluster(n_workers=1, processes=False, dashboard=False, journal=path) as cluster, \
+            Client(cluster) as client:
+        later = client.submit(abs, -1, countdown=3600)
+        fire_and_forget(later)
+        assert client.submit(abs, -2).result(timeout=10) == 2
+        key = later.key
+    with LocalCluster(n_workers=1, processes=False, dashboard=False, journal=path) as cluster, \
+            Client(cluster) as client:
+        info = client.scheduler_info()
+        assert info["journal"] == path and info["tasks"] == {"delayed": 1}
+        assert cluster.scheduler.state.tasks[key].state == "delayed"

@@ -24,7 +24,7 @@ from ..state.model import merge_frees
 from ..state.periodic import info as periodic_info
 from ..state.periodic import summary as schedule_summary
 from ..state.scheduler_state import BadBatch, SchedulerState
-from .journal import Keeper
+from .journal_keeper import Keeper
 
 logger = logging.getLogger("nbcluster.scheduler")
 
@@ -75,11 +75,11 @@ class Scheduler:
     async def close(self) -> None:
         if self.closed.is_set():
             return
+        if self.keeper is not None:   # what it holds is written, then sent
+            self.keeper.close()
         for peer, comm in list(self.comms.items()):
             comm.send(m.Close("the scheduler was closed"))   # clients say so, and don't warn
             comm.close()
-        if self.keeper is not None:
-            self.keeper.close()
         if self.listener is not None:
             self.listener.stop()
         self.closed.set()
@@ -147,7 +147,7 @@ class Scheduler:
             if comm is None:
                 continue           # the client left
             if count >= n:
-                comm.send(m.Reply(request_id, True, count))
+                self._reply(peer, m.Reply(request_id, True, count))
             else:
                 waiting.append((n, peer, request_id))
         self._worker_waiters = waiting
@@ -191,16 +191,29 @@ class Scheduler:
                     raise ProtocolError(f"{type(msg).__name__} is not accepted from {peer}")
 
     def _send(self, out: list) -> None:
-        if self.keeper is not None:   # on disk before anything is acknowledged
-            self.keeper.flush()
         if self.state.timers or self.state.limits_held or self.state.periodic_heap:
             self._schedule_wakeup()
+        if self.keeper is not None:   # on disk before anything is acknowledged
+            self.keeper.send(out, self._deliver)
+        else:
+            self._deliver(out)
+        self._check(self.state)   # debug mode (NBCLUSTER_VALIDATE=1): after every batch
+
+    def _deliver(self, out: list) -> None:
         comms = self.comms
         for peer, msg in merge_frees(out):   # one FREE per worker, where order allows
             comm = comms.get(peer)
             if comm is not None:
                 comm.send(msg)
-        self._check(self.state)   # debug mode (NBCLUSTER_VALIDATE=1): after every batch
+
+    def _reply(self, peer: str, msg: m.Message) -> None:
+        """A reply, behind what the steps before it decided (a journal may hold those)."""
+        if self.keeper is not None:
+            self.keeper.send([(peer, msg)], self._deliver)
+        else:
+            comm = self.comms.get(peer)
+            if comm is not None:
+                comm.send(msg)
 
     def _schedule_wakeup(self) -> None:
         """Call the state's ``wake`` when its next timer or rate limit is due."""
@@ -226,16 +239,16 @@ class Scheduler:
         request_id, name = msg.request_id, msg.name
         handler = self._requests.get(name)
         if handler is None:
-            comm.send(m.Reply(request_id, False, f"unknown request {name!r}"))
+            self._reply(peer, m.Reply(request_id, False, f"unknown request {name!r}"))
             return
         try:
             result = handler(self, peer, request_id, **msg.args)
         except Exception as e:  # a bad request must not take the scheduler down
             logger.warning("request %s from %s failed: %r", name, peer, e)
-            comm.send(m.Reply(request_id, False, f"{type(e).__name__}: {e}"))
+            self._reply(peer, m.Reply(request_id, False, f"{type(e).__name__}: {e}"))
             return
         if result is not _LATER:
-            comm.send(m.Reply(request_id, True, result))
+            self._reply(peer, m.Reply(request_id, True, result))
 
     def _request_info(self, peer, request_id) -> dict:
         st = self.state
@@ -340,10 +353,8 @@ class Scheduler:
         for rid, r in list(self._pending_runs.items()):
             if r is run:
                 del self._pending_runs[rid]
-        comm = self.comms.get(run["client"])
-        if comm is not None:
-            comm.send(m.Reply(run["request"], True, {"results": run["results"],
-                                                        "errors": run["errors"]}))
+        self._reply(run["client"], m.Reply(run["request"], True, {"results": run["results"],
+                                                                  "errors": run["errors"]}))
 
     def _request_restart(self, peer, request_id) -> dict:
         """Forget every task; the futures of every client are cancelled first."""
