@@ -186,3 +186,15 @@ def test_after_cluster_stop_a_kept_client_says_closed_and_scale_reports_the_work
     ip.run_line_magic("cluster", "stop")
     assert repr(kept).endswith(" closed>") and kept.closed
     assert "closed" in fmt(kept) and "<b>3</b> workers" not in fmt(kept)
+
+
+def test_start_with_a_journal_lists_its_schedules(ip, capsys, tmp_path):
+    path = str(tmp_path / "nb.sqlite")
+    ip.run_line_magic("cluster", f"start -n 1 --no-processes --journal {path}")
+    client = ip.user_ns["client"]
+    assert client.scheduler_info()["journal"] == path
+    client.schedule(sum, [1, 2], cron="0 0 * * *", name="nightly")
+    capsys.readouterr()
+    ip.run_line_magic("cluster", "status")
+    assert "Schedule nightly: cron 0 0 * * *, next 00:00:00 UTC" in capsys.readouterr().out
+    ip.run_line_magic("cluster", "stop")

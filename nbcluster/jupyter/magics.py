@@ -32,6 +32,9 @@ def _parsers() -> dict[str, MagicArgumentParser]:
                        help="per worker: bytes, like '2GB', 'auto' (default) or 'none'")
     start.add_argument("--name", default="client",
                        help="variable name for the client (default: client)")
+    start.add_argument("--journal", default=None, metavar="PATH",
+                       help="keep the scheduler's tasks in this file: a cluster started again "
+                            "on it takes them back")
     connect = parser("connect", "Connect a client to a running scheduler.")
     connect.add_argument("address", help="scheduler address, like tcp://127.0.0.1:8786")
     connect.add_argument("--token", default=None,
@@ -131,7 +134,7 @@ class ClusterMagics(Magics):
             raise SessionError(f"--threads must be >= 1, got {opts.threads}")
         self._check_name(opts.name)
         client = self._session.start(opts.workers, opts.threads, opts.processes,
-                                     _memory_limit(opts.memory_limit))
+                                     _memory_limit(opts.memory_limit), opts.journal)
         self._bind(opts.name, client)
         self._show_widget()
 

@@ -34,7 +34,8 @@ class ClusterSession:
         return client is not None and not client_closed(client)
 
     def start(self, n_workers: int | None = None, threads_per_worker: int = 1,
-              processes: bool = True, memory_limit: Any = "auto") -> Any:
+              processes: bool = True, memory_limit: Any = "auto",
+              journal: str | None = None) -> Any:
         from ..client import Client
         from ..deploy import LocalCluster
 
@@ -42,7 +43,8 @@ class ClusterSession:
             self._check_free()
             try:
                 cluster = LocalCluster(n_workers=n_workers, threads_per_worker=threads_per_worker,
-                                       processes=processes, memory_limit=memory_limit)
+                                       processes=processes, memory_limit=memory_limit,
+                                       journal=journal)
             except ValueError as e:
                 raise SessionError(str(e)) from None
             except Exception as e:  # noqa: BLE001
