@@ -27,14 +27,16 @@ START_S = 120         # JupyterLab's start-up on a loaded machine
 
 
 @contextlib.contextmanager
-def chromium(profile, **context_options):
-    """The first page of a fresh headless chromium profile, every timeout set to ``WAIT_MS``."""
+def chromium(profile, extra_args=(), **context_options):
+    """The first page of a fresh headless chromium profile, every timeout set to ``WAIT_MS``
+    (``extra_args``: more command-line switches)."""
     from playwright.sync_api import expect, sync_playwright
 
     expect.set_options(timeout=WAIT_MS)
     with sync_playwright() as p:
         ctx = p.chromium.launch_persistent_context(
-            str(profile), executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS,
+            str(profile), executable_path=CHROMIUM, headless=True,
+            args=CHROMIUM_ARGS + list(extra_args),
             timeout=WAIT_MS, **context_options)
         try:
             ctx.set_default_timeout(WAIT_MS)

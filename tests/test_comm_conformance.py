@@ -459,6 +459,15 @@ def test_connecting_to_a_missing_address_fails_fast_and_names_it(transport):
     run(main())
 
 
+@pytest.mark.parametrize("port", ["9" * 5000, "65536", "99999", "-1", "8x", "\u0661"])
+def test_an_address_whose_port_is_not_a_port_is_refused_naming_it(port):
+    async def main():      # tcp only: tls parses the same way, once it has certificates
+        with pytest.raises(ConnectError, match="expected tcp://HOST:PORT") as info:
+            await connect(f"tcp://127.0.0.1:{port}", "secret", timeout=5)
+        assert len(str(info.value)) < 200
+    run(main())
+
+
 @pytest.mark.parametrize("token", ["wrong", None], ids=["wrong", "missing"])
 def test_a_wrong_token_fails_authentication_and_nothing_is_delivered(transport, token):
     async def main():

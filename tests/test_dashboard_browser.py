@@ -192,3 +192,41 @@ def test_status_page_draws_running_tasks(tmp_path):
             on_loop(cluster, dash.stop)
             on_loop(cluster, secure.stop)
             proxy_thread.stop()
+
+
+# --------------------------------------------------------------------------- DNS rebinding
+OPEN_WS = """([url, token]) => new Promise((done) => {
+  const ws = new WebSocket(url, ['bokeh', token]);
+  ws.onopen = () => { ws.close(); done('open'); };
+  ws.onerror = () => done('refused');
+})"""
+
+
+def test_a_page_that_rebinds_its_name_reads_nothing(tmp_path, caplog):
+    """Chromium resolves evil.example to 127.0.0.1, as after a DNS rebinding: the page of
+    that origin gets 403s, and cannot open the dashboard's websocket either."""
+    import re
+    import urllib.request
+
+    from labserver import chromium as launch
+
+    with LocalCluster(n_workers=1, processes=False) as cluster:
+        port = cluster._dashboard.port
+        html = urllib.request.urlopen(cluster._dashboard.link, timeout=10).read().decode()
+        token = re.search(r'"token":"([^"]+)"', html).group(1)      # a real session token
+        rules = ["--host-resolver-rules=MAP evil.example 127.0.0.1"]
+        with launch(tmp_path / "profile", extra_args=rules) as page:
+            response = page.goto(f"http://evil.example:{port}/status")
+            assert response.status == 403
+            assert "DNS rebinding" in page.content()
+            # its scripts, same-origin as far as the browser knows
+            assert page.evaluate("() => fetch('/metrics.json').then(r => r.status)") == 403
+            for url in (f"ws://evil.example:{port}/status/ws", f"ws://127.0.0.1:{port}/status/ws"):
+                assert page.evaluate(OPEN_WS, [url, token]) == "refused", url
+            # by the dashboard (logged), not by the browser
+            assert f"not for a page of 'http://evil.example:{port}'" in caplog.text
+            # the same dashboard by its own name: the page, and its websocket
+            page.goto(f"http://localhost:{port}/status")
+            page.wait_for_function(f"({COUNT})() >= 0", timeout=WAIT_MS)
+            assert page.title() == "nbcluster: Status"
+            assert page.evaluate(OPEN_WS, [f"ws://localhost:{port}/status/ws", token]) == "open"

@@ -248,11 +248,10 @@ def test_ports_that_are_not_nbcluster_dashboards_are_refused(jupyter, cluster, t
         other.bind(("127.0.0.1", 0))
         other.listen()
         other_port = other.getsockname()[1]
-        for port in (other_port, jupyter_port, 1, 99999):
+        for port in (other_port, jupyter_port, 1):
             status, _, body = get(f"{base}/nbcluster/dashboard/{port}/status?token={token}")
             assert status == 404, port
             assert f"no nbcluster dashboard is running on port {port}" in body
-        assert get(f"{base}/nbcluster/dashboard/evil.example:80/status?token={token}")[0] == 404
         # a registry entry left by a process that is gone does not count
         dead = subprocess.Popen([sys.executable, "-c", "pass"])
         dead.wait()
@@ -269,6 +268,32 @@ def test_ports_that_are_not_nbcluster_dashboards_are_refused(jupyter, cluster, t
     assert get(page)[0] == 200
     on_loop(cluster, dash.stop)
     assert get(page)[0] == 404
+
+
+def test_what_is_not_a_port_gets_a_400_that_says_so(jupyter, cluster):
+    from tornado import httpclient, websocket
+
+    base, token = jupyter
+    for port in ("9" * 5000, "0", "65536", "00000065536", "-1", "evil.example:80", "1e3",
+                 "%D9%A1", "+80"):                        # %D9%A1: an Arabic-Indic one
+        status, headers, body = get(f"{base}/nbcluster/dashboard/{port}/status?token={token}")
+        assert status == 400, port[:20]
+        assert "is not a port number (1 to 65535)" in body and len(body) < 200, body
+        assert headers["Content-Type"].startswith("text/plain")
+
+    async def attempt(port):
+        url = f"ws{base[4:]}/nbcluster/dashboard/{port}/status/ws"
+        request = httpclient.HTTPRequest(url, headers={"Authorization": f"token {token}"},
+                                         request_timeout=10)
+        try:
+            (await websocket.websocket_connect(request)).close()
+        except httpclient.HTTPClientError as e:
+            return e.code
+    assert asyncio.run(attempt("9" * 5000)) == 400
+    assert asyncio.run(attempt("-1")) == 400
+    # leading zeros still name the port (as before)
+    page = f"{base}/nbcluster/dashboard/000{cluster._dashboard.port}/metrics.json?token={token}"
+    assert get(page)[0] == 200
 
 
 def test_clusters_lists_the_clusters_on_this_machine(jupyter, cluster):

@@ -328,9 +328,12 @@ class TCPListener(Listener):
 def _split(hostport: str) -> tuple[str, int]:
     host, _, port = hostport.rpartition(":")
     host = host.strip("[]")
-    if not host or not port.isdigit():
-        raise ConnectError(f"bad address tcp://{hostport} (expected tcp://HOST:PORT)")
-    return host, int(port)
+    digits = port.lstrip("0") or "0"      # int() of 5,000 digits would raise ValueError
+    if not host or not (port.isascii() and port.isdigit()) or len(digits) > 5 \
+            or int(digits) > 65535:
+        raise ConnectError(f"bad address tcp://{hostport[:80]} (expected tcp://HOST:PORT, "
+                           "PORT 0 to 65535)")
+    return host, int(digits)
 
 
 async def connect(hostport: str, token: str | None, timeout: float, ssl=None,

@@ -5,6 +5,7 @@
 - :mod:`.components` the plots, each a Bokeh model plus ``update()``;
 - :mod:`.server` ``start_dashboard(scheduler, ...)``: the pages served by the scheduler;
 - :mod:`.http` the HTTP layer around it: token gate, ``/metrics``, ``/metrics.json``;
+- :mod:`.hosts` which ``Host`` and websocket ``Origin`` it answers (DNS rebinding);
 - :mod:`.widget` ``dashboard_widget(client)``: the same plots inline in a notebook.
 
 Nothing here is imported by ``nbcluster`` itself: Bokeh takes most of a second to import.

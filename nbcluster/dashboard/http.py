@@ -2,6 +2,8 @@
 
 One tornado ``HTTPServer`` serves every request through :class:`Gate`, which
 
+- on a loopback address, answers 403 to a ``Host`` (or a websocket ``Origin``) that does not
+  name this machine: see :mod:`.hosts`;
 - asks for the token when one is set (``?token=`` query parameter, which also sets a cookie,
   the cookie itself, or an ``Authorization: token ...`` header) and answers 403 otherwise,
   as Jupyter does;
@@ -17,6 +19,7 @@ from __future__ import annotations
 
 import hmac
 import json
+import logging
 from collections.abc import Awaitable, Callable
 from http.cookies import SimpleCookie
 from typing import Any
@@ -24,7 +27,10 @@ from urllib.parse import parse_qsl, urlencode
 
 from tornado import httputil, web
 
+from .hosts import HostCheck, refusal
 from .metrics import PROMETHEUS_CONTENT_TYPE, prometheus_text
+
+logger = logging.getLogger("nbcluster.dashboard")
 
 
 def cookie_name(port: int) -> str:
@@ -32,12 +38,16 @@ def cookie_name(port: int) -> str:
 
 
 class Gate(httputil.HTTPServerConnectionDelegate):
-    """Route each request: 403 without the token, small routes here, the rest to Bokeh."""
+    """Route each request: 403 for a foreign Host or without the token, small routes here,
+    the rest to Bokeh."""
 
     def __init__(self, *, prefix: str, token: str | None, cookie: str, plain_app: web.Application,
-                 bokeh_app: Callable[[], Any], bokeh_ready: Callable[[], Awaitable[Any]]) -> None:
+                 bokeh_app: Callable[[], Any], bokeh_ready: Callable[[], Awaitable[Any]],
+                 hosts: HostCheck | None = None) -> None:
         self.prefix = prefix
         self.token = token
+        self.hosts = hosts                  # None: any Host and Origin (not on loopback)
+        self.refused: set[str] = set()      # logged once each (a few)
         self.cookie = cookie
         self.plain_app = plain_app
         self.bokeh_app = bokeh_app          # the app if built, else None
@@ -51,6 +61,23 @@ class Gate(httputil.HTTPServerConnectionDelegate):
     def token_ok(self, given: str | None) -> bool:
         return given is not None and self.token is not None and hmac.compare_digest(
             given.encode(), self.token.encode())
+
+    def foreign(self, headers: httputil.HTTPHeaders) -> str | None:
+        """Why this request is refused for where it comes from, or None."""
+        if self.hosts is None:
+            return None
+        host = headers.get("Host")
+        if not self.hosts.host_ok(host):
+            why = refusal(host)
+        elif headers.get("Upgrade", "").lower() == "websocket" and \
+                not self.hosts.origin_ok(origin := headers.get("Origin"), host):
+            why = refusal(host, origin)
+        else:
+            return None
+        if len(self.refused) < 20 and why not in self.refused:
+            self.refused.add(why)
+            logger.warning("dashboard: %s", why.strip())
+        return why
 
     def check(self, query: str, headers: httputil.HTTPHeaders) -> tuple[bool, bool]:
         """(allowed, by the query parameter)."""
@@ -113,6 +140,10 @@ class _GatedRequest(httputil.HTTPMessageDelegate):
     def headers_received(self, start_line, headers):
         gate = self.gate
         path, _, query = start_line.path.partition("?")
+        why = gate.foreign(headers)
+        if why is not None:
+            self._reply(403, why)
+            return None
         allowed, by_query = gate.check(query, headers)
         if not allowed:
             self._reply(403, "Forbidden: this dashboard needs its token. Open the link with "
@@ -163,7 +194,8 @@ class _GatedRequest(httputil.HTTPMessageDelegate):
         data = body.encode()
         headers = httputil.HTTPHeaders({"Content-Type": "text/plain; charset=utf-8",
                                         "Content-Length": str(len(data)),
-                                        "Cache-Control": "no-store"})
+                                        "Cache-Control": "no-store",
+                                        "X-Content-Type-Options": "nosniff"})
         for k, v in (extra or {}).items():
             headers[k] = v
         reason = httputil.responses.get(code, "Unknown")

@@ -17,10 +17,10 @@ with ``preload=True``.
 from __future__ import annotations
 
 import asyncio
-import ipaddress
 import logging
 import secrets
 import threading
+from collections.abc import Iterable
 from functools import partial
 from typing import Any
 
@@ -28,6 +28,7 @@ from tornado.netutil import bind_sockets
 
 from ..state.snapshot import snapshot
 from .feed import MAX_RATE, Feed, call_on, scheduler_feed
+from .hosts import HostCheck, host_check, is_loopback
 from .links import display_host, format_link, register, unregister
 from .metrics import figures
 from ..loop_thread import LoopThread
@@ -45,20 +46,12 @@ PAGES: dict[str, tuple[str, tuple[str, ...]]] = {
 }
 
 
-def is_loopback(host: str) -> bool:
-    if host in ("localhost", "localhost.localdomain"):
-        return True
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        return False
-
-
 class Dashboard:
     """A running dashboard; ``link`` is the URL of its status page (token included)."""
 
     def __init__(self, scheduler: Any, scheduler_loop: asyncio.AbstractEventLoop, host: str,
-                 port: int, prefix: str, token: str | None, interval: float) -> None:
+                 port: int, prefix: str, token: str | None, interval: float,
+                 hosts: HostCheck | None = None) -> None:
         self.scheduler = scheduler
         self.scheduler_loop = scheduler_loop
         self.host = host
@@ -66,6 +59,7 @@ class Dashboard:
         self.prefix = prefix
         self.token = token
         self.interval = interval
+        self.hosts = hosts            # which Host / Origin it answers (None: any)
         self.closed = False
         self.feed: Feed = scheduler_feed(scheduler, scheduler_loop, cancelled=self._closing,
                                          min_interval=min(0.2, interval), log_limit=MAX_NEW)
@@ -99,7 +93,7 @@ class Dashboard:
 
         gate = Gate(prefix=self.prefix, token=self.token, cookie=cookie_name(self.port),
                     plain_app=plain_app(self.prefix, self.figures), bokeh_app=self.bokeh_app,
-                    bokeh_ready=self.ready)
+                    bokeh_ready=self.ready, hosts=self.hosts)
         self._http = HTTPServer(gate, xheaders=False)
         self._http.add_sockets(sockets)
 
@@ -222,8 +216,8 @@ def _build_bokeh_app(dashboard: Dashboard) -> Any:
     logging.getLogger("bokeh.server.views.ws").setLevel(logging.ERROR)
     apps = {f"/{page}": Application(FunctionHandler(partial(_make_page, dashboard, page)))
             for page in PAGES}
-    # Any origin may open the websocket (a proxy changes it), but only with a session token
-    # signed by this server, which a page of another origin cannot read.
+    # Bokeh lets any Origin open the websocket: the Gate has checked it (see .hosts), and it
+    # also needs a session token signed by this server.
     app = RelativeBokehTornado(
         apps, prefix=dashboard.prefix, extra_websocket_origins=["*"],
         secret_key=secrets.token_urlsafe(32).encode(), sign_sessions=True,
@@ -237,6 +231,7 @@ def _build_bokeh_app(dashboard: Dashboard) -> Any:
 def start_dashboard(scheduler: Any, host: str = "127.0.0.1", port: int = 0, prefix: str = "",
                     token: str | None = None, *, require_token: bool | None = None,
                     interval: float = 0.5, preload: bool = False,
+                    allowed_hosts: Iterable[str] | None = None,
                     loop: asyncio.AbstractEventLoop | None = None) -> Dashboard:
     """Serve the dashboard of ``scheduler`` on ``http://host:port/prefix/status``.
 
@@ -245,7 +240,9 @@ def start_dashboard(scheduler: Any, host: str = "127.0.0.1", port: int = 0, pref
     ``require_token=True``): pass one, or a new random one is made; it is part of
     :attr:`Dashboard.link`. ``interval`` is the plot refresh period in seconds (at least 0.25).
     ``preload`` imports Bokeh now (on the dashboard's thread) rather than on the first page
-    request. Returns at once; ``stop()`` ends it.
+    request. On a loopback ``host`` it answers only requests addressed to this machine or to a
+    name in ``allowed_hosts`` (default: ``NBCLUSTER_DASHBOARD_ALLOWED_HOSTS``; see
+    :mod:`.hosts`). Returns at once; ``stop()`` ends it.
     """
     scheduler_loop = loop or asyncio.get_running_loop()
     if require_token is None:
@@ -256,10 +253,11 @@ def start_dashboard(scheduler: Any, host: str = "127.0.0.1", port: int = 0, pref
         token = token or None
     prefix = ("/" + prefix.strip("/")) if prefix.strip("/") else ""
     interval = max(float(interval), 1.0 / MAX_RATE)
+    hosts = host_check(host, allowed_hosts)
     sockets = bind_sockets(port, host)
     try:
         dash = Dashboard(scheduler, scheduler_loop, host, sockets[0].getsockname()[1], prefix,
-                         token, interval)
+                         token, interval, hosts)
     except BaseException:
         for sock in sockets:
             sock.close()

@@ -15,7 +15,9 @@ the registered process is alive and still listens on that port (:func:`live_dash
 the proxy cannot be pointed at a database, the hub's API or another user's service on this
 machine, and no unknown port is ever contacted (not even to ask it what it is). Proxied
 requests carry no Jupyter cookies or tokens: the dashboard's own token, if it has one, is
-taken from the registry and sent as a header.
+taken from the registry and sent as a header; ``Host`` is ``127.0.0.1:<port>`` and no
+``Origin`` is sent, which a dashboard on loopback accepts (see :mod:`nbcluster.dashboard.hosts`).
+A port that is not 1 to 65535 gets a 400 saying so.
 
 Enabled by ``etc/jupyter/jupyter_server_config.d/nbcluster.json``, which ``pip install
 "nbcluster[jupyter]"`` installs; by hand: ``jupyter server extension enable
@@ -58,7 +60,7 @@ def _jupyter_server_extension_points() -> list[dict]:
 
 def _load_jupyter_server_extension(serverapp: Any) -> None:
     base = serverapp.web_app.settings["base_url"]
-    dash = url_path_join(base, r"nbcluster/dashboard/(\d+)(/.*)?")
+    dash = url_path_join(base, r"nbcluster/dashboard/([^/]+)(/.*)?")   # any port: a 400 says why
     serverapp.web_app.add_handlers(".*$", [
         Rule(_WebSocketUpgrade(dash), DashboardWebSocket),
         (dash, DashboardHandler),
@@ -79,11 +81,25 @@ class _WebSocketUpgrade(PathMatches):
 class ProxyError(web.HTTPError):
     """The proxy's own answer (refused port, dashboard gone): shown as one line of text."""
 
+    def __init__(self, status_code: int, message: str) -> None:
+        super().__init__(status_code, "%s", message)   # the message may hold a "%"
+        self.message = message
+
+
+def _port(text: str) -> int:
+    """The port the URL names: 1 to 65535, leading zeros allowed; anything else is a 400
+    (``int()`` of 5,000 digits would raise, and a 500 said nothing)."""
+    digits = text.lstrip("0")
+    if text.isascii() and text.isdigit() and len(digits) <= 5 and 0 < int(digits or 0) < 65536:
+        return int(digits)
+    shown = text if len(text) <= 20 else text[:20] + "..."
+    raise ProxyError(400, f"{shown!r} is not a port number (1 to 65535); the address is "
+                          "nbcluster/dashboard/<port>/...")
+
 
 async def _target(handler: JupyterHandler, port: str) -> _Target:
     """Where the request goes, if ``port`` is a running dashboard's (else a 404)."""
-    number = int(port)
-    entry = await asyncio.to_thread(live_dashboard, number) if 0 < number < 65536 else None
+    entry = await asyncio.to_thread(live_dashboard, _port(port))
     if entry is None:
         raise ProxyError(404, f"no nbcluster dashboard is running on port {port} of this "
                               "machine; only dashboards of nbcluster clusters are proxied "
@@ -103,7 +119,8 @@ class _Target:
         self.query = ("?" + urlencode(query)) if query else ""
         self.port = int(entry["port"])
         self.mount = mount
-        self.headers = httputil.HTTPHeaders()
+        # the dashboard's own address: a dashboard on loopback answers no other Host
+        self.headers = httputil.HTTPHeaders({"Host": f"127.0.0.1:{self.port}"})
         if entry.get("token"):
             self.headers["Authorization"] = f"token {entry['token']}"
 
@@ -120,6 +137,7 @@ class DashboardHandler(JupyterHandler):
     @authorized
     async def get(self, port: str, rest: str | None) -> None:
         if rest is None:      # ".../<port>": pages are relative to ".../<port>/"
+            _port(port)
             self.redirect(url_path_join(self.base_url, f"nbcluster/dashboard/{port}/"))
             return
         target = await _target(self, port)
@@ -149,7 +167,7 @@ class DashboardHandler(JupyterHandler):
         if not isinstance(error, ProxyError):
             return super().write_error(status_code, **kwargs)
         self.set_header("Content-Type", "text/plain; charset=utf-8")
-        self.finish(f"{status_code}: {error.log_message}\n")
+        self.finish(f"{status_code}: {error.message}\n")
 
 
 class DashboardWebSocket(WebSocketMixin, websocket.WebSocketHandler, JupyterHandler):
