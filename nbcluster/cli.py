@@ -163,8 +163,24 @@ def _worker(args) -> int:
                            spill_dir=args.spill_dir,
                            memory_pause=_fraction("--memory-pause", args.memory_pause),
                            memory_terminate=_fraction("--memory-terminate",
-                                                      args.memory_terminate)))
+                                                      args.memory_terminate),
+                           reconnect_timeout=_duration("--reconnect-timeout",
+                                                       args.reconnect_timeout),
+                           heartbeat_timeout=_duration("--heartbeat-timeout",
+                                                       args.heartbeat_timeout)))
     return 0
+
+
+def _duration(option: str, text: str | None) -> float | None:
+    from .durations import parse_duration
+
+    if text is None:
+        return None
+    seconds = parse_duration(text, option)
+    if seconds < 0 or (option == "--heartbeat-timeout" and seconds == 0):
+        raise ValueError(f"{option} must be {'positive' if seconds == 0 else 'not negative'}"
+                         f", got {text!r}")
+    return seconds
 
 
 def _fraction(option: str, text: str) -> float | None:
@@ -236,6 +252,12 @@ def main(argv: list[str] | None = None) -> int:
                    help="start no new task above this fraction of the limit (none: never)")
     w.add_argument("--memory-terminate", default="0.95",
                    help="end the process above this fraction of the limit (none: never)")
+    w.add_argument("--reconnect-timeout", default=None,
+                   help="how long to seek a lost scheduler at the same address, e.g. 60s or "
+                   "5 minutes; 0: exit at once (default: 60s if the scheduler keeps a "
+                   "journal, else 0)")
+    w.add_argument("--heartbeat-timeout", default="30s",
+                   help="a scheduler silent this long is treated as lost (default 30s)")
     _add_tls_options(w)
     w.set_defaults(run=_worker)
 

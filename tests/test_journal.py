@@ -118,8 +118,7 @@ def test_a_worker_that_comes_back_with_results_saves_their_work(tmp_path):
     k.finish("A", "a")
     r = k.restart()                        # no workers yet: everything waits
     s = r.s
-    out = r.step(s.add_worker("A", 1, "A", {"address": "A", "held": {"a": 8, "zz": 4}},
-                              r.now))
+    out = r.step(s.add_worker("A", 1, "A", {"address": "A"}, r.now, {"a": 8, "zz": 4}))
     assert s.tasks["a"].state == "memory" and s.tasks["b"].state == "queued"
     assert ("A", m.Free(["zz"], [s.runs])) in out           # unknown: the worker may drop it
     assert any(p == C and type(msg) is m.Done and msg.key == "a" for p, msg in out)

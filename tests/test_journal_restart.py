@@ -95,15 +95,59 @@ def test_every_fire_and_forget_task_runs_after_a_scheduler_sigkill(processes, tm
         scheduler.wait(10)
     ran_before = len(lines())
     assert ran_before < n, "the scheduler should die in the middle"
-    for w in workers:      # (they exit without their scheduler; new ones take over)
-        w.wait(30)
+    assert all(w.poll() is None for w in workers)   # they wait for their scheduler
 
-    processes.scheduler(port, journal)
-    for _ in range(2):
-        processes.start("worker", "worker", address)
+    processes.scheduler(port, journal)              # the same workers come back to it
     wait_until(lambda: len(set(lines())) == n, "every task to run", timeout=90)
     ran = lines()
     twice = len(ran) - n
     print(f"\n{n:,} fire-and-forget tasks: {ran_before:,} ran before the SIGKILL, "
           f"{twice:,} ran twice (at least once is the promise)")
     assert sorted(set(map(int, ran))) == list(range(n))
+
+
+def test_a_waiting_client_gets_every_result_across_a_scheduler_sigkill(processes, tmp_path):
+    port, journal = _free_port(), str(tmp_path / "journal.sqlite")
+    address = f"tcp://127.0.0.1:{port}"
+    marks = tmp_path / "marks"
+    marks.mkdir()
+
+    def work(i):
+        import time
+        time.sleep(0.002)      # the task's run time, not a wait
+        return i * 2
+
+    def add(a, b):
+        return a + b
+
+    def flaky(i, folder):      # fails its first attempt, then succeeds
+        import os
+        mark = os.path.join(folder, str(i))
+        if not os.path.exists(mark):
+            open(mark, "w").close()
+            raise ValueError(f"first attempt of {i}")
+        return -i
+
+    scheduler = processes.scheduler(port, journal)
+    workers = [processes.start("worker", "worker", address) for _ in range(2)]
+    with Client(address, timeout=30) as client:
+        client.wait_for_workers(2, timeout=30)
+        plain = client.map(work, range(600))
+        pairs = [client.submit(add, plain[i], plain[i + 1]) for i in range(200)]
+        later = client.map(work, range(1000, 1100), countdown=1.5)
+        retried = client.map(flaky, range(100), folder=str(marks), retries=2)
+        everything = plain + pairs + later + retried
+        assert len(everything) == 1000
+        client.scheduler_info()   # all accepted
+        wait_until(lambda: sum(f.done() for f in everything) >= 150, "some results", timeout=60)
+        scheduler.send_signal(signal.SIGKILL)
+        scheduler.wait(10)
+        done_before = sum(f.done() for f in everything)
+        processes.scheduler(port, journal)
+        results = client.gather(everything, timeout=60)
+    assert done_before < 1000
+    assert results[:600] == [i * 2 for i in range(600)]
+    assert results[600:800] == [4 * i + 2 for i in range(200)]
+    assert results[800:900] == [i * 2 for i in range(1000, 1100)]
+    assert results[900:] == [-i for i in range(100)]
+    assert all(w.poll() is None for w in workers)      # the same workers throughout

@@ -45,6 +45,8 @@ class Client(Submitting, Results, ClusterRequests, Schedules):
     ``Client()`` starts a LocalCluster sized to this machine; ``Client(cluster)`` uses a cluster
     object; ``Client("tcp://host:port")`` connects to a running scheduler (the token comes from
     ``token=``, the ``NBCLUSTER_TOKEN`` variable, or the scheduler's connection file).
+    A scheduler silent for ``heartbeat_timeout`` is lost; one that keeps a journal is sought
+    again for ``reconnect_timeout`` (waiting calls keep waiting), else waiting calls fail.
     """
 
     # set by nbcluster/__init__ so that the client layer does not import the layers above it
@@ -54,8 +56,12 @@ class Client(Submitting, Results, ClusterRequests, Schedules):
 
     def __init__(self, address: Any = None, *, token: str | None = None, timeout: Any = 10.0,
                  asynchronous: bool = False, set_as_default: bool = True,
-                 security=None, heartbeat_timeout: Any = 30.0) -> None:
+                 security=None, heartbeat_timeout: Any = 30.0,
+                 reconnect_timeout: Any = 60.0) -> None:
         timeout = parse_duration(timeout, "timeout")
+        reconnect_timeout = parse_duration(reconnect_timeout, "reconnect_timeout")
+        if reconnect_timeout < 0:
+            raise ValueError(f"reconnect_timeout must not be negative, got {reconnect_timeout!r}")
         heartbeat_timeout = parse_duration(heartbeat_timeout, "heartbeat_timeout")
         if heartbeat_timeout <= 0:
             raise ValueError(f"heartbeat_timeout must be positive, got {heartbeat_timeout!r}")
@@ -81,7 +87,8 @@ class Client(Submitting, Results, ClusterRequests, Schedules):
         self._uid = uuid.uuid4().hex[:8]
         self._counter = itertools.count(1)
         # fn -> its token; each function pickled once while it lives, and not kept alive
-        self._fn_token = FunctionCache(self._uid, funcname, lambda msg: self._conn.post(msg)).token
+        functions = FunctionCache(self._uid, funcname, lambda msg: self._conn.post(msg))
+        self._fn_token = functions.token
         # the loop the connection runs on: the caller's for an asynchronous client, else that
         # of the client's own I/O thread
         self.loop: asyncio.AbstractEventLoop
@@ -92,7 +99,8 @@ class Client(Submitting, Results, ClusterRequests, Schedules):
             self._io = LoopThread(f"nbcluster-client-{self._uid}")
             self.loop = self._io.loop
         self._conn = ClientConnection(address, token, self.loop, timeout, security,
-                                      heartbeat_timeout)
+                                      heartbeat_timeout, reconnect_timeout)
+        self._conn.reconnect.forget_functions = functions.clear
         self._records = self._conn.records
         self._started: Any = None
         if asynchronous:
@@ -282,9 +290,12 @@ class Client(Submitting, Results, ClusterRequests, Schedules):
 
     @property
     def status(self) -> str:
-        """``"running"``, ``"disconnected"`` (the scheduler went away) or ``"closed"``."""
+        """``"running"``, ``"reconnecting"`` (to a scheduler that keeps a journal),
+        ``"disconnected"`` (the scheduler went away) or ``"closed"``."""
         if self._closed:
             return "closed"
+        if self._conn.reconnect.active:
+            return "reconnecting"
         return "disconnected" if self._conn.closed else "running"
 
     def __repr__(self) -> str:

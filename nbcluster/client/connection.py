@@ -1,9 +1,14 @@
 """The client's plumbing: its event loop (an I/O thread for synchronous users), the connection
-to the scheduler, the outbox that batches messages, and the records of keys it holds."""
+to the scheduler, the outbox that batches messages, and the records of keys it holds.
+
+A scheduler that keeps a journal (its answer to HELLO says so) is sought again when the
+connection is lost (see :mod:`.reconnect`); meanwhile waiting calls keep waiting and what is
+posted stays in the outbox. Otherwise a lost scheduler fails every waiting call at once."""
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import uuid
 from collections import deque
@@ -17,6 +22,7 @@ from ..protocol import messages as m
 FRAME_TASKS = 5_000   # task specs per frame to the scheduler, at most
 from .output import OutputMarker
 from .records import CANCELLED, ERROR, FINISHED, LOST, NO_VALUE, PENDING, KeyRecord
+from .reconnect import RESENT_REQUESTS, Reconnect
 
 logger = logging.getLogger("nbcluster.client")
 
@@ -25,7 +31,8 @@ class ClientConnection:
     """Owns the comm to the scheduler. Thread-safe entry points: ``post`` and ``request``."""
 
     def __init__(self, address: str, token: str | None, loop: asyncio.AbstractEventLoop,
-                 timeout: float, security=None, heartbeat_timeout: float = 30.0) -> None:
+                 timeout: float, security=None, heartbeat_timeout: float = 30.0,
+                 reconnect_timeout: float = 60.0) -> None:
         self.address = address
         self.token = token
         self.security = security
@@ -50,19 +57,37 @@ class ClientConnection:
         # observers: "output" (key, stream, text), "task" (key, status), "submit" (keys)
         self.listeners: dict[str, list] = {"output": [], "task": [], "submit": []}
         self._marker = OutputMarker()
+        self.journal = False          # the scheduler keeps a journal: worth reconnecting to
+        self.incarnation = ""         # the scheduler's id of its current start
+        self.reconnect = Reconnect(self, reconnect_timeout)
+        self._requests: dict[int, m.Request] = {}   # sent, not answered yet
 
-    async def connect(self) -> None:
-        self.comm = await connect(self.address, self.token, self.timeout, self.security)
-        _, hello = self._replies.expect(request_id=0)   # the scheduler's REPLY to HELLO
-        self.comm.start(self._on_batch, self._on_close)
-        self.comm.send(m.Hello("client", {"id": self.id}))
+    async def connect(self, timeout: float | None = None) -> None:
+        """Connect and say HELLO (again after a lost connection, under the same id)."""
+        timeout = self.timeout if timeout is None else timeout
+        comm = self.comm = await connect(self.address, self.token, timeout, self.security)
+        _, hello = self._replies.expect(tag=_HELLO, request_id=0)   # the REPLY to HELLO
+        comm.start(self._on_batch, lambda reason: self._on_close(reason, comm))
+        comm.send(m.Hello("client", {"id": self.id}))
         try:
-            await asyncio.wait_for(hello, self.timeout)
+            answer: m.Reply = await asyncio.wait_for(hello, timeout)
         except asyncio.TimeoutError:
-            self.comm.abort("no hello")
+            comm.abort("no hello")
             raise CommError(f"the scheduler at {self.address} did not answer within "
-                            f"{self.timeout:g} s") from None
+                            f"{timeout:g} s") from None
+        if comm.closed:   # lost before this coroutine resumed
+            raise CommError(f"the scheduler at {self.address} closed the connection: "
+                            f"{comm.close_reason}")
+        info = answer.result if isinstance(answer.result, dict) else {}
+        self.journal = bool(info.get("journal"))
+        self.incarnation = str(info.get("incarnation", ""))
+        self.watch()
+
+    def watch(self) -> None:
+        """Watch the connection for silence, from now."""
         self._last_heard = self.loop.time()
+        if self._watch is not None:
+            self._watch.cancel()
         self._watch = self.loop.call_later(self._ping_every, self._check_alive)
 
     def _check_alive(self) -> None:
@@ -105,6 +130,8 @@ class ClientConnection:
 
     def _flush(self) -> None:
         self._flush_scheduled = False
+        if self.reconnect.active:     # kept until the scheduler is back
+            return
         outbox = self.outbox
         batch: list[m.Message] = []
         last: m.Submit | m.Release | None = None   # consecutive submits (or releases) travel
@@ -163,12 +190,14 @@ class ClientConnection:
 
     async def request(self, name: str, **args):
         self.check_open()
-        rid, reply = self._replies.expect()
-        self.post(m.Request(rid, name, args))
+        rid, reply = self._replies.expect(tag=name)
+        msg = self._requests[rid] = m.Request(rid, name, args)
+        self.post(msg)
         try:
             answer: m.Reply = await reply
         finally:   # given up (a caller's timeout): nothing is kept for a late reply
             self._replies.discard(rid)
+            self._requests.pop(rid, None)
         if not answer.ok:
             raise ClusterError(f"the scheduler could not do {name!r}: {answer.result}")
         return answer.result
@@ -207,6 +236,8 @@ class ClientConnection:
     def _on_cancelled(self, msg: m.Cancelled) -> None:
         # also for a finished or failed key: the scheduler forgot it (a restart)
         rec = self.records.get(msg.key)
+        if self.reconnect.rewanted and self.reconnect.forgotten(msg.key, rec):
+            return
         if rec is not None and rec.status != CANCELLED:
             rec.cancel_reason = msg.reason
             rec.value, rec.exc, rec.traceback = NO_VALUE, None, None
@@ -245,16 +276,33 @@ class ClientConnection:
         target.write(self._marker.mark(key, stream, text))
         target.flush()
 
-    def _on_close(self, reason: str) -> None:
-        if self.closed:
+    def _on_close(self, reason: str, comm: Comm | None = None) -> None:
+        if self.closed or (comm is not None and comm is not self.comm):
             return
-        self.closed = True
+        if self._watch is not None:
+            self._watch.cancel()
+        if self.reconnect.active:      # an attempt's connection: its HELLO fails
+            self._replies.fail(lambda: CommError(reason), tag=_HELLO)
+            return
+        if not self._closing_reason and self.journal and self.reconnect.timeout > 0:
+            # what the new connection cannot answer fails; the rest is asked again
+            for name in {msg.name for msg in self._requests.values()} - RESENT_REQUESTS:
+                error = ClusterError(f"lost the scheduler at {self.address} before it "
+                                     f"answered {name!r}: {reason}")
+                self._replies.fail(functools.partial(_same, error), tag=name)
+            self.reconnect.start(reason)
+            return
         if self._closing_reason:
-            self.lost_reason = f"the scheduler at {self.address} closed: {self._closing_reason}"
-            logger.info("%s", self.lost_reason)
+            self.fail_all(f"the scheduler at {self.address} closed: {self._closing_reason}",
+                          logging.INFO)
         else:
-            self.lost_reason = f"lost the scheduler at {self.address}: {reason}"
-            logger.warning("%s", self.lost_reason)
+            self.fail_all(f"lost the scheduler at {self.address}: {reason}")
+
+    def fail_all(self, reason: str, level: int = logging.WARNING) -> None:
+        """The scheduler is gone for good: every waiting call fails at once with ``reason``."""
+        self.closed = True
+        self.lost_reason = reason
+        logger.log(level, "%s", reason)
         if self._watch is not None:
             self._watch.cancel()
         self._replies.fail(lambda: ClusterError(self.lost_reason))
@@ -266,6 +314,7 @@ class ClientConnection:
     def close(self) -> None:
         if self._watch is not None:
             self._watch.cancel()
+        self.reconnect.stop()
         if self.comm is not None:
             self._flush()
             self.closed = True
@@ -276,6 +325,13 @@ class ClientConnection:
                     rec.cancel_reason = "the client was closed"
                     rec.finish(CANCELLED)
         self.pool.close()
+
+
+def _same(error: BaseException) -> BaseException:
+    return error
+
+
+_HELLO = object()   # the tag of the REPLY to HELLO (other replies are tagged by request name)
 
 
 __all__ = ["ClientConnection", "PENDING", "FINISHED", "ERROR", "CANCELLED", "LOST"]

@@ -78,6 +78,12 @@ class FunctionCache:
         self._post(m.Function(token, blob))
         return token
 
+    def clear(self) -> None:
+        """Forget every token: each function is pickled and sent again when next used (a
+        scheduler that came back may not have it)."""
+        self._weak.clear()
+        self._strong.clear()
+
     def __len__(self) -> int:
         return len(self._weak) + len(self._strong)
 

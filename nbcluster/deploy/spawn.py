@@ -76,7 +76,8 @@ async def _worker(args) -> None:
                     security=Security.from_env(),
                     queues=args.queues.split(",") if args.queues else None,
                     memory_pause=args.memory_pause, memory_terminate=args.memory_terminate,
-                    memory_spill=args.memory_spill, spill_dir=args.spill_dir)
+                    memory_spill=args.memory_spill, spill_dir=args.spill_dir,
+                    reconnect_timeout=0)   # LocalCluster's scheduler does not come back
     worker.exit_when_stuck = True     # a task that won't stop: exit, LocalCluster replaces us
     worker.own_process = True
     await worker.start()

@@ -36,7 +36,8 @@ class Scheduler:
 
     def __init__(self, address: str = "tcp://127.0.0.1:0", token: str | None = None,
                  security=None, journal: str | None = None, durable: bool = False,
-                 client_grace: float = 60.0, settle: float = 1.0) -> None:
+                 client_grace: float = 60.0, settle: float = 1.0,
+                 worker_ttl: float | None = None) -> None:
         self.requested_address = address
         self.token = token
         self.security = security
@@ -44,6 +45,8 @@ class Scheduler:
         # the journal (issue 15): what a restart on the same file takes back
         self.keeper = Keeper(self, journal, durable, client_grace, settle) if journal else None
         self.incarnation = uuid.uuid4().hex   # tells a restarted scheduler from the last one
+        # a worker silent this long is dropped (default: 30 s, or ten heartbeats if longer)
+        self.worker_ttl = worker_ttl
         self.comms: dict[str, Comm] = {}
         self.listener: Listener | None = None
         self.address = ""
@@ -69,6 +72,7 @@ class Scheduler:
                                      self.security, reuse_buffers=False)
         self.address = self.listener.address
         self.started = self._clock()
+        self._reap()
         logger.info("scheduler at %s", self.address)
         return self
 
@@ -132,8 +136,10 @@ class Scheduler:
             raise _Refused(typo)
         self.comms[address] = comm
         self.worker_events.append((self._clock(), "added", address))
+        identity = {k: v for k, v in identity.items() if k != "held"}   # not for every info
         out = self.state.add_worker(address, int(identity.get("nthreads", 1)),
-                                    str(identity.get("name", address)), identity, self._clock())
+                                    str(identity.get("name", address)), identity, self._clock(),
+                                    held)
         logger.info("worker %s joined (%s threads)", address, identity.get("nthreads"))
         self._send(out)
         if self._worker_waiters:
@@ -214,6 +220,18 @@ class Scheduler:
             comm = self.comms.get(peer)
             if comm is not None:
                 comm.send(msg)
+
+    def _reap(self) -> None:
+        """Close the connections of silent workers; again in a third of the allowed time."""
+        if self.closed.is_set():
+            return
+        ttl = self.worker_ttl or max(30.0, 10 * self.state.heartbeat)
+        for address in self.state.silent_workers(self._clock(), ttl):
+            comm = self.comms.get(address)
+            if comm is not None:
+                logger.warning("worker %s: nothing heard for %.0f s; dropped", address, ttl)
+                comm.abort(f"silent for {ttl:g} s")
+        asyncio.get_running_loop().call_later(ttl / 3, self._reap)
 
     def _schedule_wakeup(self) -> None:
         """Call the state's ``wake`` when its next timer or rate limit is due."""

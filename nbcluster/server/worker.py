@@ -29,6 +29,7 @@ from ..state.model import HEARTBEAT_SECONDS
 from ..state.worker_state import PAUSE_AT, SPILL_AT, TERMINATE_AT, WorkerState
 from . import capture, worker_data, worker_health
 from .executor import Executor, exception_payload
+from .worker_reconnect import SchedulerLink
 from .spill import Spilled, SpillStore
 from .worker_outcomes import InputReadBack, Outcome, TaskFailed, TaskFinished, TaskStarted
 from .worker_output import TaskOutput
@@ -43,7 +44,8 @@ class Worker:
                  memory_limit: int | None = None, security=None,
                  queues: list[str] | None = None, memory_pause: float | None = PAUSE_AT,
                  memory_terminate: float | None = TERMINATE_AT,
-                 memory_spill: float | None = SPILL_AT, spill_dir: str | None = None) -> None:
+                 memory_spill: float | None = SPILL_AT, spill_dir: str | None = None,
+                 reconnect_timeout: float | None = None, heartbeat_timeout: float = 30.0) -> None:
         if listen_address is None:   # serve data the way the scheduler is reached
             scheme = scheduler_address.split("://", 1)[0]
             listen_address = "inproc://" if scheme == "inproc" else f"{scheme}://127.0.0.1:0"
@@ -95,6 +97,10 @@ class Worker:
         self._terminating = False
         self._closing = False
         self._check = shell_check(check_worker, os.environ.get("NBCLUSTER_VALIDATE") == "1")
+        # keepalive, and joining the scheduler again when the connection is lost
+        self.link = SchedulerLink(self, reconnect_timeout, heartbeat_timeout)
+        self.identity: dict[str, Any] = {}
+        self._hello: asyncio.Future     # the answer to the last HELLO (link.attach)
 
     # What start() sets up, for the code that runs only after it (handlers, instructions).
     @property
@@ -130,10 +136,9 @@ class Worker:
         self.state = WorkerState(self.address, self.nthreads, self.memory_limit,
                                  self.memory_pause, self.memory_terminate, self.memory_spill)
         self.name = self.name or self.address
-        identity = {"address": self.address, "nthreads": self.nthreads, "name": self.name,
-                    "pid": os.getpid(), "memory_limit": self.memory_limit,
-                    "host": self.address.split("://")[-1].rsplit(":", 1)[0],
-                    "queues": self.queues}
+        self.identity = {"address": self.address, "nthreads": self.nthreads, "name": self.name,
+                         "pid": os.getpid(), "host": self.address.split("://")[-1].rsplit(":", 1)[0],
+                         "queues": self.queues}
         self.pool = DataPool(self.token, {"address": self.address}, security=self.security)
         try:
             self.scheduler = await connect(self.scheduler_address, self.token,
@@ -141,23 +146,18 @@ class Worker:
         except Exception:
             self.listener.stop()
             raise
-        # ready before the hello: the scheduler may send work in the same batch as its answer
-        self.output = TaskOutput(self._loop, self.scheduler.send_many)
-        self.executor = Executor(self.nthreads, self._loop, self.functions, self.data,
-                                 self._on_outcomes, self.output.write, self._on_stuck,
-                                 self.output.task_ended)
-        self._hello: asyncio.Future = self._loop.create_future()
-        self.scheduler.send(m.Hello("worker", identity))
-        self.scheduler.start(self._on_scheduler_batch, self._on_scheduler_lost)
+        # executor ready before the hello: the scheduler may send work with its answer
+        hello = self.link.attach(self.scheduler)
         try:   # the scheduler may refuse us (a misspelt queue): fail start with its reason
-            ok, reason = await asyncio.wait_for(self._hello, 30)
+            ok, reason = await asyncio.wait_for(hello, 30)
         except (asyncio.TimeoutError, ConnectionError) as e:
             ok, reason = False, f"no answer to hello: {e!r}"
         if not ok:
             self.listener.stop()
             self.scheduler.abort("refused")
-            self.executor.close()
+            self._executor.close()
             raise ClusterError(str(reason))
+        self.link.joined(reason)
         self._heartbeat = asyncio.ensure_future(worker_health.heartbeat_loop(self))
         if self._watches_memory():
             self._memory_watch = asyncio.ensure_future(worker_health.memory_loop(self))
@@ -178,8 +178,9 @@ class Worker:
             self.listener.stop()
         if self.pool is not None:
             self.pool.close()
+        retired = self.link.stop()
         if self.executor is not None:
-            for t in self.executor.close():
+            for t in self.executor.close() + retired:
                 await asyncio.get_running_loop().run_in_executor(None, t.join, 5)
         self.data.clear()
         self.spill.close()
@@ -191,10 +192,10 @@ class Worker:
             self._hello.set_result((False, f"the scheduler closed the connection: {reason}"))
             return
         if not self._closing:
-            logger.warning("lost the scheduler at %s: %s; closing", self.scheduler_address, reason)
-            asyncio.ensure_future(self.close("scheduler lost"))
+            self.link.lost(reason)
 
     def _on_scheduler_batch(self, batch: list[m.Message]) -> None:
+        self.link.last_heard = time.monotonic()   # any message is a sign of life
         handlers = self._from_scheduler
         for msg in batch:
             handler = handlers.get(type(msg))
@@ -338,7 +339,7 @@ class Worker:
 
     # ------------------------------------------------------------------ run and heartbeat
     def _run_function(self, msg: m.Run) -> None:
-        request_id = msg.request_id
+        request_id, comm = msg.request_id, self._scheduler   # answered where it was asked
 
         def run() -> None:
             try:
@@ -348,7 +349,7 @@ class Worker:
             except BaseException as e:  # noqa: BLE001
                 payload = (False, exception_payload(e)[0])
             self._running_loop.call_soon_threadsafe(
-                self._scheduler.send, m.RunResult(request_id, payload[0], payload[1]))
+                comm.send, m.RunResult(request_id, payload[0], payload[1]))
 
         threading.Thread(target=run, name="nbcluster-run", daemon=True).start()
 
@@ -380,3 +381,5 @@ async def run_worker(scheduler_address: str, **kwargs) -> None:
     print(f"nbcluster worker {worker.address} joined {scheduler_address}", file=sys.stderr, flush=True)
     close_on_sigterm(lambda: worker.close("SIGTERM"))
     await worker.finished.wait()
+    if worker.link.gave_up:
+        raise ClusterError(f"worker {worker.address} gave up: {worker.link.gave_up}")

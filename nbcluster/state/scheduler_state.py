@@ -200,7 +200,8 @@ class SchedulerState(Transitions):
                     ws.functions.discard(token)
 
     def add_worker(self, address: str, nthreads: int, name: str, identity: dict[str, Any],
-                   now: float = 0.0) -> Out:
+                   now: float = 0.0, held: dict[str, int] | None = None) -> Out:
+        """A worker joined; ``held``: results it holds already (rejoining after a restart)."""
         self.now = now
         self._stimulus(f"{address} joined")
         out = self.out = []
@@ -212,7 +213,6 @@ class SchedulerState(Transitions):
         self.occupancy.add(ws)
         if not self._set_heartbeat() and self.heartbeat != HEARTBEAT_SECONDS:
             out.append((address, m.Settings(self.heartbeat)))   # the newcomer learns it
-        held = identity.get("held")
         if held:
             journal.adopt(self, ws, held)
         pinned, self.unrunnable = self.unrunnable, []
@@ -323,6 +323,11 @@ class SchedulerState(Transitions):
             times += [t for t in (lm.wake_time(self.now) for lm in self.limits.values())
                       if t is not None]
         return min(times) if times else None
+
+    def silent_workers(self, now: float, ttl: float) -> list[str]:
+        """Workers not heard from for ``ttl`` seconds (a half-open connection, a frozen host):
+        the shell closes their connections, which removes them."""
+        return [a for a, ws in self.workers.items() if now - ws.last_seen > ttl]
 
     def wake(self, now: float) -> Out:
         """Time has come for timers or limits: start delayed tasks, expire late ones."""

@@ -20,7 +20,7 @@ import random
 from typing import Any, Iterable
 
 from ..protocol import messages as m
-from . import worker_memory, worker_transfers
+from . import worker_memory, worker_reset, worker_transfers
 from .instructions import Drop, Execute, Instruction, Resume, Send, Stop
 from .worker_transfers import FETCH_BATCH as FETCH_BATCH  # the limits, for readers here
 from .worker_transfers import FETCHES_PER_PEER as FETCHES_PER_PEER
@@ -303,6 +303,8 @@ class WorkerState:
     spill_failed = worker_memory.spill_failed
     spill_written = worker_memory.spill_written
     _maybe_spill = worker_memory.maybe_spill
+    reset = worker_reset.reset
+    held = worker_reset.held
 
     # ------------------------------------------------------------------ internals
     def _is_pending(self, key: str) -> bool:
