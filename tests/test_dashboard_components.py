@@ -16,6 +16,7 @@ from nbcluster.dashboard.components import (
     MemoryByWorker,
     ProgressByFunction,
     TaskStream,
+    ScheduleTable,
     WorkerTable,
     color_of,
 )
@@ -211,3 +212,24 @@ def test_memory_plot_and_worker_table_show_spilled_results_apart():
     table.update()
     assert table.source.data["spilled"] == ["200.0 MB"]
     assert table.source.data["results"] == ["100.0 MB"]
+
+
+def test_the_schedule_table_shows_periodic_tasks_and_hides_when_there_are_none():
+    feed = _StaticFeed({"schedules": {}})
+    table = ScheduleTable(feed)
+    table.update()
+    assert not table.root.visible
+    feed.data = {"schedules": {"report": {"rule": "cron 0 6 * * *", "next": 86400.0 + 6 * 3600,
+                                          "last": "memory", "skipped": 2}}}
+    table.update()
+    d = table.source.data
+    assert table.root.visible and d["name"] == ["report"] and d["rule"] == ["cron 0 6 * * *"]
+    assert d["next"] == ["1970-01-02 06:00:00"] and d["last"] == ["memory"] and d["skipped"] == [2]
+
+
+def test_the_scheduler_snapshot_lists_schedules(cluster, client):
+    client.schedule(inc, 1, cron="0 0 1 1 *", name="new-year")
+    feed = on_loop(cluster, lambda: scheduler_feed(cluster.scheduler, min_interval=0, budget=0))
+    on_loop(cluster, feed.refresh)
+    assert feed.data["schedules"]["new-year"]["rule"] == "cron 0 0 1 1 *"
+    client.unschedule("new-year")

@@ -405,5 +405,37 @@ class WorkerTable(_Replacing):
         self._set(data)
 
 
+class ScheduleTable(_Replacing):
+    """Periodic tasks (``client.schedule``): rule, next run, last run, runs skipped; shown only
+    while there are some."""
+
+    COLUMNS = (("name", "schedule"), ("rule", "rule"), ("next", "next run (UTC)"),
+               ("last", "last run"), ("skipped", "skipped"))
+
+    def __init__(self, feed: Feed, **table_kwargs: Any) -> None:
+        super().__init__(feed)
+        self.source = ColumnDataSource({c: [] for c, _ in self.COLUMNS}, name="schedules")
+        kwargs: dict[str, Any] = dict(height=120, sizing_mode="stretch_width",
+                                      index_position=None, reorderable=False)
+        kwargs.update(table_kwargs)
+        self.table = DataTable(source=self.source, columns=[
+            TableColumn(field=f, title=t) for f, t in self.COLUMNS], **kwargs)
+        self.root = column(Div(text="<b>Periodic tasks</b>"), self.table,
+                           sizing_mode="stretch_width", visible=False)
+
+    def update(self) -> None:
+        self.feed.refresh()
+        data: dict[str, list] = {c: [] for c, _ in self.COLUMNS}
+        for name, s in sorted((self.feed.data.get("schedules") or {}).items()):
+            data["name"].append(name)
+            data["rule"].append(s["rule"])
+            data["next"].append(time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(s["next"])))
+            data["last"].append(s["last"] or "none yet")
+            data["skipped"].append(s["skipped"])
+        if self._set(data):
+            self.root.visible = bool(data["name"])
+
+
 COMPONENTS = {"task-stream": TaskStream, "memory": MemoryByWorker,
-              "progress": ProgressByFunction, "workers": WorkerTable}
+              "progress": ProgressByFunction, "workers": WorkerTable,
+              "schedules": ScheduleTable}

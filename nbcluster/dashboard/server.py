@@ -38,7 +38,7 @@ MAX_NEW = 1_000    # tasks one refresh adds to a page (and a new page starts wit
 
 # page -> (title, components on it, in order)
 PAGES: dict[str, tuple[str, tuple[str, ...]]] = {
-    "status": ("Status", ("task-stream", "memory", "progress", "workers")),
+    "status": ("Status", ("task-stream", "memory", "progress", "workers", "schedules")),
     "task-stream": ("Task stream", ("task-stream",)),
     "memory": ("Memory", ("memory",)),
     "progress": ("Progress", ("progress",)),
@@ -173,7 +173,7 @@ def _build_page(dashboard: Dashboard, page: str) -> tuple[dict, Any, str]:
     if page == "status":
         body = [comps["task-stream"].root,
                 row(comps["memory"].root, comps["progress"].root, sizing_mode="stretch_width"),
-                comps["workers"].root]
+                comps["workers"].root, comps["schedules"].root]
     else:
         body = [c.root for c in comps.values()]
     layout = column(nav, *body, sizing_mode="stretch_width", name="nbcluster-dashboard")

@@ -32,6 +32,8 @@ from __future__ import annotations
 from itertools import islice
 from typing import Any
 
+from .periodic import summary as periodic_summary
+
 TASK_STATES = ("waiting", "queued", "processing", "memory", "released", "erred")
 MAX_PREFIXES = 50
 
@@ -149,4 +151,6 @@ def snapshot(state: Any, since: int = 0, transfers_since: int = 0, *,
         "transfer_cursor": transfer_cursor,
         "totals": totals,
         "now": float(state.now or 0.0),
+        "schedules": {name: periodic_summary(state, p)
+                      for name, p in getattr(state, "periodics", {}).items()},
     }
