@@ -31,7 +31,8 @@ from ..protocol import messages as m
 from .client_requests import apply_options
 from . import periodic
 from .gates import Limit
-from .model import _EMPTY, FIRE_AND_FORGET, TaskState, WorkerState, error, own, stop_waiting, unwant
+from .worker_reports import took_result
+from .model import _EMPTY, TaskState, WorkerState, error, own
 
 if TYPE_CHECKING:
     from .scheduler_state import SchedulerState
@@ -148,18 +149,5 @@ def adopt(s: SchedulerState, ws: WorkerState, held: dict[str, int]) -> None:
         # waiting, queued, delayed or released: done already (queues and timers skip it
         # lazily, as they skip a cancelled task)
         ts.waiting_on = _EMPTY
-        ts.nbytes = nbytes
-        ts.state = "memory"
-        s._add_replica(ts, ws)
-        s._record(ts, "memory", f"{ws.address} (held across a restart)")
-        s._tell(ts, m.Done(key, False, None, nbytes, [ws.address]))
-        for dts in ts.dependents:
-            if stop_waiting(dts, ts) and not dts.waiting_on and dts.state == "waiting":
-                s._become_ready(dts)
-        if FIRE_AND_FORGET in ts.who_wants:
-            unwant(ts, FIRE_AND_FORGET)
-            s._journal_wants(ts)
-        for dep in ts.deps:
-            s._maybe_release_data(dep)
-        if not ts.who_wants:
-            s._maybe_release_data(ts)
+        took_result(s, ts, ws, nbytes, m.Done(key, False, None, nbytes, [ws.address]),
+                    f"{ws.address} (held across a restart)")

@@ -57,13 +57,20 @@ def on_finished(s: SchedulerState, peer: str, msg: m.Finished) -> None:
     elif s.long_prefixes:
         s.long_prefixes.discard(ts.prefix)
     s.counts[ts.prefix] += 1
+    has_value = msg.has_value
+    took_result(s, ts, ws, nbytes, m.Done(key, has_value, msg.value if has_value else None,
+                                          nbytes, [] if has_value else [peer]), peer)
+
+
+def took_result(s: SchedulerState, ts: TaskState, ws: WorkerState, nbytes: int, done: m.Done,
+                where: str) -> None:
+    """``ts``'s result is on ``ws``: its wanters hear, what waited on it may start, and inputs
+    no longer needed go."""
     ts.nbytes = nbytes
     ts.state = "memory"
     s._add_replica(ts, ws)
-    s._record(ts, "memory", peer)
-    has_value = msg.has_value
-    s._tell(ts, m.Done(key, has_value, msg.value if has_value else None, nbytes,
-                          [] if has_value else [peer]))
+    s._record(ts, "memory", where)
+    s._tell(ts, done)
     for dts in ts.dependents:
         if stop_waiting(dts, ts) and not dts.waiting_on and dts.state == "waiting":
             s._become_ready(dts)
