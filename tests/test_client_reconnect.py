@@ -71,7 +71,9 @@ def test_waiting_results_survive_a_restart_of_a_scheduler_with_a_journal(io):
         a.crash()
         wait_until(lambda: client.status == "reconnecting", "the client to notice")
         later = client.submit(inc, 10)           # while there is no scheduler: kept for later
-        b = FakeScheduler(io, port=a.port)       # restarted at the same address
+        # restarted at the same address; its answer to the ping after the WANT is sent by
+        # hand below, after the answers to the WANT (as a real scheduler orders them)
+        b = FakeScheduler(io, port=a.port, answer_pings=False)
         comm, again = b.hello("client")
         assert again["id"] == identity["id"]     # the same client, under the same id
         _, want = b.wait_for(lambda x: type(x) is m.Want, "WANT")
@@ -94,6 +96,8 @@ def test_waiting_results_survive_a_restart_of_a_scheduler_with_a_journal(io):
         assert client.status == "running"
         # once the scheduler has answered the WANT (a ping after it says when), a
         # cancellation is a cancellation again, not a loss
+        _, ping = b.wait_for(lambda x: type(x) is m.Request, "the ping after the WANT")
+        b.send(comm, m.Reply(ping.request_id, True, True))
         wait_until(lambda: not client._conn.reconnect.rewanted, "the WANT to be answered")
         b.send(comm, m.Cancelled(later.key, "cancelled by someone"))
         with pytest.raises(Exception, match="cancelled by someone"):

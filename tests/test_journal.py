@@ -34,7 +34,7 @@ class Kept:
         jstate_saved = self.file.load()
         self.clients = jstate.restore(self.s, jstate_saved, self.now) \
             if jstate_saved.tasks else set()
-        self.s.journal = []
+        self.s.durable.journal = []
         self.s.add_client(C)
         for w in workers:
             self.step(self.s.add_worker(w, 1, w, {"address": w}, self.now))
@@ -42,8 +42,8 @@ class Kept:
             self.client(*[m.Function(t, b) for t, b in BLOBS.items()])
 
     def step(self, out):
-        self.file.write(self.s.journal, self.s.runs)
-        self.s.journal = []
+        self.file.write(self.s.durable.journal, self.s.runs)
+        self.s.durable.journal = []
         validate(self.s, out)
         self.now += 0.01
         return out

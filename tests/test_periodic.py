@@ -81,7 +81,7 @@ def test_runs_start_on_time_skip_while_one_runs_and_keep_the_last_results():
     assert len(first) == 1 and first[0].startswith("tick-")     # starts now
     sim.now += 10
     sim.wake()                                    # the first still runs: skipped
-    p = sim.s.periodics["tick"]
+    p = sim.s.durable.periodics["tick"]
     assert p.skipped == 1 and p.history[-1]["state"] == "skipped"
     sim.finish("A", first[0])
     sim.now += 10
@@ -101,7 +101,7 @@ def test_a_late_wake_runs_once_and_counts_what_it_missed():
     schedule(sim, "tick", every=10.0, overlap=True, start=sim.now + 5)
     sim.now += 100                                 # ten slots passed at once
     computes = [msg for _, msg in sim.wake() if type(msg) is m.Compute]
-    p = sim.s.periodics["tick"]
+    p = sim.s.durable.periodics["tick"]
     assert len(computes) == 1 and p.skipped == 9 and p.next_at > sim.now
 
 
@@ -115,7 +115,7 @@ def test_bad_schedules_are_answered_with_an_error_and_change_nothing():
         out = schedule(sim, **kwargs, rid=7)
         (reply,) = [msg for _, msg in out if type(msg) is m.Reply]
         assert not reply.ok and error in reply.result and reply.request_id == 7
-    assert set(sim.s.periodics) == {"x"}
+    assert set(sim.s.durable.periodics) == {"x"}
     out = sim.client(m.Unschedule(8, "nope"))
     assert not out[0][1].ok and "no schedule named 'nope'" in out[0][1].result
 
@@ -126,7 +126,7 @@ def test_cancel_stops_new_runs_and_lets_finished_results_go():
     (key,) = [msg.key for _, msg in out if type(msg) is m.Compute]
     sim.finish("A", key)
     sim.client(m.Unschedule(2, "tick"))
-    assert "tick" not in sim.s.periodics and key not in sim.s.tasks
+    assert "tick" not in sim.s.durable.periodics and key not in sim.s.tasks
     sim.now += 100
     assert not [msg for _, msg in sim.wake() if type(msg) is m.Compute]
 
@@ -136,9 +136,9 @@ def test_a_schedule_and_its_kept_result_survive_a_restart(tmp_path):
     out = k.client(m.Schedule(1, "hourly", spec("t"), None, "0 * * * *", False, 1, k.now))
     (key,) = [msg.key for _, msg in out if type(msg) is m.Compute]
     k.finish("A", key)
-    next_at = k.s.periodics["hourly"].next_at
+    next_at = k.s.durable.periodics["hourly"].next_at
     r = k.restart(workers=("A",))
-    p = r.s.periodics["hourly"]
+    p = r.s.durable.periodics["hourly"]
     assert p.next_at == next_at and list(p.kept) == [key] and r.clients == set()
     assert PREFIX + "hourly" not in r.clients            # a schedule is no client
     r.step(r.s.remove_client("client-1", r.now))
@@ -185,3 +185,14 @@ def test_client_schedule_runs_reports_and_cancels(tmp_path):
         assert "<code>dup</code>" in snapshot_html(status)
         client.unschedule("dup")
     assert count[:3] == [5, 5, 5]
+
+
+def test_a_schedule_keeps_its_function_after_its_client_lets_go():
+    sim = Sim(("A",))
+    schedule(sim, "tick", every=10.0, start=sim.now + 5)
+    sim.client(m.ReleaseFunctions([FN]))           # the client's cache let go of the token
+    assert FN in sim.s.functions                   # the schedule still names it
+    sim.now += 5
+    assert [msg for _, msg in sim.wake() if type(msg) is m.Compute]
+    sim.client(m.Unschedule(3, "tick"))
+    assert FN in sim.s.functions                   # its run is still known

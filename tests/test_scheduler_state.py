@@ -1080,9 +1080,9 @@ def test_functions_of_a_client_that_left_are_forgotten_once_unused():
     sim.client(m.FireAndForget(["kept"]), peer=C2)
     sim.s.remove_client(C2, sim.now)
     assert "mine-tok" in sim.s.functions          # a task still needs it (lineage, retries)
-    sim.finish("A", "kept")
-    sim.s.remove_client("client-gone-later", sim.now)   # any later departure re-checks
+    out = sim.finish("A", "kept")                 # its last task is forgotten: it goes
     assert "mine-tok" not in sim.s.functions
+    assert sent(out, "A", m.ForgetFunctions) == [m.ForgetFunctions(["mine-tok"])]
     assert all(t in sim.s.functions for t in BLOBS)     # the other client's stay
 
 

@@ -47,6 +47,13 @@ SCHEDULER_BREAKS = {
     "queued task is in its queue": (_drop_from_queue, "q"),
     "inputs list their dependents": (lambda s: s.tasks["x"].dependents.clear(), "y"),
     "function of a known task is kept": (lambda s: s.functions.pop(FN), "x"),
+    "use count is the number of known tasks naming it": (
+        lambda s: s.fn_refs.uses.__setitem__(FN, 99), None),
+    "kept only while a known task names it or a connected client holds it": (
+        lambda s: (s.functions.__setitem__("orphan", b""), None)[1], None),
+    "workers a function was sent to are listed": (lambda s: s.fn_refs.workers.clear(), None),
+    "told of dropped functions within the step": (
+        lambda s: s.fn_refs.dropped.__setitem__("A", ["gone"]), None),
 }
 
 
@@ -85,6 +92,8 @@ def test_messages_are_checked_for_peers_order_and_holders():
         check_scheduler_messages(s, [("A", bad)], sent)
     with pytest.raises(InvariantError, match="well formed"):
         check_scheduler_messages(s, [("A", m.Free("x", [0]))], sent)   # keys not a list
+    with pytest.raises(InvariantError, match="told to forget only functions"):
+        check_scheduler_messages(s, [("A", m.ForgetFunctions([FN]))], sent)   # x runs it
 
 
 # ---------------------------------------------------------------------- worker invariants

@@ -86,9 +86,10 @@ class Client(Submitting, Results, ClusterRequests, Schedules):
         self._closed = False
         self._uid = uuid.uuid4().hex[:8]
         self._counter = itertools.count(1)
-        # fn -> its token; each function pickled once while it lives, and not kept alive
-        functions = FunctionCache(self._uid, funcname, lambda msg: self._conn.post(msg))
-        self._fn_token = functions.token
+        # fn -> its token; each function pickled once while its futures live, not kept alive
+        self._functions = FunctionCache(self._uid, funcname, lambda msg: self._conn.post(msg),
+                                        lambda delay, fn: self.loop.call_soon_threadsafe(
+                                            self.loop.call_later, delay, fn))
         # the loop the connection runs on: the caller's for an asynchronous client, else that
         # of the client's own I/O thread
         self.loop: asyncio.AbstractEventLoop
@@ -100,7 +101,7 @@ class Client(Submitting, Results, ClusterRequests, Schedules):
             self.loop = self._io.loop
         self._conn = ClientConnection(address, token, self.loop, timeout, security,
                                       heartbeat_timeout, reconnect_timeout)
-        self._conn.reconnect.forget_functions = functions.clear
+        self._conn.reconnect.forget_functions = self._functions.clear
         self._records = self._conn.records
         self._started: Any = None
         if asynchronous:
@@ -160,6 +161,9 @@ class Client(Submitting, Results, ClusterRequests, Schedules):
             if self._records.get(record.key) is record:
                 del self._records[record.key]
             self._conn.post(m.Release([record.key]))
+            token, record.fn = record.fn, None
+            if token is not None:   # after the Release: the key goes first
+                self._functions.release(token)
 
     # ------------------------------------------------------------------ other operations
     def cancel(self, futures: Future | Iterable[Future]) -> None:

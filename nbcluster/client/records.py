@@ -27,7 +27,7 @@ class KeyRecord:
     """What the client knows of one key, shared by every Future of that key."""
 
     __slots__ = ("key", "status", "value", "holders", "exc", "traceback", "refs", "callbacks",
-                 "nbytes", "typ", "cancel_reason", "__weakref__")
+                 "nbytes", "typ", "cancel_reason", "fn", "__weakref__")
 
     def __init__(self, key: str) -> None:
         self.key = key
@@ -41,6 +41,7 @@ class KeyRecord:
         self.nbytes = 0
         self.typ = ""
         self.cancel_reason = ""
+        self.fn: str | None = None      # the function token this record holds a use of
 
     def add_callback(self, fn: Callable[["KeyRecord"], None]) -> None:
         """``fn(self)`` when the record ends: at once (on this thread) if it has."""

@@ -9,6 +9,7 @@ from typing import Any, Callable
 
 from ..durations import parse_duration
 from ..protocol import messages as m
+from .functions import FunctionCache
 from .future import Future
 
 _NOT_FOR_SCHEDULES = ("countdown", "eta", "expires", "key", "pure")
@@ -104,6 +105,8 @@ class Schedules:
     def _split_options(self, kwargs: dict) -> tuple[dict, dict | None]:
         raise NotImplementedError
 
+    _functions: FunctionCache
+
     def schedule(self, fn: Callable, *args, every: Any = None, cron: str | None = None,
                  name: str | None = None, overlap: bool = False, keep: int = 1,
                  start: Any = None, **kwargs) -> PeriodicTask:
@@ -128,13 +131,17 @@ class Schedules:
             raise ValueError(f"keep must be a positive number of runs, got {keep!r}")
         name = name or getattr(fn, "__name__", None) or "schedule"
         kwargs, options = self._split_options(dict(kwargs))
-        spec = self._spec(fn, args, kwargs, None, options)
-        if spec.deps:
-            raise TypeError("schedule() arguments cannot hold futures: a schedule outlives "
-                            "them (pass values)")
         first = _start_time(start)
-        reply = self._sync(self._conn.ask(lambda rid: m.Schedule(
-            rid, name, spec, seconds, cron, bool(overlap), keep, first)))
+        token = self._functions.acquire(fn)
+        try:
+            spec = self._spec(fn, token, args, kwargs, None, options)
+            if spec.deps:
+                raise TypeError("schedule() arguments cannot hold futures: a schedule "
+                                "outlives them (pass values)")
+            reply = self._sync(self._conn.ask(lambda rid: m.Schedule(
+                rid, name, spec, seconds, cron, bool(overlap), keep, first)))
+        finally:   # the schedule keeps its function on the scheduler: this use goes back
+            self._functions.release(token)
         if not reply.ok:
             raise ValueError(reply.result)
         return PeriodicTask(self, reply.result)

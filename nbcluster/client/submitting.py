@@ -8,6 +8,7 @@ from typing import Any, Callable, Iterable
 from ..errors import ClusterError
 from ..protocol import messages as m
 from ..protocol.serialize import all_plain, dumps
+from .functions import FunctionCache
 from .future import Future
 from .options import OPTION_NAMES, build_options
 from .structure import call_digest, check_iterables
@@ -26,18 +27,17 @@ class Submitting:
     _closed: bool
     _uid: str
     _counter: Any
-    _fn_token: Callable[[Callable], str]
+    _functions: FunctionCache
 
     def _check_usable(self) -> None:
         if self._closed:
             raise ClusterError("this client is closed")
         self._conn.check_open()
 
-    def _spec(self, fn: Callable, args: tuple, kwargs: dict, key: str | None, options,
-              prefix: str | None = None, pure: bool = False) -> m.TaskSpec:
-        """The task spec of one call; ``pure``: the key is a digest of the
-        function and arguments, so the same call made again is the same task."""
-        token = self._fn_token(fn)
+    def _spec(self, fn: Callable, token: str, args: tuple, kwargs: dict, key: str | None,
+              options, prefix: str | None = None, pure: bool = False) -> m.TaskSpec:
+        """The task spec of one call of ``fn`` (named by ``token``); ``pure``: the key is a
+        digest of the function and arguments, so the same call made again is the same task."""
         if key is None:
             if not pure:
                 key = f"{prefix or funcname(fn)}-{self._uid}{next(self._counter):x}"
@@ -56,20 +56,38 @@ class Submitting:
             spec.key = f"{prefix or funcname(fn)}-{call_digest(spec)}"
         return spec
 
-    def _post_specs(self, specs: list[m.TaskSpec]) -> list[Future]:
-        """Futures for ``specs``; sends those whose key this client does not hold already.
-        Refuses (once per call, not per task) when the client is closed or disconnected."""
-        self._check_usable()
-        records, futures, new = self._records, [], []
-        for spec in specs:
-            key = spec.key
-            if key not in records:
-                new.append(spec)
-            futures.append(Future(key, self))
-        if new:
-            if self._conn.listeners["submit"]:   # before it can run: observers see it first
-                self._conn.emit("submit", [s.key for s in new])
-            self._conn.post(m.Submit(new))
+    def _submit_one(self, fn: Callable, args: tuple, kwargs: dict, key: str | None, options,
+                    pure: bool = False) -> Future:
+        """One new task (submit, submit_call)."""
+        token = self._functions.acquire(fn)
+        try:
+            spec = self._spec(fn, token, args, kwargs, key, options, pure=pure)
+        except BaseException:
+            self._functions.release(token)   # nothing was sent: the use goes back
+            raise
+        return self._post_specs([spec], token)[0]
+
+    def _post_specs(self, specs: list[m.TaskSpec], token: str) -> list[Future]:
+        """Futures for ``specs`` (tasks of the function named ``token``); sends those whose
+        key this client does not hold already. Refuses (once per call, not per task) when the
+        client is closed or disconnected. The caller holds a use of ``token`` (see
+        ``FunctionCache.acquire``): it passes to the futures' records, after the SUBMIT, so
+        that no release of the token can be posted before a task that names it."""
+        futures: list[Future] = []
+        try:
+            self._check_usable()
+            records, new = self._records, []
+            for spec in specs:
+                key = spec.key
+                if key not in records:
+                    new.append(spec)
+                futures.append(Future(key, self))
+            if new:
+                if self._conn.listeners["submit"]:   # before it can run: observers see it first
+                    self._conn.emit("submit", [s.key for s in new])
+                self._conn.post(m.Submit(new))
+        finally:
+            self._functions.hold(token, [f._record for f in futures])
         return futures
 
     @staticmethod
@@ -97,8 +115,7 @@ class Submitting:
         """
         pure = _pure_flag(kwargs)
         kwargs, options = self._split_options(kwargs)
-        spec = self._spec(fn, args, kwargs, key, options, pure=pure)
-        return self._post_specs([spec])[0]
+        return self._submit_one(fn, args, kwargs, key, options, pure)
 
     def submit_call(self, fn: Callable, args: tuple = (), kwargs: dict | None = None,
                     options: dict | None = None) -> Future:
@@ -106,7 +123,7 @@ class Submitting:
         task option (nor ``key``, ``pure``), all go to ``fn``. ``options`` are task options
         already checked by ``options.build_options`` (None: the defaults). What
         ``concurrent.futures.Executor.submit`` needs (``client.get_executor()``)."""
-        return self._post_specs([self._spec(fn, args, kwargs or {}, None, options)])[0]
+        return self._submit_one(fn, args, kwargs or {}, None, options)
 
     def map(self, fn: Callable, *iterables: Iterable, key: str | list | None = None,
             **kwargs) -> list[Future]:
@@ -126,18 +143,24 @@ class Submitting:
         elif key is not None:
             raise TypeError(f"key must be a name (a non-empty string) or a list of keys, "
                             f"got {key!r}")
+        token = self._functions.acquire(fn)
         specs = []
         # Many small objects and no garbage: the cyclic GC would rescan them over and over.
         gc_was_enabled = gc.isenabled()
         gc.disable()
         try:
-            for i, args in enumerate(zip(*inputs)):
-                specs.append(self._spec(fn, args, kwargs, keys[i] if keys and i < len(keys)
-                                        else None, options, prefix, pure))
-            if keys is not None and len(keys) != len(specs):
-                raise ValueError(f"map got {len(keys)} keys for {len(specs)} tasks: give one "
-                                 "key per task")
-            return self._post_specs(specs)
+            try:
+                for i, args in enumerate(zip(*inputs)):
+                    specs.append(self._spec(fn, token, args, kwargs, keys[i]
+                                            if keys and i < len(keys) else None, options,
+                                            prefix, pure))
+                if keys is not None and len(keys) != len(specs):
+                    raise ValueError(f"map got {len(keys)} keys for {len(specs)} tasks: give "
+                                     "one key per task")
+            except BaseException:
+                self._functions.release(token)   # nothing was sent: the use goes back
+                raise
+            return self._post_specs(specs, token)
         finally:
             if gc_was_enabled:
                 gc.enable()

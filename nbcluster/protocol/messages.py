@@ -93,6 +93,12 @@ class Function(Message, tag="fn"):
     blob: bytes
 
 
+class ReleaseFunctions(Message, tag="release-fn"):
+    """Functions the client will not name again (none of its futures uses them); the scheduler
+    drops each once no known task names it either."""
+    tokens: Keys
+
+
 class Submit(Message, tag="submit"):
     tasks: list[TaskSpec]
 
@@ -180,6 +186,12 @@ class Free(Message, tag="free"):
     decided after this FREE, whatever order they arrive in)."""
     keys: Keys
     runs: list[RunId]
+
+
+class ForgetFunctions(Message, tag="forget-fn"):
+    """Functions no task needs any more: drop them (a later task that names one brings it
+    again, in a Function message before its Compute)."""
+    tokens: Keys
 
 
 class Run(Message, tag="run"):
@@ -305,17 +317,17 @@ class PutData(Message, tag="put"):
 
 
 MESSAGES: tuple[type[Message], ...] = (
-    Hello, Reply, Close, Function, Submit, Release, Want, Cancel, RetryTasks, FireAndForget,
-    SetLimit, UpdateData, Request, Done, Erred, Cancelled, Compute, Free, Run, Settings, Started,
-    Finished, Failed, Missing, Output, Transfers, RunResult, Heartbeat, Status, MemoryLimit,
-    GetData, Data, PutData, Schedule, Unschedule)
+    Hello, Reply, Close, Function, ReleaseFunctions, Submit, Release, Want, Cancel, RetryTasks,
+    FireAndForget, SetLimit, UpdateData, Request, Done, Erred, Cancelled, Compute, Free,
+    ForgetFunctions, Run, Settings, Started, Finished, Failed, Missing, Output, Transfers,
+    RunResult, Heartbeat, Status, MemoryLimit, GetData, Data, PutData, Schedule, Unschedule)
 
 AnyMessage = Union[MESSAGES]          # type: ignore[valid-type]   # decoded batches
 
 # What each role may send to the scheduler's state machine (requests go to its shell).
 TO_SCHEDULER: dict[str, frozenset[type[Message]]] = {
-    "client": frozenset((Function, Submit, Release, Want, Cancel, RetryTasks, FireAndForget,
-                         UpdateData, SetLimit, Schedule, Unschedule)),
+    "client": frozenset((Function, ReleaseFunctions, Submit, Release, Want, Cancel, RetryTasks,
+                         FireAndForget, UpdateData, SetLimit, Schedule, Unschedule)),
     "worker": frozenset((Started, Finished, Failed, Missing, Output, Heartbeat, Transfers,
                          Status, MemoryLimit)),
 }

@@ -24,8 +24,8 @@ import traceback as tb_module
 from types import CoroutineType
 from typing import Any, Callable
 
-from ..errors import (CancelledError, PicklingError, RemoteError, Retry, SerializationError,
-                      TaskExpiredError, TaskTimeoutError)
+from ..errors import (CancelledError, ClusterError, PicklingError, RemoteError, Retry,
+                      SerializationError, TaskExpiredError, TaskTimeoutError)
 from ..protocol import messages as m
 from ..protocol.serialize import Serialized, dumps, is_plain, loads, sizeof
 from ..state.instructions import Execute
@@ -114,8 +114,11 @@ class Executor:
         t.start()
         self._threads.append(t)
 
-    def submit(self, work: Execute) -> None:
-        self._work.put(work)
+    def submit(self, work: Execute, fn: Any = None) -> None:
+        """Queue ``work``. ``fn``: its function, looked up by the caller when the task was
+        handed over (else here): a FORGET-FUNCTIONS handled later must not take it from a
+        task freed and then given back (``resume``) before a thread reaches it."""
+        self._work.put((work, fn if fn is not None else self.functions.get(work.fn_token)))
 
     def cancel(self, key: str) -> None:
         """On the loop: ``key`` was freed. Skip it if it waits in the queue, stop it if it
@@ -133,15 +136,17 @@ class Executor:
     # ------------------------------------------------------------------ in the task threads
     def _main(self) -> None:
         me = threading.get_ident()
-        work = outcome = None
+        item = work = fn = outcome = None
         while True:
             try:
-                # drop the last task's inputs and result before waiting: a thread idling
-                # with them would keep freed data alive
-                work = outcome = None
-                work = self._work.get()
-                if work is None or me in self._abandoned:
+                # drop the last task's inputs, function and result before waiting: a thread
+                # idling with them would keep freed data (and a forgotten function) alive
+                item = work = fn = outcome = None
+                item = self._work.get()
+                if item is None or me in self._abandoned:
                     return
+                work, fn = item
+                item = None
                 key = work.key
                 with self._lock:
                     skip = key in self._cancelled
@@ -154,7 +159,7 @@ class Executor:
                 timeout = options.get("timeout") if options else None
                 if timeout or not work.announce:   # an announced start is known on the loop
                     self._report(TaskStarted(key, time.time(), timeout))
-                outcome = self._run(work)
+                outcome = self._run(work, fn)
                 with self._lock:
                     self._running.pop(key, None)
                 if me in self._abandoned:
@@ -176,7 +181,7 @@ class Executor:
                 return False
         return True
 
-    def _run(self, work: Execute) -> TaskFinished | TaskFailed:
+    def _run(self, work: Execute, fn: Any) -> TaskFinished | TaskFailed:
         key = work.key
         start = time.time()
         options = work.options or _NO_OPTIONS
@@ -186,7 +191,9 @@ class Executor:
             if expires is not None and start > expires:
                 return self._failure(work, TaskExpiredError(
                     f"task {key!r} had not started by its expiry time"), start, retry=False)
-            fn = self.functions[work.fn_token]
+            if fn is None:   # the scheduler sends a function before any task that runs it
+                raise ClusterError(f"task {key!r}: this worker was not sent its function "
+                                   f"{work.fn_token!r}")
             if isinstance(fn, BaseException):
                 raise fn
             args, kwargs = work.args, work.kwargs

@@ -171,7 +171,7 @@ class Journal:
         inserts: dict[str, list[Any]] = {}     # key -> [spec, wants, retries, erred], new
         gone: set[str] = set()                 # keys to delete (known before this step)
         changes: dict[str, dict[str, Any]] = {}   # key -> column -> value, for known rows
-        functions, limits = [], {}
+        functions, limits, gone_functions = [], {}, []
         periodics: dict[str, tuple[bytes, float] | None] = {}   # None: cancelled
         for record in records:
             kind = record[0]
@@ -181,6 +181,9 @@ class Journal:
                 continue
             if kind == "fn":
                 functions.append(record[1:])
+                continue
+            if kind == "unfn":
+                gone_functions.append((record[1],))
                 continue
             if kind == "limit":
                 limits[record[1]] = m.SetLimit(record[1], record[2], record[3])
@@ -219,6 +222,8 @@ class Journal:
                 db.executemany("DELETE FROM tasks WHERE key = ?", [(k,) for k in gone])
             if functions:
                 db.executemany("INSERT OR IGNORE INTO functions VALUES (?, ?, ?)", functions)
+            if gone_functions:
+                db.executemany("DELETE FROM functions WHERE token = ?", gone_functions)
             if limits:
                 db.executemany("INSERT OR REPLACE INTO limits VALUES (?, ?)",
                                [(k, pack(v)) for k, v in limits.items()])

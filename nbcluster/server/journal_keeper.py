@@ -63,7 +63,7 @@ class Keeper:
             loop.call_later(self.settle, self._resume)
             if self.absent:
                 loop.call_later(self.client_grace, self._give_up_on_clients)
-        state.journal = []
+        state.durable.journal = []
 
     def _resume(self) -> None:
         from ..state.journal import resume_placement
@@ -84,11 +84,11 @@ class Keeper:
         """Deliver ``out`` once the records of the step that made it are on disk (at once if
         it made none and nothing is waiting: messages keep their order)."""
         state = self.scheduler.state
-        records = state.journal
+        records = state.durable.journal
         self._deliver = deliver
         gate = False
         if records:
-            state.journal = []
+            state.durable.journal = []
             self._records += records
             # A lost "forget" only means a task runs again after a restart (at least once
             # holds): the messages of a step that only forgot need not wait for the disk.
@@ -146,7 +146,7 @@ class Keeper:
         """Write what is left (on this thread: the loop may be closing), then stop."""
         self._pool.shutdown(wait=True)
         state = self.scheduler.state
-        records = self._records + (state.journal or [])
+        records = self._records + (state.durable.journal or [])
         if records:
             try:
                 self.journal.write(records, state.runs)

@@ -197,7 +197,7 @@ class Scheduler:
                     raise ProtocolError(f"{type(msg).__name__} is not accepted from {peer}")
 
     def _send(self, out: list) -> None:
-        if self.state.timers or self.state.limits_held or self.state.periodic_heap:
+        if self.state.timers or self.state.limits_held or self.state.durable.periodic_heap:
             self._schedule_wakeup()
         if self.keeper is not None:   # on disk before anything is acknowledged
             self.keeper.send(out, self._deliver)
@@ -286,7 +286,7 @@ class Scheduler:
             "dashboard": self.dashboard_link,
             "clients": len(st.clients),
             "journal": None if self.keeper is None else self.keeper.journal.path,
-            "schedules": {name: schedule_summary(st, p) for name, p in st.periodics.items()},
+            "schedules": {name: schedule_summary(st, p) for name, p in st.durable.periodics.items()},
             "done_by_prefix": dict(st.counts),
         }
 
@@ -294,7 +294,7 @@ class Scheduler:
         return True
 
     def _request_schedules(self, peer, request_id) -> dict:
-        return {name: periodic_info(self.state, p) for name, p in self.state.periodics.items()}
+        return {name: periodic_info(self.state, p) for name, p in self.state.durable.periodics.items()}
 
     def _request_wait_for_workers(self, peer, request_id, n) -> object:
         """Reply (with the count) once ``n`` workers are connected."""

@@ -87,6 +87,7 @@ class Worker:
             TaskStarted: self._started.append, InputReadBack: self._read_back}
         self._from_scheduler: dict[type, Callable[[Any], None]] = {
             m.Compute: self._on_compute, m.Free: self._on_free, m.Function: self._define_function,
+            m.ForgetFunctions: self._forget_functions,
             m.Run: self._run_function, m.Close: self._on_close_message, m.Reply: self._on_reply,
             m.Settings: self._on_settings}
         self.heartbeat_seconds = HEARTBEAT_SECONDS
@@ -228,6 +229,12 @@ class Worker:
         except Exception as e:
             self.functions[token] = SerializationError(f"cannot unpickle the function: {e!r}")
 
+    def _forget_functions(self, msg: m.ForgetFunctions) -> None:
+        # no task here needs them (the scheduler freed those first); one handed to the
+        # executor holds its own (see _execute)
+        for token in msg.tokens:
+            self.functions.pop(token, None)
+
     # ------------------------------------------------------------------ instructions
     def apply(self, instructions: list[Instruction]) -> None:
         """Carry out what the state machine decided, in order."""
@@ -240,13 +247,14 @@ class Worker:
         self._scheduler.send(ins.msg)
 
     def _execute(self, ins: Execute) -> None:
+        fn = self.functions.get(ins.fn_token)   # now: a FORGET-FUNCTIONS may follow
         if ins.announce:
             # STARTED leaves before a thread can run the task: a task that kills the process
             # must still be counted against (KilledWorkerError after 3 deaths)
             self._scheduler.send(m.Started(ins.key, time.time(), ins.run))
-            self._running_loop.call_soon(self._executor.submit, ins)   # after the flush
+            self._running_loop.call_soon(self._executor.submit, ins, fn)   # after the flush
         else:
-            self._executor.submit(ins)
+            self._executor.submit(ins, fn)
 
     def _drop(self, ins: Drop) -> None:
         data = self.data

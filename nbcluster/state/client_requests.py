@@ -1,5 +1,5 @@
-"""What clients send the scheduler: functions, tasks, releases, wants, cancels, retries,
-fire-and-forget marks, scattered data and limits. Each handler takes the
+"""What clients send the scheduler: tasks, releases, wants, cancels, retries, fire-and-forget
+marks, scattered data and limits (functions: functions.py). Each handler takes the
 :class:`~nbcluster.state.scheduler_state.SchedulerState` and one message record."""
 
 from __future__ import annotations
@@ -7,24 +7,17 @@ from __future__ import annotations
 import sys
 from typing import TYPE_CHECKING, Any
 
-from ..errors import FutureLostError
+from ..errors import FutureLostError, ProtocolError
 from ..protocol import messages as m
 from .gates import Limit
 from .model import FIRE_AND_FORGET, TaskState, error, own, unwant, want
 
 if TYPE_CHECKING:
     from .scheduler_state import SchedulerState
-def on_function(s: SchedulerState, peer: str, msg: m.Function) -> None:
-    token = msg.token
-    if token not in s.functions:
-        s.functions[token] = msg.blob
-        s.function_owners[token] = peer
-        if s.journal is not None:
-            s.journal.append(("fn", token, msg.blob, peer))
 
 
 def on_submit(s: SchedulerState, peer: str, msg: m.Submit) -> None:
-    tasks = s.tasks
+    tasks, uses = s.tasks, s.fn_refs.uses
     for spec in msg.tasks:
         key, options = spec.key, spec.options
         ts = tasks.get(key)
@@ -36,26 +29,21 @@ def on_submit(s: SchedulerState, peer: str, msg: m.Submit) -> None:
         s.counter += 1
         prio = -(options.get("priority", 0) or 0) if options else 0
         # the token interned: one string for all of a function's tasks, not one each
-        ts = TaskState(key, sys.intern(spec.fn), spec.args, spec.kwargs, options, prio,
-                       s.counter)
+        fn = sys.intern(spec.fn)
+        n = uses.get(fn, 0)
+        if not n and fn not in s.functions:
+            unknown_function(s, peer, spec)
+            continue
+        uses[fn] = n + 1    # the function is kept while a known task names it
+        ts = TaskState(key, fn, spec.args, spec.kwargs, options, prio, s.counter)
         tasks[key] = ts
         want(ts, peer)
-        if s.journal is not None:
-            s.journal.append(("task", spec, ts.who_wants))
+        if s.durable.journal is not None:
+            s.durable.journal.append(("task", spec, ts.who_wants))
         if options:
             apply_options(s, ts, options)
         s._record(ts, "submitted", peer)
-        failed_dep = None
-        if spec.deps:
-            deps = []
-            for dkey in dict.fromkeys(spec.deps):
-                dts = tasks.get(dkey)
-                if dts is None:
-                    failed_dep = dkey
-                    continue
-                deps.append(dts)
-                own(dts, "dependents").add(ts)
-            ts.deps = tuple(deps)
+        failed_dep = link_inputs(s, ts, spec.deps) if spec.deps else None
         if failed_dep is not None:
             ts.state = "waiting"
             s._set_erred(ts, error(FutureLostError,
@@ -64,6 +52,33 @@ def on_submit(s: SchedulerState, peer: str, msg: m.Submit) -> None:
             continue
         ts.state = "waiting"
         s._become_ready_or_wait(ts)
+
+
+def link_inputs(s: SchedulerState, ts: TaskState, keys: list[str]) -> str | None:
+    """Link ``ts`` and the known tasks of ``keys``; the first key not known, if any."""
+    tasks, deps, missing = s.tasks, [], None
+    for dkey in dict.fromkeys(keys):
+        dts = tasks.get(dkey)
+        if dts is None:
+            missing = missing or dkey
+            continue
+        deps.append(dts)
+        own(dts, "dependents").add(ts)
+    ts.deps = tuple(deps)
+    return missing
+
+
+def unknown_function(s: SchedulerState, peer: str, spec: m.TaskSpec) -> None:
+    """A new task names a function released earlier in the same batch (checked before the
+    batch applied, it was known): a client that names a token after its release. The task
+    fails, saying so; it names no function, so nothing counts on one."""
+    ts = s.tasks[spec.key] = TaskState(spec.key, "", None, None, None, 0, s.counter)
+    want(ts, peer)
+    ts.state = "waiting"
+    s._set_erred(ts, error(ProtocolError, f"task {spec.key!r} names the function "
+                           f"{spec.fn!r}, which its client had released: the client must send "
+                           "a function again (a new token) to use it after its release"),
+                 None, spec.key)
 
 
 def on_release(s: SchedulerState, peer: str, msg: m.Release) -> None:
@@ -173,6 +188,6 @@ def on_set_limit(s: SchedulerState, peer: str, msg: m.SetLimit) -> None:
     if limit is None:
         limit = s.limits[key] = Limit(key)
     limit.set(msg.rate, msg.concurrency)
-    if s.journal is not None:
-        s.journal.append(("limit", key, msg.rate, msg.concurrency))
+    if s.durable.journal is not None:
+        s.durable.journal.append(("limit", key, msg.rate, msg.concurrency))
     s.limits_held = True    # the new budget may let held tasks go

@@ -7,7 +7,8 @@ shells call them after every batch they handle when the environment sets
 ``NBCLUSTER_VALIDATE=1`` (the test suite does), so cluster tests check them too.
 
 ``check_scheduler_messages(state, out, sent)`` checks what one step sends: known peers only,
-well-formed messages, and a worker never asked to run a function it was not sent.
+well-formed messages, and a worker never asked to run a function it was not sent (or was told
+to forget since).
 
 Pure, like the rest of the state layer: no I/O, no clock.
 """
@@ -109,10 +110,11 @@ def check_scheduler(s: SchedulerState) -> None:
               "moving a task", None, f"{sorted(s.long_prefixes)} != {sorted(long)}")
     peers = set(s.clients)
     peers.add(FIRE_AND_FORGET)
-    peers.update(p.wanter for p in s.periodics.values())
+    peers.update(p.wanter for p in s.durable.periodics.values())
     in_heaps = {id(ts) for heap in s.queues.values() for _, _, ts in heap}
     in_heaps.update(id(ts) for ts in s.unrunnable)
     limited: dict[Any, int] = {}
+    uses: dict[str, int] = {}
     delayed = False
     for key, ts in tasks.items():
         state = _filed(key, ts, SCHEDULER_TASK_STATES)
@@ -121,8 +123,10 @@ def check_scheduler(s: SchedulerState) -> None:
         for client in ts.who_wants:
             if client not in peers:
                 _fail("only connected clients want tasks", key, f"wanted by {client!r}")
-        if ts.fn and ts.fn not in s.functions:
-            _fail("the function of a known task is kept", key, f"function {ts.fn!r}")
+        if ts.fn:
+            uses[ts.fn] = uses.get(ts.fn, 0) + 1
+            if ts.fn not in s.functions:
+                _fail("the function of a known task is kept", key, f"function {ts.fn!r}")
         if ts.run_id > s.runs:
             _fail("run ids come from the scheduler's counter", key, f"{ts.run_id} > {s.runs}")
         for d in ts.deps:
@@ -196,6 +200,9 @@ def check_scheduler(s: SchedulerState) -> None:
         if limit.held and not s.limits_held:
             _fail("the scheduler knows when a limit holds tasks back (else they never start)",
                   None, f"limit {limit.key!r}")
+    for p in s.durable.periodics.values():   # a schedule keeps its function between runs
+        uses[p.spec.task.fn] = uses.get(p.spec.task.fn, 0) + 1
+    _check_functions(s, uses)
     for address, ws in workers.items():
         if ws.address != address:
             _fail("a worker is filed under its own address", address)
@@ -215,6 +222,36 @@ def check_scheduler(s: SchedulerState) -> None:
             if token not in s.functions:
                 _fail("a worker was sent only functions the scheduler keeps", None,
                       f"{address} has {token!r}")
+            if ws not in s.fn_refs.workers.get(token, ()):
+                _fail("the workers a function was sent to are listed under its token", None,
+                      f"{address} misses from those of {token!r}")
+
+
+def _check_functions(s: SchedulerState, uses: dict[str, int]) -> None:
+    """The functions' use counts and owners (see ``nbcluster/state/functions.py``)."""
+    if s.fn_refs.uses != uses:
+        wrong = {t: (s.fn_refs.uses.get(t), uses.get(t))
+                 for t in set(uses) | set(s.fn_refs.uses) if s.fn_refs.uses.get(t) != uses.get(t)}
+        _fail("a function's use count is the number of known tasks naming it", None,
+              f"token: (counted, named) {wrong}")
+    for token in s.functions:
+        if token not in uses and s.fn_refs.owners.get(token) not in s.clients:
+            _fail("a function is kept only while a known task names it or a connected client "
+                  "holds it", None, repr(token))
+    for token in s.fn_refs.owners:
+        if token not in s.functions:
+            _fail("a function a client holds is kept", None, repr(token))
+    for token, held in s.fn_refs.workers.items():
+        if token not in s.functions or not held:
+            _fail("the workers of a function are listed while it is kept and sent", None,
+                  repr(token))
+        for ws in held:
+            if s.workers.get(ws.address) is not ws or token not in ws.functions:
+                _fail("a function's workers are connected workers that have it", None,
+                      f"{token!r} on {ws.address}")
+    if s.fn_refs.dropped:
+        _fail("workers are told of dropped functions within the step that dropped them", None,
+              repr(s.fn_refs.dropped))
 
 
 def _needed(ts: TaskState) -> bool:
@@ -232,9 +269,14 @@ def check_scheduler_messages(s: SchedulerState, out: list[tuple[str, Any]],
     after its function and with holders for its inputs. ``sent`` maps each worker to the
     functions it was sent in earlier steps and is updated here (keep one per state, across
     steps); without it, the scheduler's own record of earlier steps is trusted."""
+    # functions dropped in this step: a COMPUTE before the drop may name them
+    dropped = {(peer, t) for peer, msg in out if type(msg) is m.ForgetFunctions
+               for t in msg.tokens}
     if sent is None:
         now = {(peer, msg.token) for peer, msg in out if type(msg) is m.Function}
-        sent = {a: {t for t in ws.functions if (a, t) not in now} for a, ws in s.workers.items()}
+        sent = {a: {t for t in ws.functions if (a, t) not in now} |
+                {t for p, t in dropped if p == a and (a, t) not in now}
+                for a, ws in s.workers.items()}
     for gone in [p for p in sent if p not in s.workers]:
         del sent[gone]
     for peer, msg in out:
@@ -248,13 +290,20 @@ def check_scheduler_messages(s: SchedulerState, out: list[tuple[str, Any]],
             _fail("messages are well formed", None, f"to {peer!r}: {e}")
         if type(msg) is m.Function:
             sent.setdefault(peer, set()).add(msg.token)
+        elif type(msg) is m.ForgetFunctions:
+            ws = s.workers.get(peer)
+            for token in msg.tokens:
+                if ws is None or token in ws.functions:
+                    _fail("a worker is told to forget only functions it is not counted on "
+                          "having", None, f"{token!r} to {peer}")
+                sent.get(peer, set()).discard(token)
         elif type(msg) is m.Free:
             if len(msg.runs) != len(msg.keys) or any(r > s.runs for r in msg.runs):
                 _fail("a FREE has a run id issued so far for each key", None,
                       f"to {peer!r}: {msg!r}")
         elif type(msg) is m.Compute:
             key, fn = msg.key, msg.fn
-            if fn not in s.functions:
+            if fn not in s.functions and (peer, fn) not in dropped:
                 _fail("a task runs a function the scheduler keeps", key, f"function {fn!r}")
             if fn not in sent.get(peer, ()):
                 _fail("a worker is sent a function before a task that runs it", key,

@@ -28,11 +28,11 @@ from typing import TYPE_CHECKING, Any
 
 from ..errors import FutureLostError
 from ..protocol import messages as m
-from .client_requests import apply_options
+from .client_requests import apply_options, link_inputs
 from . import periodic
 from .gates import Limit
 from .worker_reports import took_result
-from .model import _EMPTY, TaskState, WorkerState, error, own
+from .model import _EMPTY, TaskState, WorkerState, error
 
 if TYPE_CHECKING:
     from .scheduler_state import SchedulerState
@@ -68,7 +68,7 @@ def restore(s: SchedulerState, saved: Saved, now: float) -> set[str]:
     s.runs = max(s.runs, saved.runs)   # run ids never repeat across restarts
     for token, blob, owner in saved.functions:
         s.functions[token] = blob
-        s.function_owners[token] = owner
+        s.fn_refs.owners[token] = owner
     for lim in saved.limits:
         limit = s.limits.get(lim.key)
         if limit is None:
@@ -83,7 +83,11 @@ def restore(s: SchedulerState, saved: Saved, now: float) -> set[str]:
         options = spec.options
         s.counter += 1
         prio = -(options.get("priority", 0) or 0) if options else 0
-        ts = TaskState(spec.key, sys.intern(spec.fn), spec.args, spec.kwargs, options, prio,
+        fn = sys.intern(spec.fn)
+        known = fn in s.functions
+        if known:   # counted as on_submit does; a task whose function is gone names none
+            s.fn_refs.uses[fn] = s.fn_refs.uses.get(fn, 0) + 1
+        ts = TaskState(spec.key, fn if known else "", spec.args, spec.kwargs, options, prio,
                        s.counter)
         s.tasks[spec.key] = ts
         ts.who_wants = saved_task.wants
@@ -93,22 +97,14 @@ def restore(s: SchedulerState, saved: Saved, now: float) -> set[str]:
         if saved_task.retries is not None:
             ts.retries_left, ts.retry_count = saved_task.retries
         s._record(ts, "restored", None)
-        deps, missing = [], None
-        for dkey in dict.fromkeys(spec.deps):
-            dts = s.tasks.get(dkey)
-            if dts is None:
-                missing = dkey
-                continue
-            deps.append(dts)
-            own(dts, "dependents").add(ts)
-        ts.deps = tuple(deps)
+        missing = link_inputs(s, ts, spec.deps)
         ts.state = "waiting"
         if saved_task.erred is not None:
             e = saved_task.erred
             ts.state, ts.exception, ts.traceback, ts.blame = "erred", e.exception, \
                 e.traceback, e.blame
-        elif ts.fn not in s.functions or missing is not None:
-            why = f"its function {ts.fn!r}" if ts.fn not in s.functions else f"its input {missing!r}"
+        elif not known or missing is not None:
+            why = f"its function {fn!r}" if not known else f"its input {missing!r}"
             s._set_erred(ts, error(FutureLostError, f"task {ts.key!r}: the scheduler restarted "
                                    f"from its journal without {why}"), None, ts.key)
         else:
@@ -118,7 +114,7 @@ def restore(s: SchedulerState, saved: Saved, now: float) -> set[str]:
     for ts in pending:
         if ts.state == "waiting":
             s._become_ready_or_wait(ts)
-    s.placing = False   # until resume_placement: the workers' results come back first
+    s.durable.placing = False   # until resume_placement: the workers' results come back first
     s.out = []
     return clients
 
@@ -127,7 +123,7 @@ def resume_placement(s: SchedulerState, now: float) -> list[tuple[str, m.Message
     """Start placing tasks again (a moment after a restart)."""
     s.now = now
     out = s.out = []
-    s.placing = True
+    s.durable.placing = True
     s._fill_workers()
     s.out = []
     return out

@@ -10,6 +10,7 @@ from ..protocol.serialize import Serialized, dumps
 
 if TYPE_CHECKING:
     from .gates import Limit
+    from .periodic import Periodic
 
 # A queue's heap entry: (minus the user's priority, submission order, task): smallest first.
 # The task keeps the two numbers, not a tuple of them (56 bytes a task).
@@ -38,7 +39,8 @@ def merge_frees(out: Out) -> Out:
     """``out`` with each worker's FREEs merged (one message, however many keys), without
     changing what the order means: a FREE waits only past messages to its worker that do not
     name its keys, and goes out before a COMPUTE that names one (as its key or an input), so
-    a key freed and then assigned again reaches the worker in that order."""
+    a key freed and then assigned again reaches the worker in that order, and before a
+    FORGET-FUNCTIONS."""
     merged: Out = []
     waiting: dict[str, dict[str, int]] = {}    # worker -> {key: run} of FREEs not placed yet
     for peer, msg in out:
@@ -57,6 +59,11 @@ def merge_frees(out: Out) -> Out:
             if msg.key in runs or (msg.deps and not runs.keys().isdisjoint(msg.deps)):
                 del waiting[peer]
                 merged.append((peer, m.Free(list(runs), list(runs.values()))))
+        elif type(msg) is m.ForgetFunctions and peer in waiting:
+            # the freed tasks go first: one sent to run but freed since may name a function
+            # dropped with it, and must be stopped before its function goes
+            runs = waiting.pop(peer)
+            merged.append((peer, m.Free(list(runs), list(runs.values()))))
         merged.append((peer, msg))
     for peer, runs in waiting.items():
         merged.append((peer, m.Free(list(runs), list(runs.values()))))
@@ -221,6 +228,24 @@ def own(ts: TaskState, name: str) -> set[Any]:
         value = set()
         setattr(ts, name, value)
     return value
+
+
+class Durable:
+    """What outlives a client or the scheduler process. One attribute of the SchedulerState,
+    not four: past 30 attributes an instance loses CPython's shared-key dict, and every
+    ``self.`` read in every rule gets slower (see FunctionRefs; tests/test_state_memory.py
+    holds the count)."""
+
+    __slots__ = ("journal", "placing", "periodics", "periodic_heap")
+
+    def __init__(self) -> None:
+        # changes a restart must know about, while a journal is kept (see state/journal.py)
+        self.journal: list[tuple[Any, ...]] | None = None
+        # False for a moment after a restart, while workers come back with the results they
+        # hold: tasks started at once would be done twice (see journal.resume_placement)
+        self.placing = True
+        self.periodics: dict[str, Periodic] = {}       # client.schedule, by name
+        self.periodic_heap: list[tuple[float, str]] = []   # (next run, name)
 
 
 class WorkerState:

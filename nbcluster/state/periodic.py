@@ -16,9 +16,10 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from ..protocol import messages as m
+from . import functions
 from .client_requests import on_submit
 from .cron import Cron, parse_cron
-from .model import unwant
+from .model import FIRE_AND_FORGET, unwant, want
 
 if TYPE_CHECKING:
     from .scheduler_state import SchedulerState
@@ -70,7 +71,7 @@ def check(spec: m.Schedule) -> Cron | None:
 def on_schedule(s: SchedulerState, peer: str, msg: m.Schedule) -> None:
     try:
         cron = check(msg)
-        if msg.name in s.periodics:
+        if msg.name in s.durable.periodics:
             raise ValueError(f"a schedule named {msg.name!r} exists: cancel it first, or "
                              "choose another name")
         if msg.task.fn not in s.functions:
@@ -84,28 +85,37 @@ def on_schedule(s: SchedulerState, peer: str, msg: m.Schedule) -> None:
     add(s, msg, cron, start)
     if start <= s.now:
         fire_due(s)
-    s.out.append((peer, m.Reply(msg.request_id, True, info(s, s.periodics[msg.name]))))
+    s.out.append((peer, m.Reply(msg.request_id, True, info(s, s.durable.periodics[msg.name]))))
 
 
 def add(s: SchedulerState, msg: m.Schedule, cron: Cron | None, start: float) -> Periodic:
-    p = s.periodics[msg.name] = Periodic(msg, cron, start)
-    heapq.heappush(s.periodic_heap, (start, msg.name))
+    uses = s.fn_refs.uses   # the function is kept between runs, whatever its client does
+    uses[msg.task.fn] = uses.get(msg.task.fn, 0) + 1
+    p = s.durable.periodics[msg.name] = Periodic(msg, cron, start)
+    heapq.heappush(s.durable.periodic_heap, (start, msg.name))
     _journal(s, p)
     return p
 
 
 def on_unschedule(s: SchedulerState, peer: str, msg: m.Unschedule) -> None:
-    p = s.periodics.pop(msg.name, None)
+    p = s.durable.periodics.pop(msg.name, None)
     if p is None:
         s.out.append((peer, m.Reply(msg.request_id, False,
                                     f"there is no schedule named {msg.name!r}")))
         return
-    if s.journal is not None:
-        s.journal.append(("unperiodic", msg.name))
-    # its finished runs are let go; running ones end as usual, then go too
+    if s.durable.journal is not None:
+        s.durable.journal.append(("unperiodic", msg.name))
+    fn, uses = p.spec.task.fn, s.fn_refs.uses
+    if uses[fn] > 1:
+        uses[fn] -= 1
+    else:
+        functions.unused(s, fn)
+    # its finished runs are let go; running ones end as usual (fire-and-forget), then go too
     for key in p.kept:
         ts = s.tasks.get(key)
         if ts is not None and p.wanter in ts.who_wants:
+            if _running(s, key):
+                want(ts, FIRE_AND_FORGET)
             unwant(ts, p.wanter)
             s._maybe_forget(ts)
             s._journal_wants(ts)
@@ -114,10 +124,10 @@ def on_unschedule(s: SchedulerState, peer: str, msg: m.Unschedule) -> None:
 
 def fire_due(s: SchedulerState) -> None:
     """Start the runs that are due (from ``wake``, and when a schedule starts now)."""
-    heap, now = s.periodic_heap, s.now
+    heap, now = s.durable.periodic_heap, s.now
     while heap and heap[0][0] <= now:
         when, name = heapq.heappop(heap)
-        p = s.periodics.get(name)
+        p = s.durable.periodics.get(name)
         if p is None or p.next_at != when:
             continue       # cancelled, or replaced by a later entry
         _run(s, p, when)
@@ -202,8 +212,8 @@ def summary(s: SchedulerState, p: Periodic) -> dict[str, Any]:
 
 
 def _journal(s: SchedulerState, p: Periodic) -> None:
-    if s.journal is not None:
-        s.journal.append(("periodic", p.spec, p.next_at))
+    if s.durable.journal is not None:
+        s.durable.journal.append(("periodic", p.spec, p.next_at))
 
 
 def restore(s: SchedulerState, saved: list[tuple[m.Schedule, float]]) -> None:

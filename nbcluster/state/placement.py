@@ -14,10 +14,11 @@ from collections import deque
 from typing import TYPE_CHECKING, Any, Callable, Iterable
 
 from ..protocol import messages as m
-from .model import MAX_WINDOW, QUEUED_WORK_SECONDS, STEAL_BANDWIDTH, STEAL_LATENCY, Queued, \
+from .model import MAX_WINDOW, QUEUED_WORK_SECONDS, STEAL_BANDWIDTH, STEAL_LATENCY, Durable, Queued, \
     TaskState, WorkerState
 
 if TYPE_CHECKING:
+    from .functions import FunctionRefs
     from .gates import Limit, Timers
     from .occupancy import Occupancy
 
@@ -51,8 +52,8 @@ class Placement:
     occupancy: Occupancy
     clients: set[str]
     functions: dict[str, bytes]
-    journal: list[tuple[Any, ...]] | None
-    placing: bool
+    durable: Durable
+    fn_refs: FunctionRefs
     queues: dict[str, list[Queued]]   # name -> heap
     unrunnable: list[TaskState]
     limits: dict[str, Limit]
@@ -127,7 +128,7 @@ class Placement:
         return ws.nthreads * (1 + max(1, min(MAX_WINDOW, per_thread)))
 
     def _fill_workers(self) -> None:
-        if not self.placing:
+        if not self.durable.placing:
             return
         if self.limits_held:
             self._release_limited()
@@ -235,9 +236,14 @@ class Placement:
         self.occupancy.changed(ws)
         if self.record_stories:
             self.stories.append((ts.key, "processing", ws.address, self.stimulus, self.now))
-        if ts.fn and ts.fn not in ws.functions:
-            ws.functions.add(ts.fn)
-            self.out.append((ws.address, m.Function(ts.fn, self.functions[ts.fn])))
+        fn = ts.fn
+        if fn and fn not in ws.functions:
+            ws.functions.add(fn)
+            holders = self.fn_refs.workers.get(fn)
+            if holders is None:
+                holders = self.fn_refs.workers[fn] = set()
+            holders.add(ws)
+            self.out.append((ws.address, m.Function(fn, self.functions[fn])))
         deps = {dts.key: [w.address for w in dts.who_has] for dts in ts.deps
                 if dts.state != "erred"}
         self.out.append((ws.address, m.Compute(ts.key, ts.fn, ts.args, ts.kwargs, deps,

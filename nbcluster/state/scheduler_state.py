@@ -26,10 +26,12 @@ from ..protocol import messages as m
 from .gates import Limit, Timers
 from .occupancy import Occupancy
 from .model import (DEFAULT_QUEUE, FIRE_AND_FORGET, HEARTBEAT_SECONDS, KILLED_WORKER_LIMIT,
-                    STORY_LENGTH, TASK_LOG_LENGTH, BadBatch, TaskState, WorkerState, error,
+                    STORY_LENGTH, TASK_LOG_LENGTH, BadBatch, Durable, TaskState, WorkerState, error,
                     Out, Queued, drop_holder, heartbeat_interval, unwant)
 from . import journal, periodic
 from . import client_requests as requests
+from . import functions
+from .functions import FunctionRefs
 from . import worker_reports as reports
 from .transitions import Transitions
 
@@ -40,19 +42,17 @@ class SchedulerState(Transitions):
     """Tasks, workers and clients, and the rules that move tasks between states."""
 
     def __init__(self) -> None:
+        # At most 30 attributes: past that CPython stops sharing an instance's keys, and every
+        # ``self.x`` of every rule gets slower (5 % a task, measured). Group new ones.
         self.tasks: dict[str, TaskState] = {}
         self.workers: dict[str, WorkerState] = {}
         self.occupancy = Occupancy()                # which workers have room (O(log W))
         self.clients: set[str] = set()
+        # pickled functions by token, kept while their client holds them or a known task
+        # names them (see functions.py)
         self.functions: dict[str, bytes] = {}
-        # changes a restart must know about, while a journal is kept (see state/journal.py)
-        self.journal: list[tuple[Any, ...]] | None = None
-        # False for a moment after a restart, while workers come back with the results
-        # they hold: tasks started at once would be done twice (see resume_placement)
-        self.placing = True
-        self.periodics: dict[str, periodic.Periodic] = {}   # client.schedule, by name
-        self.periodic_heap: list[tuple[float, str]] = []     # (next run, name)
-        self.function_owners: dict[str, str] = {}   # token -> the client that sent it
+        self.durable = Durable()   # journal records, placement after a restart, schedules
+        self.fn_refs = FunctionRefs()
         self.queues: dict[str, list[Queued]] = {DEFAULT_QUEUE: []}   # heaps
         self.unrunnable: list[TaskState] = []     # queued, pinned to workers not connected
         self.limits: dict[str, Limit] = {}        # limit key -> rate/concurrency budget
@@ -99,9 +99,12 @@ class SchedulerState(Transitions):
             # What the messages before the bad one decided must still go out, or other
             # peers would wait forever for it; the shell closes the offending connection.
             self._fill_workers()
+            functions.send_forgets(self)
             self.out = []
             raise BadBatch(f"bad message from {peer}: {e!r}", out) from e
         self._fill_workers()
+        if self.fn_refs.dropped:   # (the check inline: once per batch)
+            functions.send_forgets(self)
         self.out = []
         return out
 
@@ -139,8 +142,9 @@ class SchedulerState(Transitions):
             unwant(ts, client_id)   # (a non-empty who_wants is the task's own set)
             self._maybe_forget(ts)
             self._journal_wants(ts)
-        self._forget_functions()
+        functions.client_left(self, client_id)
         self._fill_workers()
+        functions.send_forgets(self)
         self.out = []
         return out
 
@@ -154,7 +158,7 @@ class SchedulerState(Transitions):
     def restart(self, reason: str, now: float = 0.0) -> Out:
         """Forget every task (``client.restart()``): clients hear CANCELLED for each key they
         hold, workers drop all their data and stop what runs. Workers, clients, functions,
-        queues and limits (their settings) stay."""
+        queues and limits (their settings) stay; functions only while their clients hold them."""
         self.now = now
         out = self.out = []
         on_worker: dict[str, list[str]] = defaultdict(list)
@@ -169,6 +173,8 @@ class SchedulerState(Transitions):
         for address, keys in on_worker.items():
             out.append((address, m.Free(keys, [self.runs] * len(keys))))
         self.tasks.clear()
+        self.fn_refs.uses.clear()
+        functions.drop_unused(self)
         for heap in self.queues.values():
             heap.clear()
         self.unrunnable.clear()
@@ -182,22 +188,9 @@ class SchedulerState(Transitions):
             self.occupancy.changed(ws)
             ws.has_what.clear()
             ws.nbytes = 0
+        functions.send_forgets(self)
         self.out = []
         return out
-
-    def _forget_functions(self) -> None:
-        """Drop the pickled functions of clients that left, once no task still needs them
-        (tokens are per client, so a long-lived scheduler would otherwise only grow)."""
-        gone = [t for t, owner in self.function_owners.items() if owner not in self.clients]
-        if not gone:
-            return
-        in_use = {ts.fn for ts in self.tasks.values()}
-        for token in gone:
-            if token not in in_use:
-                del self.functions[token]
-                del self.function_owners[token]
-                for ws in self.workers.values():
-                    ws.functions.discard(token)
 
     def add_worker(self, address: str, nthreads: int, name: str, identity: dict[str, Any],
                    now: float = 0.0, held: dict[str, int] | None = None) -> Out:
@@ -222,6 +215,7 @@ class SchedulerState(Transitions):
         for pws in list(self.occupancy.paused):   # what waits on paused workers can go here
             reports.move_queued(self, pws)
         self._fill_workers()
+        functions.send_forgets(self)
         self.out = []
         return out
 
@@ -234,6 +228,7 @@ class SchedulerState(Transitions):
         if ws is None:
             return out
         self.occupancy.remove(ws)
+        functions.worker_left(self, ws)
         self._set_heartbeat()
         lost = []
         for ts in ws.has_what:
@@ -268,6 +263,7 @@ class SchedulerState(Transitions):
         for ts in lost:
             self._lost_data(ts)
         self._fill_workers()
+        functions.send_forgets(self)
         self.out = []
         return out
 
@@ -279,7 +275,8 @@ class SchedulerState(Transitions):
         ts.attempts.append((worker, start, duration, err))
 
     _handlers: dict[type, Callable[[Any, str, Any], None]] = {
-        m.Function: requests.on_function, m.Submit: requests.on_submit,
+        m.Function: functions.on_function, m.ReleaseFunctions: functions.on_release_functions,
+        m.Submit: requests.on_submit,
         m.Release: requests.on_release, m.Want: requests.on_want, m.Cancel: requests.on_cancel,
         m.RetryTasks: requests.on_retry, m.FireAndForget: requests.on_fire_and_forget,
         m.UpdateData: requests.on_update_data, m.SetLimit: requests.on_set_limit,
@@ -317,8 +314,8 @@ class SchedulerState(Transitions):
     def next_wakeup(self) -> float | None:
         """When :meth:`wake` should be called next (a timer or a rate limit is due)."""
         times = [t for t in [self.timers.next_time()] if t is not None]
-        if self.periodic_heap:
-            times.append(self.periodic_heap[0][0])
+        if self.durable.periodic_heap:
+            times.append(self.durable.periodic_heap[0][0])
         if self.limits_held:
             times += [t for t in (lm.wake_time(self.now) for lm in self.limits.values())
                       if t is not None]
@@ -342,9 +339,10 @@ class SchedulerState(Transitions):
                 self._become_ready_or_wait(ts)
             elif kind == "expire" and ts.state in ("waiting", "delayed", "queued"):
                 self._expired(ts)
-        if self.periodic_heap:
+        if self.durable.periodic_heap:
             periodic.fire_due(self)
         self._fill_workers()
+        functions.send_forgets(self)
         self.out = []
         return out
 

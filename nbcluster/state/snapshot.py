@@ -152,5 +152,5 @@ def snapshot(state: Any, since: int = 0, transfers_since: int = 0, *,
         "totals": totals,
         "now": float(state.now or 0.0),
         "schedules": {name: periodic_summary(state, p)
-                      for name, p in getattr(state, "periodics", {}).items()},
+                      for name, p in state.durable.periodics.items()},
     }

@@ -14,6 +14,7 @@ from ..errors import CancelledError, FutureLostError, TaskExpiredError
 from ..protocol import messages as m
 from .model import (_EMPTY, FIRE_AND_FORGET, TaskState, WorkerState, add_holder, error,
                     stop_waiting, unwant, wait_for)
+from . import functions
 from .placement import Placement
 
 
@@ -61,8 +62,8 @@ class Transitions(Placement):
             t.exception = t.traceback = t.blame = None
             t.suspicious = 0
             t.retries_left = t.options.get("retries", 0) if t.options else 0
-            if self.journal is not None:
-                self.journal.append(("rerun", t.key))
+            if self.durable.journal is not None:
+                self.durable.journal.append(("rerun", t.key))
             stack.extend(t.deps)
         if ts.state == "released":
             self._recompute(ts, why)
@@ -85,7 +86,7 @@ class Transitions(Placement):
                 self.limits_held = True
                 return
         pinned = options and options.get("workers")
-        if (ts.deps or pinned) and self.placing:
+        if (ts.deps or pinned) and self.durable.placing:
             ws = self._pick_worker(ts)
             if ws is not None:
                 self._assign(ts, ws)
@@ -158,8 +159,8 @@ class Transitions(Placement):
             else:
                 self._tell(t, m.Erred(t.key, exception, traceback, blame))
             t.exception, t.traceback, t.blame = exception, traceback, blame
-            if self.journal is not None:
-                self.journal.append(("erred", t.key, exception, traceback, blame))
+            if self.durable.journal is not None:
+                self.durable.journal.append(("erred", t.key, exception, traceback, blame))
             erred.append(t)
             for d in t.dependents:
                 if d.collect and d.state == "waiting" and not cancel:
@@ -233,12 +234,12 @@ class Transitions(Placement):
 
     def _journal_wants(self, ts: TaskState) -> None:
         """Its wanters changed: the journal, if any, records them (unless it is gone)."""
-        if self.journal is not None and self.tasks.get(ts.key) is ts:
-            self.journal.append(("wants", ts.key, ts.who_wants))
+        if self.durable.journal is not None and self.tasks.get(ts.key) is ts:
+            self.durable.journal.append(("wants", ts.key, ts.who_wants))
 
     def _journal_retries(self, ts: TaskState) -> None:
-        if self.journal is not None:
-            self.journal.append(("retries", ts.key, ts.retries_left, ts.retry_count))
+        if self.durable.journal is not None:
+            self.durable.journal.append(("retries", ts.key, ts.retries_left, ts.retry_count))
 
     def _maybe_forget(self, ts: TaskState) -> None:
         """Called when a task lost its last wanter."""
@@ -265,8 +266,16 @@ class Transitions(Placement):
             t.args = t.kwargs = None
             self._record(t, "forgotten", None)
             del self.tasks[t.key]
-            if self.journal is not None:
-                self.journal.append(("forget", t.key))
+            fn = t.fn
+            if fn:   # one known task fewer names its function (inline: once per task)
+                uses = self.fn_refs.uses
+                n = uses[fn] - 1
+                if n:
+                    uses[fn] = n
+                else:
+                    functions.unused(self, fn)
+            if self.durable.journal is not None:
+                self.durable.journal.append(("forget", t.key))
             for dep in t.deps:
                 if t in dep.dependents:
                     dep.dependents.discard(t)
