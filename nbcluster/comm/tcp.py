@@ -1,8 +1,11 @@
-"""TCP transport: asyncio BufferedProtocol, authenticated handshake, zero-copy large frames.
+"""TCP transport: asyncio BufferedProtocol, authenticated handshake, sealed batches,
+zero-copy large frames (the sending half is in ``tcp_send``).
 
 Small reads land in one reusable buffer; a frame larger than ``LARGE`` gets memory of its own
 (reused warm memory when it is large, see ``buffers``) and the socket reads straight into it, so a
-200 MB array is copied once by the kernel and never again in Python.
+200 MB array is copied once by the kernel and never again in Python. Every batch is checked
+against its seal (``seal``) before it is decoded; a large frame is checked piece by piece as
+it arrives.
 """
 
 from __future__ import annotations
@@ -12,94 +15,29 @@ import logging
 import socket
 import ssl as ssl_module
 import struct
-from collections import deque
 
 from ..errors import AuthenticationError, ConnectError, ProtocolError
-from ..protocol.framing import decode, frame_header
+from ..protocol.framing import decode
 from . import auth
 from .buffers import receive_buffer
 from .core import MAX_FRAME, MAX_FRAMES, Comm, Listener
 from .pending import Pending
+from .seal import LARGE, TAG, Batch, Direction, check
+from .tcp_send import CHUNK, TCPComm
 
 logger = logging.getLogger("nbcluster.comm")
 
-LARGE = 64 * 1024
 _U32 = struct.Struct("<I")
 
-
-CHUNK = 1024 * 1024       # large frames are written in pieces of this size
 RECEIVE_BUFFER = 256 * 1024   # once authenticated; before, a few hundred bytes will do
 HANDSHAKE_BUFFER = 256
 HANDSHAKE_SECONDS = 5.0   # a peer that has not proven the token by then is dropped
 MAX_PENDING = 256         # connections still proving the token; beyond, the oldest goes
 
 
-class TCPComm(Comm):
-    """Writes go through a queue: small pieces are joined into one write (one syscall); large
-    frames are fed to the transport a chunk at a time as its buffer drains, because asyncio's
-    transport would otherwise copy the whole frame into its buffer and shift it on every send."""
-
-    def __init__(self, protocol: "_Protocol", local: str, peer: str) -> None:
-        super().__init__(local, peer)
-        self._protocol = protocol
-        self._outq: deque = deque()
-        self.paused = False
-        self._close_when_written = False   # close() with large frames still queued
-
-    def _write_frames(self, frames: list) -> None:
-        transport = self._protocol.transport
-        if transport is None or transport.is_closing():
-            return
-        small = bytearray(frame_header(frames))
-        outq = self._outq
-        for f in frames:
-            n = memoryview(f).nbytes
-            if n <= LARGE:
-                small += f
-            else:
-                outq.append(small)
-                outq.append(memoryview(f).cast("B"))
-                small = bytearray()
-        if small:
-            outq.append(small)
-        self.pump()
-
-    def pump(self) -> None:
-        transport = self._protocol.transport
-        outq = self._outq
-        while outq and not self.paused:
-            if transport is None or transport.is_closing():
-                outq.clear()
-                return
-            piece = outq[0]
-            if len(piece) > CHUNK:
-                transport.write(piece[:CHUNK])
-                outq[0] = piece[CHUNK:]
-            else:
-                outq.popleft()
-                if piece:
-                    transport.write(piece)
-        if not outq and self._close_when_written and transport is not None:
-            transport.close()
-
-    def close(self) -> None:
-        """Flush what is queued, then close: frames still waiting for the socket go first."""
-        if not self.closed:
-            self._close_when_written = True
-            super().close()
-
-    def _abort(self) -> None:
-        transport = self._protocol.transport
-        self._pending = []
-        if transport is not None:
-            if self._close_when_written and self._outq and not transport.is_closing():
-                return                     # pump closes the transport once they are written
-            self._outq.clear()
-            transport.close()
-
-
 class _Protocol(asyncio.BufferedProtocol):
-    """Handshake, then frame parsing; delivers decoded batches to its Comm."""
+    """Handshake, then frame parsing; delivers each batch to its Comm once its seal checks
+    out (a failed check closes the connection, as any bad input does)."""
 
     def __init__(self, token: str | None, server: bool, on_ready, scheme: str = "tcp",
                  pending: Pending | None = None, reuse_buffers: bool = True) -> None:
@@ -117,10 +55,14 @@ class _Protocol(asyncio.BufferedProtocol):
         self._phase = "hello"
         self._need = auth.CLIENT_PROOF if server else auth.SERVER_HELLO
         self._nonce = b""
+        self._keys: tuple[bytes, bytes] = (b"", b"")   # (to receive, to send) once proven
+        self._opener: Direction | None = None
+        self._batch: Batch | None = None  # the seal of the batch being read
         self._lengths: list[int] = []
         self._frames: list = []
         self._large: bytearray | memoryview | None = None   # the large frame being read
         self._large_pos = 0
+        self._large_sealed = 0            # its bytes checked so far (whole pieces)
         self.peer = ""
 
     # -- connection
@@ -187,9 +129,15 @@ class _Protocol(asyncio.BufferedProtocol):
     def buffer_updated(self, nbytes: int) -> None:
         if self._large is not None:
             self._large_pos += nbytes
+            if len(self._large) > LARGE:   # seal each piece while it is in the cache
+                assert self._batch is not None
+                self._large_sealed = self._batch.pieces(memoryview(self._large),
+                                                        self._large_sealed, self._large_pos)
             if self._large_pos == len(self._large):
                 frame, self._large = self._large, None
                 try:
+                    if len(frame) <= LARGE:
+                        self._seal_frame(frame)
                     self._frame_done(frame)
                 except ProtocolError as e:   # as in _parse: the peer sent a bad batch
                     self._refuse(e)
@@ -233,17 +181,21 @@ class _Protocol(asyncio.BufferedProtocol):
             if self._avail() < 4:
                 return False
             (count,) = _U32.unpack_from(self._buf, self._pos)
-            self._pos += 4
             if not 1 <= count <= MAX_FRAMES:
                 raise ProtocolError(f"bad frame count {count}")
+            assert self._opener is not None   # frames are parsed only after the handshake
+            self._batch = self._opener.batch()
+            self._batch.feed(self._take(4))
             self._need = count
             self._phase = "lengths"
             return True
         if phase == "lengths":
-            if self._avail() < 8 * self._need:
+            if self._avail() < 8 * self._need + TAG:
                 return False
             lengths = struct.unpack_from(f"<{self._need}Q", self._buf, self._pos)
-            self._pos += 8 * self._need
+            assert self._batch is not None
+            self._batch.feed(self._take(8 * self._need))
+            check(self._take(TAG), self._batch.header_tag(), "header")   # before any allocation
             for n in lengths:
                 if n > MAX_FRAME:
                     raise ProtocolError(f"frame of {n} bytes is over the limit")
@@ -251,31 +203,51 @@ class _Protocol(asyncio.BufferedProtocol):
             self._frames = []
             self._phase = "frames"
             return True
+        if phase == "tag":
+            if self._avail() < TAG:
+                return False
+            assert self._batch is not None
+            check(self._take(TAG), self._batch.tag(), "batch")
+            frames, self._frames = self._frames, []
+            self._phase = "count"
+            batch = decode(frames)
+            assert self.comm is not None
+            self.comm._deliver(batch)
+            return True
         if phase == "frames":
             i = len(self._frames)
             size = self._lengths[i]
             avail = self._avail()
             if avail >= size:
                 frame = self._take(size)
+                self._seal_frame(frame)
                 self._frame_done(frame)
                 return True
             if size - avail >= LARGE:
                 target = receive_buffer(size) if self.reuse_buffers else bytearray(size)
                 target[:avail] = self._buf[self._pos:self._n]
                 self._pos = self._n = 0
-                self._large, self._large_pos = target, avail
+                self._large, self._large_pos, self._large_sealed = target, avail, 0
+                if size > LARGE:
+                    assert self._batch is not None
+                    self._large_sealed = self._batch.pieces(memoryview(target), 0, avail)
             return False
         return self._handshake_step()
 
+    def _seal_frame(self, frame) -> None:
+        """Feed a frame that arrived whole (the pieces of one read in place are fed as they
+        arrive)."""
+        assert self._batch is not None
+        n = len(frame)
+        if n <= LARGE:
+            self._batch.frame(frame, n)
+        else:
+            self._batch.pieces(memoryview(frame), 0, n)
+
     def _frame_done(self, frame) -> None:
         self._frames.append(frame)
-        if len(self._frames) < len(self._lengths):
-            return
-        frames, self._frames = self._frames, []
-        self._phase = "count"
-        batch = decode(frames)
-        assert self.comm is not None   # frames are parsed only after the handshake
-        self.comm._deliver(batch)
+        if len(self._frames) == len(self._lengths):
+            self._phase = "tag"          # nothing is decoded before the batch's seal is checked
 
     def _handshake_step(self) -> bool:
         if self._avail() < self._need:
@@ -284,10 +256,14 @@ class _Protocol(asyncio.BufferedProtocol):
         assert self.transport is not None   # connection_made came first
         if self.server:
             proof = auth.check_client_proof(self.token, self._nonce, data)
+            c2s, s2c = auth.session_keys(self.token, self._nonce, data[-auth.NONCE:])
+            self._keys = (c2s, s2c)
             self.transport.write(proof)
             self._start()
         elif self._phase == "hello":
             reply, self._nonce = auth.client_proof(self.token, data)
+            c2s, s2c = auth.session_keys(self.token, data[-auth.NONCE:], self._nonce)
+            self._keys = (s2c, c2s)
             self.transport.write(reply)
             self._phase, self._need = "proof", auth.SERVER_PROOF
         else:
@@ -308,7 +284,10 @@ class _Protocol(asyncio.BufferedProtocol):
             self._buf[:len(rest)] = rest
             self._pos, self._n = 0, len(rest)
         sockname = self.transport.get_extra_info("sockname") or ("?", 0)
-        self.comm = TCPComm(self, f"{self.scheme}://{sockname[0]}:{sockname[1]}", self.peer)
+        receive, send = self._keys
+        self._opener = Direction(receive)
+        self.comm = TCPComm(self, f"{self.scheme}://{sockname[0]}:{sockname[1]}", self.peer,
+                            Direction(send))
         self._phase = "count"
         cb, self.on_ready = self.on_ready, None
         cb(self.comm)
