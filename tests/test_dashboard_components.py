@@ -233,3 +233,14 @@ def test_the_scheduler_snapshot_lists_schedules(cluster, client):
     on_loop(cluster, feed.refresh)
     assert feed.data["schedules"]["new-year"]["rule"] == "cron 0 0 1 1 *"
     client.unschedule("new-year")
+
+
+def test_the_worker_table_says_why_a_worker_stays_paused():
+    worker = {"address": "tcp://w:1", "name": "w", "nthreads": 1, "processing": 0,
+              "executing": 0, "ready": 0, "nbytes": 0, "spilled": 0, "keys": 0, "rss": 1,
+              "cpu": 0.0, "memory_limit": 1, "pid": 1, "last_seen": 0.0, "status": "paused",
+              "memory_note": "nothing left to spill: 250 MB held by the process"}
+    table = WorkerTable(_StaticFeed({"workers": [worker]}), clock=lambda: 1.0)
+    table.update()
+    assert table.source.data["status"] == [
+        "paused: nothing left to spill: 250 MB held by the process"]

@@ -108,6 +108,8 @@ def test_paused_workers_and_spilled_results_are_marked():
     assert "w-a <span" in snapshot_html(snap) and "(paused)" in snapshot_html(snap)
     assert snap.text().count("(paused)") == 1
     assert "3.0 MB (2.0 MB on disk)" in snapshot_html(snap) and "on disk 2.0 MB" in snap.text()
+    info["workers"]["a"]["memory_note"] = "nothing left to spill"   # %cluster status says why
+    assert "(paused: nothing left to spill)" in ClusterSnapshot.from_info(info).text()
 
 
 def test_html_escapes_names():

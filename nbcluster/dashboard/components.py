@@ -392,7 +392,8 @@ class WorkerTable(_Replacing):
         for w in self.feed.data.get("workers", []):
             data["name"].append(w["name"])
             data["address"].append(w["address"])
-            data["status"].append(w.get("status", "running"))   # "paused": over its memory
+            status, note = w.get("status", "running"), w.get("memory_note")
+            data["status"].append(f"{status}: {note}" if note else status)   # why it paused
             data["threads"].append(w["nthreads"])
             data["running"].append(w["processing"])
             data["ready"].append(w["ready"])

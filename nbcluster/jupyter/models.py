@@ -269,7 +269,8 @@ class ClusterSnapshot:
                 cpu=float(metrics.get("cpu", 0.0) or 0.0),
                 processing=int(w.get("processing", 0) or 0),
                 keys=int(w.get("keys", 0) or 0),
-                status=str(w.get("status", "running")),
+                status=str(w.get("status", "running")) + (
+                    f": {w['memory_note']}" if w.get("memory_note") else ""),
                 spilled=int(metrics.get("spilled", 0) or 0)))
         return cls(scheduler=str(info.get("address", "")), workers=rows,
                    tasks=dict(info.get("tasks", {})),
