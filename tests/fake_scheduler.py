@@ -75,6 +75,6 @@ class FakeScheduler:
             self.listener.stop()
             for comm in self.comms:
                 comm.abort("the scheduler died")
-            await asyncio.sleep(0)
+            await asyncio.sleep(0)   # one loop turn: the transports' own close callbacks run
 
         self.io.run(crash())

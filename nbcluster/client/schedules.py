@@ -106,6 +106,7 @@ class Schedules:
         raise NotImplementedError
 
     _functions: FunctionCache
+    _records: dict
 
     def schedule(self, fn: Callable, *args, every: Any = None, cron: str | None = None,
                  name: str | None = None, overlap: bool = False, keep: int = 1,
@@ -159,8 +160,7 @@ class Schedules:
 
     def _future_of(self, key: str) -> Future:
         """A future for a task this client did not submit (the scheduler is told it wants it)."""
-        records: dict = getattr(self, "_records")
-        new = key not in records
+        new = key not in self._records
         future = Future(key, self)
         if new:
             self._conn.post(m.Want([key]))

@@ -365,7 +365,24 @@ class ProgressByFunction(_Replacing):
         self._set(data)
 
 
-class WorkerTable(_Replacing):
+class _Table(_Replacing):
+    """A titled table of COLUMNS ((field, title) pairs), its source rebuilt each update."""
+
+    COLUMNS: tuple[tuple[str, str], ...]
+
+    def _build(self, name: str, title: str, height: int, table_kwargs: dict[str, Any],
+               **root_kwargs: Any) -> None:
+        self.source = ColumnDataSource({c: [] for c, _ in self.COLUMNS}, name=name)
+        kwargs: dict[str, Any] = dict(height=height, sizing_mode="stretch_width",
+                                      index_position=None, reorderable=False)
+        kwargs.update(table_kwargs)
+        self.table = DataTable(source=self.source, columns=[
+            TableColumn(field=f, title=t) for f, t in self.COLUMNS], **kwargs)
+        self.root = column(Div(text=f"<b>{title}</b>"), self.table,
+                           sizing_mode="stretch_width", **root_kwargs)
+
+
+class WorkerTable(_Table):
     """Address, threads, tasks running, memory, CPU and last seen, one row per worker."""
 
     COLUMNS = (("name", "name"), ("address", "address"), ("status", "status"),
@@ -377,13 +394,7 @@ class WorkerTable(_Replacing):
     def __init__(self, feed: Feed, clock=time.time, **table_kwargs: Any) -> None:
         super().__init__(feed)
         self.clock = clock
-        self.source = ColumnDataSource({c: [] for c, _ in self.COLUMNS}, name="workers")
-        kwargs: dict[str, Any] = dict(height=180, sizing_mode="stretch_width",
-                                      index_position=None, reorderable=False)
-        kwargs.update(table_kwargs)
-        self.table = DataTable(source=self.source, columns=[
-            TableColumn(field=f, title=t) for f, t in self.COLUMNS], **kwargs)
-        self.root = column(Div(text="<b>Workers</b>"), self.table, sizing_mode="stretch_width")
+        self._build("workers", "Workers", 180, table_kwargs)
 
     def update(self) -> None:
         self.feed.refresh()
@@ -406,7 +417,7 @@ class WorkerTable(_Replacing):
         self._set(data)
 
 
-class ScheduleTable(_Replacing):
+class ScheduleTable(_Table):
     """Periodic tasks (``client.schedule``): rule, next run, last run, runs skipped; shown only
     while there are some."""
 
@@ -415,14 +426,7 @@ class ScheduleTable(_Replacing):
 
     def __init__(self, feed: Feed, **table_kwargs: Any) -> None:
         super().__init__(feed)
-        self.source = ColumnDataSource({c: [] for c, _ in self.COLUMNS}, name="schedules")
-        kwargs: dict[str, Any] = dict(height=120, sizing_mode="stretch_width",
-                                      index_position=None, reorderable=False)
-        kwargs.update(table_kwargs)
-        self.table = DataTable(source=self.source, columns=[
-            TableColumn(field=f, title=t) for f, t in self.COLUMNS], **kwargs)
-        self.root = column(Div(text="<b>Periodic tasks</b>"), self.table,
-                           sizing_mode="stretch_width", visible=False)
+        self._build("schedules", "Periodic tasks", 120, table_kwargs, visible=False)
 
     def update(self) -> None:
         self.feed.refresh()

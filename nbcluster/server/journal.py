@@ -31,6 +31,7 @@ FORMAT = 1                      # of the tables below; another is refused, not g
 _APPLICATION_ID = 0x6E62636C    # "nbcl": SQLite's header field, so that other files are refused
 _LENGTH = struct.Struct("<I")
 _ONE = _LENGTH.pack(1)
+_COLUMN = {"wants": 1, "retries": 2, "erred": 3}   # in an insert's [spec, wants, retries, erred]
 _json_encode = msgspec.json.encode
 logger = logging.getLogger("nbcluster.scheduler")
 
@@ -200,21 +201,24 @@ class Journal:
                     gone.add(key)
                 changes.pop(key, None)
                 continue
-            column, value = {
-                "wants": lambda: ("wants", record[2]),
-                "retries": lambda: ("retries", [record[2], record[3]]),
-                "erred": lambda: ("erred", (record[2], record[3], record[4])),
-                "rerun": lambda: ("erred", None),
-            }[kind]()
-            if key in inserts:
-                inserts[key][("wants", "retries", "erred").index(column) + 1] = value
+            if kind == "wants":
+                column, value = "wants", record[2]
+            elif kind == "retries":
+                column, value = "retries", [record[2], record[3]]
+            elif kind == "erred":
+                column, value = "erred", (record[2], record[3], record[4])
+            else:   # rerun: failed no more, and the retry budget is the task's own again
+                column, value = "erred", None
+            row = inserts.get(key)
+            if row is not None:
+                row[_COLUMN[column]] = value
+                if kind == "rerun":
+                    row[_COLUMN["retries"]] = None
             else:
-                changes.setdefault(key, {})[column] = value
-            if kind == "rerun":   # the budget is the task's own again
-                if key in inserts:
-                    inserts[key][2] = None
-                else:
-                    changes[key]["retries"] = None
+                change = changes.setdefault(key, {})
+                change[column] = value
+                if kind == "rerun":
+                    change["retries"] = None
         db = self.db
         db.execute("BEGIN")
         try:
@@ -235,16 +239,21 @@ class Journal:
                                  _retries(retries), _erred(key, erred))
                                 for i, (key, (spec, wants, retries, erred))
                                 in enumerate(inserts.items())])
+            updates: dict[str, list[tuple[Any, str]]] = {"wants": [], "retries": [], "erred": []}
             for key, columns in changes.items():
                 for column, value in columns.items():
                     encoded = _json_encode(value) if column == "wants" else \
                         _retries(value) if column == "retries" else _erred(key, value)
-                    db.execute(f"UPDATE tasks SET {column} = ? WHERE key = ?", (encoded, key))
-            for name, row in periodics.items():
-                if row is None:
+                    updates[column].append((encoded, key))
+            for column, rows in updates.items():   # one statement per column, not per row
+                if rows:
+                    db.executemany(f"UPDATE tasks SET {column} = ? WHERE key = ?", rows)
+            for name, schedule in periodics.items():
+                if schedule is None:
                     db.execute("DELETE FROM periodics WHERE name = ?", (name,))
                 else:
-                    db.execute("INSERT OR REPLACE INTO periodics VALUES (?, ?, ?)", (name, *row))
+                    db.execute("INSERT OR REPLACE INTO periodics VALUES (?, ?, ?)",
+                               (name, *schedule))
             db.execute("INSERT OR REPLACE INTO meta VALUES ('runs', ?)", (str(runs),))
             db.execute("COMMIT")
         except BaseException:

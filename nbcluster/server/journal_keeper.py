@@ -46,10 +46,6 @@ class Keeper:
             return given
         return self.journal.meta("token")
 
-    def keep_token(self, token: str) -> None:
-        if self.journal.meta("token") != token:
-            self.journal.set_meta("token", token)
-
     def restore(self, loop: Any) -> None:
         from ..state.journal import restore
 
