@@ -233,7 +233,10 @@ def _two_batches_then(transform):
     """A relay that reads the client's first two batches and sends ``transform(a, b)`` on."""
     def act(relay):
         a, b = read_batch(relay.down), read_batch(relay.down)
-        relay.up.sendall(transform(a, b))
+        try:
+            relay.up.sendall(transform(a, b))
+        except (ConnectionResetError, BrokenPipeError):
+            pass   # the server refused a batch and hung up while the rest was on its way
     return act
 
 
