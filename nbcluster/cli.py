@@ -139,7 +139,7 @@ def _scheduler(args) -> int:
 
 def _worker(args) -> int:
     from .config import find_token, parse_memory_limit, read_connection_file, tune_gc_for_server
-    from .server.worker import run_worker
+    from .server.worker_lifetime import run_worker
 
     address = args.address
     token = _token(args)
@@ -167,7 +167,12 @@ def _worker(args) -> int:
                            reconnect_timeout=_duration("--reconnect-timeout",
                                                        args.reconnect_timeout),
                            heartbeat_timeout=_duration("--heartbeat-timeout",
-                                                       args.heartbeat_timeout)))
+                                                       args.heartbeat_timeout),
+                           lifetime=_duration("--lifetime", args.lifetime),
+                           lifetime_stagger=_duration("--lifetime-stagger",
+                                                      args.lifetime_stagger) or 0.0,
+                           lifetime_grace=_duration("--lifetime-grace",
+                                                    args.lifetime_grace) or 60.0))
     return 0
 
 
@@ -258,6 +263,14 @@ def main(argv: list[str] | None = None) -> int:
                    "journal, else 0)")
     w.add_argument("--heartbeat-timeout", default="30s",
                    help="a scheduler silent this long is treated as lost (default 30s)")
+    w.add_argument("--lifetime", default=None,
+                   help="retire gracefully after this long, e.g. 55m (a batch job's walltime "
+                   "less a margin): its work and results move to other workers, then it exits")
+    w.add_argument("--lifetime-stagger", default=None,
+                   help="vary the lifetime by up to this much either way (e.g. 2m), so that "
+                   "workers started together do not all leave together")
+    w.add_argument("--lifetime-grace", default="60s",
+                   help="after asking to retire, close anyway if not let go within this long")
     _add_tls_options(w)
     w.set_defaults(run=_worker)
 

@@ -96,6 +96,23 @@ class ClusterRequests:
                                    f"{timeout:g} s")
             await asyncio.sleep(0.05)
 
+    def retire_workers(self, workers: list[str] | None = None, timeout: Any = "60s") -> list[str]:
+        """Retire ``workers`` (addresses or names; None: all) gracefully: they take no new
+        work, what is queued on them moves, what runs there finishes, and every result only
+        they hold is copied to another worker before they leave (with none left, it is
+        recomputed if needed). Returns their addresses once they have left; a worker still
+        there after ``timeout`` is disconnected. A worker of this client's own cluster is not
+        replaced."""
+        if workers is not None and (isinstance(workers, str) or not all(
+                isinstance(w, str) for w in workers)):
+            raise TypeError(f"workers must be a list of addresses or names, got {workers!r}")
+        seconds = optional_timeout(timeout)
+        retire = getattr(self.cluster, "retire_workers", None)
+        if retire is not None:   # the cluster must not replace them
+            return retire(workers, seconds)
+        return self._sync(self._conn.request("retire_workers", workers=workers,
+                                             timeout=seconds))
+
     def wait_for_workers(self, n_workers: int = 1, timeout: Any = None) -> int:
         """Block until at least ``n_workers`` workers are connected; returns how many are.
         ``timeout`` (seconds or text such as ``"30s"``): TimeoutError after it."""

@@ -56,6 +56,7 @@ from .adaptive import Adaptive
 
 START_TIMEOUT = 30.0      # seconds a worker (or scheduler) has to start
 CLOSE_TIMEOUT = 5.0       # seconds a worker has to stop before it is killed
+RETIRE_TIMEOUT = 60.0     # seconds a retiring worker has to finish and hand its results on
 RESTART_GRACE = 2.0       # the same on restart: a worker stuck in a task is killed sooner
 REPLACE_ATTEMPTS = 5
 
@@ -346,12 +347,56 @@ class Cluster:
         self._share_memory(specs)      # the running workers take the smaller share first
         return self._start_specs(specs, timeout)
 
-    def _retire(self, entries: list[RunningWorker], grace: float | None = None) -> None:
+    def _retire(self, entries: list[RunningWorker], timeout: float | None = None) -> None:
+        """Retire gracefully (see ``retire_workers``), then stop the processes; out of the
+        books first, so that their exits are not taken for deaths."""
         with self._lock:
             for e in entries:
                 self._running.remove(e)
-        self._stop_workers([e.handle for e in entries],
-                           self.close_timeout if grace is None else grace)
+        self._hand_over([e.address for e in entries],
+                        RETIRE_TIMEOUT if timeout is None else timeout)
+        self._stop_workers([e.handle for e in entries], self.close_timeout)
+
+    def _hand_over(self, addresses: list[str], timeout: float) -> None:
+        """Have the scheduler move the work and results of ``addresses`` to the others and
+        let them go; a failure is logged and the workers are stopped anyway."""
+        from ..client import Client
+
+        if not addresses or self.scheduler_address is None or self._lost is not None:
+            return
+        try:
+            with Client(self.scheduler_address, token=self.token, security=self.security,
+                        set_as_default=False) as client:
+                known = set(client.scheduler_info()["workers"])
+                addresses = [a for a in addresses if a in known]
+                if addresses:
+                    client.retire_workers(addresses, timeout=timeout)
+        except Exception as e:
+            self._log.warning("workers %s were stopped without handing over their results "
+                              "(%s); what only they held is recomputed if needed",
+                              ", ".join(addresses), e)
+
+    def retire_workers(self, workers: list[str] | None = None,
+                       timeout: float | None = None) -> list[str]:
+        """Retire ``workers`` (addresses or names; None: all) gracefully and do not replace
+        them: no new work goes to them, what is queued there moves, what runs there finishes,
+        and the results only they hold are copied to the others before they stop (at most
+        ``timeout`` seconds, default 60). Returns their addresses."""
+        self._check_open()
+        with self._scaling:
+            running = list(self._running)
+            if workers is None:
+                entries = running
+            else:
+                entries = [e for e in running if e.address in workers or e.spec.name in workers]
+                found = {e.address for e in entries} | {e.spec.name for e in entries}
+                unknown = [w for w in workers if w not in found]
+                if unknown:
+                    raise ValueError(f"no worker {', '.join(map(repr, unknown))} in this "
+                                     f"cluster (it has {', '.join(e.address for e in running)})")
+            self._retire(entries, timeout)
+            self._share_memory()
+        return [e.address for e in entries]
 
     @property
     def workers(self) -> list[str]:

@@ -279,6 +279,24 @@ class MemoryLimit(Message, tag="memory-limit"):
     limit: Count | None
 
 
+class Retire(Message, tag="retire"):
+    """The worker asks to leave gracefully (its lifetime is up): the scheduler moves its work
+    and results to others, then sends Close."""
+    reason: str
+
+
+class Replicate(Message, tag="replicate"):
+    """Copy ``keys`` from ``source`` (retiring) and keep them; answered with Replicated."""
+    source: str
+    keys: Keys
+
+
+class Replicated(Message, tag="replicated"):
+    """Keys copied for a Replicate (held here now), and those the source did not have."""
+    keys: Keys
+    missing: Keys
+
+
 # ---------------------------------------------------------------------- worker <-> worker, client -> worker
 class GetData(Message, tag="get"):
     request_id: int
@@ -320,7 +338,8 @@ MESSAGES: tuple[type[Message], ...] = (
     Hello, Reply, Close, Function, ReleaseFunctions, Submit, Release, Want, Cancel, RetryTasks,
     FireAndForget, SetLimit, UpdateData, Request, Done, Erred, Cancelled, Compute, Free,
     ForgetFunctions, Run, Settings, Started, Finished, Failed, Missing, Output, Transfers,
-    RunResult, Heartbeat, Status, MemoryLimit, GetData, Data, PutData, Schedule, Unschedule)
+    RunResult, Heartbeat, Status, MemoryLimit, GetData, Data, PutData, Schedule, Unschedule,
+    Retire, Replicate, Replicated)
 
 AnyMessage = Union[MESSAGES]          # type: ignore[valid-type]   # decoded batches
 
@@ -329,7 +348,7 @@ TO_SCHEDULER: dict[str, frozenset[type[Message]]] = {
     "client": frozenset((Function, ReleaseFunctions, Submit, Release, Want, Cancel, RetryTasks,
                          FireAndForget, UpdateData, SetLimit, Schedule, Unschedule)),
     "worker": frozenset((Started, Finished, Failed, Missing, Output, Heartbeat, Transfers,
-                         Status, MemoryLimit)),
+                         Status, MemoryLimit, Retire, Replicated)),
 }
 
 

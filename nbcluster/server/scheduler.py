@@ -24,6 +24,8 @@ from ..state.model import merge_frees
 from ..state.periodic import info as periodic_info
 from ..state.periodic import summary as schedule_summary
 from ..state.scheduler_state import BadBatch, SchedulerState
+from ..state.snapshot import worker_status
+from . import retire_requests
 from .journal_keeper import Keeper
 
 logger = logging.getLogger("nbcluster.scheduler")
@@ -53,6 +55,7 @@ class Scheduler:
         self._request_ids = itertools.count(1)
         self._pending_runs: dict[int, dict] = {}
         self._worker_waiters: list[tuple[int, str, int]] = []   # (n workers, client, request)
+        self.retire_waiters: list = []    # requests to retire workers, until they left
         self._clock = time.time
         self.started = 0.0
         self.closed = asyncio.Event()
@@ -164,6 +167,8 @@ class Scheduler:
             logger.info("worker %s left: %s", peer, reason)
             self.worker_events.append((self._clock(), "removed", peer))
             self._send(self.state.remove_worker(peer, self._clock()))
+            if self.retire_waiters:
+                retire_requests.worker_left(self, peer)
             for run in list(self._pending_runs.values()):
                 if peer in run["waiting"]:
                     self._run_result(run, peer, False, f"worker {peer} left: {reason}")
@@ -277,9 +282,7 @@ class Scheduler:
             "workers": {
                 a: {"nthreads": w.nthreads, "name": w.name, "processing": len(w.processing),
                     "memory": w.nbytes, "keys": len(w.has_what), "metrics": w.metrics,
-                    "identity": w.identity, "last_seen": w.last_seen,
-                    "status": "paused" if w.paused else "running",
-                    "memory_note": w.memory_note}
+                    "identity": w.identity, "last_seen": w.last_seen, **worker_status(w)}
                 for a, w in st.workers.items()
             },
             "tasks": st.counts_by_state(),
@@ -292,7 +295,6 @@ class Scheduler:
 
     def _request_ping(self, peer, request_id) -> bool:
         return True
-
     def _request_schedules(self, peer, request_id) -> dict:
         return {name: periodic_info(self.state, p) for name, p in self.state.durable.periodics.items()}
 
@@ -390,7 +392,7 @@ class Scheduler:
 _LATER = object()
 # Requests by name, each answered by the method ``_request_<name>`` (one table, as messages).
 Scheduler._requests = {name[len("_request_"):]: fn for name, fn in vars(Scheduler).items()
-                       if name.startswith("_request_")}
+                       if name.startswith("_request_")} | {"retire_workers": retire_requests.request}
 _SHELL_MESSAGES = (m.Request, m.RunResult)   # answered here, not by the state machine
 
 

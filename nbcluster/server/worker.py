@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-import sys
 import threading
 import time
 from typing import Any, Callable
@@ -17,7 +16,6 @@ from typing import Any, Callable
 from ..comm import Comm, Listener, connect, listen
 from ..comm.pool import DataPool
 from ..config import check_fraction
-from ..loop_thread import close_on_sigterm
 from ..errors import ClusterError, SerializationError
 from ..protocol import messages as m
 from ..protocol.serialize import dump_value, loads_function
@@ -89,7 +87,8 @@ class Worker:
             m.Compute: self._on_compute, m.Free: self._on_free, m.Function: self._define_function,
             m.ForgetFunctions: self._forget_functions,
             m.Run: self._run_function, m.Close: self._on_close_message, m.Reply: self._on_reply,
-            m.Settings: self._on_settings}
+            m.Settings: self._on_settings,
+            m.Replicate: lambda msg: self.apply(self._state.replicate(msg.source, msg.keys))}
         self.heartbeat_seconds = HEARTBEAT_SECONDS
         self._loop: asyncio.AbstractEventLoop | None = None
         self._heartbeat: asyncio.Task | None = None
@@ -97,6 +96,7 @@ class Worker:
         self._over_limit_told = False
         self._terminating = False
         self._closing = False
+        self.close_reason = ""
         self._check = shell_check(check_worker, os.environ.get("NBCLUSTER_VALIDATE") == "1")
         # keepalive, and joining the scheduler again when the connection is lost
         self.link = SchedulerLink(self, reconnect_timeout, heartbeat_timeout)
@@ -169,6 +169,7 @@ class Worker:
         if self._closing:
             return
         self._closing = True
+        self.close_reason = reason
         if self._heartbeat is not None:
             self._heartbeat.cancel()
         if self._memory_watch is not None:
@@ -374,20 +375,3 @@ class Worker:
         self.apply(self.state.set_memory_limit(self.memory_limit))
         if self._watches_memory() and self._memory_watch is None and not self._closing:
             self._memory_watch = asyncio.ensure_future(worker_health.memory_loop(self))
-
-
-async def run_worker(scheduler_address: str, **kwargs) -> None:
-    """Run a worker until the scheduler tells it to stop or goes away."""
-    worker = Worker(scheduler_address, **kwargs)
-    # a process of its own: memory over the limit ends it (as the kernel's OOM killer would,
-    # but first); whoever started it, such as SSHCluster, starts another
-    worker.own_process = True
-    try:
-        await worker.start()
-    except Exception as e:
-        raise ClusterError(f"worker could not join the scheduler at {scheduler_address}: {e}") from e
-    print(f"nbcluster worker {worker.address} joined {scheduler_address}", file=sys.stderr, flush=True)
-    close_on_sigterm(lambda: worker.close("SIGTERM"))
-    await worker.finished.wait()
-    if worker.link.gave_up:
-        raise ClusterError(f"worker {worker.address} gave up: {worker.link.gave_up}")

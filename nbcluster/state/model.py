@@ -248,11 +248,22 @@ class Durable:
         self.periodic_heap: list[tuple[float, str]] = []   # (next run, name)
 
 
+class Retirement:
+    """A worker leaving gracefully (see retirement.py): why, and its results being copied
+    (key -> the worker copying it)."""
+    __slots__ = ("reason", "copying", "closed")
+
+    def __init__(self, reason: str) -> None:
+        self.reason = reason
+        self.copying: dict[str, str] = {}
+        self.closed = False          # told to go (Close sent)
+
+
 class WorkerState:
     __slots__ = ("address", "nthreads", "name", "processing", "has_what", "nbytes",
                  "functions", "identity", "metrics", "last_seen", "pinned", "queues",
                  "assigned", "paused", "memory_note", "last_words", "index", "version",
-                 "alone")
+                 "alone", "retiring")
 
     def __init__(self, address: str, nthreads: int, name: str, identity: dict[str, Any]) -> None:
         self.address, self.nthreads, self.name, self.identity = address, nthreads, name, identity
@@ -267,6 +278,7 @@ class WorkerState:
         self.last_words = ""     # why it is about to exit, when it said so (STATUS)
         self.index = 0           # order of joining (Occupancy): ties go to the earliest
         self.version = 0         # bumped at every load change (Occupancy's lazy heaps)
+        self.retiring: Retirement | None = None   # leaving gracefully: no new work
         # who_has of the tasks only this worker holds (see add_holder); typed Any so that it
         # may stand where a set is declared (nothing adds to it: it is a frozenset)
         self.alone: Any = frozenset((self,))

@@ -29,6 +29,7 @@ class Occupancy:
         self.busy: list[tuple[float, int, int, WorkerState]] = []
         self.idle: dict[WorkerState, None] = {}     # not paused, a thread free
         self.paused: dict[WorkerState, None] = {}
+        self.retiring: dict[WorkerState, None] = {}   # leaving gracefully: in no heap
         self.live = 0
         self._registered = 0
 
@@ -43,6 +44,7 @@ class Occupancy:
         self.live -= 1
         self.idle.pop(ws, None)
         self.paused.pop(ws, None)
+        self.retiring.pop(ws, None)
 
     def changed(self, ws: WorkerState) -> None:
         """``ws``'s load, or its paused flag, changed."""
@@ -50,6 +52,11 @@ class Occupancy:
             return
         ws.version += 1
         n, threads = len(ws.processing), ws.nthreads
+        if ws.retiring is not None:   # its entries went stale with the version: none new
+            self.retiring[ws] = None
+            self.idle.pop(ws, None)
+            self.paused.pop(ws, None)
+            return
         if ws.paused:
             self.idle.pop(ws, None)
             self.paused[ws] = None

@@ -39,7 +39,7 @@ def _allowed(queue: str, idle_only: bool, paused_ok: bool) -> Callable[[WorkerSt
     """Whether a worker holding an input may run the task (the rule _pick_worker's idlest
     was chosen by: its queue, a free thread if asked, not paused unless all are)."""
     def allowed(ws: WorkerState) -> bool:
-        return (queue in ws.queues and (paused_ok or not ws.paused)
+        return (queue in ws.queues and (paused_ok or not ws.paused) and ws.retiring is None
                 and (not idle_only or len(ws.processing) < ws.nthreads))
     return allowed
 
@@ -81,7 +81,7 @@ class Placement:
         workers: Iterable[WorkerState] = \
             [self.workers[a] for a in pinned if a in self.workers] if pinned else \
             self.workers.values()
-        return [w for w in workers if ts.queue in w.queues]
+        return [w for w in workers if ts.queue in w.queues and w.retiring is None]
 
     def _pick_worker(self, ts: TaskState, idle_only: bool = False) -> WorkerState | None:
         """The worker holding most input bytes, unless it is much busier than the idlest."""

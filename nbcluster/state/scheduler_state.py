@@ -28,7 +28,7 @@ from .occupancy import Occupancy
 from .model import (DEFAULT_QUEUE, FIRE_AND_FORGET, HEARTBEAT_SECONDS, KILLED_WORKER_LIMIT,
                     STORY_LENGTH, TASK_LOG_LENGTH, BadBatch, Durable, TaskState, WorkerState, error,
                     Out, Queued, drop_holder, heartbeat_interval, unwant)
-from . import journal, periodic
+from . import journal, periodic, retirement
 from . import client_requests as requests
 from . import functions
 from .functions import FunctionRefs
@@ -105,6 +105,8 @@ class SchedulerState(Transitions):
         self._fill_workers()
         if self.fn_refs.dropped:   # (the check inline: once per batch)
             functions.send_forgets(self)
+        if self.occupancy.retiring:
+            retirement.progress(self)
         self.out = []
         return out
 
@@ -145,6 +147,8 @@ class SchedulerState(Transitions):
         functions.client_left(self, client_id)
         self._fill_workers()
         functions.send_forgets(self)
+        if self.occupancy.retiring:
+            retirement.progress(self)
         self.out = []
         return out
 
@@ -262,8 +266,25 @@ class SchedulerState(Transitions):
             self._become_ready_or_wait(ts)
         for ts in lost:
             self._lost_data(ts)
+        retirement.worker_left(self, address)
         self._fill_workers()
         functions.send_forgets(self)
+        if self.occupancy.retiring:
+            retirement.progress(self)
+        self.out = []
+        return out
+
+    def retire_workers(self, addresses: list[str], reason: str, now: float = 0.0) -> Out:
+        """Retire workers gracefully (see retirement.py); unknown addresses raise KeyError."""
+        unknown = [a for a in addresses if a not in self.workers]
+        if unknown:
+            raise KeyError(f"no worker {', '.join(map(repr, unknown))} is connected")
+        self.now = now
+        self._stimulus(f"retire {len(addresses)} workers")
+        out = self.out = []
+        retirement.retire(self, addresses, reason)
+        self._fill_workers()
+        retirement.progress(self)
         self.out = []
         return out
 
@@ -286,6 +307,7 @@ class SchedulerState(Transitions):
         m.Transfers: reports.on_transfers, m.Status: reports.on_status,
         m.MemoryLimit: reports.on_memory_limit,
         m.Schedule: periodic.on_schedule, m.Unschedule: periodic.on_unschedule,
+        m.Retire: retirement.on_retire, m.Replicated: retirement.on_replicated,
     }
 
     def _set_heartbeat(self) -> bool:

@@ -33,6 +33,7 @@ from itertools import islice
 from typing import Any
 
 from .periodic import summary as periodic_summary
+from .retirement import describe as describe_retirement
 
 TASK_STATES = ("waiting", "queued", "processing", "memory", "released", "erred")
 MAX_PREFIXES = 50
@@ -72,8 +73,7 @@ def _worker(ws: Any) -> dict[str, Any]:
         "memory_limit": int(identity.get("memory_limit") or 0),
         "pid": identity.get("pid"),
         "last_seen": float(ws.last_seen or 0.0),
-        "status": "paused" if ws.paused else "running",
-        "memory_note": ws.memory_note,     # why it paused (and stays so, if it says)
+        **worker_status(ws),
     }
 
 
@@ -154,3 +154,10 @@ def snapshot(state: Any, since: int = 0, transfers_since: int = 0, *,
         "schedules": {name: periodic_summary(state, p)
                       for name, p in state.durable.periodics.items()},
     }
+
+
+def worker_status(ws: Any) -> dict[str, str]:
+    """``status`` (running, paused or retiring) and ``memory_note``: why it paused (and stays
+    so, if it says), or why it retires."""
+    return {"status": "retiring" if ws.retiring else "paused" if ws.paused else "running",
+            "memory_note": describe_retirement(ws) or ws.memory_note}

@@ -22,49 +22,14 @@ from typing import Any, Iterable
 from ..protocol import messages as m
 from . import worker_memory, worker_reset, worker_transfers
 from .instructions import Drop, Execute, Instruction, Resume, Send, Stop
-from .worker_transfers import FETCH_BATCH as FETCH_BATCH  # the limits, for readers here
-from .worker_transfers import FETCHES_PER_PEER as FETCHES_PER_PEER
+from .worker_task import WorkerTask as WorkerTask
+from .worker_transfers import FETCH_BATCH as FETCH_BATCH, FETCHES_PER_PEER as FETCHES_PER_PEER
 
 PREFETCH_SECONDS = 0.002  # work handed to the executor ahead of time, for short tasks
 MAX_PREFETCH = 64
 SPILL_AT = 0.60        # of the memory limit: results beyond this go to disk
 PAUSE_AT = 0.80        # of the memory limit: start no new task above this
 TERMINATE_AT = 0.95    # of the memory limit: the process asks to be replaced above this
-
-
-class WorkerTask:
-    __slots__ = ("key", "state", "fn", "args", "kwargs", "deps", "waiting_on", "want",
-                 "priority", "order", "who_has", "dependents", "nbytes", "cancelled", "fetched",
-                 "options", "scattered", "spilled", "unspillable", "run_id", "announced")
-
-    def __init__(self, key: str) -> None:
-        self.key = key
-        self.state = "new"
-        self.fn: str | None = None     # token of the function (None once it ran)
-        self.args: Any = None
-        self.kwargs: Any = None
-        self.deps: list[str] = []
-        self.waiting_on: set[str] = set()
-        self.want = False
-        self.priority = 0.0
-        self.order = 0
-        self.who_has: list[str] = []
-        self.dependents: set[str] = set()
-        self.nbytes = 0
-        self.cancelled = False
-        self.options: dict[str, Any] | None = None
-        self.fetched = False   # a copy of a peer's result: the scheduler does not count it
-        self.scattered = False  # put here by a client (scatter), not computed
-        self.spilled = False    # its value is on disk (still here, loaded when needed)
-        self.unspillable = False  # writing it to disk failed: it stays in memory
-        self.run_id = 0         # the scheduler's id of this assignment, echoed in reports
-        self.announced = False  # STARTED sent for its current run
-
-    def __lt__(self, other: "WorkerTask") -> bool:
-        return (self.priority, self.order) < (other.priority, other.order)
-
-    def __repr__(self) -> str:
-        return f"<WorkerTask {self.key!r} {self.state}>"
 
 
 class WorkerState:
@@ -292,6 +257,7 @@ class WorkerState:
     fetch_done = worker_transfers.fetch_done
     fetch_failed = worker_transfers.fetch_failed
     fetch_errored = worker_transfers.fetch_errored
+    replicate = worker_transfers.replicate
     _queue_fetch = worker_transfers.queue_fetch
     _start_fetches = worker_transfers.start_fetches
     _fetch_failed = worker_transfers.holder_failed

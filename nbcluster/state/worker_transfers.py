@@ -13,9 +13,10 @@ from typing import TYPE_CHECKING, Any
 
 from ..protocol import messages as m
 from .instructions import Drop, Fetch, Instruction, Send
+from .worker_task import WorkerTask
 
 if TYPE_CHECKING:
-    from .worker_state import WorkerState, WorkerTask
+    from .worker_state import WorkerState
 
 FETCHES_PER_PEER = 2    # concurrent transfers from one peer
 FETCH_BATCH = 50        # keys per transfer request
@@ -27,6 +28,7 @@ def fetch_done(self: WorkerState, peer: str, nbytes: dict[str, int],
     """A transfer from ``peer`` ended: ``nbytes`` for keys received, ``missing`` not had."""
     out: list[Instruction] = []
     self.in_flight[peer] = self.in_flight.get(peer, 1) - 1
+    kept: list[str] = []
     for key, size in nbytes.items():
         ts = self.tasks.get(key)
         if ts is None:   # forgotten while it travelled: the shell stored it anyway
@@ -37,13 +39,17 @@ def fetch_done(self: WorkerState, peer: str, nbytes: dict[str, int],
         ts.state = "memory"
         ts.nbytes = size
         self.nbytes += size
-        if not any(self._is_pending(d) for d in ts.dependents):
+        if ts.replica:   # a copy to keep: the scheduler counts it once it hears
+            _keep(self, ts, kept)
+        elif not any(self._is_pending(d) for d in ts.dependents):
             # everyone who needed it went away while it travelled
             drop: list[str] = []
             self._forget(ts, drop)
             out.append(Drop(drop))
             continue
         self._input_arrived(ts, out)
+    if kept:
+        out.append(Send(m.Replicated(kept, [])))
     for key in missing:
         self._fetch_failed(key, peer, out)
     if nbytes and self.spill_limit is not None:
@@ -91,12 +97,52 @@ def fetch_errored(self: WorkerState, key: str, error: tuple[Any, str]) -> list[I
     return out
 
 
+def replicate(self: WorkerState, source: str, keys: list[str]) -> list[Instruction]:
+    """The scheduler asks for copies of ``keys`` from ``source`` (it retires), to keep here
+    as results of this worker's own (answered by REPLICATED once they are here)."""
+    out: list[Instruction] = []
+    kept: list[str] = []
+    for key in keys:
+        ts = self.tasks.get(key)
+        if ts is None:
+            ts = self.tasks[key] = WorkerTask(key)
+        if ts.state == "memory":        # a copy fetched for a task here already
+            _keep(self, ts, kept)
+            continue
+        if ts.state in ("new", "missing", "fetch", "flight"):
+            ts.replica = True
+            ts.fetched = False          # not dropped after use by a task here
+            if ts.state != "flight":    # (in flight: it arrives by the transfer under way)
+                ts.who_has = [source]
+                ts.state = "fetch"
+                self._queue_fetch(ts, out, "")
+        else:                           # computing it here: the scheduler thinks otherwise
+            out.append(Send(m.Replicated([], [key])))
+    if kept:
+        out.append(Send(m.Replicated(kept, [])))
+    self._start_fetches(out)
+    return out
+
+
+def _keep(self: WorkerState, ts: WorkerTask, kept: list[str]) -> None:
+    ts.replica = ts.fetched = False
+    if self.spill_limit is not None:
+        self.lru[ts.key] = None
+    kept.append(ts.key)
+
+
 # ---------------------------------------------------------------------- internals
 def queue_fetch(self: WorkerState, dts: WorkerTask, out: list[Instruction],
                 gone: str = "") -> None:
     """Queue a transfer from a holder; with none left, report MISSING (``gone`` failed)."""
     if not dts.who_has:
         dts.state = "missing"
+        if dts.replica:   # its holder lost it: the scheduler recomputes it if needed
+            dts.replica = False
+            out.append(Send(m.Replicated([], [dts.key])))
+            if not dts.dependents:
+                self._forget(dts, [])
+                return
         for dkey in list(dts.dependents):
             self._report_missing(dkey, dts.key, gone, out)
         return
@@ -126,7 +172,7 @@ def holder_failed(self: WorkerState, key: str, peer: str, out: list[Instruction]
     ts = self.tasks.get(key)
     if ts is None or ts.state != "flight":   # not this transfer's any more
         return
-    if not any(self._is_pending(d) for d in ts.dependents):
+    if not ts.replica and not any(self._is_pending(d) for d in ts.dependents):
         self._forget(ts, [])    # who needed it went away while it travelled (was moved)
         return
     if peer in ts.who_has:
