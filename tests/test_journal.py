@@ -63,7 +63,7 @@ class Kept:
                                        self.now))
 
     def rows(self):
-        return [k for (k,) in self.file.db.execute("SELECT key FROM tasks ORDER BY seq")]
+        return self.file.keys()
 
     def restart(self, workers=()):
         self.file.close()
@@ -173,10 +173,10 @@ def test_a_damaged_foreign_or_newer_journal_is_refused_whole(tmp_path):
     k.file = Journal.__new__(Journal)
     db = sqlite3.connect(k.path)
     db.execute(f"PRAGMA user_version={FORMAT}")
-    db.execute("UPDATE tasks SET spec = x'00' WHERE key = 'b'")
+    db.execute("UPDATE log SET step = x'00' WHERE seq = (SELECT max(seq) FROM log)")
     db.commit()
     db.close()
-    with pytest.raises(JournalError, match="task 'b'.*nothing of it was used"):
+    with pytest.raises(JournalError, match="step [0-9]+.*nothing of it was used"):
         Journal(k.path).load()
 
 
@@ -195,3 +195,45 @@ def test_an_in_process_cluster_on_a_journal_takes_back_what_it_held(tmp_path):
         info = client.scheduler_info()
         assert info["journal"] == path and info["tasks"] == {"delayed": 1}
         assert cluster.scheduler.state.tasks[key].state == "delayed"
+
+
+def test_the_log_nets_out_each_step_and_compacts_to_the_live_tasks(tmp_path, monkeypatch):
+    from nbcluster.server import journal as journal_module
+
+    k = Kept(tmp_path / "j.sqlite")
+    # accepted and forgotten in one step: nothing is logged for it
+    k.client(m.Submit([spec("gone-at-once")]), m.Release(["gone-at-once"]))
+    assert k.file.db.execute("SELECT count(*) FROM log").fetchone()[0] == 0
+    for i in range(60):                     # many steps, most tasks forgotten again
+        kept = [spec(f"keep{i}", options={"retries": 2})] if i < 10 else []
+        k.client(m.Submit([spec(f"t{i}"), *kept]))
+        k.finish("A", f"t{i}")
+        k.client(m.Release([f"t{i}"]))
+    k.client(m.Submit([spec("bad")]))
+    k.fail("A", "bad")
+    steps = k.file.db.execute("SELECT count(*) FROM log").fetchone()[0]
+    before = k.file.keys()
+    assert before == [f"keep{i}" for i in range(10)] + ["bad"]
+    assert k.file.logged > len(before)
+    monkeypatch.setattr(journal_module, "COMPACT_AFTER", 10)
+    assert k.file.wants_compaction()
+    k.file.compact()
+    assert k.file.db.execute("SELECT count(*) FROM log").fetchone()[0] == 1 < steps
+    assert k.file.keys() == before and k.file.logged == len(before)
+    r = k.restart()
+    assert r.s.tasks["bad"].state == "erred"
+    assert isinstance(loads(r.s.tasks["bad"].exception), ValueError)
+    assert r.s.tasks["keep3"].retries_left == 2
+    assert r.s.tasks["keep3"].who_wants == (C,)
+
+
+def test_compacting_an_empty_log_keeps_the_run_counter(tmp_path):
+    k = Kept(tmp_path / "j.sqlite")
+    k.client(m.Submit([spec("x")]))
+    k.finish("A", "x")
+    k.client(m.Release(["x"]))
+    runs = k.s.runs
+    assert runs > 0 and k.file.keys() == []
+    k.file.compact()
+    assert k.file.db.execute("SELECT count(*) FROM log").fetchone()[0] == 0
+    assert k.file.load().runs >= runs

@@ -35,6 +35,7 @@ class Keeper:
         self._records: list = []          # for the next write
         self._held: list[list] = []       # outs waiting for their records to be written
         self._writing = False
+        self._closed = False
         self._deliver: Callable[[list], None] = lambda out: None
 
     def token(self, given: str | None) -> str | None:
@@ -82,6 +83,10 @@ class Keeper:
         state = self.scheduler.state
         records = state.durable.journal
         self._deliver = deliver
+        if self._closed:   # the scheduler is closing: what is left goes, unrecorded
+            state.durable.journal = []
+            deliver(out)
+            return
         gate = False
         if records:
             state.durable.journal = []
@@ -90,7 +95,16 @@ class Keeper:
             # holds): the messages of a step that only forgot need not wait for the disk.
             gate = any(r[0] != "forget" for r in records)
         if gate or self._held:
-            self._held.append(out)
+            # Only what a client sees waits for the disk: a worker may start a task before
+            # its record is written (if the scheduler dies first, no client heard of it, and
+            # the restarted scheduler tells the worker to drop what it made).
+            workers = state.workers
+            now = [x for x in out if x[0] in workers]
+            if now:
+                deliver(now)
+                out = [x for x in out if x[0] not in workers]
+            if out:
+                self._held.append(out)
         else:
             deliver(out)
         if self._records and not self._writing:
@@ -100,19 +114,25 @@ class Keeper:
         records, held = self._records, self._held
         self._records, self._held = [], []
         runs = self.scheduler.state.runs
-        if len(records) <= INLINE:   # a commit of a few rows (~60 us): here, no thread hops
-            self._done(self._commit(records, runs), records, held)
+        if len(records) <= INLINE and not self.journal.wants_compaction():
+            # a commit of one row (~25 us): here, no thread hops
+            self._done(self._commit(records, runs, compact=False), records, held)
             return
         self._writing = True
         future = asyncio.get_running_loop().run_in_executor(
             self._pool, self._commit, records, runs)
         future.add_done_callback(lambda f: self._written(f, records, held))
 
-    def _commit(self, records: list, runs: int) -> str:
+    def _commit(self, records: list, runs: int, compact: bool = True) -> str:
         try:
             self.journal.write(records, runs)
         except (sqlite3.Error, OSError) as e:
             return str(e)
+        if compact and self.journal.wants_compaction():   # on the writer thread only
+            try:
+                self.journal.compact()
+            except (sqlite3.Error, OSError, ValueError) as e:
+                logger.warning("cannot compact the journal %s: %s", self.journal.path, e)
         return ""
 
     def _written(self, future: asyncio.Future, records: list, held: list) -> None:
@@ -140,6 +160,7 @@ class Keeper:
 
     def close(self) -> None:
         """Write what is left (on this thread: the loop may be closing), then stop."""
+        self._closed = True
         self._pool.shutdown(wait=True)
         state = self.scheduler.state
         records = self._records + (state.durable.journal or [])
