@@ -196,3 +196,26 @@ def test_a_schedule_keeps_its_function_after_its_client_lets_go():
     assert [msg for _, msg in sim.wake() if type(msg) is m.Compute]
     sim.client(m.Unschedule(3, "tick"))
     assert FN in sim.s.functions                   # its run is still known
+
+
+def test_an_asynchronous_client_schedules_with_await():
+    import asyncio
+
+    from nbcluster import AsyncClient
+
+    async def main(cluster):
+        async with AsyncClient(cluster) as client:
+            handle = await client.schedule(tick, 7, every="50 ms", name="async-ticker")
+            assert await handle.last_result(timeout=10) >= 1
+            info = await handle.refresh()
+            assert info["name"] == "async-ticker" and len(handle.next_runs) == 3
+            assert "async-ticker" in await client.schedules()
+            await handle.cancel()
+            assert "async-ticker" not in await client.schedules()
+            with pytest.raises(KeyError, match="async-ticker"):
+                await client.unschedule("async-ticker")
+            with pytest.raises(TypeError, match="exactly one of"):
+                await client.schedule(tick, 1)
+
+    with LocalCluster(n_workers=1, processes=False, dashboard=False) as cluster:
+        asyncio.run(main(cluster))

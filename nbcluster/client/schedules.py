@@ -18,44 +18,67 @@ _NOT_FOR_SCHEDULES = ("countdown", "eta", "expires", "key", "pure")
 class PeriodicTask:
     """A schedule on the cluster: ``cancel()``, ``next_runs``, ``runs`` (recent runs: key,
     time, state, error), ``skipped`` and ``last_result()``. Its fields are as of the last
-    ``refresh()`` (made when it was created, and by each property that reads them)."""
+    ``refresh()`` (made when it was created, and by each property that reads them). With an
+    asynchronous client, ``await`` ``refresh()``, ``cancel()`` and ``last_result()``; the
+    properties then read what the last ``refresh()`` brought."""
 
     def __init__(self, client: Any, info: dict[str, Any]) -> None:
         self.client = client
         self.name: str = info["name"]
         self._info = info
 
-    def refresh(self) -> dict[str, Any]:
-        info = self.client.schedules().get(self.name)
+    def refresh(self) -> Any:
+        """This schedule's fields, fetched again (a coroutine with an asynchronous client)."""
+        if self.client.asynchronous:
+            return self._refresh_async()
+        return self._update(self.client.schedules())
+
+    async def _refresh_async(self) -> dict[str, Any]:
+        return self._update(await self.client.schedules())
+
+    def _update(self, every_schedule: dict[str, Any]) -> dict[str, Any]:
+        info = every_schedule.get(self.name)
         if info is None:
             raise KeyError(f"there is no schedule named {self.name!r} any more")
         self._info = info
         return info
 
+    def _current(self) -> dict[str, Any]:
+        return self._info if self.client.asynchronous else self.refresh()
+
     @property
     def next_runs(self) -> list[datetime.datetime]:
         """The next three run times (UTC)."""
-        return [_utc(t) for t in self.refresh()["next"]]
+        return [_utc(t) for t in self._current()["next"]]
 
     @property
     def runs(self) -> list[dict[str, Any]]:
         """Recent runs, oldest first: ``key``, ``at`` (UTC), ``state`` (``queued``,
         ``processing``, ``memory``, ``erred``, ``skipped`` ...) and ``error`` (its last line)."""
-        return [dict(r, at=_utc(r["at"])) for r in self.refresh()["runs"]]
+        return [dict(r, at=_utc(r["at"])) for r in self._current()["runs"]]
 
     @property
     def skipped(self) -> int:
         """Runs not started: the last one still ran (``overlap=False``), or the time passed
         while nothing could start them."""
-        return int(self.refresh()["skipped"])
+        return int(self._current()["skipped"])
 
     def last_result(self, timeout: Any = None) -> Any:
         """The result of the most recent run that finished (its error raised if it failed);
         if none has finished yet, of the first one, waited for up to ``timeout``."""
-        return self._last_run().result(timeout)
+        if self.client.asynchronous:
+            return self._last_result_async(timeout)
+        return self._last_run(self.refresh()).result(timeout)
 
-    def _last_run(self) -> Future:
-        info = self.refresh()
+    async def _last_result_async(self, timeout: Any) -> Any:
+        import asyncio
+
+        from ..durations import optional_timeout
+
+        future = self._last_run(await self._refresh_async())
+        return await asyncio.wait_for(future, optional_timeout(timeout))
+
+    def _last_run(self, info: dict[str, Any]) -> Future:
         kept = info["kept"]
         for run in reversed(info["runs"]):
             if run["key"] in kept and run["state"] in ("memory", "erred"):
@@ -66,9 +89,9 @@ class PeriodicTask:
         raise LookupError(f"schedule {self.name!r} has no run yet (the first is due "
                           f"{when:%Y-%m-%d %H:%M:%S} UTC)")
 
-    def cancel(self) -> None:
+    def cancel(self) -> Any:
         """Stop it: no new runs (a run under way goes on to its end)."""
-        self.client.unschedule(self.name)
+        return self.client.unschedule(self.name)
 
     def __repr__(self) -> str:
         info = self._info
@@ -139,22 +162,35 @@ class Schedules:
             if spec.deps:
                 raise TypeError("schedule() arguments cannot hold futures: a schedule "
                                 "outlives them (pass values)")
-            reply = self._sync(self._conn.ask(lambda rid: m.Schedule(
-                rid, name, spec, seconds, cron, bool(overlap), keep, first)))
+        except BaseException:
+            self._functions.release(token)
+            raise
+        fields = (name, spec, seconds, cron, bool(overlap), keep, first)
+        return self._sync(self._schedule(token, fields))
+
+    async def _schedule(self, token: str, fields: tuple[Any, ...]) -> PeriodicTask:
+        try:
+            reply = await self._conn.ask(lambda rid: m.Schedule(rid, *fields))
         finally:   # the schedule keeps its function on the scheduler: this use goes back
             self._functions.release(token)
         if not reply.ok:
             raise ValueError(reply.result)
         return PeriodicTask(self, reply.result)
 
-    def schedules(self) -> dict[str, dict[str, Any]]:
+    def schedules(self) -> Any:
         """Every schedule in the cluster by name: its rule, ``next`` run times (epoch
         seconds), ``runs`` (recent ones), ``skipped`` and the ``kept`` result keys."""
-        return dict(self._sync(self._conn.request("schedules")))
+        return self._sync(self._schedules())
 
-    def unschedule(self, name: str) -> None:
+    async def _schedules(self) -> dict[str, dict[str, Any]]:
+        return dict(await self._conn.request("schedules"))
+
+    def unschedule(self, name: str) -> Any:
         """Stop the schedule ``name`` (see ``PeriodicTask.cancel``)."""
-        reply = self._sync(self._conn.ask(lambda rid: m.Unschedule(rid, name)))
+        return self._sync(self._unschedule(name))
+
+    async def _unschedule(self, name: str) -> None:
+        reply = await self._conn.ask(lambda rid: m.Unschedule(rid, name))
         if not reply.ok:
             raise KeyError(reply.result)
 
@@ -165,3 +201,4 @@ class Schedules:
         if new:
             self._conn.post(m.Want([key]))
         return future
+
