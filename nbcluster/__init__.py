@@ -42,11 +42,15 @@ def __getattr__(name: str):
         from .deploy.ssh import SSHCluster
 
         return SSHCluster
+    if name == "KubeCluster":   # imported when first used (the kubernetes client with it)
+        from .deploy.kube import KubeCluster
+
+        return KubeCluster
     raise AttributeError(f"module 'nbcluster' has no attribute {name!r}")
 
 
 def __dir__() -> list[str]:
-    return sorted(set(globals()) | {"SSHCluster"})
+    return sorted(set(globals()) | {"SSHCluster", "KubeCluster"})
 
 
 def fire_and_forget(futures) -> None:
@@ -64,4 +68,5 @@ __all__ = [
     "as_completed", "fire_and_forget", "futures_of", "progress", "Signature", "s", "chain", "group", "chord",
     "Retry", "TaskTimeoutError", "TaskExpiredError", "default_client", "errors", "NBClusterError",
     "CancelledError", "KilledWorkerError", "ALL_COMPLETED", "FIRST_COMPLETED", "FIRST_EXCEPTION",
+    "KubeCluster",
 ]

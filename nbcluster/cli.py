@@ -91,6 +91,7 @@ def _scheduler(args) -> int:
               f"{exposed}anyone who has the token can run code here. Keep the connection file "
               "private.", file=sys.stderr)
     written: list = []   # (path, address) once the connection file exists
+    idle = None if args.idle_timeout is None else _idle_timeout(args.idle_timeout)
     tune_gc_for_server()
 
     async def main():
@@ -103,6 +104,10 @@ def _scheduler(args) -> int:
             print(f"journal {scheduler.keeper.journal.path}: {scheduler.keeper.restored} "
                   "tasks taken back", flush=True)
         _close_on_signals(scheduler.close)   # before the file exists: no window to leave it
+        if idle is not None:
+            from .server.idle import IdleWatch
+
+            IdleWatch(scheduler, idle).start()
         written.append((write_connection_file(scheduler.address, token, args.connection_file),
                         scheduler.address))
         print(f"nbcluster scheduler at {scheduler.address}", flush=True)
@@ -176,6 +181,13 @@ def _worker(args) -> int:
     return 0
 
 
+def _idle_timeout(text: str) -> float:
+    seconds = parse_duration(text, "--idle-timeout")
+    if seconds <= 0:
+        raise ValueError(f"--idle-timeout must be positive, got {text!r}")
+    return seconds
+
+
 def _duration(option: str, text: str | None) -> float | None:
     from .durations import parse_duration
 
@@ -235,6 +247,9 @@ def main(argv: list[str] | None = None) -> int:
                         "too (default: they survive the process being killed)")
     s.add_argument("--client-grace", default="60s",
                    help="after a restart, how long clients have to come back for their tasks")
+    s.add_argument("--idle-timeout", default=None, metavar="DURATION",
+                   help="exit once no client has been connected for this long, e.g. 10m "
+                        "(default: never)")
     _add_tls_options(s)
     s.set_defaults(run=_scheduler)
 

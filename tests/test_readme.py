@@ -32,6 +32,8 @@ NOT_RUN = {
                                       "(tests/test_cli.py runs that)",
     "SSHCluster(": "needs SSH hosts named head, node-1 and node-2 (tests/test_ssh.py runs "
                    "SSHCluster against this machine's sshd)",
+    "KubeCluster(": "needs a Kubernetes cluster (tests/test_kube_cluster.py runs KubeCluster "
+                    "against a fake API, tests/test_kube_integration.py against a real one)",
 }
 
 
