@@ -46,11 +46,18 @@ def __getattr__(name: str):
         from .deploy.kube import KubeCluster
 
         return KubeCluster
+    if name in _JOBQUEUE:      # the batch systems (nothing to install: their commands are used)
+        from .deploy import jobqueue
+
+        return getattr(jobqueue, name)
     raise AttributeError(f"module 'nbcluster' has no attribute {name!r}")
 
 
+_JOBQUEUE = ("SLURMCluster", "PBSCluster", "SGECluster", "LSFCluster")
+
+
 def __dir__() -> list[str]:
-    return sorted(set(globals()) | {"SSHCluster", "KubeCluster"})
+    return sorted(set(globals()) | {"SSHCluster", "KubeCluster", *_JOBQUEUE})
 
 
 def fire_and_forget(futures) -> None:
@@ -64,7 +71,8 @@ def fire_and_forget(futures) -> None:
 
 
 __all__ = [
-    "Client", "AsyncClient", "LocalCluster", "SSHCluster", "Future", "Delayed", "delayed", "compute", "wait",
+    "Client", "AsyncClient", "LocalCluster", "SSHCluster", "SLURMCluster", "PBSCluster", "SGECluster",
+    "LSFCluster", "Future", "Delayed", "delayed", "compute", "wait",
     "as_completed", "fire_and_forget", "futures_of", "progress", "Signature", "s", "chain", "group", "chord",
     "Retry", "TaskTimeoutError", "TaskExpiredError", "default_client", "errors", "NBClusterError",
     "CancelledError", "KilledWorkerError", "ALL_COMPLETED", "FIRST_COMPLETED", "FIRST_EXCEPTION",

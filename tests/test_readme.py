@@ -34,6 +34,8 @@ NOT_RUN = {
                    "SSHCluster against this machine's sshd)",
     "KubeCluster(": "needs a Kubernetes cluster (tests/test_kube_cluster.py runs KubeCluster "
                     "against a fake API, tests/test_kube_integration.py against a real one)",
+    "SLURMCluster(": "needs a SLURM with a partition 'normal' and an interface ib0 "
+                     "(tests/test_slurm.py runs SLURMCluster against a real one-node SLURM)",
 }
 
 

@@ -3,7 +3,8 @@
 ``cluster.adapt(minimum, maximum)`` (``Cluster.adapt``) starts an :class:`Adaptive` that asks
 the scheduler how much work there is once per ``interval`` and scales the cluster. The decision is the pure
 function :func:`decide` (counts in, a target and the workers to retire out); the loop around it
-only reads ``scheduler_info`` and calls the cluster's ``add_worker``/``retire_worker``.
+only reads ``scheduler_info`` and calls the cluster's ``add_worker``/``retire_worker`` (or its
+``_adapt_to``, if it has one: a batch-system cluster counts in jobs).
 
 - Up at once: enough workers that the unfinished work (tasks times their average duration)
   is about ``TARGET_SECONDS`` per thread, within ``minimum`` and ``maximum``.
@@ -111,8 +112,11 @@ class Adaptive:
         wanted, retire = decide(load["tasks"], load["work_seconds"], load["workers"],
                                 self.cluster.threads_per_worker,
                                 self.minimum, self.maximum, self._idle, self.wait_count)
-        current = len(self.cluster.workers)
-        for _ in range(wanted - current):
+        adapt_to = getattr(self.cluster, "_adapt_to", None)   # a kind's own (in jobs)
+        if adapt_to is not None:
+            adapt_to(wanted, retire, self._stop)
+            return
+        for _ in range(wanted - len(self.cluster.workers)):
             if self._stop.is_set():
                 return
             self.cluster.add_worker()

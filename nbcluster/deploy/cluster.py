@@ -30,6 +30,8 @@ optional
     ``_abort_starts()``          on close: give up the starts under way.
     ``_shutdown(handles)``       on close: stop these workers and the scheduler.
     ``_default_maximum()``       ``adapt``'s maximum when none is given.
+    ``_adapt_to(wanted, retire, stop)``  adaptive scaling's decision carried out the kind's
+                                 way (default: ``add_worker``/``retire_worker``, by Adaptive).
     ``_scheduler_lost()``        why the scheduler is gone (it died), or None while it runs:
                                  workers that exit then are not replaced (default: None).
     ``kind``                     what the notebook shows: "processes", "in-process", "ssh"...

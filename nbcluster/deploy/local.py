@@ -151,6 +151,33 @@ def _close_pipes(proc: subprocess.Popen) -> None:
             pass
 
 
+def start_inprocess_scheduler(name: str, address: str, token: str, security=None,
+                              journal: str | None = None, dashboard_port: int = -1
+                              ) -> tuple[LoopThread, "Scheduler", "Dashboard | None"]:
+    """A Scheduler serving ``address`` on a new loop thread of this process, and its dashboard
+    on 127.0.0.1 (``dashboard_port`` 0: a free port, -1: none). What LocalCluster
+    (``processes=False``) and the batch-system clusters run their scheduler on."""
+    from ..server.scheduler import Scheduler
+
+    thread = LoopThread(name)
+    try:
+        scheduler: Scheduler = thread.run(Scheduler(address, token=token, security=security,
+                                                    journal=journal).start())
+    except BaseException:
+        thread.stop()
+        raise
+    dashboard = None
+    if dashboard_port >= 0:
+        try:
+            from ..dashboard.server import start_dashboard
+
+            dashboard = start_dashboard(scheduler, port=dashboard_port, loop=thread.loop)
+            scheduler.dashboard_link = dashboard.link
+        except ImportError:
+            logger.info("no dashboard: bokeh is not installed")
+    return thread, scheduler, dashboard
+
+
 class LocalCluster(Cluster):
     """A scheduler and ``n_workers`` workers on this machine.
 
@@ -398,23 +425,11 @@ class LocalCluster(Cluster):
 
     # ------------------------------------------------------------------ in process
     def _start_inprocess_scheduler(self) -> None:
-        from ..server.scheduler import Scheduler
-
-        self._thread = LoopThread("nbcluster-local")
-        scheduler: Scheduler = self._thread.run(Scheduler(f"inproc://scheduler-{id(self)}",
-                                                          token=self.token,
-                                                          journal=self.journal).start())
-        self.scheduler = scheduler
-        self.scheduler_address = scheduler.address
-        if self._dashboard_port >= 0:
-            try:
-                from ..dashboard.server import start_dashboard
-
-                dashboard = self._dashboard = start_dashboard(
-                    scheduler, port=self._dashboard_port, loop=self._thread.loop)
-                self._dashboard_link = scheduler.dashboard_link = dashboard.link
-            except ImportError:
-                logger.info("no dashboard: bokeh is not installed")
+        self._thread, self.scheduler, self._dashboard = start_inprocess_scheduler(
+            "nbcluster-local", f"inproc://scheduler-{id(self)}", self.token,
+            journal=self.journal, dashboard_port=self._dashboard_port)
+        self.scheduler_address = self.scheduler.address
+        self._dashboard_link = self.scheduler.dashboard_link
 
     def _start_worker(self, spec: WorkerSpec, timeout: float) -> Any:
         """In process (worker processes start in ``_start_workers``)."""

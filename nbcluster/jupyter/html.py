@@ -10,8 +10,8 @@ from __future__ import annotations
 from html import escape
 from typing import TYPE_CHECKING, Any
 
-from .models import (ClusterSnapshot, client_closed, flatten_futures, format_bytes, key_name,
-                     schedule_line)
+from .models import (ClusterSnapshot, client_closed, flatten_futures, format_bytes, jobs_text,
+                     key_name, schedule_line)
 
 if TYPE_CHECKING:
     from ..deploy.local import LocalCluster
@@ -80,6 +80,8 @@ def snapshot_html(snap: ClusterSnapshot, title: str = "nbcluster") -> str:
         f"<div class='nbcluster-status' style='line-height:1.5'><b>{escape(title)}</b>{kind}"
         f" &middot; scheduler <code>{escape(snap.scheduler)}</code>"
         f" &middot; dashboard: {_link(snap.dashboard_link)}<br>"
+        + (f"<span class='nbcluster-jobs'>jobs: {jobs_text(snap.jobs)}</span><br>"
+           if snap.jobs else "") +
         f"<b>{len(snap.workers)}</b> workers, <b>{snap.nthreads}</b> threads, "
         f"<b>{format_bytes(snap.rss)}</b> memory (results {format_bytes(snap.memory)})"
         f" &middot; tasks: {tasks_html(snap.tasks)}{error}{workers}</div>")
@@ -140,6 +142,7 @@ def client_html(client: Any) -> str | None:
     cluster = client.cluster
     kind = "remote" if cluster is None else cluster.kind if isinstance(cluster, Cluster) else ""
     snap = ClusterSnapshot.from_info(info, dashboard_link=client.dashboard_link, kind=kind)
+    snap.jobs = dict(getattr(cluster, "job_counts", None) or {})   # a batch system's jobs
     return snapshot_html(snap, title="nbcluster Client")
 
 

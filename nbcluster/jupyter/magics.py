@@ -12,6 +12,9 @@ from IPython.core.magic_arguments import MagicArgumentParser
 
 from .session import ClusterSession, SessionError
 
+BATCH_SYSTEMS = ("slurm", "pbs", "sge", "lsf")
+BATCH_OPTIONS = ("jobs", "cores", "memory", "job_processes", "walltime", "queue", "account",
+                 "job_extra")
 SUBCOMMANDS = ("start", "connect", "status", "scale", "restart", "stop", "dashboard")
 
 
@@ -20,10 +23,11 @@ def _parsers() -> dict[str, MagicArgumentParser]:
         return MagicArgumentParser(prog=f"%cluster {name}", description=description,
                                    add_help=False, formatter_class=argparse.HelpFormatter)
 
-    start = parser("start", "Start a LocalCluster and a client bound to a notebook variable.")
+    start = parser("start", "Start a LocalCluster (or, with --slurm/--pbs/--sge/--lsf, workers "
+                   "in batch jobs) and a client bound to a notebook variable.")
     start.add_argument("-n", "--workers", type=int, default=None,
-                       help="number of workers (default: one per core)")
-    start.add_argument("--threads", type=int, default=1, help="threads per worker (default 1)")
+                       help="number of workers (default: one per core; batch: none)")
+    start.add_argument("--threads", type=int, default=None, help="threads per worker (default 1)")
     start.add_argument("--processes", dest="processes", action="store_true", default=True,
                        help="one process per worker (default)")
     start.add_argument("--no-processes", dest="processes", action="store_false",
@@ -35,6 +39,21 @@ def _parsers() -> dict[str, MagicArgumentParser]:
     start.add_argument("--journal", default=None, metavar="PATH",
                        help="keep the scheduler's tasks in this file: a cluster started again "
                             "on it takes them back")
+    system = start.add_mutually_exclusive_group()
+    for name in BATCH_SYSTEMS:
+        system.add_argument(f"--{name}", dest="system", action="store_const", const=name,
+                            help=f"workers in {name.upper()} jobs (the scheduler runs here)")
+    start.add_argument("--jobs", type=int, default=None, help="batch: jobs to submit")
+    start.add_argument("--cores", type=int, default=None, help="batch: cores of one job")
+    start.add_argument("--memory", default=None, help="batch: memory of one job, e.g. 32GB")
+    start.add_argument("--job-processes", type=int, default=None, metavar="N",
+                       help="batch: worker processes per job (default 1)")
+    start.add_argument("--walltime", default=None, help="batch: e.g. 01:00:00")
+    start.add_argument("--queue", default=None, help="batch: queue (SLURM: partition)")
+    start.add_argument("--account", default=None,
+                       help="batch: account (SLURM, PBS) or project (SGE, LSF)")
+    start.add_argument("--job-extra", action="append", default=None, metavar="DIRECTIVE",
+                       help="batch: one more directive (repeat it), e.g. --job-extra=--gres=gpu:1")
     connect = parser("connect", "Connect a client to a running scheduler.")
     connect.add_argument("address", help="scheduler address, like tcp://127.0.0.1:8786")
     connect.add_argument("--token", default=None,
@@ -61,7 +80,9 @@ def _doc() -> str:
         text = PARSERS[name].format_help().replace("usage: ", "").rstrip()
         parts += ["  " + line if line else "" for line in text.splitlines()
                   if line.strip() != "options:"] + [""]
-    parts += ["Examples:", "  %cluster start -n 2 --threads 1", "  %cluster status",
+    parts += ["Examples:", "  %cluster start -n 2 --threads 1",
+              "  %cluster start --slurm --jobs 4 --cores 8 --memory 32GB --walltime 01:00:00",
+              "  %cluster status",
               "  %cluster scale 4", "  %cluster restart", "  %cluster stop", "",
               "Load with %load_ext nbcluster; to have %cluster without it, add to the profile's",
               "ipython_kernel_config.py:  c.MagicsManager.lazy_magics = {'cluster': 'nbcluster'}"]
@@ -130,13 +151,35 @@ class ClusterMagics(Magics):
     def _start(self, opts: Any) -> None:
         if opts.workers is not None and opts.workers < 0:
             raise SessionError(f"-n/--workers must be >= 0, got {opts.workers}")
-        if opts.threads < 1:
+        if opts.threads is not None and opts.threads < 1:
             raise SessionError(f"--threads must be >= 1, got {opts.threads}")
         self._check_name(opts.name)
-        client = self._session.start(opts.workers, opts.threads, opts.processes,
-                                     _memory_limit(opts.memory_limit), opts.journal)
+        if opts.system is not None:
+            client = self._start_batch(opts)
+        else:
+            given = [o for o in BATCH_OPTIONS if getattr(opts, o) is not None]
+            if given:
+                raise SessionError(f"--{given[0].replace('_', '-')} is for batch jobs: add "
+                                   "--slurm, --pbs, --sge or --lsf")
+            client = self._session.start(opts.workers, opts.threads or 1, opts.processes,
+                                         _memory_limit(opts.memory_limit), opts.journal)
         self._bind(opts.name, client)
         self._show_widget()
+
+    def _start_batch(self, opts: Any) -> Any:
+        if opts.threads is not None or opts.journal or opts.memory_limit != "auto":
+            raise SessionError("with a batch system give --cores, --memory and "
+                               "--job-processes per job (not --threads, --memory-limit, "
+                               "--journal)")
+        if opts.cores is None or opts.memory is None:
+            raise SessionError(f"--{opts.system} needs --cores and --memory (of one job)")
+        account = "project" if opts.system in ("sge", "lsf") else "account"
+        options = {"cores": opts.cores, "memory": opts.memory, "processes": opts.job_processes,
+                   "walltime": opts.walltime, "queue": opts.queue, account: opts.account,
+                   "job_extra_directives": opts.job_extra, "n_workers": opts.workers or 0}
+        client = self._session.start_batch(opts.system, opts.jobs or 0, **options)
+        print(f"nbcluster: {self._session.cluster!r}")
+        return client
 
     def _connect(self, opts: Any) -> None:
         self._check_name(opts.name)

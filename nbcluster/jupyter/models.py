@@ -236,7 +236,8 @@ class ClusterSnapshot:
     done_by_prefix: dict[str, int] = field(default_factory=dict)
     dashboard_link: str | None = None
     schedules: dict[str, dict] = field(default_factory=dict)   # client.schedule, by name
-    kind: str = ""                  # "processes", "in-process" or "remote"
+    kind: str = ""                  # "processes", "in-process", "remote", "slurm"...
+    jobs: dict[str, int] = field(default_factory=dict)   # batch jobs: pending, running
     closed: bool = False
     error: str = ""
 
@@ -285,6 +286,8 @@ class ClusterSnapshot:
         lines = [f"Scheduler: {self.scheduler}" + (f" ({self.kind})" if self.kind else "")]
         if self.error:
             lines.append(f"Error: {self.error}")
+        if self.jobs:
+            lines.append(f"Jobs: {jobs_text(self.jobs)}")
         lines.append(f"Workers: {len(self.workers)}, threads: {self.nthreads}, "
                      f"memory: {format_bytes(self.rss)} (results {format_bytes(self.memory)})")
         for w in self.workers:
@@ -300,6 +303,11 @@ class ClusterSnapshot:
             lines.append(f"Schedule {name}: {schedule_line(s)}")
         lines.append(f"Dashboard: {self.dashboard_link or 'not available'}")
         return "\n".join(lines)
+
+
+def jobs_text(jobs: dict[str, int]) -> str:
+    """``1 running, 2 pending (queued)``: a batch-system cluster's jobs."""
+    return f"{jobs.get('running', 0)} running, {jobs.get('pending', 0)} pending (queued)"
 
 
 def schedule_line(s: dict) -> str:

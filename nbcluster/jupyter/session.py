@@ -58,6 +58,31 @@ class ClusterSession:
             self.adopted = False
             return client
 
+    def start_batch(self, system: str, jobs: int = 0, **options: Any) -> Any:
+        """A batch-system cluster (``system``: slurm, pbs, sge or lsf) with ``jobs`` jobs
+        submitted, and its client (the jobs wait in the queue: nothing waits for them)."""
+        from ..client import Client
+        from ..deploy import jobqueue
+
+        classes = {"slurm": jobqueue.SLURMCluster, "pbs": jobqueue.PBSCluster,
+                   "sge": jobqueue.SGECluster, "lsf": jobqueue.LSFCluster}
+        with self._lock:
+            self._check_free()
+            try:
+                cluster = classes[system](jobs=jobs, **options)
+            except (ValueError, TypeError) as e:
+                raise SessionError(str(e)) from None
+            except Exception as e:  # noqa: BLE001
+                raise SessionError(f"could not start the {system} cluster: {e}") from None
+            try:
+                client = Client(cluster)
+            except Exception as e:  # noqa: BLE001
+                cluster.close()
+                raise SessionError(f"could not connect to the new cluster: {e}") from None
+            self.cluster, self.client, self.own_cluster = cluster, client, True
+            self.adopted = False
+            return client
+
     def connect(self, address: str, token: str | None = None) -> Any:
         from ..client import Client
 
@@ -108,7 +133,8 @@ class ClusterSession:
                 cluster.scale(n)
             except Exception as e:  # noqa: BLE001
                 raise SessionError(f"could not scale to {n} workers: {e}") from None
-            self._wait_for_workers(n)
+            if getattr(cluster, "job_counts", None) is None:   # batch jobs may sit queued
+                self._wait_for_workers(n)
         self._changed()
 
     def _wait_for_workers(self, n: int, timeout: float = 10.0) -> None:
@@ -155,7 +181,9 @@ class ClusterSession:
             kind = "remote"
         else:
             kind = cluster.kind if isinstance(cluster, Cluster) else ""
-        return ClusterSnapshot.from_info(info, dashboard_link=client.dashboard_link, kind=kind)
+        snap = ClusterSnapshot.from_info(info, dashboard_link=client.dashboard_link, kind=kind)
+        snap.jobs = dict(getattr(cluster, "job_counts", None) or {})
+        return snap
 
     @property
     def dashboard_link(self) -> str | None:
