@@ -28,7 +28,8 @@ from .occupancy import Occupancy
 from .model import (DEFAULT_QUEUE, FIRE_AND_FORGET, HEARTBEAT_SECONDS, KILLED_WORKER_LIMIT,
                     STORY_LENGTH, TASK_LOG_LENGTH, BadBatch, Durable, TaskState, WorkerState, error,
                     Out, Queued, drop_holder, heartbeat_interval, unwant)
-from . import journal, periodic, retirement
+from . import journal, periodic, retirement, views
+from .restart import restart as restart_all
 from . import client_requests as requests
 from . import functions
 from .functions import FunctionRefs
@@ -149,50 +150,6 @@ class SchedulerState(Transitions):
         functions.send_forgets(self)
         if self.occupancy.retiring:
             retirement.progress(self)
-        self.out = []
-        return out
-
-    def unfinished_work(self) -> float:
-        """Seconds of work not yet done: each waiting or running task at the recent run time
-        of its function (the overall average for functions not seen yet)."""
-        durations, default = self.prefix_durations, self.avg_duration
-        return sum(durations.get(ts.prefix, default) for ts in self.tasks.values()
-                   if ts.state in ("queued", "processing", "waiting"))
-
-    def restart(self, reason: str, now: float = 0.0) -> Out:
-        """Forget every task (``client.restart()``): clients hear CANCELLED for each key they
-        hold, workers drop all their data and stop what runs. Workers, clients, functions,
-        queues and limits (their settings) stay; functions only while their clients hold them."""
-        self.now = now
-        out = self.out = []
-        on_worker: dict[str, list[str]] = defaultdict(list)
-        for ts in self.tasks.values():
-            for client in ts.who_wants:
-                if client in self.clients:
-                    out.append((client, m.Cancelled(ts.key, reason)))
-            for ws in ts.who_has:
-                on_worker[ws.address].append(ts.key)
-            if ts.processing_on is not None:
-                on_worker[ts.processing_on.address].append(ts.key)
-        for address, keys in on_worker.items():
-            out.append((address, m.Free(keys, [self.runs] * len(keys))))
-        self.tasks.clear()
-        self.fn_refs.uses.clear()
-        functions.drop_unused(self)
-        for heap in self.queues.values():
-            heap.clear()
-        self.unrunnable.clear()
-        for limit in self.limits.values():
-            limit.held.clear()
-            limit.running = 0
-        self.limits_held = False
-        self.timers = Timers()
-        for ws in self.workers.values():
-            ws.processing.clear()
-            self.occupancy.changed(ws)
-            ws.has_what.clear()
-            ws.nbytes = 0
-        functions.send_forgets(self)
         self.out = []
         return out
 
@@ -368,31 +325,11 @@ class SchedulerState(Transitions):
         self.out = []
         return out
 
-    # ------------------------------------------------------------------ views
-    def queues_info(self) -> dict[str, dict[str, Any]]:
-        """Per queue: tasks waiting in it, tasks running from it, workers subscribed."""
-        info: dict[str, dict[str, Any]] = {}
-        names = set(self.queues) | {q for w in self.workers.values() for q in w.queues}
-        for name in sorted(names):
-            info[name] = {"queued": 0, "processing": 0, "workers": sorted(
-                w.address for w in self.workers.values() if name in w.queues)}
-        for ts in self.tasks.values():
-            if ts.state in ("queued", "processing", "delayed") and ts.queue in info:
-                info[ts.queue]["queued" if ts.state != "processing" else "processing"] += 1
-        return info
-
-    def limits_info(self) -> dict[str, dict[str, Any]]:
-        return {key: limit.describe() for key, limit in self.limits.items()}
-
-    def known_queues(self) -> set[str]:
-        return set(self.queues) | {q for w in self.workers.values() for q in w.queues}
-
-    def attempts(self, key: str) -> list[list[Any]]:
-        ts = self.tasks.get(key)
-        return [list(a) for a in (ts.attempts or ())] if ts is not None else []
-    def counts_by_state(self) -> dict[str, int]:
-        out: dict[str, int] = defaultdict(int)
-        for ts in self.tasks.values():
-            out[ts.state] += 1
-        return dict(out)
-
+    # views (views.py) and client.restart() (restart.py), bound here as methods
+    restart = restart_all
+    queues_info = views.queues_info
+    limits_info = views.limits_info
+    known_queues = views.known_queues
+    attempts = views.attempts
+    counts_by_state = views.counts_by_state
+    unfinished_work = views.unfinished_work
