@@ -155,3 +155,22 @@ def test_the_magic_starts_jobs_and_status_and_widget_show_them(slurm, tmp_path, 
         ip.run_line_magic("cluster", "stop")
         ip.run_line_magic("unload_ext", "nbcluster")
         ip.user_ns.pop("slurm_client", None)
+
+
+def test_the_scheduler_in_a_job_of_its_own(slurm, tmp_path):
+    with make(tmp_path, scheduler_in_job=True, scheduler_timeout="60s") as cluster, \
+            Client(cluster, set_as_default=False) as client:
+        scheduler_job = cluster._scheduler_job.job_id
+        assert live(scheduler_job) == {scheduler_job}
+        assert cluster.scheduler is None            # not in this process
+        info = client.scheduler_info()
+        assert info["pid"] != os.getpid()
+        cluster.scale(jobs=1)
+        client.wait_for_workers(1, timeout=30)
+        assert client.submit(add, 20, 22).result(timeout=20) == 42
+        assert [cluster.job_of(a) for a in cluster.workers] == list(cluster.jobs)
+        script = cluster._scheduler_job.script()
+        assert "nbcluster scheduler" in script and "--idle-timeout" in script
+        assert "--cpus-per-task=1" in script and cluster.token not in script
+        worker_job = list(cluster.jobs)[0]
+    wait_until(lambda: not live(scheduler_job, worker_job), "both jobs to end")

@@ -37,10 +37,12 @@ from ...errors import ClusterError
 from ..cluster import Cluster, WorkerSpec
 from .job import (COMMAND_TIMEOUT, DONE, PENDING, RUNNING, Job, check_count, check_lines, check_memory, failed,
                   logger, parse_walltime, run, shell_word)
+from .scheduler_job import SchedulerJob
 from .view import JobsView
 
 SCHEDULER_OPTIONS = ("host", "port", "interface", "dashboard_port")
 FAILED_JOBS = 3     # jobs in a row that end before their workers join: stop replacing them
+SCHEDULER_IDLE = 600.0   # seconds a scheduler in a job waits without clients before it exits
 
 
 class JobQueueCluster(JobsView, Cluster):
@@ -94,6 +96,7 @@ class JobQueueCluster(JobsView, Cluster):
                  interface: str | None = None, scheduler_options: dict | None = None,
                  lifetime_margin: Any = "auto", lifetime_stagger: Any = "auto",
                  shebang: str = "#!/usr/bin/env bash", poll_interval: float = 5.0,
+                 scheduler_in_job: bool = False, scheduler_timeout: Any = "10m",
                  security=None, token: str | None = None) -> None:
         self.closed = True    # until started: close and __del__ have nothing to do
         if cores is None:
@@ -152,6 +155,9 @@ class JobQueueCluster(JobsView, Cluster):
         self._dashboard: Any = None
         self._watch_stop = threading.Event()
         self._watcher: threading.Thread | None = None
+        self.scheduler_timeout = parse_duration(scheduler_timeout, "scheduler_timeout")
+        # the scheduler in a job of its own (scheduler_job.py), or here (None)
+        self._scheduler_job = SchedulerJob(self, SCHEDULER_IDLE) if scheduler_in_job else None
         self._start(n_jobs)
 
     # ------------------------------------------------------------------ sizes
@@ -213,13 +219,17 @@ class JobQueueCluster(JobsView, Cluster):
         from ..local import start_inprocess_scheduler
 
         opts = self.scheduler_options
-        scheme = "tls" if self.security is not None and self.security.tls else "tcp"
-        host = _scheduler_host(opts.get("host"), opts.get("interface"))
-        self._thread, self.scheduler, self._dashboard = start_inprocess_scheduler(
-            f"nbcluster-{self.system}", f"{scheme}://{host}:{opts.get('port', 0)}", self.token,
-            security=self.security, dashboard_port=opts.get("dashboard_port", 0))
-        self.scheduler_address = self.scheduler.address
-        self._dashboard_link = self.scheduler.dashboard_link
+        if self._scheduler_job is not None:
+            self.scheduler_address = self._scheduler_job.start(self.scheduler_timeout)
+            self._dashboard_link = self._scheduler_job.dashboard_link()
+        else:
+            scheme = "tls" if self.security is not None and self.security.tls else "tcp"
+            host = _scheduler_host(opts.get("host"), opts.get("interface"))
+            self._thread, self.scheduler, self._dashboard = start_inprocess_scheduler(
+                f"nbcluster-{self.system}", f"{scheme}://{host}:{opts.get('port', 0)}",
+                self.token, security=self.security, dashboard_port=opts.get("dashboard_port", 0))
+            self.scheduler_address = self.scheduler.address
+            self._dashboard_link = self.scheduler.dashboard_link
         self._watcher = threading.Thread(target=self._watch, daemon=True,
                                          name=f"nbcluster-{self.system}-watch")
         self._watcher.start()
@@ -271,6 +281,8 @@ class JobQueueCluster(JobsView, Cluster):
 
     def _stop_scheduler(self) -> None:
         self._watch_stop.set()
+        if self._scheduler_job is not None:
+            self._scheduler_job.stop()
         if self._thread is not None:
             try:
                 if self._dashboard is not None:
@@ -298,6 +310,8 @@ class JobQueueCluster(JobsView, Cluster):
         super()._hand_over(workers, timeout)
 
     def _scheduler_lost(self) -> str | None:
+        if self._scheduler_job is not None:
+            return self._scheduler_job.lost()
         if self.scheduler is not None and self.scheduler.closed.is_set():
             return "the scheduler was closed"
         return None
@@ -309,6 +323,8 @@ class JobQueueCluster(JobsView, Cluster):
     def _watch(self) -> None:
         while not self._watch_stop.wait(self.poll_interval):
             try:
+                if self._scheduler_job is not None:
+                    self._scheduler_job.state()   # (its end is what _scheduler_lost says)
                 self.refresh_jobs()
             except Exception as e:  # noqa: BLE001 - the batch system may be busy: next time
                 logger.warning("%s: asking %s about its jobs failed: %s",
@@ -367,6 +383,8 @@ class JobQueueCluster(JobsView, Cluster):
 
     def _scheduler_workers(self) -> dict[str, str]:
         """address -> name of the workers the scheduler has (read on its loop)."""
+        if self._scheduler_job is not None:
+            return {} if self.closed else self._scheduler_job.workers()
         if self._thread is None or self.scheduler is None or self.closed:
             return {}
 
