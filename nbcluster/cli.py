@@ -9,8 +9,9 @@ import logging
 import os
 import sys
 
+from .config import SCHEDULER_LOST_EXIT_CODE
 from .durations import parse_duration
-from .errors import NBClusterError
+from .errors import NBClusterError, SchedulerLostError
 
 
 def _is_loopback(host: str) -> bool:
@@ -33,6 +34,16 @@ def _add_token_options(parser) -> None:
                         "NBCLUSTER_TOKEN, --token-stdin or the connection file)")
     parser.add_argument("--token-stdin", action="store_true",
                         help="read the token from the first line of standard input")
+
+
+def _add_address_options(parser, role: str) -> None:
+    parser.add_argument("--interface", default=None, metavar="NAME",
+                        help="serve on this network interface's IPv4 address (e.g. eth0, ib0) "
+                        "and advertise it; instead of --host")
+    parser.add_argument("--contact-address", default=None, metavar="tcp://HOST:PORT",
+                        help=f"the address others are told to reach this {role} at (behind NAT "
+                        "or a port forward); it does not change what is bound. PORT 0: the "
+                        "bound port")
 
 
 def _add_tls_options(parser) -> None:
@@ -84,10 +95,12 @@ def _scheduler(args) -> int:
         or new_token()
     security = _security(args)
     scheme = "tls" if security is not None and security.tls else "tcp"
-    if not _is_loopback(args.host):
+    host = _bind_host(args)
+    contact = _contact(args.contact_address, scheme)
+    if not _is_loopback(host):
         exposed = "unencrypted (no TLS): the traffic can be read on the network; " \
             if scheme == "tcp" else ""
-        print(f"warning: the scheduler listens on {args.host}, reachable from other machines, "
+        print(f"warning: the scheduler listens on {host}, reachable from other machines, "
               f"{exposed}anyone who has the token can run code here. Keep the connection file "
               "private.", file=sys.stderr)
     written: list = []   # (path, address) once the connection file exists
@@ -95,8 +108,9 @@ def _scheduler(args) -> int:
     tune_gc_for_server()
 
     async def main():
-        scheduler = await Scheduler(f"{scheme}://{args.host}:{args.port}", token=token,
+        scheduler = await Scheduler(f"{scheme}://{_url_host(host)}:{args.port}", token=token,
                                     security=security, journal=args.journal,
+                                    contact_address=contact,
                                     durable=args.durable,
                                     client_grace=parse_duration(args.client_grace,
                                                                 "--client-grace")).start()
@@ -116,7 +130,7 @@ def _scheduler(args) -> int:
             try:
                 from .dashboard.server import start_dashboard
 
-                dash = start_dashboard(scheduler, host=args.host, port=args.dashboard_port)
+                dash = start_dashboard(scheduler, host=host, port=args.dashboard_port)
                 scheduler.dashboard_link = dash.link
                 print(f"dashboard at {dash.link}", flush=True)
             except ImportError:
@@ -144,7 +158,6 @@ def _scheduler(args) -> int:
 
 def _worker(args) -> int:
     from .config import find_token, parse_memory_limit, read_connection_file, tune_gc_for_server
-    from .server.worker_lifetime import run_worker
 
     address = args.address
     token = _token(args)
@@ -156,28 +169,41 @@ def _worker(args) -> int:
     token = token or find_token(address)
     security = _security(args)
     scheme = "tls" if security is not None and security.tls else "tcp"
-    if not _is_loopback(args.host):
-        print(f"warning: the worker serves data on {args.host}, reachable from other machines"
+    if args.nworkers < 1:
+        raise ValueError(f"--nworkers must be at least 1, got {args.nworkers}")
+    host = _bind_host(args)
+    contact = _contact(args.contact_address, scheme)
+    options = dict(queues=_queues(args.queues),    # checked here, before any process starts
+                   memory_limit=parse_memory_limit(args.memory_limit),
+                   memory_spill=_fraction("--memory-spill", args.memory_spill),
+                   spill_dir=args.spill_dir,
+                   memory_pause=_fraction("--memory-pause", args.memory_pause),
+                   memory_terminate=_fraction("--memory-terminate", args.memory_terminate),
+                   reconnect_timeout=_duration("--reconnect-timeout", args.reconnect_timeout),
+                   heartbeat_timeout=_duration("--heartbeat-timeout", args.heartbeat_timeout),
+                   lifetime=_duration("--lifetime", args.lifetime),
+                   lifetime_stagger=_duration("--lifetime-stagger", args.lifetime_stagger) or 0.0,
+                   lifetime_grace=_duration("--lifetime-grace", args.lifetime_grace) or 60.0)
+    if args.nworkers > 1:
+        from .deploy.supervisor import run_supervisor
+
+        return run_supervisor(address, args.nworkers,
+                              lambda spec: _child_argv(args, address, token, spec),
+                              token=token, memory_limit=args.memory_limit, name=args.name)
+    if not _is_loopback(host):
+        print(f"warning: the worker serves data on {host}, reachable from other machines"
               + ("" if scheme == "tls" else ", unencrypted"), file=sys.stderr)
+    elif contact and not _is_loopback(contact.split("://")[1].rsplit(":", 1)[0].strip("[]")):
+        print(f"warning: the worker listens on {host} only, which {contact} does not reach "
+              "from other machines: add --host 0.0.0.0 or --interface NAME", file=sys.stderr)
+    if args.supervised:
+        _end_with_stdin()
+    from .server.worker_lifetime import run_worker
+
     tune_gc_for_server()
     asyncio.run(run_worker(address, nthreads=args.nthreads, name=args.name, token=token,
-                           listen_address=f"{scheme}://{args.host}:{args.port}",
-                           security=security, queues=_queues(args.queues),
-                           memory_limit=parse_memory_limit(args.memory_limit),
-                           memory_spill=_fraction("--memory-spill", args.memory_spill),
-                           spill_dir=args.spill_dir,
-                           memory_pause=_fraction("--memory-pause", args.memory_pause),
-                           memory_terminate=_fraction("--memory-terminate",
-                                                      args.memory_terminate),
-                           reconnect_timeout=_duration("--reconnect-timeout",
-                                                       args.reconnect_timeout),
-                           heartbeat_timeout=_duration("--heartbeat-timeout",
-                                                       args.heartbeat_timeout),
-                           lifetime=_duration("--lifetime", args.lifetime),
-                           lifetime_stagger=_duration("--lifetime-stagger",
-                                                      args.lifetime_stagger) or 0.0,
-                           lifetime_grace=_duration("--lifetime-grace",
-                                                    args.lifetime_grace) or 60.0))
+                           listen_address=f"{scheme}://{_url_host(host)}:{args.port}",
+                           security=security, contact_address=contact, **options))
     return 0
 
 
@@ -186,6 +212,83 @@ def _idle_timeout(text: str) -> float:
     if seconds <= 0:
         raise ValueError(f"--idle-timeout must be positive, got {text!r}")
     return seconds
+
+
+def _bind_host(args) -> str:
+    """``--host``, or the IPv4 address of ``--interface`` (default: 127.0.0.1)."""
+    if args.interface:
+        from .comm.addressing import interface_ip
+
+        if args.host is not None:
+            raise ValueError("give --host or --interface, not both")
+        return interface_ip(args.interface)
+    return args.host or "127.0.0.1"
+
+
+def _url_host(host: str) -> str:
+    return f"[{host}]" if ":" in host else host
+
+
+def _contact(text: str | None, scheme: str) -> str | None:
+    """``--contact-address``, checked: ``SCHEME://HOST:PORT`` (port 0: the one bound)."""
+    if not text:
+        return None
+    from .comm.addressing import choose_contact
+
+    choose_contact(f"{scheme}://127.0.0.1:1", text, None)   # raises what is wrong with it
+    return text
+
+
+# Options of the supervisor alone, or that each of its workers gets its own value of.
+_PER_PROCESS = {"address", "nworkers", "token", "token_stdin", "connection_file", "name",
+                "port", "contact_address", "spill_dir", "memory_limit", "supervised", "help"}
+
+
+def _child_argv(args, address: str, token: str | None, spec) -> list[str]:
+    """``nbcluster worker`` for one of ``--nworkers``: every option given, as given, except
+    those each gets its own of (name, port and contact port + index, spill subdirectory, its
+    share of memory) and the token, which goes to its stdin."""
+    i = spec.options["index"]
+    argv = [sys.executable, "-m", "nbcluster", "--log-level", args.log_level, "worker",
+            address, "--supervised", "--memory-limit", str(spec.memory_limit or "none")]
+    for action in args.worker_parser._actions:
+        value = getattr(args, action.dest, None)
+        if not action.option_strings or action.dest in _PER_PROCESS or value is None \
+                or value == action.default:
+            continue
+        flag = action.option_strings[-1]
+        argv += [flag] if isinstance(action, argparse._StoreTrueAction) else [f"{flag}={value}"]
+    if args.name:
+        argv.append(f"--name={args.name}-{i}")
+    if args.port:
+        argv.append(f"--port={args.port + i}")
+    if args.contact_address:
+        from .comm.addressing import join, split
+
+        c_scheme, c_host, c_port = split(args.contact_address)
+        argv.append(f"--contact-address={join(c_scheme, c_host, c_port + i if c_port else 0)}")
+    if args.spill_dir:
+        argv.append(f"--spill-dir={os.path.join(args.spill_dir, spec.name)}")
+    if token:
+        argv.append("--token-stdin")
+    return argv
+
+
+def _end_with_stdin() -> None:
+    """A worker of ``--nworkers``: its stdin is a pipe from its supervisor, which closes when
+    the supervisor stops it or dies, even by SIGKILL. Then it closes as on SIGTERM."""
+    import signal
+    import threading
+
+    def watch() -> None:
+        try:
+            for _ in sys.stdin:
+                pass
+        except (OSError, ValueError):
+            pass
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    threading.Thread(target=watch, name="nbcluster-supervisor-watch", daemon=True).start()
 
 
 def _duration(option: str, text: str | None) -> float | None:
@@ -232,8 +335,10 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
 
     s = sub.add_parser("scheduler", help="run a scheduler")
-    s.add_argument("--host", default="127.0.0.1")
+    s.add_argument("--host", default=None,
+                   help="address to listen on (default 127.0.0.1; 0.0.0.0: all interfaces)")
     s.add_argument("--port", type=int, default=8786)
+    _add_address_options(s, "scheduler")
     _add_token_options(s)   # default: NBCLUSTER_TOKEN, else a new random token
     s.add_argument("--connection-file", default=None,
                    help="where to write address and token (default: a per-user runtime dir)")
@@ -257,8 +362,16 @@ def main(argv: list[str] | None = None) -> int:
     w.add_argument("address", nargs="?", help="the scheduler, tcp://HOST:PORT")
     w.add_argument("--nthreads", type=int, default=1)
     w.add_argument("--name", default=None)
-    w.add_argument("--host", default="127.0.0.1", help="interface the worker serves data on")
-    w.add_argument("--port", type=int, default=0)
+    w.add_argument("--nworkers", type=int, default=1,
+                   help="worker processes to run, each with --nthreads threads and its own "
+                   "--memory-limit (auto: this machine's memory divided among them); one that "
+                   "dies is replaced (default 1: this process is the worker)")
+    w.add_argument("--host", default=None,
+                   help="address the worker serves data on (default 127.0.0.1; 0.0.0.0: all "
+                   "interfaces, advertising the one that routes to the scheduler)")
+    w.add_argument("--port", type=int, default=0,
+                   help="port to serve data on (0: a free one; with --nworkers, PORT+i)")
+    _add_address_options(w, "worker")
     _add_token_options(w)
     w.add_argument("--connection-file", default=None)
     w.add_argument("--queues", default=None, help="queues to take tasks from, e.g. high,default")
@@ -287,7 +400,8 @@ def main(argv: list[str] | None = None) -> int:
     w.add_argument("--lifetime-grace", default="60s",
                    help="after asking to retire, close anyway if not let go within this long")
     _add_tls_options(w)
-    w.set_defaults(run=_worker)
+    w.add_argument("--supervised", action="store_true", help=argparse.SUPPRESS)
+    w.set_defaults(run=_worker, worker_parser=w)
 
     d = sub.add_parser(
         "demo", help="start a local cluster and run the reference workloads",
@@ -310,6 +424,9 @@ def main(argv: list[str] | None = None) -> int:
         return args.run(args)
     except KeyboardInterrupt:
         return 130
+    except SchedulerLostError as e:   # a supervisor replaces no worker that ends so
+        print(f"nbcluster {args.command}: {e}", file=sys.stderr)
+        return SCHEDULER_LOST_EXIT_CODE if getattr(args, "supervised", False) else 1
     except (NBClusterError, OSError, ValueError) as e:
         print(f"nbcluster {args.command}: {e}", file=sys.stderr)
         return 1

@@ -11,6 +11,8 @@ from .errors import ClusterError
 
 # A worker process that ends itself because its memory went over its limit exits with this.
 MEMORY_EXIT_CODE = 99
+# A worker under ``nbcluster worker --nworkers`` that gave up on its scheduler exits with this.
+SCHEDULER_LOST_EXIT_CODE = 98
 
 
 def parse_memory_limit(limit, share: int = 1) -> int | None:

@@ -18,7 +18,8 @@
     │   ├── TaskTimeoutError (TimeoutError)  the task ran longer than its ``timeout``
     │   └── TaskExpiredError           the task had not started by its ``expires``
     ├── ClusterError                   a cluster could not start or was used after close
-    │   └── JournalError               a scheduler's journal cannot be used (names the file)
+    │   ├── JournalError               a scheduler's journal cannot be used (names the file)
+    │   └── SchedulerLostError         a worker gave up on its scheduler (it did not come back)
     └── Retry                          raised inside a task to ask for another attempt
 
 A task's own exception is never wrapped: ``future.result()`` raises it with its own type and the
@@ -114,6 +115,11 @@ class JournalError(ClusterError):
     """A scheduler's journal is damaged, of another format, or not a journal at all."""
 
 
+class SchedulerLostError(ClusterError):
+    """A worker gave up on its scheduler: it was lost and did not come back in time (a worker
+    under ``nbcluster worker --nworkers`` that ends so is not replaced)."""
+
+
 __all__ = [
     "NBClusterError",
     "CommError",
@@ -132,4 +138,5 @@ __all__ = [
     "TaskExpiredError",
     "Retry",
     "ClusterError",
+    "SchedulerLostError",
 ]

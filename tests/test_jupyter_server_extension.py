@@ -339,3 +339,112 @@ def test_chromium_renders_the_proxied_status_page(jupyter, cluster, tmp_path):
                                    for s in sockets)
             assert not errors, errors
         client.cancel(futures)
+
+
+# --------------------------------------------------------------------------- remote dashboards
+def test_links_to_other_machines_are_told_from_links_to_this_one(monkeypatch):
+    assert links.remote_origin("http://node7:8787/status?token=t%2F1") == \
+        ("http://node7:8787", "", "t/1")
+    assert links.remote_origin("https://[fd00::7]:99/pfx/status") == \
+        ("https://[fd00::7]:99", "/pfx", None)
+    for here in ("http://127.0.0.1:8787/status", "http://localhost:1/status",
+                 f"http://{socket.gethostname()}:8787/status", "http://0.0.0.0:1/status",
+                 "/user/ada/nbcluster/dashboard/8787/status", "ftp://node7:21/status", None):
+        assert links.remote_origin(here) is None, here
+    monkeypatch.setenv("JUPYTERHUB_SERVICE_PREFIX", "/user/ada/")
+    assert links.through_jupyter("http://node7:8787/p/status?token=x", "node7-8787") == \
+        "/user/ada/nbcluster/remote/node7-8787/p/status"
+    assert links.through_jupyter("http://node7:8787/status", None) == "http://node7:8787/status"
+
+
+class _RemoteCluster:
+    """A cluster kind whose scheduler (and dashboard) would be on another machine."""
+
+    @staticmethod
+    def make():
+        from nbcluster.deploy.cluster import Cluster
+
+        class Remote(Cluster):
+            def __init__(self):
+                super().__init__(memory_limit=None)
+                self._start(0)
+
+            def _start_scheduler(self, first):
+                self.scheduler_address = "tcp://node7.example:8786"
+                self._dashboard_link = "http://node7.example:8787/status?token=dash-token"
+
+            def _stop_scheduler(self):
+                pass
+        return Remote()
+
+
+def test_a_cluster_registers_its_remote_dashboard_while_it_is_open(monkeypatch, tmp_path):
+    monkeypatch.setenv("NBCLUSTER_RUNTIME_DIR", str(tmp_path))
+    cluster = _RemoteCluster.make()
+    try:
+        [entry] = links.live_remotes()
+        assert entry["name"] == "node7.example-8787" and entry["pid"] == os.getpid()
+        assert entry["origin"] == "http://node7.example:8787" and entry["token"] == "dash-token"
+        assert entry["scheduler"] == "tcp://node7.example:8786"
+        assert oct(links.remote_path(entry["name"]).stat().st_mode & 0o777) == "0o600"
+        assert cluster.dashboard_link == "http://node7.example:8787/status?token=dash-token"
+        monkeypatch.setenv("JUPYTERHUB_SERVICE_PREFIX", "/user/ada/")
+        assert cluster.dashboard_link == "/user/ada/nbcluster/remote/node7.example-8787/status"
+    finally:
+        cluster.close()
+    assert links.live_remotes() == [] and not list(tmp_path.glob("remote-*"))
+
+
+def test_a_registered_remote_dashboard_is_proxied_and_nothing_else(jupyter, cluster):
+    from bokeh.util.token import generate_jwt_token
+    from tornado import httpclient, websocket
+
+    base, token = jupyter
+    secure = on_loop(cluster, lambda: start_dashboard(cluster.scheduler, require_token=True))
+    # as a kernel registers a dashboard of another machine (here on loopback: tests bind no
+    # other address)
+    name = links.register_origin(f"http://127.0.0.1:{secure.port}", "", secure.token,
+                                 cluster.scheduler_address)
+    try:
+        page = f"{base}/nbcluster/remote/{name}/status"
+        status, _, html = get(f"{page}?token={token}")
+        assert status == 200 and "nbcluster: Status" in html      # the proxy sent its token
+        assert secure.token not in html
+        status, _, body = get(page.replace("/status", "/metrics.json") + f"?token={token}")
+        assert status == 200 and json.loads(body)["workers"] == 2
+        assert get(page, follow=False)[0] in (302, 403)           # Jupyter's login first
+        status, _, body = get(f"{base}/nbcluster/clusters?token={token}")
+        [listed] = [c for c in json.loads(body)["clusters"] if c.get("remote")]
+        assert listed["dashboard"] == f"/nbcluster/remote/{name}/status"
+        assert listed["workers"] == 2 and secure.token not in body
+
+        async def websocket_reaches_the_dashboard():
+            request = httpclient.HTTPRequest(
+                f"ws{page[4:]}/ws", headers={"Authorization": f"token {token}"},
+                request_timeout=10)
+            forged = generate_jwt_token("a-session", secret_key=b"not the dashboard's" * 2,
+                                        signed=True)
+            ws = await websocket.websocket_connect(request, subprotocols=["bokeh", forged])
+            message = await asyncio.wait_for(ws.read_message(), 10)   # it closes a forgery
+            ws.close()
+            return message
+        assert asyncio.run(websocket_reaches_the_dashboard()) is None
+
+        # what is not registered by a running kernel is refused, saying why
+        assert name == f"127.0.0.1-{secure.port}"
+        for other in ("node7-8787", f"127.0.0.1-{cluster._dashboard.port}", "..", "%2e%2e",
+                      f"127.0.0.1:{secure.port}"):
+            status, _, body = get(f"{base}/nbcluster/remote/{other}/status?token={token}")
+            assert status == 404, other
+            assert "only dashboards of clusters that a running kernel" in body, body
+        dead = subprocess.Popen([sys.executable, "-c", "pass"])
+        dead.wait()
+        entry = json.loads(links.remote_path(name).read_text())
+        links.remote_path(name).write_text(json.dumps(dict(entry, pid=dead.pid)))
+        assert get(f"{page}?token={token}")[0] == 404            # its kernel is gone
+        links.remote_path(name).write_text(json.dumps(entry))
+        assert get(f"{page}?token={token}")[0] == 200
+    finally:
+        links.unregister_remote(name)
+        on_loop(cluster, secure.stop)
+    assert get(f"{page}?token={token}")[0] == 404                # unregistered: at once

@@ -36,6 +36,9 @@ NOT_RUN = {
                     "against a fake API, tests/test_kube_integration.py against a real one)",
     "SLURMCluster(": "needs a SLURM with a partition 'normal' and an interface ib0 "
                      "(tests/test_slurm.py runs SLURMCluster against a real one-node SLURM)",
+    'Client("tcp://10.1.0.1:8786"': "needs a scheduler and workers on other machines "
+                                    "(tests/test_cli_supervisor.py runs `nbcluster worker "
+                                    "--nworkers` on 127.0.0.1)",
 }
 
 

@@ -55,7 +55,7 @@ def live(*job_ids: str) -> set[str]:
 
 
 def make(tmp_path, **kwargs) -> SLURMCluster:
-    options = dict(cores=1, memory="400MB", poll_interval=0.3,
+    options = dict(cores=1, memory="400MB", poll_interval=0.3, interface="lo",
                    shared_temp_directory=str(tmp_path),
                    scheduler_options={"host": "127.0.0.1", "dashboard_port": -1})
     options.update(kwargs)

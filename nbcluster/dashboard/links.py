@@ -210,3 +210,130 @@ def live_dashboards() -> list[dict]:
 def describe(entry: Mapping[str, Any]) -> dict:
     """An entry without its token (what may be shown)."""
     return {k: v for k, v in entry.items() if k != "token"}
+
+
+# --------------------------------------------------------------------------- remote dashboards
+# A dashboard on another machine (SSHCluster's scheduler, a batch job's, a pod's, one a Client
+# connected to by address) is registered by the kernel that started or connected to its
+# cluster, as ``remote-<name>.json`` in the same private directory, and removed when that
+# cluster or client closes (or the kernel is gone). The Jupyter server extension proxies
+# ``nbcluster/remote/<name>/...`` to the URL of such an entry only: never to a host or port
+# that a request names.
+_NAME_SAFE = str.maketrans({c: "-" for c in ":/[]%?#@ "})
+
+
+def remote_origin(link: str | None) -> tuple[str, str, str | None] | None:
+    """(``http(s)://host:port``, prefix, token) of a dashboard link that names another
+    machine; None for a link to this machine (registered by its own process), a relative one
+    (already through a proxy), or anything else."""
+    from urllib.parse import parse_qs, urlsplit
+
+    if not link:
+        return None
+    parts = urlsplit(link)
+    if parts.scheme not in ("http", "https") or not parts.hostname or parts.port is None:
+        return None
+    host = parts.hostname
+    if host in ("localhost", "127.0.0.1", "::1", "0.0.0.0", "::") or host.startswith("127.") \
+            or host == socket.gethostname():
+        return None
+    prefix = parts.path[: -len("/status")] if parts.path.endswith("/status") else ""
+    tokens = parse_qs(parts.query).get("token")
+    token = tokens[0] if tokens else None
+    shown = f"[{host}]" if ":" in host else host
+    return f"{parts.scheme}://{shown}:{parts.port}", prefix.rstrip("/"), token
+
+
+def remote_path(name: str) -> Path:
+    return runtime_dir() / f"remote-{name}.json"
+
+
+def register_remote(link: str | None, scheduler: str | None) -> str | None:
+    """Register the dashboard at ``link`` if it is on another machine; its name (for
+    :func:`unregister_remote` and the proxy's URL), or None (not remote, or not writable)."""
+    found = remote_origin(link)
+    return None if found is None else register_origin(*found, scheduler)
+
+
+def register_origin(origin: str, prefix: str, token: str | None,
+                    scheduler: str | None) -> str | None:
+    """Register the dashboard served at ``origin`` (``http(s)://host:port``) + ``prefix``."""
+    name = origin.split("://", 1)[1].translate(_NAME_SAFE).strip("-")
+    entry = {"name": name, "origin": origin, "prefix": prefix, "token": token,
+             "scheduler": scheduler, "pid": os.getpid(), "started": time.time()}
+    path = remote_path(name)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as f:
+            json.dump(entry, f)
+        os.replace(tmp, path)
+    except OSError:
+        return None
+    return name
+
+
+def unregister_remote(name: str | None) -> None:
+    """Remove this process's entry ``name`` (one another kernel wrote since is kept)."""
+    if not name:
+        return
+    path = remote_path(name)
+    entry = _read_remote(path)
+    if entry is not None and entry.get("pid") == os.getpid():
+        try:
+            path.unlink()
+        except OSError:
+            pass
+
+
+def _read_remote(path: Path) -> dict | None:
+    try:
+        with open(path) as f:
+            entry = json.load(f)
+    except (OSError, ValueError):
+        return None
+    if not isinstance(entry, dict) or not isinstance(entry.get("origin"), str) or \
+            not entry["origin"].startswith(("http://", "https://")):
+        return None
+    return entry
+
+
+def live_remote(name: str) -> dict | None:
+    """The entry ``name`` if the kernel that registered it is still running, else None."""
+    import psutil
+
+    if not name or name != name.translate(_NAME_SAFE) or name.startswith("."):
+        return None
+    entry = _read_remote(remote_path(name))
+    pid = entry.get("pid") if entry else None
+    if entry is None or entry.get("name") != name or not isinstance(pid, int) or \
+            not psutil.pid_exists(pid):
+        return None
+    return entry
+
+
+def live_remotes() -> list[dict]:
+    """Every remote dashboard registered by a running kernel, oldest first."""
+    found = [e for path in sorted(runtime_dir().glob("remote-*.json"))
+             if (e := live_remote(path.name[len("remote-"):-len(".json")])) is not None]
+    return sorted(found, key=lambda e: e.get("started") or 0)
+
+
+def remote_link(name: str, prefix: str = "", environ: Mapping[str, str] | None = None) -> str:
+    """The link to a registered remote dashboard through the Jupyter server extension."""
+    env = os.environ if environ is None else environ
+    return f"{env.get('JUPYTERHUB_SERVICE_PREFIX') or '/'}nbcluster/remote/{name}{prefix}/status"
+
+
+def through_jupyter(link: str | None, name: str | None,
+                    environ: Mapping[str, str] | None = None) -> str | None:
+    """``link``, or on JupyterHub / Binder (with the extension enabled, and no
+    ``NBCLUSTER_DASHBOARD_LINK``) the proxied link of the remote dashboard registered as
+    ``name``: the browser there reaches only the Jupyter server."""
+    env = os.environ if environ is None else environ
+    if not name or not env.get("JUPYTERHUB_SERVICE_PREFIX") or env.get(ENV_VAR) \
+            or not extension_enabled():
+        return link
+    found = remote_origin(link)
+    return remote_link(name, found[1] if found else "", env)

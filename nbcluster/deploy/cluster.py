@@ -53,6 +53,7 @@ from collections import Counter
 from typing import Any, Sequence
 
 from ..config import parse_memory_limit
+from ..dashboard.links import register_remote, through_jupyter, unregister_remote
 from ..errors import ClusterError
 from .adaptive import Adaptive
 
@@ -131,6 +132,7 @@ class Cluster:
         self.close_timeout = close_timeout
         self.scheduler_address: str | None = None
         self._dashboard_link: str | None = None
+        self._remote_dashboard: str | None = None  # its name, if registered for Jupyter's proxy
         self.restarts = 0                          # workers replaced after they died
         self._running: list[RunningWorker] = []    # in start order
         self._early_exits: list[tuple] = []        # (handle, why, replace, details)
@@ -213,6 +215,7 @@ class Cluster:
             specs = self._new_specs(n_workers, None)
             self._share_memory(specs)
             self._start_scheduler(specs)
+            self._remote_dashboard = register_remote(self._dashboard_link, self.scheduler_address)
             self._start_specs(specs, self.timeout)
         except BaseException:
             self.close()
@@ -485,7 +488,7 @@ class Cluster:
     @property
     def dashboard_link(self) -> str | None:
         """The dashboard's status page (None without one)."""
-        return self._dashboard_link
+        return through_jupyter(self._dashboard_link, self._remote_dashboard)
 
     @property
     def status(self) -> str:
@@ -533,6 +536,7 @@ class Cluster:
             for thread in replacing:
                 thread.join(self.timeout + self.close_timeout)
         finally:
+            unregister_remote(self._remote_dashboard)
             self._shutdown([e.handle for e in running])
 
     def __enter__(self):

@@ -6,8 +6,14 @@ On JupyterHub and Binder the browser reaches only the Jupyter server, so a dashb
 - ``{base_url}nbcluster/dashboard/{port}/{path}``: GET and WebSocket (Bokeh's ``/ws``) proxied
   to ``http://127.0.0.1:{port}/{path}``, never to any other host, and only for ports of running
   nbcluster dashboards (see below);
+- ``{base_url}nbcluster/remote/{name}/{path}``: the same for a dashboard on another machine
+  (SSHCluster's scheduler, a batch job's, a pod's, or one a Client connected to), proxied to
+  the origin registered under ``name`` by the kernel that started or connected to its cluster
+  (``remote-<name>.json`` in the same private registry, removed when that cluster or client
+  closes, ignored once that kernel is gone; see :func:`~nbcluster.dashboard.links.register_remote`).
+  The request names only the entry, never a host or port: an unregistered name is a 404;
 - ``{base_url}nbcluster/clusters``: JSON list of the clusters known on this machine, with the
-  scheduler address, the number of workers and the proxied dashboard link.
+  scheduler address, the number of workers and the proxied dashboard link (remote ones too).
 
 Which ports: only those in nbcluster's dashboard registry (files that each dashboard writes in
 nbcluster's runtime directory, private to the user, and removes when it stops), and only while
@@ -43,7 +49,7 @@ except ImportError:   # jupyter_server < 2.4
     from jupyter_server.base.zmqhandlers import WebSocketMixin
 
 from ..config import read_connection_file, runtime_dir
-from ..dashboard.links import describe, live_dashboard, live_dashboards
+from ..dashboard.links import describe, live_dashboard, live_dashboards, live_remote, live_remotes
 
 AUTH_RESOURCE = "nbcluster"
 NAME = "nbcluster.jupyter.server_extension"
@@ -60,7 +66,8 @@ def _jupyter_server_extension_points() -> list[dict]:
 
 def _load_jupyter_server_extension(serverapp: Any) -> None:
     base = serverapp.web_app.settings["base_url"]
-    dash = url_path_join(base, r"nbcluster/dashboard/([^/]+)(/.*)?")   # any port: a 400 says why
+    # dashboard/<port>: this machine's (any port: a 400 says why); remote/<name>: registered
+    dash = url_path_join(base, r"nbcluster/(dashboard|remote)/([^/]+)(/.*)?")
     serverapp.web_app.add_handlers(".*$", [
         Rule(_WebSocketUpgrade(dash), DashboardWebSocket),
         (dash, DashboardHandler),
@@ -97,35 +104,54 @@ def _port(text: str) -> int:
                           "nbcluster/dashboard/<port>/...")
 
 
-async def _target(handler: JupyterHandler, port: str) -> _Target:
-    """Where the request goes, if ``port`` is a running dashboard's (else a 404)."""
+async def _target(handler: JupyterHandler, kind: str, port: str) -> _Target:
+    """Where the request goes: ``kind`` "dashboard", if ``port`` is a running dashboard's on
+    this machine; "remote", if ``port`` names a remote dashboard a running kernel registered
+    (else a 404 saying why)."""
+    if kind == "remote":
+        entry = await asyncio.to_thread(live_remote, port)
+        if entry is None:
+            shown = port if len(port) <= 60 else port[:60] + "..."
+            raise ProxyError(404, f"no registered remote nbcluster dashboard named {shown!r}: "
+                                  "only dashboards of clusters that a running kernel of this "
+                                  "Jupyter server started or connected to are proxied, never "
+                                  "another host or port (GET nbcluster/clusters lists them)")
+        return _Target(handler, f"nbcluster/remote/{port}", entry["origin"], entry.get("token"))
     entry = await asyncio.to_thread(live_dashboard, _port(port))
     if entry is None:
         raise ProxyError(404, f"no nbcluster dashboard is running on port {port} of this "
                               "machine; only dashboards of nbcluster clusters are proxied "
                               "(GET nbcluster/clusters lists them)")
-    return _Target(handler, port, entry)
+    # the dashboard's own address: a dashboard on loopback answers no other Host
+    return _Target(handler, f"nbcluster/dashboard/{port}", f"http://127.0.0.1:{entry['port']}",
+                   entry.get("token"))
 
 
 class _Target:
-    """Where one proxied request goes: the registered dashboard, path and query upstream."""
+    """Where one proxied request goes: the registered dashboard's ``origin``
+    (``http(s)://host:port``, from a registry entry, never from the request), path and query."""
 
-    def __init__(self, handler: JupyterHandler, port: str, entry: dict) -> None:
-        mount = url_path_join(handler.base_url, f"nbcluster/dashboard/{port}")
+    def __init__(self, handler: JupyterHandler, mount: str, origin: str,
+                 token: str | None) -> None:
+        mount = url_path_join(handler.base_url, mount)
         self.path = handler.request.path[len(mount):] or "/"   # still percent-encoded
         # a ?token= was for Jupyter's login (or the dashboard's, sent below as a header)
         query = [(k, v) for k, v in parse_qsl(handler.request.query, keep_blank_values=True)
                  if k != "token"]
         self.query = ("?" + urlencode(query)) if query else ""
-        self.port = int(entry["port"])
+        self.origin = origin
         self.mount = mount
-        # the dashboard's own address: a dashboard on loopback answers no other Host
-        self.headers = httputil.HTTPHeaders({"Host": f"127.0.0.1:{self.port}"})
-        if entry.get("token"):
-            self.headers["Authorization"] = f"token {entry['token']}"
+        self.headers = httputil.HTTPHeaders({"Host": origin.split("://", 1)[1]})
+        if token:
+            self.headers["Authorization"] = f"token {token}"
 
-    def url(self, scheme: str) -> str:
-        return f"{scheme}://127.0.0.1:{self.port}{self.path}{self.query}"   # no other host
+    def url(self, websocket: bool = False) -> str:
+        origin = ("ws" + self.origin[4:]) if websocket else self.origin   # http(s) -> ws(s)
+        return f"{origin}{self.path}{self.query}"
+
+    def origins(self) -> list[str]:
+        """How the dashboard may name itself in an absolute redirect."""
+        return [self.origin, self.origin.replace("://127.0.0.1:", "://localhost:")]
 
 
 class DashboardHandler(JupyterHandler):
@@ -135,26 +161,28 @@ class DashboardHandler(JupyterHandler):
 
     @web.authenticated
     @authorized
-    async def get(self, port: str, rest: str | None) -> None:
+    async def get(self, kind: str, port: str, rest: str | None) -> None:
         if rest is None:      # ".../<port>": pages are relative to ".../<port>/"
-            _port(port)
-            self.redirect(url_path_join(self.base_url, f"nbcluster/dashboard/{port}/"))
+            if kind == "dashboard":
+                _port(port)
+            self.redirect(url_path_join(self.base_url, f"nbcluster/{kind}/{port}/"))
             return
-        target = await _target(self, port)
+        target = await _target(self, kind, port)
         for name in FORWARD_REQUEST:
             if name in self.request.headers:
                 target.headers[name] = self.request.headers[name]
-        request = httpclient.HTTPRequest(target.url("http"), headers=target.headers,
+        request = httpclient.HTTPRequest(target.url(), headers=target.headers,
                                          follow_redirects=False, request_timeout=60)
         resp = await httpclient.AsyncHTTPClient().fetch(request, raise_error=False)
         if resp.code == 599:
-            raise ProxyError(502, f"the dashboard on port {port} did not answer: {resp.error}")
+            where = f"on port {port}" if kind == "dashboard" else f"at {target.origin}"
+            raise ProxyError(502, f"the dashboard {where} did not answer: {resp.error}")
         self.set_status(resp.code, resp.reason)
         for name in FORWARD_RESPONSE:
             if name in resp.headers:
                 self.set_header(name, resp.headers[name])
         location = resp.headers.get("Location", "")
-        for origin in (f"http://127.0.0.1:{target.port}", f"http://localhost:{target.port}"):
+        for origin in target.origins():
             if location.startswith(origin):      # an absolute redirect to the dashboard itself
                 self.set_header("Location", target.mount + location[len(origin):])
         if resp.code == 304:
@@ -180,24 +208,24 @@ class DashboardWebSocket(WebSocketMixin, websocket.WebSocketHandler, JupyterHand
         """No page headers (Content-Security-Policy and such) on a websocket handshake."""
 
     @authorized
-    async def get(self, port: str, rest: str | None) -> None:
+    async def get(self, kind: str, port: str, rest: str | None) -> None:
         origin = self.request.headers.get("Origin")
         if origin is not None and not self.check_origin(origin):   # before the dashboard
             raise web.HTTPError(403, "cross-origin websocket refused")    # hears of it
-        target = await _target(self, port)
+        target = await _target(self, kind, port)
         protocols = [p.strip() for p in self.request.headers.get(
             "Sec-WebSocket-Protocol", "").split(",") if p.strip()]
         self._pending: list[tuple[Any, bool]] | None = []
-        request = httpclient.HTTPRequest(target.url("ws"), headers=target.headers,
+        request = httpclient.HTTPRequest(target.url(websocket=True), headers=target.headers,
                                          request_timeout=30)
         try:
             self.upstream = await websocket.websocket_connect(
                 request, subprotocols=protocols or None, on_message_callback=self._from_upstream)
         except Exception as e:   # noqa: BLE001 - refused, closed, 403: the browser sees 502
-            raise ProxyError(502, f"the dashboard on port {port} refused the websocket: "
+            raise ProxyError(502, f"the dashboard at {target.origin} refused the websocket: "
                                      f"{e}") from None
         try:
-            await super().get(port, rest)          # the handshake with the browser
+            await super().get(kind, port, rest)    # the handshake with the browser
         finally:
             if self.ws_connection is None:         # no handshake: let go of the other end
                 self.upstream.close()
@@ -265,6 +293,13 @@ async def list_clusters(base_url: str) -> list[dict]:
                     "dashboard_port": info["port"], "started": info.get("started"),
                     "dashboard": url_path_join(base_url, f"nbcluster/dashboard/{info['port']}",
                                                info.get("prefix") or "", "status")})
+    remotes = await asyncio.to_thread(live_remotes)
+    workers = await asyncio.gather(*(_worker_count(e) for e in remotes))
+    for entry, n in zip(remotes, workers):
+        out.append({"scheduler": entry.get("scheduler"), "workers": n, "pid": entry.get("pid"),
+                    "remote": entry["origin"], "started": entry.get("started"),
+                    "dashboard": url_path_join(base_url, f"nbcluster/remote/{entry['name']}",
+                                               entry.get("prefix") or "", "status")})
     known = {c["scheduler"] for c in out}
     for address, path in await asyncio.to_thread(_connection_files):
         if address not in known:
@@ -276,7 +311,8 @@ async def list_clusters(base_url: str) -> list[dict]:
 async def _worker_count(entry: dict) -> int | None:
     """Workers, from the dashboard's ``/metrics.json`` (a snapshot; cheap), or None."""
     headers = {"Authorization": f"token {entry['token']}"} if entry.get("token") else {}
-    url = f"http://127.0.0.1:{entry['port']}{entry.get('prefix') or ''}/metrics.json"
+    origin = entry.get("origin") or f"http://127.0.0.1:{entry['port']}"   # remote, or here
+    url = f"{origin}{entry.get('prefix') or ''}/metrics.json"
     try:
         resp = await httpclient.AsyncHTTPClient().fetch(url, headers=headers, request_timeout=3)
         return int(json.loads(resp.body)["workers"])

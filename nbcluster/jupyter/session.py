@@ -7,6 +7,7 @@ import threading
 import time
 from typing import Any, Callable
 
+from ..dashboard.links import register_remote, through_jupyter, unregister_remote
 from ..deploy.cluster import Cluster
 from .models import ClusterSnapshot, client_closed, remover
 
@@ -23,6 +24,7 @@ class ClusterSession:
         self.client: Any = None
         self.own_cluster = False
         self.adopted = False        # a client made by hand in the notebook, not by %cluster
+        self._remote_dashboard: str | None = None   # registered by %cluster connect
         self._lock = threading.RLock()
         self._on_stop: list[Callable[[], None]] = []
         self._on_change: list[Callable[[], object]] = []
@@ -94,6 +96,8 @@ class ClusterSession:
                 raise SessionError(f"could not connect to {address}: {e}") from None
             self.cluster, self.client, self.own_cluster = None, client, False
             self.adopted = False
+            # its dashboard, if on another machine, may be proxied by Jupyter's server extension
+            self._remote_dashboard = register_remote(client.dashboard_link, address)
             return client
 
     def adopt(self, client: Any) -> None:
@@ -157,6 +161,8 @@ class ClusterSession:
             if client is None:
                 return False
             self.client = self.cluster = None
+            unregister_remote(self._remote_dashboard)
+            self._remote_dashboard = None
             try:
                 client.close()
             finally:
@@ -181,14 +187,15 @@ class ClusterSession:
             kind = "remote"
         else:
             kind = cluster.kind if isinstance(cluster, Cluster) else ""
-        snap = ClusterSnapshot.from_info(info, dashboard_link=client.dashboard_link, kind=kind)
+        snap = ClusterSnapshot.from_info(info, dashboard_link=self.dashboard_link, kind=kind)
         snap.jobs = dict(getattr(cluster, "job_counts", None) or {})
         return snap
 
     @property
     def dashboard_link(self) -> str | None:
         client = self.client
-        return getattr(client, "dashboard_link", None) if client is not None else None
+        link = getattr(client, "dashboard_link", None) if client is not None else None
+        return through_jupyter(link, self._remote_dashboard)   # remote, on a hub: proxied
 
     @property
     def can_scale(self) -> bool:

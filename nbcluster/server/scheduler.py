@@ -15,7 +15,7 @@ import time
 import uuid
 from typing import Any, Callable, ClassVar
 
-from ..comm import Comm, Listener, listen
+from ..comm import Comm, Listener, advertised, listen
 from ..errors import ProtocolError
 from ..protocol import messages as m
 from ..state.gates import queue_typo
@@ -39,8 +39,8 @@ class Scheduler:
     def __init__(self, address: str = "tcp://127.0.0.1:0", token: str | None = None,
                  security=None, journal: str | None = None, durable: bool = False,
                  client_grace: float = 60.0, settle: float = 1.0,
-                 worker_ttl: float | None = None) -> None:
-        self.requested_address = address
+                 worker_ttl: float | None = None, contact_address: str | None = None) -> None:
+        self.requested_address, self.contact_address = address, contact_address
         self.token = token
         self.security = security
         self.state = SchedulerState()
@@ -73,7 +73,7 @@ class Scheduler:
         # receive memory kept warm for reuse would hold each one 10 s after its release.
         self.listener = await listen(self.requested_address, self._on_comm, self.token,
                                      self.security, reuse_buffers=False)
-        self.address = self.listener.address
+        self.address = advertised(self.listener.address, self.contact_address)   # not 0.0.0.0
         self.started = self._clock()
         self._reap()
         logger.info("scheduler at %s", self.address)

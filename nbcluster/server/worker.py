@@ -13,7 +13,7 @@ import threading
 import time
 from typing import Any, Callable
 
-from ..comm import Comm, Listener, connect, listen
+from ..comm import Comm, Listener, advertised, connect, listen
 from ..comm.pool import DataPool
 from ..config import check_fraction
 from ..errors import ClusterError, SerializationError
@@ -35,7 +35,6 @@ from .worker_output import TaskOutput
 logger = logging.getLogger("nbcluster.worker")
 
 
-
 class Worker:
     def __init__(self, scheduler_address: str, nthreads: int = 1, name: str | None = None,
                  token: str | None = None, listen_address: str | None = None,
@@ -43,7 +42,8 @@ class Worker:
                  queues: list[str] | None = None, memory_pause: float | None = PAUSE_AT,
                  memory_terminate: float | None = TERMINATE_AT,
                  memory_spill: float | None = SPILL_AT, spill_dir: str | None = None,
-                 reconnect_timeout: float | None = None, heartbeat_timeout: float = 30.0) -> None:
+                 reconnect_timeout: float | None = None, heartbeat_timeout: float = 30.0,
+                 contact_address: str | None = None) -> None:
         if listen_address is None:   # serve data the way the scheduler is reached
             scheme = scheduler_address.split("://", 1)[0]
             listen_address = "inproc://" if scheme == "inproc" else f"{scheme}://127.0.0.1:0"
@@ -54,6 +54,7 @@ class Worker:
         self.name = name
         self.token = token
         self.listen_address = listen_address
+        self.contact_address = contact_address   # what peers are told (default: as bound)
         self.memory_limit = memory_limit
         self.memory_pause = check_fraction("memory_pause", memory_pause)
         self.memory_terminate = check_fraction("memory_terminate", memory_terminate)
@@ -133,7 +134,9 @@ class Worker:
         self._loop = asyncio.get_running_loop()
         self.listener = await listen(self.listen_address, self._on_peer, self.token,
                                      self.security)
-        self.address = self.listener.address
+        # a wildcard bind advertises this machine's address on the route to the scheduler
+        self.address = advertised(self.listener.address, self.contact_address,
+                                  self.scheduler_address)
         self.state = WorkerState(self.address, self.nthreads, self.memory_limit,
                                  self.memory_pause, self.memory_terminate, self.memory_spill)
         self.name = self.name or self.address

@@ -15,7 +15,7 @@ import logging
 import random
 import sys
 
-from ..errors import ClusterError
+from ..errors import ClusterError, SchedulerLostError
 from ..loop_thread import close_on_sigterm
 from ..protocol import messages as m
 from ..state.instructions import Send
@@ -68,12 +68,18 @@ async def run_worker(scheduler_address: str, lifetime: float | None = None,
     # a process of its own: memory over the limit ends it (as the kernel's OOM killer would,
     # but first); whoever started it, such as SSHCluster, starts another
     worker.own_process = True
+    # from the start: a SIGTERM just after the scheduler counted it must close it in order
+    close_on_sigterm(lambda: worker.close("SIGTERM"))
     try:
         await worker.start()
     except Exception as e:
+        if worker.close_reason == "SIGTERM":   # stopped while it joined: as asked
+            return
         raise ClusterError(f"worker could not join the scheduler at {scheduler_address}: {e}") from e
+    if worker.close_reason:
+        await worker.finished.wait()
+        return
     print(f"nbcluster worker {worker.address} joined {scheduler_address}", file=sys.stderr, flush=True)
-    close_on_sigterm(lambda: worker.close("SIGTERM"))
     if after is not None:
         ending = asyncio.ensure_future(retire_at_end_of_life(worker, after, lifetime_grace))
     await worker.finished.wait()
@@ -83,4 +89,4 @@ async def run_worker(scheduler_address: str, lifetime: float | None = None,
         print(f"nbcluster worker {worker.address} {worker.close_reason}", file=sys.stderr,
               flush=True)
     if worker.link.gave_up:
-        raise ClusterError(f"worker {worker.address} gave up: {worker.link.gave_up}")
+        raise SchedulerLostError(f"worker {worker.address} gave up: {worker.link.gave_up}")
