@@ -11,7 +11,7 @@ a job of the allocation running; ``close()`` cancels it.
 
 from __future__ import annotations
 
-import copy
+import types
 import os
 import shlex
 import time
@@ -40,13 +40,10 @@ class SchedulerJob:
     def script(self) -> str:
         """The scheduler job's script: one core, a little memory, the workers' walltime."""
         c = self.cluster
-        small = copy.copy(c)
-        small.job_name = f"{c.job_name}-scheduler"
-        small.cores, small.processes = 1, 1
-        small.memory = min(c.memory, SCHEDULER_MEMORY)
-        for attr in _PER_JOB:
-            if getattr(small, attr, None) is not None:
-                setattr(small, attr, None)
+        over: dict[str, Any] = {"job_name": f"{c.job_name}-scheduler", "cores": 1,
+                                "processes": 1, "memory": min(c.memory, SCHEDULER_MEMORY)}
+        over.update((attr, None) for attr in _PER_JOB if getattr(c, attr, None) is not None)
+        small: Any = _Overriding(c, over)
         skip = c.job_directives_skip
         header = [line for line in small._header() if not any(s in line for s in skip)]
         header += [f"{c.directive} {d}" for d in c.job_extra_directives]
@@ -149,3 +146,19 @@ class SchedulerJob:
         except OSError:
             return ""
         return f". The end of its log {path}:\n" + "".join(tail) if tail else ""
+
+
+class _Overriding:
+    """The cluster as the system's header sees it, with a few values changed (one core, the
+    scheduler's name). Not a copy: a copied cluster would close the real one's jobs and
+    files when it is collected."""
+
+    def __init__(self, base: Any, over: dict[str, Any]) -> None:
+        self.__dict__.update(over)
+        self._base = base
+
+    def __getattr__(self, name: str) -> Any:
+        value = getattr(type(self._base), name, None)
+        if isinstance(value, types.FunctionType):   # its methods see the changed values too
+            return types.MethodType(value, self)
+        return getattr(self._base, name)
