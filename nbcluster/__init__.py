@@ -3,6 +3,7 @@
 from . import errors
 from .client import (ALL_COMPLETED, FIRST_COMPLETED, FIRST_EXCEPTION, AsyncClient, Client,
                      Delayed, Future, as_completed, compute, default_client, delayed, futures_of, wait)
+from .client import Event, Lock, Queue, Semaphore, Variable
 from .deploy import LocalCluster
 from .errors import CancelledError, KilledWorkerError, NBClusterError
 from .canvas import Signature, chain, chord, group, s
@@ -77,4 +78,5 @@ __all__ = [
     "Retry", "TaskTimeoutError", "TaskExpiredError", "default_client", "errors", "NBClusterError",
     "CancelledError", "KilledWorkerError", "ALL_COMPLETED", "FIRST_COMPLETED", "FIRST_EXCEPTION",
     "KubeCluster",
+    "Queue", "Variable", "Event", "Lock", "Semaphore",
 ]

@@ -22,6 +22,7 @@ from .connection import ClientConnection
 from .functions import FunctionCache
 from .future import Future
 from .records import CANCELLED, ERROR, PENDING, KeyRecord
+from .publishing import Publishing
 from .requests import ClusterRequests
 from .schedules import Schedules
 from .results import Results
@@ -39,7 +40,8 @@ def default_client() -> "Client":
     raise ClusterError("no client: create one with nbcluster.Client() or %cluster start")
 
 
-class Client(Submitting, Results, ClusterRequests, Schedules):
+class Client(Submitting, Results, ClusterRequests, Schedules,
+             Publishing):
     """Connects to a scheduler and submits work.
 
     ``Client()`` starts a LocalCluster sized to this machine; ``Client(cluster)`` uses a cluster
@@ -141,8 +143,8 @@ class Client(Submitting, Results, ClusterRequests, Schedules):
         future = asyncio.run_coroutine_threadsafe(coro, self.loop)
         try:
             return wait_future(future, timeout)
-        except TimeoutError:
-            future.cancel()   # given up: it must not go on (nor hold what it waits for)
+        except BaseException:   # timed out, Ctrl-C: given up, it must not go on (nor hold
+            future.cancel()      # what it waits for: a Queue.get withdraws)
             raise
 
     # ------------------------------------------------------------------ handles on keys

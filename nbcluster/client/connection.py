@@ -177,13 +177,19 @@ class ClientConnection:
             raise ClusterError(f"cannot reach the scheduler: {self.lost_reason}; "
                                "this client cannot be used any more (make a new Client)")
 
-    async def ask(self, make: Callable[[int], m.Message]) -> m.Reply:
-        """Send ``make(request_id)`` (a message answered by a Reply) and await the reply."""
+    async def ask(self, make: Callable[[int], m.Message], tag: Any = None,
+                  withdraw: Callable[[int], m.Message] | None = None) -> m.Reply:
+        """Send ``make(request_id)`` (a message answered by a Reply) and await the reply;
+        if the caller gives up first, ``withdraw(request_id)`` is sent (it waits no more)."""
         self.check_open()
-        rid, reply = self._replies.expect()
+        rid, reply = self._replies.expect(tag)
         self.post(make(rid))
         try:
             answer: m.Reply = await reply
+        except asyncio.CancelledError:
+            if withdraw is not None and not self.closed:
+                self.post(withdraw(rid))
+            raise
         finally:
             self._replies.discard(rid)
         return answer
@@ -290,6 +296,9 @@ class ClientConnection:
                 error = ClusterError(f"lost the scheduler at {self.address} before it "
                                      f"answered {name!r}: {reason}")
                 self._replies.fail(functools.partial(_same, error), tag=name)
+            self._replies.fail(lambda: ClusterError(   # a new scheduler has no such waiter
+                f"lost the scheduler at {self.address} while waiting on a primitive (Queue, "
+                f"Lock ...): {reason}"), tag=COORDINATE)
             self.reconnect.start(reason)
             return
         if self._closing_reason:
@@ -331,6 +340,7 @@ def _same(error: BaseException) -> BaseException:
     return error
 
 
+COORDINATE = "coordinate"   # the tag of the replies to Queue, Lock ... (a COORDINATE)
 _HELLO = object()   # the tag of the REPLY to HELLO (other replies are tagged by request name)
 
 

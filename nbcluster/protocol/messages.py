@@ -296,19 +296,44 @@ class PutData(Message, tag="put"):
     values: dict[str, Any]
 
 
+# ---- coordination (issue 17): Queue, Variable, Event, Lock, Semaphore and publish
+CoordKind = Literal["queue", "variable", "event", "lock", "semaphore", "published"]
+CoordAction = Literal["put", "get", "qsize", "set", "add", "delete", "clear", "is_set", "wait",
+                  "acquire", "release", "value", "list", "cancel"]
+
+
+class Coordinate(Message, tag="coord"):
+    """An operation on the named primitive ``kind``/``name``, answered by a Reply at once,
+    when it can be (waiters in arrival order) or after ``timeout`` s (None: no limit; 0: now
+    or never); ``cancel`` (no reply) withdraws the waiting request ``n``. ``value``: plain or
+    Serialized, or ``key``: a future's; ``lease``: the holder's id (lock, semaphore); ``n``:
+    maxsize (put), batch (get: 0 one, -1 all there), max_leases (acquire)."""
+    request_id: int
+    kind: CoordKind
+    action: CoordAction
+    name: Annotated[str, Meta(max_length=1000)]
+    value: Any
+    key: str | None
+    lease: str
+    n: int
+    timeout: Annotated[float, Meta(ge=0)] | None
+
+
 MESSAGES: tuple[type[Message], ...] = (
     Hello, Reply, Close, Function, ReleaseFunctions, Submit, Release, Want, Cancel, RetryTasks,
     FireAndForget, SetLimit, UpdateData, Request, Done, Erred, Cancelled, Compute, Free,
     ForgetFunctions, Run, Settings, Started, Finished, Failed, Missing, Output, Transfers,
     RunResult, Heartbeat, Status, MemoryLimit, GetData, Data, PutData, Schedule, Unschedule,
-    Retire, Replicate, Replicated)
+    Retire, Replicate, Replicated,
+    Coordinate)
 
 AnyMessage = Union[MESSAGES]          # type: ignore[valid-type]   # decoded batches
 
 # What each role may send to the scheduler's state machine (requests go to its shell).
 TO_SCHEDULER: dict[str, frozenset[type[Message]]] = {
     "client": frozenset((Function, ReleaseFunctions, Submit, Release, Want, Cancel, RetryTasks,
-                         FireAndForget, UpdateData, SetLimit, Schedule, Unschedule)),
+                         FireAndForget, UpdateData, SetLimit, Schedule, Unschedule,
+                         Coordinate)),
     "worker": frozenset((Started, Finished, Failed, Missing, Output, Heartbeat, Transfers,
                          Status, MemoryLimit, Retire, Replicated)),
 }

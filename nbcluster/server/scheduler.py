@@ -202,7 +202,7 @@ class Scheduler:
                     raise ProtocolError(f"{type(msg).__name__} is not accepted from {peer}")
 
     def _send(self, out: list) -> None:
-        if self.state.timers or self.state.limits_held or self.state.durable.periodic_heap:
+        if self.state.timers or self.state.limits_held or self.state.durable.timed:
             self._schedule_wakeup()
         if self.keeper is not None:   # on disk before anything is acknowledged
             self.keeper.send(out, self._deliver)

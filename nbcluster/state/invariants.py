@@ -21,6 +21,7 @@ from ..errors import ProtocolError
 from ..protocol import messages as m
 from ..protocol.framing import decode, encode
 from .model import FIRE_AND_FORGET, STEAL_LATENCY
+from . import coordination
 
 if TYPE_CHECKING:
     from .model import TaskState
@@ -111,6 +112,8 @@ def check_scheduler(s: SchedulerState) -> None:
     peers = set(s.clients)
     peers.add(FIRE_AND_FORGET)
     peers.update(p.wanter for p in s.durable.periodics.values())
+    peers.update(coordination.wanters(s))
+    coordination.check(s, _fail)
     in_heaps = {id(ts) for heap in s.queues.values() for _, _, ts in heap}
     in_heaps.update(id(ts) for ts in s.unrunnable)
     limited: dict[Any, int] = {}

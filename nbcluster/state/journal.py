@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any
 from ..errors import FutureLostError
 from ..protocol import messages as m
 from .client_requests import apply_options, link_inputs
-from . import periodic
+from . import coordination, periodic
 from .gates import Limit
 from .worker_reports import took_result
 from .model import _EMPTY, TaskState, WorkerState, error
@@ -111,6 +111,7 @@ def restore(s: SchedulerState, saved: Saved, now: float) -> set[str]:
             pending.append(ts)
     s.clients.update(clients)
     periodic.restore(s, saved.periodics)
+    coordination.restore(s)
     for ts in pending:
         if ts.state == "waiting":
             s._become_ready_or_wait(ts)

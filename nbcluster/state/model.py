@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..protocol import messages as m
 from ..protocol.serialize import Serialized, dumps
+from .coord_records import Coordination
 
 if TYPE_CHECKING:
     from .gates import Limit
@@ -236,7 +237,7 @@ class Durable:
     ``self.`` read in every rule gets slower (see FunctionRefs; tests/test_state_memory.py
     holds the count)."""
 
-    __slots__ = ("journal", "placing", "periodics", "periodic_heap")
+    __slots__ = ("journal", "placing", "periodics", "periodic_heap", "coord")
 
     def __init__(self) -> None:
         # changes a restart must know about, while a journal is kept (see state/journal.py)
@@ -246,6 +247,12 @@ class Durable:
         self.placing = True
         self.periodics: dict[str, Periodic] = {}       # client.schedule, by name
         self.periodic_heap: list[tuple[float, str]] = []   # (next run, name)
+        self.coord = Coordination()   # Queue, Variable, Event, Lock, Semaphore, publish
+
+    @property
+    def timed(self) -> bool:
+        """A periodic run or a coordination deadline is due at some time (wake then)."""
+        return bool(self.periodic_heap or self.coord.deadlines)
 
 
 class Retirement:

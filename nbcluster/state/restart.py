@@ -7,7 +7,7 @@ from collections import defaultdict
 from typing import TYPE_CHECKING
 
 from ..protocol import messages as m
-from . import functions
+from . import coordination, functions
 from .gates import Timers
 from .model import Out
 
@@ -43,6 +43,7 @@ def restart(s: SchedulerState, reason: str, now: float = 0.0) -> Out:
         limit.running = 0
     s.limits_held = False
     s.timers = Timers()
+    coordination.restarted(s)
     for ws in s.workers.values():
         ws.processing.clear()
         s.occupancy.changed(ws)

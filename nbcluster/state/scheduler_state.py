@@ -28,7 +28,7 @@ from .occupancy import Occupancy
 from .model import (DEFAULT_QUEUE, FIRE_AND_FORGET, HEARTBEAT_SECONDS, KILLED_WORKER_LIMIT,
                     STORY_LENGTH, TASK_LOG_LENGTH, BadBatch, Durable, TaskState, WorkerState, error,
                     Out, Queued, drop_holder, heartbeat_interval, unwant)
-from . import journal, periodic, retirement, views
+from . import coordination, journal, periodic, retirement, views
 from .restart import restart as restart_all
 from . import client_requests as requests
 from . import functions
@@ -146,6 +146,7 @@ class SchedulerState(Transitions):
             self._maybe_forget(ts)
             self._journal_wants(ts)
         functions.client_left(self, client_id)
+        coordination.client_left(self, client_id)
         self._fill_workers()
         functions.send_forgets(self)
         if self.occupancy.retiring:
@@ -265,6 +266,7 @@ class SchedulerState(Transitions):
         m.MemoryLimit: reports.on_memory_limit,
         m.Schedule: periodic.on_schedule, m.Unschedule: periodic.on_unschedule,
         m.Retire: retirement.on_retire, m.Replicated: retirement.on_replicated,
+        m.Coordinate: coordination.on_coordinate,
     }
 
     def _set_heartbeat(self) -> bool:
@@ -292,7 +294,8 @@ class SchedulerState(Transitions):
     # ------------------------------------------------------------------ time
     def next_wakeup(self) -> float | None:
         """When :meth:`wake` should be called next (a timer or a rate limit is due)."""
-        times = [t for t in [self.timers.next_time()] if t is not None]
+        times = [t for t in [self.timers.next_time(), self.durable.coord.next_deadline()]
+                 if t is not None]
         if self.durable.periodic_heap:
             times.append(self.durable.periodic_heap[0][0])
         if self.limits_held:
@@ -320,6 +323,8 @@ class SchedulerState(Transitions):
                 self._expired(ts)
         if self.durable.periodic_heap:
             periodic.fire_due(self)
+        if self.durable.coord.deadlines:
+            coordination.wake(self)
         self._fill_workers()
         functions.send_forgets(self)
         self.out = []
