@@ -152,10 +152,17 @@ class Journal:
         step = Step()
         functions, limits, gone_functions = [], {}, []
         periodics: dict[str, tuple[bytes, float] | None] = {}   # None: cancelled
+        inserts, gone, changes = step.inserts, step.gone, step.changes
         for record in records:
             kind = record[0]
-            if kind == "task":
-                step.inserts[record[1].key] = [record[1], record[2], None, None]
+            if kind == "forget":   # the most common record, handled here (no call)
+                key = record[1]
+                if inserts.pop(key, None) is None:
+                    gone.add(key)
+                if changes:
+                    changes.pop(key, None)
+            elif kind == "task":
+                inserts[record[1].key] = [record[1], record[2], None, None]
             elif kind == "fn":
                 functions.append(record[1:])
             elif kind == "unfn":

@@ -83,7 +83,7 @@ class Step:
         retries: list[tuple[str, tuple[int, int] | None]] = []
         failed: list[tuple[str, int | None]] = []
         for key, (_, who, spent, error) in self.inserts.items():
-            wants.append((key, list(who)))
+            wants.append((key, who))     # (a tuple: encoded as the list it is read back as)
             if spent is not None:
                 retries.append((key, spent))
             if error is not None:
@@ -91,7 +91,7 @@ class Step:
                 erred.append(m.Erred(key, *error))
         for key, columns in self.changes.items():
             if "wants" in columns:
-                wants.append((key, list(columns["wants"])))
+                wants.append((key, columns["wants"]))
             if "retries" in columns:
                 retries.append((key, columns["retries"]))
             if "erred" in columns:
