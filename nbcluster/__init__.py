@@ -9,6 +9,7 @@ from .errors import CancelledError, KilledWorkerError, NBClusterError
 from .canvas import Signature, chain, chord, group, s
 from .errors import Retry, TaskExpiredError, TaskTimeoutError
 from .progress import progress
+from .task_client import get_client, rejoin, secede
 
 __version__ = "0.1.0"
 
@@ -79,4 +80,5 @@ __all__ = [
     "CancelledError", "KilledWorkerError", "ALL_COMPLETED", "FIRST_COMPLETED", "FIRST_EXCEPTION",
     "KubeCluster",
     "Queue", "Variable", "Event", "Lock", "Semaphore",
+    "get_client", "secede", "rejoin",
 ]

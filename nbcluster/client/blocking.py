@@ -19,9 +19,10 @@ from typing import Any
 SLICE = 0.1      # seconds: the longest a stop request can go unnoticed
 
 
-def wait_event(event: threading.Event, timeout: float | None) -> bool:
-    """``event.wait(timeout)``, interruptible on the main thread."""
-    if threading.current_thread() is not threading.main_thread():
+def wait_event(event: threading.Event, timeout: float | None, sliced: bool = False) -> bool:
+    """``event.wait(timeout)``, interruptible on the main thread (or anywhere if ``sliced``:
+    a task's thread, where a cancel arrives as an exception)."""
+    if not sliced and threading.current_thread() is not threading.main_thread():
         return event.wait(timeout)
     deadline = None if timeout is None else time.monotonic() + timeout
     while True:

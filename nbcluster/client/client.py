@@ -28,6 +28,7 @@ from .schedules import Schedules
 from .results import Results
 from .structure import collect_futures
 from .submitting import Submitting, funcname
+from .worker_setup import WorkerSetup, warn_versions
 
 _current: list["Client"] = []
 
@@ -40,8 +41,8 @@ def default_client() -> "Client":
     raise ClusterError("no client: create one with nbcluster.Client() or %cluster start")
 
 
-class Client(Submitting, Results, ClusterRequests, Schedules,
-             Publishing):
+class Client(Submitting, Results, ClusterRequests, Schedules, Publishing,
+             WorkerSetup):
     """Connects to a scheduler and submits work.
 
     ``Client()`` starts a LocalCluster sized to this machine; ``Client(cluster)`` uses a cluster
@@ -117,12 +118,14 @@ class Client(Submitting, Results, ClusterRequests, Schedules,
                 if self._own_cluster and self.cluster is not None:
                     self.cluster.close()
                 raise
+            warn_versions(self._conn, address)
         if set_as_default:
             _current.append(self)
 
     def __await__(self):
         if self._started is not None:
             yield from self._started.__await__()
+            warn_versions(self._conn, self.scheduler_address)
         return self
 
     @property

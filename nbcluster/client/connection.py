@@ -59,6 +59,7 @@ class ClientConnection:
         self._marker = OutputMarker()
         self.journal = False          # the scheduler keeps a journal: worth reconnecting to
         self.incarnation = ""         # the scheduler's id of its current start
+        self.versions: Any = None
         self.reconnect = Reconnect(self, reconnect_timeout)
         self._requests: dict[int, m.Request] = {}   # sent, not answered yet
 
@@ -81,6 +82,7 @@ class ClientConnection:
         info = answer.result if isinstance(answer.result, dict) else {}
         self.journal = bool(info.get("journal"))
         self.incarnation = str(info.get("incarnation", ""))
+        self.versions = info.get("versions")    # the scheduler's and workers' (worker_setup.py)
         self.watch()
 
     def watch(self) -> None:

@@ -78,8 +78,10 @@ class _Primitive:
         when it is first used."""
         if self._client is None:
             from .client import default_client   # (client.py imports this module's users)
+            from .future import Future
 
-            self._client = default_client()
+            here = Future._client_here   # set by nbcluster: get_client (a task's own client)
+            self._client = here() if here is not None else default_client()
         return self._client
 
     def _run(self, coro: Any) -> Any:

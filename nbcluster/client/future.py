@@ -130,8 +130,15 @@ class Future(TaskRef):
             except Exception:  # interpreter shutdown
                 pass
 
+    # Where an unpickled Future belongs (set by nbcluster: get_client, the task's client in
+    # a task, else the default client).
+    _client_here: Callable[[], Any] | None = None
+
     def __reduce__(self):
-        raise TypeError("a Future is not pickled by value; pass it to submit as an argument")
+        # In a task's result, a value put in a queue...: it becomes a future of the client of
+        # the process that unpickles it, which tells the scheduler it wants the key. (Passed
+        # to submit, a future is an input instead: a persistent id, see serialize.py.)
+        return (_unpickle_future, (self.key,))
 
     def __repr__(self) -> str:
         rec = self._record
@@ -143,3 +150,10 @@ class Future(TaskRef):
             self.status, "#e90")
         return (f"<b>Future: {self.key}</b> <span style='color:{colour}'>status: "
                 f"{self.status}</span>" + (f", type: {self._record.typ}" if self._record.typ else ""))
+
+
+def _unpickle_future(key: str) -> Future:
+    find = Future._client_here
+    if find is None:
+        raise ClusterError(f"cannot unpickle the future of {key!r}: no client here")
+    return find()._future_of(key)

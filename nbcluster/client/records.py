@@ -21,6 +21,10 @@ PENDING, FINISHED, ERROR, CANCELLED, LOST = "pending", "finished", "error", "can
 NO_VALUE = object()     # the value did not travel with DONE: it is on a worker (see holders)
 
 _lock = threading.Lock()
+# Set by nbcluster.task_client: in a task's thread, a context manager that gives up the
+# task's thread while it waits (secede, then rejoin), so the worker runs other tasks, those
+# waited for among them; None elsewhere.
+wait_hook: Callable[[], Any] | None = None
 
 
 class KeyRecord:
@@ -149,7 +153,11 @@ def wait_until(records: Sequence[KeyRecord], timeout: float | None = None,
     countdown = _Countdown(count or len(pending), event.set, stop)
     for rec in pending:
         rec.add_callback(countdown)
-    return wait_event(event, timeout)
+    guard = None if wait_hook is None else wait_hook()
+    if guard is None:
+        return wait_event(event, timeout)
+    with guard:    # in slices: a task cancelled while it waits stops at once
+        return wait_event(event, timeout, sliced=True)
 
 
 def block_on(records: Sequence[KeyRecord], timeout: Any, what: str) -> None:

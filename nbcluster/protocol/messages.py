@@ -319,13 +319,33 @@ class Coordinate(Message, tag="coord"):
     timeout: Annotated[float, Meta(ge=0)] | None
 
 
+# ---- tasks that submit tasks, worker setup (issue 17)
+class Seceded(Message, tag="seceded"):
+    """A running task gave up its thread (or, ``rejoined``, took one again): it counts
+    against its worker's threads only while it holds one."""
+    key: str
+    run: RunId
+    rejoined: bool
+
+
+SetupKind = Literal["function", "file", "package"]   # a pickled fn(), a .py/.zip/.egg, a zip
+
+
+class Setup(Message, tag="setup"):
+    """Run before the worker starts another task (answered with a RunResult)."""
+    request_id: int
+    name: Annotated[str, Meta(min_length=1, max_length=200)]
+    kind: SetupKind
+    blob: bytes
+
+
 MESSAGES: tuple[type[Message], ...] = (
     Hello, Reply, Close, Function, ReleaseFunctions, Submit, Release, Want, Cancel, RetryTasks,
     FireAndForget, SetLimit, UpdateData, Request, Done, Erred, Cancelled, Compute, Free,
     ForgetFunctions, Run, Settings, Started, Finished, Failed, Missing, Output, Transfers,
     RunResult, Heartbeat, Status, MemoryLimit, GetData, Data, PutData, Schedule, Unschedule,
     Retire, Replicate, Replicated,
-    Coordinate)
+    Coordinate, Seceded, Setup)
 
 AnyMessage = Union[MESSAGES]          # type: ignore[valid-type]   # decoded batches
 
@@ -335,7 +355,8 @@ TO_SCHEDULER: dict[str, frozenset[type[Message]]] = {
                          FireAndForget, UpdateData, SetLimit, Schedule, Unschedule,
                          Coordinate)),
     "worker": frozenset((Started, Finished, Failed, Missing, Output, Heartbeat, Transfers,
-                         Status, MemoryLimit, Retire, Replicated)),
+                         Status, MemoryLimit, Retire, Replicated,
+                         Seceded)),
 }
 
 

@@ -24,6 +24,12 @@ def set_current_task(key: str | None, sink: Sink | None = None) -> None:
     _current.task = (key, sink) if key is not None else None
 
 
+def current_key() -> str | None:
+    """The key of the task running in this thread, if any."""
+    task = getattr(_current, "task", None)
+    return None if task is None else task[0]
+
+
 class _Router:
     def __init__(self, stream_name: str, original) -> None:
         self._name = stream_name

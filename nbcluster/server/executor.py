@@ -29,7 +29,7 @@ from ..errors import (CancelledError, ClusterError, PicklingError, RemoteError, 
 from ..protocol import messages as m
 from ..protocol.serialize import Serialized, dumps, is_plain, loads, sizeof
 from ..state.instructions import Execute
-from . import capture
+from . import capture, task_threads
 from .spill import Spilled
 from .interrupt import CancelInterrupt, TaskInterrupt, TimeoutInterrupt, interrupt_thread
 from .worker_outcomes import InputReadBack, Outcome, TaskFailed, TaskFinished, TaskStarted
@@ -92,6 +92,7 @@ class Executor:
         self.on_output = on_output
         self.on_stuck = on_stuck
         self.on_task_end = on_task_end
+        self.owner: Any = None         # the worker (for nbcluster.get_client() in a task)
         self._work: queue.SimpleQueue = queue.SimpleQueue()
         self._done: list[Outcome] = []
         self._lock = threading.Lock()
@@ -102,6 +103,8 @@ class Executor:
         self._running: dict[str, int] = {}      # key -> thread id
         self._loops: dict[int, asyncio.AbstractEventLoop] = {}   # thread id -> its async task's
         self._abandoned: set[int] = set()       # threads given up on (stuck in a task)
+        self._seceded: set[int] = set()         # threads whose task seceded (task_threads.py)
+        self._rejoining: dict[int, threading.Event] = {}
         self._timers: dict[str, asyncio.TimerHandle] = {}
         self._threads: list[threading.Thread] = []
         self._closing = False
@@ -136,6 +139,7 @@ class Executor:
     # ------------------------------------------------------------------ in the task threads
     def _main(self) -> None:
         me = threading.get_ident()
+        task_threads.enter(self)
         item = work = fn = outcome = None
         while True:
             try:
@@ -147,6 +151,9 @@ class Executor:
                     return
                 work, fn = item
                 item = None
+                if work is None:   # a seceded task rejoins: this idle thread gives it its slot
+                    task_threads.hand_over(self, me, fn)
+                    return
                 key = work.key
                 with self._lock:
                     skip = key in self._cancelled
@@ -166,6 +173,8 @@ class Executor:
                     return           # its task was already reported as failed
                 if not self._report(outcome):
                     return
+                if self._seceded and task_threads.leave(self, me):
+                    return           # seceded: its slot went to another thread
             except TaskInterrupt:    # arrived just after the task ended: nothing to stop
                 with self._lock:
                     self._running = {k: t for k, t in self._running.items() if t != me}
@@ -288,7 +297,7 @@ class Executor:
                     key = outcome.key
                     self._timers[key] = self.loop.call_later(outcome.timeout, self._timed_out,
                                                              key)
-            elif type(outcome) is not InputReadBack:
+            elif type(outcome) is TaskFinished or type(outcome) is TaskFailed:
                 timer = self._timers.pop(outcome.key, None)
                 if timer is not None:
                     timer.cancel()
@@ -324,7 +333,8 @@ class Executor:
             # stuck (in C code or a sleep): stop counting on this thread
             self._abandoned.add(ident)
             del self._running[key]
-        if not self._closing:
+            replaced = ident in self._seceded   # replaced when it seceded
+        if not self._closing and not replaced:
             self._start_thread()
         error = (TaskTimeoutError(f"task {key!r} did not stop within {GRACE_SECONDS:g} s of "
                                   "its timeout; its thread was abandoned")
@@ -340,6 +350,9 @@ class Executor:
         self._closing = True
         for timer in self._timers.values():
             timer.cancel()
+        with self._lock:     # seceded tasks waiting to rejoin go on, on their own threads
+            for event in self._rejoining.values():
+                event.set()
         for _ in self._threads:
             self._work.put(None)
         return [t for t in self._threads if t.ident not in self._abandoned]

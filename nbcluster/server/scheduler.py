@@ -25,7 +25,7 @@ from ..state.periodic import info as periodic_info
 from ..state.periodic import summary as schedule_summary
 from ..state.scheduler_state import BadBatch, SchedulerState
 from ..state.snapshot import worker_status
-from . import retire_requests
+from . import retire_requests, setup_requests
 from .journal_keeper import Keeper
 
 logger = logging.getLogger("nbcluster.scheduler")
@@ -117,7 +117,9 @@ class Scheduler:
                 self._on_batch(peer, batch[1:])
             comm.send(m.Reply(0, True, {"address": self.address, "peer": peer,
                                         "journal": self.keeper is not None,
-                                        "incarnation": self.incarnation}))
+                                        "incarnation": self.incarnation, "versions":
+                                        setup_requests.versions_info(self) if role == "client"
+                                        else None}))
 
         comm.start(first_batch, lambda reason: None)
 
@@ -144,6 +146,7 @@ class Scheduler:
                                     str(identity.get("name", address)), identity, self._clock(),
                                     held)
         logger.info("worker %s joined (%s threads)", address, identity.get("nthreads"))
+        setup_requests.check_versions(address, identity)
         self._send(out)
         if self._worker_waiters:
             self._answer_worker_waiters()
@@ -171,7 +174,8 @@ class Scheduler:
                 retire_requests.worker_left(self, peer)
             for run in list(self._pending_runs.values()):
                 if peer in run["waiting"]:
-                    self._run_result(run, peer, False, f"worker {peer} left: {reason}")
+                    setup_requests.run_result(self, run, peer, False,
+                                              f"worker {peer} left: {reason}")
         elif peer in self.state.clients:
             self._send(self.state.remove_client(peer, self._clock()))
             self._worker_waiters = [w for w in self._worker_waiters if w[1] != peer]
@@ -195,9 +199,7 @@ class Scheduler:
                 if type(msg) is m.Request:
                     self._on_request(peer, msg)
                 elif type(msg) is m.RunResult and peer in self.state.workers:
-                    run = self._pending_runs.get(msg.request_id)
-                    if run is not None:
-                        self._run_result(run, peer, msg.ok, msg.value)
+                    setup_requests.on_run_result(self, peer, msg)
                 else:
                     raise ProtocolError(f"{type(msg).__name__} is not accepted from {peer}")
 
@@ -354,28 +356,6 @@ class Scheduler:
         self.state.record_stories = bool(on)
         return True
 
-    def _request_run(self, peer, request_id, blob, args, workers=None):
-        targets = [w for w in self.state.workers if workers is None or w in workers]
-        if not targets:
-            return {"results": {}, "errors": {}}
-        rid = next(self._request_ids)
-        self._pending_runs[rid] = {"client": peer, "request": request_id, "waiting": set(targets),
-                                   "results": {}, "errors": {}}
-        for address in targets:
-            self.comms[address].send(m.Run(rid, blob, args))
-        return _LATER
-
-    def _run_result(self, run: dict, worker: str, ok: bool, value) -> None:
-        run["waiting"].discard(worker)
-        (run["results"] if ok else run["errors"])[worker] = value
-        if run["waiting"]:
-            return
-        for rid, r in list(self._pending_runs.items()):
-            if r is run:
-                del self._pending_runs[rid]
-        self._reply(run["client"], m.Reply(run["request"], True, {"results": run["results"],
-                                                                  "errors": run["errors"]}))
-
     def _request_restart(self, peer, request_id) -> dict:
         """Forget every task; the futures of every client are cancelled first."""
         cancelled = len(self.state.tasks)
@@ -392,7 +372,8 @@ class Scheduler:
 _LATER = object()
 # Requests by name, each answered by the method ``_request_<name>`` (one table, as messages).
 Scheduler._requests = {name[len("_request_"):]: fn for name, fn in vars(Scheduler).items()
-                       if name.startswith("_request_")} | {"retire_workers": retire_requests.request}
+                       if name.startswith("_request_")} | {"retire_workers": retire_requests.request} \
+    | {"run": setup_requests.request_run, "register_worker_setup": setup_requests.request_setup}
 _SHELL_MESSAGES = (m.Request, m.RunResult)   # answered here, not by the state machine
 
 

@@ -16,6 +16,7 @@ from typing import Any, Callable
 from ..comm import Comm, Listener, advertised, connect, listen
 from ..comm.pool import DataPool
 from ..config import check_fraction
+from ..versions import versions
 from ..errors import ClusterError, SerializationError
 from ..protocol import messages as m
 from ..protocol.serialize import dump_value, loads_function
@@ -25,11 +26,12 @@ from ..state.instructions import (Drop, Execute, Fetch, Instruction, Log, Resume
 from ..state.invariants import check_worker, shell_check
 from ..state.model import HEARTBEAT_SECONDS
 from ..state.worker_state import PAUSE_AT, SPILL_AT, TERMINATE_AT, WorkerState
-from . import capture, worker_data, worker_health
+from . import capture, worker_data, worker_health, worker_setup
 from .executor import Executor, exception_payload
 from .worker_reconnect import SchedulerLink
 from .spill import Spilled, SpillStore
-from .worker_outcomes import InputReadBack, Outcome, TaskFailed, TaskFinished, TaskStarted
+from .worker_outcomes import (InputReadBack, Outcome, TaskFailed, TaskFinished, TaskSeceded,
+                              TaskStarted)
 from .worker_output import TaskOutput
 
 logger = logging.getLogger("nbcluster.worker")
@@ -83,12 +85,14 @@ class Worker:
             Log: lambda ins: logger.warning("%s", ins.text)}
         self._on: dict[type, Callable[[Any], None]] = {
             TaskFinished: self._finished, TaskFailed: self._failed,
-            TaskStarted: self._started.append, InputReadBack: self._read_back}
+            TaskStarted: self._started.append, InputReadBack: self._read_back,
+            TaskSeceded: lambda o: self.apply((self._state.task_rejoined if o.rejoined else
+                                               self._state.task_seceded)(o.key))}
         self._from_scheduler: dict[type, Callable[[Any], None]] = {
             m.Compute: self._on_compute, m.Free: self._on_free, m.Function: self._define_function,
             m.ForgetFunctions: self._forget_functions,
             m.Run: self._run_function, m.Close: self._on_close_message, m.Reply: self._on_reply,
-            m.Settings: self._on_settings,
+            m.Settings: self._on_settings, m.Setup: lambda msg: worker_setup.on_setup(self, msg),
             m.Replicate: lambda msg: self.apply(self._state.replicate(msg.source, msg.keys))}
         self.heartbeat_seconds = HEARTBEAT_SECONDS
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -102,6 +106,7 @@ class Worker:
         # keepalive, and joining the scheduler again when the connection is lost
         self.link = SchedulerLink(self, reconnect_timeout, heartbeat_timeout)
         self.identity: dict[str, Any] = {}
+        self.setups = worker_setup.Setups()   # run before tasks; the tasks' own client
         self._hello: asyncio.Future     # the answer to the last HELLO (link.attach)
 
     # What start() sets up, for the code that runs only after it (handlers, instructions).
@@ -142,7 +147,7 @@ class Worker:
         self.name = self.name or self.address
         self.identity = {"address": self.address, "nthreads": self.nthreads, "name": self.name,
                          "pid": os.getpid(), "host": self.address.split("://")[-1].rsplit(":", 1)[0],
-                         "queues": self.queues}
+                         "queues": self.queues, "versions": versions()}
         self.pool = DataPool(self.token, {"address": self.address}, security=self.security)
         try:
             self.scheduler = await connect(self.scheduler_address, self.token,
@@ -184,6 +189,7 @@ class Worker:
         if self.pool is not None:
             self.pool.close()
         retired = self.link.stop()
+        await worker_setup.close(self)   # its tasks' client: seceded tasks waiting on it end
         if self.executor is not None:
             for t in self.executor.close() + retired:
                 await asyncio.get_running_loop().run_in_executor(None, t.join, 5)

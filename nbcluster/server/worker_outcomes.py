@@ -56,4 +56,12 @@ class InputReadBack:
     value: Any
 
 
-Outcome = Union[TaskStarted, TaskFinished, TaskFailed, InputReadBack]
+@dataclass(slots=True)
+class TaskSeceded:
+    """The task gave up its thread (``rejoined``: took an idle one's slot back)."""
+
+    key: str
+    rejoined: bool = False
+
+
+Outcome = Union[TaskStarted, TaskFinished, TaskFailed, InputReadBack, TaskSeceded]

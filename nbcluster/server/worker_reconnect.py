@@ -84,6 +84,7 @@ class SchedulerLink:
 
         w.executor = Executor(w.nthreads, loop, w.functions, w.data, on_outcomes,
                               w.output.write, w._on_stuck, w.output.task_ended)
+        w.executor.owner = w     # nbcluster.get_client() in a task finds its worker
         w._hello = loop.create_future()
         self.last_heard = time.monotonic()
         state = w._state

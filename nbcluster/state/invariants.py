@@ -144,7 +144,8 @@ def check_scheduler(s: SchedulerState) -> None:
                 _fail("dependents list their inputs", key, f"missing from {d.key!r}'s inputs")
         ws = ts.processing_on
         if state == "processing":
-            if ws is None or workers.get(ws.address) is not ws or ts not in ws.processing:
+            if ws is None or workers.get(ws.address) is not ws or \
+                    (ts in ws.processing) == (ts in ws.seceded):
                 _fail("a processing task is on a connected worker that lists it", key, repr(ws))
             for d in ts.deps:
                 if d.state != "memory" and not (ts.collect and d.state == "erred"):
@@ -209,7 +210,7 @@ def check_scheduler(s: SchedulerState) -> None:
     for address, ws in workers.items():
         if ws.address != address:
             _fail("a worker is filed under its own address", address)
-        for ts in ws.processing:
+        for ts in [*ws.processing, *ws.seceded]:
             if ts.processing_on is not ws or tasks.get(ts.key) is not ts:
                 _fail("a worker processes only known tasks assigned to it", ts.key,
                       f"on {address}")
@@ -360,7 +361,7 @@ def check_worker(w: WorkerState) -> None:
                 if dts is None or key not in dts.dependents:
                     _fail("the inputs of a pending task list it as a dependent", key,
                           f"input {d!r}")
-    if set(w.executing) != executing:
+    if set(w.executing) | w.seceded != executing or w.executing & w.seceded:
         _fail("the executing set is the tasks in state executing", None,
               f"{sorted(w.executing)} != {sorted(executing)}")
     heap = {ts.key for ts in w.ready if tasks.get(ts.key) is ts and ts.state == "ready"}

@@ -237,7 +237,7 @@ class Durable:
     ``self.`` read in every rule gets slower (see FunctionRefs; tests/test_state_memory.py
     holds the count)."""
 
-    __slots__ = ("journal", "placing", "periodics", "periodic_heap", "coord")
+    __slots__ = ("journal", "placing", "periodics", "periodic_heap", "coord", "setups")
 
     def __init__(self) -> None:
         # changes a restart must know about, while a journal is kept (see state/journal.py)
@@ -247,6 +247,8 @@ class Durable:
         self.placing = True
         self.periodics: dict[str, Periodic] = {}       # client.schedule, by name
         self.periodic_heap: list[tuple[float, str]] = []   # (next run, name)
+        # client.register_worker_setup / upload_file: name -> (kind, blob), in order
+        self.setups: dict[str, tuple[m.SetupKind, bytes]] = {}
         self.coord = Coordination()   # Queue, Variable, Event, Lock, Semaphore, publish
 
     @property
@@ -270,7 +272,7 @@ class WorkerState:
     __slots__ = ("address", "nthreads", "name", "processing", "has_what", "nbytes",
                  "functions", "identity", "metrics", "last_seen", "pinned", "queues",
                  "assigned", "paused", "memory_note", "last_words", "index", "version",
-                 "alone", "retiring")
+                 "alone", "retiring", "seceded")
 
     def __init__(self, address: str, nthreads: int, name: str, identity: dict[str, Any]) -> None:
         self.address, self.nthreads, self.name, self.identity = address, nthreads, name, identity
@@ -286,6 +288,9 @@ class WorkerState:
         self.index = 0           # order of joining (Occupancy): ties go to the earliest
         self.version = 0         # bumped at every load change (Occupancy's lazy heaps)
         self.retiring: Retirement | None = None   # leaving gracefully: no new work
+        # running, but seceded (gave up their thread): assigned here, not in processing, so
+        # they count against no thread (see secession.py)
+        self.seceded: set[TaskState] = set()
         # who_has of the tasks only this worker holds (see add_holder); typed Any so that it
         # may stand where a set is declared (nothing adds to it: it is a frozenset)
         self.alone: Any = frozenset((self,))

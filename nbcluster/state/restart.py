@@ -46,6 +46,7 @@ def restart(s: SchedulerState, reason: str, now: float = 0.0) -> Out:
     coordination.restarted(s)
     for ws in s.workers.values():
         ws.processing.clear()
+        ws.seceded.clear()
         s.occupancy.changed(ws)
         ws.has_what.clear()
         ws.nbytes = 0

@@ -72,7 +72,8 @@ def progress(s: SchedulerState) -> None:
     are safe elsewhere to go."""
     for ws in list(s.occupancy.retiring):
         retirement = ws.retiring
-        if retirement is None or retirement.closed or ws.processing or retirement.copying:
+        if retirement is None or retirement.closed or ws.processing or ws.seceded or \
+                retirement.copying:
             continue
         if _copy_results(s, ws):    # results that ended here since it began retiring
             continue

@@ -28,7 +28,7 @@ from .occupancy import Occupancy
 from .model import (DEFAULT_QUEUE, FIRE_AND_FORGET, HEARTBEAT_SECONDS, KILLED_WORKER_LIMIT,
                     STORY_LENGTH, TASK_LOG_LENGTH, BadBatch, Durable, TaskState, WorkerState, error,
                     Out, Queued, drop_holder, heartbeat_interval, unwant)
-from . import coordination, journal, periodic, retirement, views
+from . import coordination, journal, periodic, retirement, secession, views
 from .restart import restart as restart_all
 from . import client_requests as requests
 from . import functions
@@ -166,6 +166,8 @@ class SchedulerState(Transitions):
         ws.last_seen = now
         self.workers[address] = ws
         self.occupancy.add(ws)
+        if self.durable.setups:   # set up before it is given any task
+            secession.joined(self, ws)
         if not self._set_heartbeat() and self.heartbeat != HEARTBEAT_SECONDS:
             out.append((address, m.Settings(self.heartbeat)))   # the newcomer learns it
         if held:
@@ -201,7 +203,7 @@ class SchedulerState(Transitions):
                 ts.state = "released"
                 lost.append(ts)
         ws.has_what, ws.nbytes = set(), 0
-        for ts in list(ws.processing):
+        for ts in [*ws.processing, *ws.seceded]:
             executing = ts.executing
             self._unassign(ts, free=False)
             if executing:
@@ -267,6 +269,7 @@ class SchedulerState(Transitions):
         m.Schedule: periodic.on_schedule, m.Unschedule: periodic.on_unschedule,
         m.Retire: retirement.on_retire, m.Replicated: retirement.on_replicated,
         m.Coordinate: coordination.on_coordinate,
+        m.Seceded: secession.on_seceded,
     }
 
     def _set_heartbeat(self) -> bool:

@@ -114,6 +114,8 @@ class Transitions(Placement):
         ws = ts.processing_on
         assert ws is not None, ts
         ws.processing.discard(ts)
+        if ws.seceded:   # (seceded tasks are rare: one check)
+            ws.seceded.discard(ts)
         self.occupancy.changed(ws)
         ts.processing_on = None
         ts.executing = False

@@ -21,7 +21,7 @@ if TYPE_CHECKING:
 def reset(self: WorkerState) -> list[Instruction]:
     """Forget everything but finished results; ``Stop`` each task the executor holds (the
     shell ignores their outcomes from now on)."""
-    out: list[Instruction] = [Stop(key) for key in sorted(self.executing)]
+    out: list[Instruction] = [Stop(key) for key in sorted(self.executing | self.seceded)]
     for key, ts in list(self.tasks.items()):
         if ts.state != "memory":
             ts.state = "forgotten"
@@ -38,6 +38,7 @@ def reset(self: WorkerState) -> list[Instruction]:
         ts.run_id = 0
     self.ready.clear()
     self.executing.clear()
+    self.seceded.clear()
     self.to_fetch.clear()
     # in_flight is kept: those transfers still run, and their ends count them down
     return out

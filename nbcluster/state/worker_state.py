@@ -20,7 +20,7 @@ import random
 from typing import Any, Iterable
 
 from ..protocol import messages as m
-from . import worker_memory, worker_reset, worker_transfers
+from . import worker_memory, worker_reset, worker_secede, worker_transfers
 from .instructions import Drop, Execute, Instruction, Resume, Send, Stop
 from .worker_task import WorkerTask as WorkerTask
 from .worker_transfers import FETCH_BATCH as FETCH_BATCH, FETCHES_PER_PEER as FETCHES_PER_PEER
@@ -55,6 +55,8 @@ class WorkerState:
         self.tasks: dict[str, WorkerTask] = {}
         self.ready: list[WorkerTask] = []
         self.executing: set[str] = set()
+        self.seceded: set[str] = set()        # executing, on a thread that counts for none
+        self.setups = 0                       # setups running: no task starts meanwhile
         self.to_fetch: dict[str, set[str]] = {}     # peer -> keys to fetch from it
         self.in_flight: dict[str, int] = {}         # peer -> transfers running
         self.nbytes = 0
@@ -168,6 +170,8 @@ class WorkerState:
                       value: Any, typ: str) -> list[Instruction]:
         out: list[Instruction] = []
         self.executing.discard(key)
+        if self.seceded:
+            self.seceded.discard(key)
         self._observe_duration(stop - start)
         ts = self.tasks.get(key)
         if ts is None or (ts.cancelled and not any(map(self._is_pending, ts.dependents))):
@@ -202,6 +206,7 @@ class WorkerState:
                     retry: dict[str, Any] | None = None) -> list[Instruction]:
         out: list[Instruction] = []
         self.executing.discard(key)
+        self.seceded.discard(key)
         ts = self.tasks.get(key)
         if ts is not None:
             if not ts.cancelled:
@@ -272,6 +277,12 @@ class WorkerState:
     reset = worker_reset.reset
     held = worker_reset.held
 
+    # tasks that give up their thread, setups before tasks: decided in worker_secede.py
+    task_seceded = worker_secede.task_seceded
+    task_rejoined = worker_secede.task_rejoined
+    setup_started = worker_secede.setup_started
+    setup_done = worker_secede.setup_done
+
     # ------------------------------------------------------------------ internals
     def _is_pending(self, key: str) -> bool:
         ts = self.tasks.get(key)
@@ -282,7 +293,7 @@ class WorkerState:
         heapq.heappush(self.ready, ts)
 
     def _run_ready(self, out: list[Instruction]) -> None:
-        if self.paused:
+        if self.paused or self.setups:
             return
         ready = self.ready
         executing = self.executing
