@@ -78,7 +78,10 @@ def test_task_stream_one_rect_per_task_coloured_by_function(cluster, client):
     labels = ts.figure.yaxis.major_label_overrides.values()
     assert any("worker-0" in str(label) for label in labels)
     hover = next(t for t in ts.figure.tools if type(t).__name__ == "HoverTool")
-    assert [name for name, _ in hover.tooltips] == ["key", "duration", "worker"]
+    assert [name for name, _ in hover.tooltips] == ["key", "worker", "start", "duration",
+                                                    "transfer"]
+    assert all(t == "none" or " in " in t for t in data["transfer"])
+    assert all(s.count(":") == 2 for s in data["start"])
     # the next update adds only what is new
     client.gather(client.map(inc, range(100, 105)))
     on_loop(cluster, ts.update)
@@ -206,12 +209,37 @@ def test_memory_plot_and_worker_table_show_spilled_results_apart():
     memory = MemoryByWorker(feed)
     memory.update()
     d = memory.source.data
-    assert d["nbytes"] == [100_000_000] and d["disk_end"] == [300_000_000]
+    # stacked: results in memory, the rest of the process (150 MB RSS - 100 MB), on disk
+    assert d["nbytes"] == [100_000_000] and d["memory_end"] == [100_000_000]
+    assert d["process_end"] == [150_000_000] and d["disk_end"] == [350_000_000]
+    assert d["process_text"] == ["50.0 MB"]
+    assert d["label"] == ["150.0 MB / 400.0 MB + 200.0 MB on disk"]
+    assert d["limit_mark"] == [400_000_000]            # near: the axis shows the limit
+    assert memory.figure.x_range.end >= 400_000_000
     assert d["spilled_text"] == ["200.0 MB"] and d["nbytes_text"] == ["100.0 MB"]
     table = WorkerTable(feed, clock=lambda: 1.0)
     table.update()
     assert table.source.data["spilled"] == ["200.0 MB"]
     assert table.source.data["results"] == ["100.0 MB"]
+
+
+def test_memory_bars_of_a_small_cluster_on_a_big_machine_are_visible():
+    """2 MB of results and 60 MB of process under a 16 GB limit: the axis follows the bars,
+    not the limit, and a tiny part still gets a visible width."""
+    def worker(i, nbytes, rss):
+        return {"address": f"tcp://w:{i}", "name": f"w{i}", "nthreads": 1, "processing": 0,
+                "executing": 0, "ready": 0, "nbytes": nbytes, "spilled": 0, "keys": 1,
+                "rss": rss, "cpu": 0.0, "memory_limit": 16_000_000_000, "pid": 1,
+                "last_seen": 0.0, "status": "running"}
+    feed = _StaticFeed({"workers": [worker(1, 2_000_000, 60_000_000), worker(2, 1, 50_000_000)]})
+    memory = MemoryByWorker(feed)
+    memory.update()
+    end = memory.figure.x_range.end
+    assert 60_000_000 < end < 200_000_000
+    d = memory.source.data
+    assert all(x != x for x in d["limit_mark"])        # the far limit: no mark (NaN), in text
+    assert d["label"][0] == "60.0 MB / 16.0 GB"
+    assert d["memory_end"][1] >= end * MemoryByWorker.MIN_FRACTION     # 1 byte, still seen
 
 
 def test_the_schedule_table_shows_periodic_tasks_and_hides_when_there_are_none():

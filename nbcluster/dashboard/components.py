@@ -9,7 +9,7 @@ widget's poller), never from two threads at once.
 from __future__ import annotations
 
 import time
-import zlib
+from collections import deque
 from typing import Any, TypeVar
 
 from bokeh.layouts import column
@@ -20,16 +20,10 @@ from bokeh.models.widgets import DataTable, Div, TableColumn   # bokeh.models' s
 from bokeh.plotting import figure
 
 from .feed import HISTORY, Feed
+from .palette import (DONE_COLOR, ERROR_COLOR, PALETTE, PROCESS_COLOR,  # noqa: F401 - API
+                      RUNNING_COLOR, SPILLED_COLOR, TRANSFER_COLOR, WAITING_COLOR, WARN_COLOR,
+                      color_of, format_bytes, format_clock, format_duration, prefix_of)
 
-ERROR_COLOR = "#d62728"
-TRANSFER_COLOR = "#444444"
-RUNNING_COLOR = "#1f77b4"
-WAITING_COLOR = "#c7c7c7"
-DONE_COLOR = "#2ca02c"
-# Category20 without its reds and greys: those mean "error", "waiting" and "transfer"
-PALETTE = ("#1f77b4", "#aec7e8", "#ff7f0e", "#ffbb78", "#2ca02c", "#98df8a", "#9467bd",
-           "#c5b0d5", "#8c564b", "#c49c94", "#e377c2", "#f7b6d2", "#bcbd22", "#dbdb8d",
-           "#17becf", "#9edae5")
 TOOLS = "pan,xwheel_zoom,box_zoom,reset,save"
 R = TypeVar("R", bound=Range)
 
@@ -38,30 +32,6 @@ def _axis_ms(t: float) -> float:
     """Epoch seconds to the plot's x value: Bokeh draws datetimes as UTC, so shift them by
     the local UTC offset (at that moment, for daylight saving) to read as local time."""
     return (t + time.localtime(t).tm_gmtoff) * 1000
-
-def color_of(name: str) -> str:
-    """The same colour for the same function name, in every session and process."""
-    return PALETTE[zlib.crc32(name.encode()) % len(PALETTE)]
-
-
-def prefix_of(key: str) -> str:
-    return key.rsplit("-", 1)[0]
-
-
-def format_bytes(n: float) -> str:
-    for unit in ("B", "kB", "MB", "GB", "TB"):
-        if abs(n) < 1000 or unit == "TB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1000
-    return f"{n} B"   # pragma: no cover
-
-
-def format_duration(seconds: float) -> str:
-    if seconds < 1e-3:
-        return f"{seconds * 1e6:.0f} us"
-    if seconds < 1:
-        return f"{seconds * 1e3:.1f} ms"
-    return f"{seconds:.2f} s"
 
 
 def _y_range(fig: figure, kind: type[R]) -> R:
@@ -115,7 +85,10 @@ class TaskStream(Component):
         self._rows: dict[str, int] = {}          # worker address -> first row
         self._lanes: dict[str, list[float]] = {}  # worker address -> busy-until, per thread
         self._nrows = 0
-        columns = ("left", "right", "bottom", "top", "color", "key", "worker", "duration")
+        # worker address -> recent transfers it received: (start, stop, nbytes)
+        self._inbound: dict[str, deque[tuple[float, float, int]]] = {}
+        columns = ("left", "right", "bottom", "top", "color", "key", "worker", "duration",
+                   "start", "transfer")
         self.source = ColumnDataSource(
             {c: self._column([]) if c in self.NUMERIC else [] for c in columns},
             name="task_stream")
@@ -137,7 +110,8 @@ class TaskStream(Component):
                              fill_alpha=0.35, line_color=TRANSFER_COLOR, hatch_pattern="/",
                              hatch_color=TRANSFER_COLOR, hatch_alpha=0.6, name="transfers")
         fig.add_tools(HoverTool(renderers=[tasks], tooltips=[
-            ("key", "@key"), ("duration", "@duration{0,0.000} ms"), ("worker", "@worker")]))
+            ("key", "@key"), ("worker", "@worker"), ("start", "@start"),
+            ("duration", "@duration{0,0.000} ms"), ("transfer", "@transfer")]))
         fig.add_tools(HoverTool(renderers=[transfers], tooltips=[
             ("transfer", "@key"), ("from", "@source"), ("to", "@target"),
             ("size", "@nbytes"), ("duration", "@duration")]))
@@ -178,8 +152,9 @@ class TaskStream(Component):
                                            mid: label if len(label) < 40 else address}
         self._y_range.start, self._y_range.end = self._nrows - 0.5, -0.5   # first worker on top
 
-    def _lane(self, address: str, start: float, stop: float) -> int:
-        """The first thread of ``address`` free at ``start`` (tasks carry no thread id)."""
+    def _lane(self, address: str, start: float, stop: float) -> tuple[int, float]:
+        """The first thread of ``address`` free at ``start`` (tasks carry no thread id), and
+        when that thread's previous task ended."""
         if address not in self._rows:
             self._add_rows(address, 1, address)
         lanes = self._lanes[address]
@@ -190,8 +165,23 @@ class TaskStream(Component):
                 break
             if busy < lanes[best]:
                 best = i
+        before = lanes[best]
         lanes[best] = max(lanes[best], stop)
-        return self._rows[address] + best
+        return self._rows[address] + best, before
+
+    def _transfer_text(self, worker: str, since: float, start: float) -> str:
+        """Data the worker received after its thread's previous task and before this one
+        started: most likely this task's inputs (transfers name no task that waits for them)."""
+        nbytes, n, spent = 0, 0, 0.0
+        for t0, t1, size in self._inbound.get(worker, ()):
+            if t1 <= start + 1e-3 and t1 >= max(since, start - 10.0):
+                nbytes += size
+                n += 1
+                spent += t1 - t0
+        if not n:
+            return "none"
+        return f"{format_bytes(nbytes)} in {format_duration(spent)} ({n} input" \
+               f"{'s' if n > 1 else ''})"
 
     def update(self) -> None:
         feed = self.feed
@@ -200,12 +190,33 @@ class TaskStream(Component):
             self._cursor = max(0, feed.tasks_total - self._backfill)
             self._transfer_cursor = max(0, feed.transfers_total - self._backfill)
         self._place(feed.data.get("workers", []))
+        transfers, self._transfer_cursor = feed.transfers_since(self._transfer_cursor)
+        if transfers:
+            tnew: dict[str, Any] = {c: [] for c in self.transfer_source.data}
+            for key, source, target, start, stop, nbytes in transfers[-self.max_new:]:
+                if target not in self._rows:
+                    self._add_rows(target, 1, target)
+                row = self._rows[target]
+                inbound = self._inbound.get(target)
+                if inbound is None:
+                    inbound = self._inbound[target] = deque(maxlen=32)
+                inbound.append((start, stop, int(nbytes)))
+                tnew["left"].append(_axis_ms(start))
+                tnew["right"].append(_axis_ms(stop))
+                tnew["bottom"].append(row - 0.4)
+                tnew["top"].append(row + 0.4)
+                tnew["key"].append(key)
+                tnew["source"].append(source)
+                tnew["target"].append(target)
+                tnew["nbytes"].append(format_bytes(nbytes))
+                tnew["duration"].append(format_duration(stop - start))
+            self.transfer_source.stream(tnew, rollover=self.window)
         entries, self._cursor = feed.tasks_since(self._cursor)
         if entries:
             entries = sorted(entries[-self.max_new:], key=lambda e: e[2])
             new: dict[str, Any] = {c: [] for c in self.source.data}   # lists, or arrays
             for key, worker, start, stop, ok in entries:
-                row = self._lane(worker, start, stop)
+                row, before = self._lane(worker, start, stop)
                 new["left"].append(_axis_ms(start))
                 new["right"].append(_axis_ms(stop))
                 new["bottom"].append(row - 0.4)
@@ -214,26 +225,11 @@ class TaskStream(Component):
                 new["key"].append(key)
                 new["worker"].append(worker)
                 new["duration"].append((stop - start) * 1000)
+                new["start"].append(format_clock(start))
+                new["transfer"].append(self._transfer_text(worker, before, start))
             for c in self.NUMERIC:
                 new[c] = self._column(new[c])
             self.source.stream(new, rollover=self.window)
-        transfers, self._transfer_cursor = feed.transfers_since(self._transfer_cursor)
-        if transfers:
-            new = {c: [] for c in self.transfer_source.data}
-            for key, source, target, start, stop, nbytes in transfers[-self.max_new:]:
-                if target not in self._rows:
-                    self._add_rows(target, 1, target)
-                row = self._rows[target]
-                new["left"].append(_axis_ms(start))
-                new["right"].append(_axis_ms(stop))
-                new["bottom"].append(row - 0.4)
-                new["top"].append(row + 0.4)
-                new["key"].append(key)
-                new["source"].append(source)
-                new["target"].append(target)
-                new["nbytes"].append(format_bytes(nbytes))
-                new["duration"].append(format_duration(stop - start))
-            self.transfer_source.stream(new, rollover=self.window)
 
 
 class _Replacing(Component):
@@ -249,74 +245,119 @@ class _Replacing(Component):
 
 
 class MemoryByWorker(_Replacing):
-    """Per worker: process memory (psutil RSS), bytes held by results in memory, and results
-    spilled to disk (grey, after them), within its limit."""
+    """Per worker, stacked: results in memory, the rest of the process (psutil RSS beyond
+    them), results spilled to disk; a dashed mark at its limit.
+
+    The axis follows the data, not the limit: it ends a little past the largest bar, or at the
+    largest limit when that is near, so a small cluster on a big machine still shows its bars;
+    any part that is not zero is drawn at least MIN_FRACTION of the axis wide. The label says
+    "used / limit"; the bar turns orange past 60 % of the limit and red past 80 %.
+    """
+
+    MIN_FRACTION = 0.006
 
     def __init__(self, feed: Feed, **figure_kwargs: Any) -> None:
         super().__init__(feed)
         self.source = ColumnDataSource({c: [] for c in (
             "worker", "address", "nbytes", "rss", "limit", "color", "nbytes_text", "rss_text",
-            "limit_text", "disk_end", "spilled_text")}, name="memory")
+            "limit_text", "disk_end", "spilled_text", "process_text", "memory_end",
+            "process_end", "limit_mark", "label", "label_x")}, name="memory")
         kwargs: dict[str, Any] = dict(
             title="Memory by worker", height=250, sizing_mode="stretch_width",
-            y_range=FactorRange(), x_range=DataRange1d(start=0), tools="reset,save",
+            y_range=FactorRange(), x_range=Range1d(start=0, end=1), tools="reset,save",
             min_border_right=30)
         kwargs.update(figure_kwargs)
         fig = figure(**kwargs)
-        fig.hbar(source=self.source, y="worker", left=0, right="limit", height=0.85,
-                 fill_alpha=0, line_color="black", line_dash="dashed", name="limit")
-        process = fig.hbar(source=self.source, y="worker", left=0, right="rss", height=0.85,
-                           fill_color="color", fill_alpha=0.35, line_color=None, name="process")
-        results = fig.hbar(source=self.source, y="worker", left=0, right="nbytes", height=0.5,
-                           fill_color="color", fill_alpha=0.9, line_color=None, name="results")
-        disk = fig.hbar(source=self.source, y="worker", left="nbytes", right="disk_end",
-                        height=0.5, fill_color=WAITING_COLOR, fill_alpha=0.9, line_color=None,
-                        name="spilled")
+        results = fig.hbar(source=self.source, y="worker", left=0, right="memory_end",
+                           height=0.7, fill_color="color", line_color=None, name="results")
+        process = fig.hbar(source=self.source, y="worker", left="memory_end",
+                           right="process_end", height=0.7, fill_color=PROCESS_COLOR,
+                           line_color=None, name="process")
+        disk = fig.hbar(source=self.source, y="worker", left="process_end", right="disk_end",
+                        height=0.7, fill_color=SPILLED_COLOR, hatch_pattern="/",
+                        hatch_color="white", line_color=None, name="spilled")
+        fig.hbar(source=self.source, y="worker", left="limit_mark", right="limit_mark",
+                 height=0.95, line_color="black", line_dash="dashed", line_width=2,
+                 name="limit")
+        fig.text(source=self.source, x="label_x", y="worker", text="label",
+                 text_font_size="9pt", text_baseline="middle", x_offset=4)
         fig.add_tools(HoverTool(renderers=[process, results, disk], tooltips=[
             ("worker", "@address"), ("results in memory", "@nbytes_text"),
-            ("results on disk", "@spilled_text"), ("process memory", "@rss_text"),
-            ("limit", "@limit_text")]))
+            ("rest of the process", "@process_text"), ("spilled to disk", "@spilled_text"),
+            ("process memory", "@rss_text"), ("limit", "@limit_text")]))
         fig.xaxis[0].formatter = NumeralTickFormatter(format="0.0 b")
         fig.ygrid.visible = False
         self.figure = self.root = fig
         self._y_range = _y_range(fig, FactorRange)
+        self._x_range: Any = fig.x_range     # a Range1d (its stub type is Range)
 
     def update(self) -> None:
         self.feed.refresh()
         workers = self.feed.data.get("workers", [])
-        data: dict[str, list] = {c: [] for c in self.source.data}
+        rows = []
         for w in workers:
             rss, limit, spilled = w["rss"], w["memory_limit"], w.get("spilled", 0)
             nbytes = max(0, w["nbytes"] - spilled)       # the rest is on disk
-            frac = rss / limit if limit else 0.0
+            rows.append((w, nbytes, max(0, rss - nbytes), spilled, limit))
+        biggest = max((n + p + d for _, n, p, d, _ in rows), default=0)
+        limits = [lim for *_, lim in rows if lim]
+        end = max(biggest * 1.25, 1_000_000)
+        if limits and max(limits) <= 2.5 * end:   # the limit is near: show it
+            end = max(end, max(limits) * 1.05)
+        floor = end * self.MIN_FRACTION
+
+        def shown(n: int) -> float:
+            return max(float(n), floor) if n > 0 else 0.0
+
+        data: dict[str, list] = {c: [] for c in self.source.data}
+        for w, nbytes, process, spilled, limit in rows:
+            used = nbytes + process
+            frac = used / limit if limit else 0.0
+            m_end = shown(nbytes)
+            p_end = m_end + shown(process)
+            d_end = p_end + shown(spilled)
             data["worker"].append(_label(w))
             data["address"].append(w["address"])
             data["nbytes"].append(nbytes)
-            data["disk_end"].append(nbytes + spilled)
-            data["spilled_text"].append(format_bytes(spilled))
-            data["rss"].append(rss)
+            data["rss"].append(w["rss"])
             data["limit"].append(limit)
-            data["color"].append(ERROR_COLOR if frac > 0.8 else "#ff7f0e" if frac > 0.6
+            data["memory_end"].append(m_end)
+            data["process_end"].append(p_end)
+            data["disk_end"].append(d_end)
+            data["limit_mark"].append(float(limit) if limit and limit <= end else float("nan"))
+            data["color"].append(ERROR_COLOR if frac > 0.8 else WARN_COLOR if frac > 0.6
                                  else RUNNING_COLOR)
             data["nbytes_text"].append(format_bytes(nbytes))
-            data["rss_text"].append(format_bytes(rss))
+            data["process_text"].append(format_bytes(process))
+            data["spilled_text"].append(format_bytes(spilled))
+            data["rss_text"].append(format_bytes(w["rss"]))
             data["limit_text"].append(format_bytes(limit) if limit else "none")
+            data["label"].append(format_bytes(used) + (f" / {format_bytes(limit)}" if limit
+                                                       else "") +
+                                 (f" + {format_bytes(spilled)} on disk" if spilled else ""))
+            data["label_x"].append(0.0)      # inside, from the left: never cut off
         factors = list(data["worker"])
         if list(self._y_range.factors) != factors:
             self._y_range.factors = factors
+        if abs(self._x_range.end - end) > 0.05 * end:   # steady axis: move it on real change
+            self._x_range.end = end
         self._set(data)
 
 
 class ProgressByFunction(_Replacing):
-    """Per function: done / running / waiting / erred, as one stacked bar of fractions."""
+    """Per function: done / running / waiting / erred, as one stacked bar of fractions.
 
-    PARTS = (("done", DONE_COLOR), ("running", RUNNING_COLOR), ("waiting", WAITING_COLOR),
-             ("erred", ERROR_COLOR))
+    Done in the function's own colour, running in a lighter shade of it, waiting grey and
+    erred red (erred tasks are counted apart, never as done)."""
+
+    # part, fill colour (None: the function's), alpha
+    PARTS = (("done", None, 0.95), ("running", None, 0.4), ("waiting", WAITING_COLOR, 0.9),
+             ("erred", ERROR_COLOR, 0.95))
 
     def __init__(self, feed: Feed, **figure_kwargs: Any) -> None:
         super().__init__(feed)
-        cols = ["name", "total", "label"]
-        for part, _ in self.PARTS:
+        cols = ["name", "total", "label", "color"]
+        for part, *_ in self.PARTS:
             cols += [part, f"{part}_left", f"{part}_right"]
         self.source = ColumnDataSource({c: [] for c in cols}, name="progress")
         kwargs: dict[str, Any] = dict(
@@ -326,8 +367,9 @@ class ProgressByFunction(_Replacing):
         fig = figure(**kwargs)
         bars: list[DataRenderer] = [
             fig.hbar(source=self.source, y="name", left=f"{part}_left", right=f"{part}_right",
-                     height=0.8, fill_color=color, line_color=None, name=part)
-            for part, color in self.PARTS]
+                     height=0.8, fill_color=color or "color", fill_alpha=alpha,
+                     line_color=None, name=part)
+            for part, color, alpha in self.PARTS]
         fig.text(source=self.source, x=0.01, y="name", text="label", text_font_size="9pt",
                  text_baseline="middle")
         fig.add_tools(HoverTool(renderers=bars, tooltips=[
@@ -344,7 +386,7 @@ class ProgressByFunction(_Replacing):
         rows = []
         for name, p in prefixes.items():
             running = p.get("processing", 0)
-            waiting = p.get("waiting", 0) + p.get("queued", 0)
+            waiting = p.get("waiting", 0) + p.get("queued", 0) + p.get("delayed", 0)
             erred = max(p.get("failed", 0), p.get("erred", 0))
             rows.append((running + waiting > 0, name, p.get("done", 0), running, waiting, erred))
         rows.sort(key=lambda r: (not r[0], r[1]))
@@ -352,17 +394,33 @@ class ProgressByFunction(_Replacing):
         for _, name, *counts in rows:
             total = sum(counts) or 1
             left = 0.0
-            for (part, _), n in zip(self.PARTS, counts):
+            for (part, *_), n in zip(self.PARTS, counts):
                 data[part].append(n)
                 data[f"{part}_left"].append(left)
                 left += n / total
                 data[f"{part}_right"].append(left)
             data["name"].append(name)
             data["total"].append(sum(counts))
-            data["label"].append(f"{counts[0]} / {sum(counts)}")
+            data["color"].append(color_of(name))
+            erred = counts[3]
+            data["label"].append(f"{counts[0]} / {sum(counts)}" +
+                                 (f" ({erred} erred)" if erred else ""))
         if list(self._y_range.factors) != data["name"]:
             self._y_range.factors = list(data["name"])
         self._set(data)
+
+
+def redraw_on_change(table: DataTable) -> None:
+    """Make ``table`` redraw its rows whenever its source's data is replaced or patched.
+
+    BokehJS redraws a DataTable only when its CDSView's indices change, and replacing the data
+    with as many rows as before leaves them equal: the rows kept their first values until a
+    reload. Emitting the view's change signal redraws them."""
+    from bokeh.models import CustomJS
+
+    redraw = CustomJS(args={"view": table.view}, code="view.change.emit()")
+    table.source.js_on_change("data", redraw)
+    table.source.js_on_change("patching", redraw)
 
 
 class _Table(_Replacing):
@@ -378,6 +436,7 @@ class _Table(_Replacing):
         kwargs.update(table_kwargs)
         self.table = DataTable(source=self.source, columns=[
             TableColumn(field=f, title=t) for f, t in self.COLUMNS], **kwargs)
+        redraw_on_change(self.table)
         self.root = column(Div(text=f"<b>{title}</b>"), self.table,
                            sizing_mode="stretch_width", **root_kwargs)
 

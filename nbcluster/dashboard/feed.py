@@ -8,6 +8,14 @@ their own cursors into it (:meth:`Feed.tasks_since`).
 Taking a snapshot walks every task, so its cost grows with the number of tasks. The feed keeps
 that cost under ``budget`` of the wall time: a snapshot that took 10 ms is not repeated for
 0.5 s (with the default 2 %). Nothing is fetched while nobody reads.
+
+Parts of a snapshot that cost more (the task control tables, the task graph) are fetched only
+while a page that shows them is open: such a page calls :meth:`Feed.want` and, when its
+session ends, :meth:`Feed.unwant`.
+
+While fetched, the feed also keeps per worker a short history of CPU, memory and network
+(bytes moved between workers, from the transfer log) for the system page, and per function
+the run time of the tasks it has seen finish, for the task groups page.
 """
 
 from __future__ import annotations
@@ -16,12 +24,13 @@ import asyncio
 import concurrent.futures
 import threading
 import time
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Callable
 from itertools import islice
 from typing import Any
 
 HISTORY = 10_000
+SYSTEM_HISTORY = 600   # samples per worker (5 minutes at two a second)
 MAX_RATE = 4.0   # plot refreshes per second, at most
 
 EMPTY: dict = {"workers": [], "tasks": {}, "prefixes": {}, "task_log": [], "cursor": 0,
@@ -86,7 +95,26 @@ class Feed:
         self._transfer_cursor = 0
         self._last = float("-inf")
         self._cost = 0.0
+        self.wants: Counter[str] = Counter()   # snapshot extras the open pages ask for
+        # worker -> deque of (time, cpu %, rss, bytes/s received, bytes/s sent, clock())
+        self.system: dict[str, deque] = {}
+        self.prefix_time: dict[str, list[float]] = {}  # prefix -> [seconds, tasks seen]
         self._lock = threading.Lock()
+
+    def want(self, extra: str) -> None:
+        """A page that shows ``extra`` (see :func:`~nbcluster.state.snapshot.snapshot`) opened."""
+        with self._lock:
+            self.wants[extra] += 1
+
+    def unwant(self, extra: str) -> None:
+        with self._lock:
+            self.wants[extra] -= 1
+            if self.wants[extra] <= 0:
+                del self.wants[extra]
+
+    @property
+    def extras(self) -> frozenset[str]:
+        return frozenset(self.wants)
 
     def refresh(self, force: bool = False) -> bool:
         """Take a new snapshot if the last one is old enough; True if it did."""
@@ -122,8 +150,35 @@ class Feed:
         totals = snap.get("totals") or {}
         self.rate.add(int(totals.get("tasks_completed", 0)) + int(totals.get("tasks_failed", 0)),
                       now)
+        for entry in log:
+            spent = self.prefix_time.get(prefix := str(entry[0]).rsplit("-", 1)[0])
+            if spent is None:
+                spent = self.prefix_time[prefix] = [0.0, 0]
+            spent[0] += max(0.0, float(entry[3]) - float(entry[2]))
+            spent[1] += 1
+        self._sample_system(snap, transfers, self.clock() if now is None else now)
         self.data = snap
         self.version += 1
+
+    def _sample_system(self, snap: dict, transfers: list, now: float) -> None:
+        t = float(snap.get("now") or 0.0) or time.time()
+        received: dict[str, int] = {}
+        sent: dict[str, int] = {}
+        for _, source, target, _, _, nbytes in transfers:
+            received[target] = received.get(target, 0) + int(nbytes)
+            sent[source] = sent.get(source, 0) + int(nbytes)
+        live = set()
+        for w in snap.get("workers") or ():
+            address = w["address"]
+            live.add(address)
+            samples = self.system.get(address)
+            if samples is None:
+                samples = self.system[address] = deque(maxlen=SYSTEM_HISTORY)
+            dt = max(1e-3, now - samples[-1][5]) if samples else 1.0
+            samples.append((t, float(w.get("cpu", 0.0)), int(w.get("rss", 0)),
+                            received.get(address, 0) / dt, sent.get(address, 0) / dt, now))
+        for gone in set(self.system) - live:
+            del self.system[gone]
 
     def tasks_since(self, cursor: int) -> tuple[list, int]:
         """Task entries after ``cursor`` (at most ``history``) and the cursor to pass next."""
@@ -174,11 +229,14 @@ def scheduler_feed(scheduler: Any, loop: asyncio.AbstractEventLoop | None = None
     from ..state.snapshot import snapshot
 
     def fetch(since: int, tsince: int) -> dict:
+        extras = feed.extras
+
         def take() -> dict:
-            return snapshot(scheduler.state, since, tsince, log_limit=log_limit)
+            return snapshot(scheduler.state, since, tsince, log_limit=log_limit, extras=extras)
         return take() if loop is None else call_on(loop, take, cancelled=cancelled)
 
-    return Feed(fetch, **kwargs)
+    feed = Feed(fetch, **kwargs)
+    return feed
 
 
 def client_snapshot(client: Any, since: int = 0, transfers_since: int = 0) -> dict:

@@ -7,8 +7,8 @@ One tornado ``HTTPServer`` serves every request through :class:`Gate`, which
 - asks for the token when one is set (``?token=`` query parameter, which also sets a cookie,
   the cookie itself, or an ``Authorization: token ...`` header) and answers 403 otherwise,
   as Jupyter does;
-- answers ``/`` with a relative redirect to ``status`` and ``/metrics``, ``/metrics.json``
-  from a plain tornado app (no Bokeh needed);
+- answers ``/`` with a relative redirect to ``status`` and ``/metrics``, ``/metrics.json``,
+  ``/pages`` from a plain tornado app (no Bokeh needed);
 - hands everything else to the Bokeh application, building it on the first such request (the
   request waits; the scheduler keeps serving while Bokeh imports in a thread).
 
@@ -52,7 +52,8 @@ class Gate(httputil.HTTPServerConnectionDelegate):
         self.plain_app = plain_app
         self.bokeh_app = bokeh_app          # the app if built, else None
         self.bokeh_ready = bokeh_ready      # awaitable that builds it
-        self.plain_paths = {prefix + p for p in ("/metrics", "/metrics.json")}
+        self.plain_paths = {prefix + p for p in ("/metrics", "/metrics.json", "/pages",
+                                                 "/pages.json")}
 
     def start_request(self, server_conn: object,
                       request_conn: httputil.HTTPConnection) -> httputil.HTTPMessageDelegate:
@@ -220,9 +221,22 @@ class _FiguresHandler(web.RequestHandler):
             self.write(json.dumps(fig))
 
 
-def plain_app(prefix: str, figures: Callable[[], dict]) -> web.Application:
-    """``/metrics`` (Prometheus text) and ``/metrics.json``, under ``prefix``."""
+class _PagesHandler(web.RequestHandler):
+    def initialize(self, pages: Callable[[], list]) -> None:
+        self.pages = pages
+
+    def get(self) -> None:
+        self.set_header("Cache-Control", "no-store")
+        self.set_header("Content-Type", "application/json")
+        self.write(json.dumps({"pages": self.pages()}))
+
+
+def plain_app(prefix: str, figures: Callable[[], dict],
+              pages: Callable[[], list] = list) -> web.Application:
+    """``/metrics`` (Prometheus text), ``/metrics.json`` and ``/pages`` (also
+    ``/pages.json``: the dashboard's pages, as JSON), under ``prefix``."""
     return web.Application([
         (prefix + "/metrics", _FiguresHandler, {"figures": figures, "prometheus": True}),
         (prefix + "/metrics.json", _FiguresHandler, {"figures": figures, "prometheus": False}),
+        (prefix + r"/pages(?:\.json)?", _PagesHandler, {"pages": pages}),
     ])

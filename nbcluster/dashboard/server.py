@@ -1,7 +1,10 @@
 """The dashboard the scheduler serves: ``start_dashboard(scheduler, ...)``.
 
-Pages: ``status`` (all plots together), ``task-stream``, ``memory``, ``progress``, ``workers``;
-plus ``metrics`` (Prometheus) and ``metrics.json`` — see :mod:`.http`.
+Pages (:data:`PAGES`): ``status`` (the main plots together), ``workers``, ``system``
+(per-worker CPU, memory, network), ``groups`` (task groups), ``graph`` (the task graph),
+``control`` (queues, limits, delayed tasks), and one page per plot (``task-stream``,
+``memory``, ``progress``) for docking; ``pages`` (and ``pages.json``) lists them as JSON
+(:func:`pages_index`), plus ``metrics`` (Prometheus) and ``metrics.json`` — see :mod:`.http`.
 
 The scheduler's loop is left alone: the dashboard has its own thread and event loop, where
 Bokeh builds pages, serializes documents, serves its 3 MB of JavaScript and talks websockets.
@@ -36,14 +39,40 @@ from ..loop_thread import LoopThread
 logger = logging.getLogger("nbcluster.dashboard")
 MAX_NEW = 1_000    # tasks one refresh adds to a page (and a new page starts with), at most
 
-# page -> (title, components on it, in order)
+# page -> (title, components on it, in order). The pages with a header are in the navigation
+# bar; the others hold one plot each, to dock beside a notebook (all are in /pages).
 PAGES: dict[str, tuple[str, tuple[str, ...]]] = {
-    "status": ("Status", ("task-stream", "memory", "progress", "workers", "schedules")),
+    "status": ("Status", ("header", "task-stream", "memory", "progress", "workers",
+                          "schedules")),
+    "workers": ("Workers", ("header", "workers", "memory")),
+    "system": ("System", ("header", "system")),
+    "groups": ("Task groups", ("header", "groups")),
+    "graph": ("Graph", ("header", "graph")),
+    "control": ("Task control", ("header", "control")),
     "task-stream": ("Task stream", ("task-stream",)),
     "memory": ("Memory", ("memory",)),
     "progress": ("Progress", ("progress",)),
-    "workers": ("Workers", ("workers",)),
 }
+DESCRIPTIONS = {
+    "status": "Task stream, memory, progress and workers together",
+    "workers": "One row per worker, live",
+    "system": "CPU, memory and network over time, per worker",
+    "groups": "Tasks by function: count, total time, bytes",
+    "graph": "The tasks the scheduler knows, by dependency depth, coloured by state",
+    "control": "Queues, limits with their budgets, delayed tasks",
+    "task-stream": "One bar per task, per worker thread",
+    "memory": "Memory per worker: results, rest of the process, spilled",
+    "progress": "Progress by function",
+}
+
+
+def pages_index() -> list[dict]:
+    """Every page, for ``/pages``: name, title, relative path, what it shows, and whether it
+    is a single plot (to dock) or a full page (in the navigation bar)."""
+    return [{"name": name, "title": title, "path": name,
+             "description": DESCRIPTIONS.get(name, ""),
+             "kind": "page" if "header" in names else "plot"}
+            for name, (title, names) in PAGES.items()]
 
 
 class Dashboard:
@@ -92,7 +121,8 @@ class Dashboard:
         from .http import Gate, cookie_name, plain_app
 
         gate = Gate(prefix=self.prefix, token=self.token, cookie=cookie_name(self.port),
-                    plain_app=plain_app(self.prefix, self.figures), bokeh_app=self.bokeh_app,
+                    plain_app=plain_app(self.prefix, self.figures, pages_index),
+                    bokeh_app=self.bokeh_app,
                     bokeh_ready=self.ready, hosts=self.hosts)
         self._http = HTTPServer(gate, xheaders=False)
         self._http.add_sockets(sockets)
@@ -158,20 +188,23 @@ def _build_page(dashboard: Dashboard, page: str) -> tuple[dict, Any, str]:
     from bokeh.models.widgets import Div
 
     from .components import COMPONENTS, TaskStream
+    from .graph import TaskGraph
+    from .panels import Header, SystemMonitor, TaskControl, TaskGroups, nav_html
 
+    kinds = {**COMPONENTS, "header": Header, "system": SystemMonitor, "groups": TaskGroups,
+             "graph": TaskGraph, "control": TaskControl}
     title, names = PAGES[page]
-    comps = {name: (COMPONENTS[name](dashboard.feed, backfill=MAX_NEW, max_new=MAX_NEW,
-                                     binary=True)
-                    if COMPONENTS[name] is TaskStream else COMPONENTS[name](dashboard.feed))
+    comps = {name: (kinds[name](dashboard.feed, backfill=MAX_NEW, max_new=MAX_NEW,
+                                binary=True)
+                    if kinds[name] is TaskStream else kinds[name](dashboard.feed))
              for name in names}
-    links = " | ".join(
-        f"<b>{PAGES[p][0]}</b>" if p == page else f'<a href="{p}">{PAGES[p][0]}</a>'
-        for p in PAGES)
-    nav = Div(text=f'<span style="font-family:sans-serif">nbcluster &middot; {links} | '
-                   '<a href="metrics">metrics</a> | <a href="metrics.json">json</a></span>',
-              sizing_mode="stretch_width")
+    main = [(p, t) for p, (t, n) in PAGES.items() if "header" in n]
+    plots = [(p, t) for p, (t, n) in PAGES.items() if "header" not in n]
+    nav = Div(text=nav_html(main, page, [*plots, ("metrics", "metrics"),
+                                         ("metrics.json", "json")]),
+              sizing_mode="stretch_width", name="nav")
     if page == "status":
-        body = [comps["task-stream"].root,
+        body = [comps["header"].root, comps["task-stream"].root,
                 row(comps["memory"].root, comps["progress"].root, sizing_mode="stretch_width"),
                 comps["workers"].root, comps["schedules"].root]
     else:
@@ -184,6 +217,14 @@ def _make_page(dashboard: Dashboard, page: str, doc: Any) -> None:
     comps, layout, title = _build_page(dashboard, page)
     doc.title = title
     doc.add_root(layout)
+
+    def closed(context: Any) -> None:      # pages that asked the feed for more stop asking
+        for comp in comps.values():
+            close = getattr(comp, "close", None)
+            if close is not None:
+                close()
+
+    doc.on_session_destroyed(closed)
 
     def tick() -> None:
         if dashboard.closed:

@@ -25,10 +25,23 @@ Shape of the result::
      "totals": {"tasks", "tasks_completed", "tasks_failed", "workers", "threads", "nbytes",
                 "rss", "memory_limit", "clients", "processing"},
      "now": float}
+
+Each prefix row also has ``"nbytes"`` (results of that function in memory) and ``"duration"``
+(its recent run time in seconds, or None). Two parts are only there when asked for with
+``extras``, as they cost more (only a page that shows them asks):
+
+- ``"control"``: ``{"queues": {name: {"queued", "processing", "delayed", "workers"}},
+  "limits": {key: {"rate_per_second", "concurrency", "running", "waiting", "next_start"}},
+  "delayed": [[key, until, queue], ...] (the soonest DELAYED_SHOWN), "delayed_total": int}``;
+- ``"graph"``: the newest ``graph_limit`` tasks, oldest first: ``{"keys": [...],
+  "states": [...], "depth": [...], "edges": [[from_index, to_index], ...], "total": int}``
+  (``depth``: longest chain of dependencies among the tasks shown).
 """
 
 from __future__ import annotations
 
+import heapq
+from collections.abc import Collection
 from itertools import islice
 from typing import Any
 
@@ -37,6 +50,8 @@ from .retirement import describe as describe_retirement
 
 TASK_STATES = ("waiting", "queued", "processing", "memory", "released", "erred")
 MAX_PREFIXES = 50
+DELAYED_SHOWN = 100
+GRAPH_LIMIT = 5_000
 
 
 def _tail(log: Any, total: int, since: int, limit: int | None) -> tuple[list[Any], int]:
@@ -86,11 +101,14 @@ def _prefix_rows(state: Any, by_prefix: dict[str, Any]) -> dict[str, Any]:
         else:
             done[name] = n
     rows = {}
+    durations = getattr(state, "prefix_durations", {})
     for prefix in set(by_prefix) | set(done) | set(failed):
-        row = dict.fromkeys(TASK_STATES, 0)
+        row: dict[str, Any] = dict.fromkeys(TASK_STATES, 0)
+        row["nbytes"] = 0
         row.update(by_prefix.get(prefix, ()))
         row["done"] = done.get(prefix, 0)
         row["failed"] = failed.get(prefix, 0)
+        row["duration"] = durations.get(prefix)
         rows[prefix] = row
     if len(rows) > MAX_PREFIXES:   # keep the active ones, then the biggest
         def rank(item: Any) -> Any:
@@ -102,23 +120,38 @@ def _prefix_rows(state: Any, by_prefix: dict[str, Any]) -> dict[str, Any]:
 
 
 def snapshot(state: Any, since: int = 0, transfers_since: int = 0, *,
-             log_limit: int | None = None, prefixes: bool = True) -> dict[str, Any]:
+             log_limit: int | None = None, prefixes: bool = True,
+             extras: Collection[str] = (), graph_limit: int = GRAPH_LIMIT) -> dict[str, Any]:
     """The state as plain data; logs only after the cursors ``since`` / ``transfers_since``.
 
     ``log_limit`` caps how many log entries are returned (0: none); ``prefixes=False`` skips the
     per-prefix table (the task counts by state are still computed, in the same pass).
+    ``extras``: any of ``"control"``, ``"graph"`` (see the module's docstring).
     """
+    unknown = set(extras) - {"control", "graph"}
+    if unknown:
+        raise ValueError(f"snapshot extras: unknown {sorted(unknown)}; "
+                         "choose from 'control', 'graph'")
+    control = "control" in extras
     workers = [_worker(ws) for ws in state.workers.values()]
     by_state: dict[str, int] = {}
     by_prefix: dict[str, dict[str, int]] = {}
+    by_queue: dict[str, dict[str, int]] = {}
     for ts in state.tasks.values():
         st = ts.state
         by_state[st] = by_state.get(st, 0) + 1
         if prefixes:
             row = by_prefix.get(ts.prefix)
             if row is None:
-                row = by_prefix[ts.prefix] = {}
+                row = by_prefix[ts.prefix] = {"nbytes": 0}
             row[st] = row.get(st, 0) + 1
+            if st == "memory":
+                row["nbytes"] += ts.nbytes
+        if control and st in ("queued", "processing", "delayed"):
+            q = by_queue.get(ts.queue)
+            if q is None:
+                q = by_queue[ts.queue] = {"queued": 0, "processing": 0, "delayed": 0}
+            q[st] += 1
     task_log, cursor = _tail(state.task_log, state.task_log_total, since, log_limit)
     transfer_log, transfer_cursor = _tail(getattr(state, "transfer_log", None),
                                           getattr(state, "transfer_log_total", 0),
@@ -141,7 +174,7 @@ def snapshot(state: Any, since: int = 0, transfers_since: int = 0, *,
         "memory_limit": sum(w["memory_limit"] for w in workers),
         "clients": len(state.clients),
     }
-    return {
+    out = {
         "workers": workers,
         "tasks": by_state,
         "prefixes": _prefix_rows(state, by_prefix) if prefixes else {},
@@ -154,6 +187,59 @@ def snapshot(state: Any, since: int = 0, transfers_since: int = 0, *,
         "schedules": {name: periodic_summary(state, p)
                       for name, p in state.durable.periodics.items()},
     }
+    if control:
+        out["control"] = _control(state, by_queue)
+    if "graph" in extras:
+        out["graph"] = graph(state, graph_limit)
+    return out
+
+
+def _control(state: Any, by_queue: dict[str, dict[str, int]]) -> dict[str, Any]:
+    """Queues with their lengths, limits with their budgets, tasks delayed until when."""
+    queues: dict[str, dict[str, Any]] = {}
+    subscribed: dict[str, list[str]] = {}
+    for ws in state.workers.values():
+        for name in getattr(ws, "queues", ()) or ():
+            subscribed.setdefault(name, []).append(ws.address)
+    for name in sorted(set(getattr(state, "queues", {})) | set(subscribed) | set(by_queue)):
+        row: dict[str, Any] = {"queued": 0, "processing": 0, "delayed": 0}
+        row.update(by_queue.get(name, ()))
+        row["workers"] = sorted(subscribed.get(name, ()))
+        queues[name] = row
+    limits = {}
+    for key, limit in getattr(state, "limits", {}).items():
+        info = dict(limit.describe())
+        info["next_start"] = float(getattr(limit, "next_start", 0.0) or 0.0)
+        limits[key] = info
+    # timers hold ("start", task) for delays; the soonest few, without sorting them all
+    timers = getattr(getattr(state, "timers", None), "_heap", ()) or ()
+    pending = [(when, ts) for when, _, kind, ts in timers
+               if kind == "start" and ts.state == "delayed"]
+    delayed = [[ts.key, float(when), ts.queue]
+               for when, ts in heapq.nsmallest(DELAYED_SHOWN, pending, key=lambda e: e[0])]
+    return {"queues": queues, "limits": limits, "delayed": delayed,
+            "delayed_total": len(pending)}
+
+
+def graph(state: Any, limit: int = GRAPH_LIMIT) -> dict[str, Any]:
+    """The newest ``limit`` tasks and the dependencies among them, oldest first, with each
+    one's depth (longest chain of dependencies among those shown)."""
+    newest = list(islice(reversed(state.tasks.values()), max(0, limit)))
+    newest.reverse()
+    index = {id(ts): i for i, ts in enumerate(newest)}
+    depth = [0] * len(newest)
+    edges = []
+    for i, ts in enumerate(newest):
+        d = 0
+        for dep in ts.deps:
+            j = index.get(id(dep))
+            if j is not None:
+                edges.append([j, i])
+                if j < i and depth[j] + 1 > d:   # deps come first in submission order
+                    d = depth[j] + 1
+        depth[i] = d
+    return {"keys": [ts.key for ts in newest], "states": [ts.state for ts in newest],
+            "depth": depth, "edges": edges, "total": len(state.tasks)}
 
 
 def worker_status(ws: Any) -> dict[str, str]:
