@@ -14,7 +14,8 @@ pytest.importorskip("ipykernel")
 from nbclient import NotebookClient  # noqa: E402
 
 NOTEBOOKS = sorted((Path(__file__).parent.parent / "notebooks").glob("*.ipynb"))
-REQUIRED = {"01-hello-futures.ipynb", "02-coming-from-celery.ipynb", "03-data-on-workers.ipynb"}
+REQUIRED = {"01-hello-futures.ipynb", "02-coming-from-celery.ipynb", "03-data-on-workers.ipynb",
+            "04-tasks-queues-and-sharing.ipynb"}
 
 
 def test_the_demo_notebooks_are_there():
