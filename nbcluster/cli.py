@@ -157,7 +157,8 @@ def _scheduler(args) -> int:
 
 
 def _worker(args) -> int:
-    from .config import find_token, parse_memory_limit, read_connection_file, tune_gc_for_server
+    from .config import (find_token, parse_memory_limit, parse_resources, read_connection_file,
+                         tune_gc_for_server)
 
     address = args.address
     token = _token(args)
@@ -174,6 +175,7 @@ def _worker(args) -> int:
     host = _bind_host(args)
     contact = _contact(args.contact_address, scheme)
     options = dict(queues=_queues(args.queues),    # checked here, before any process starts
+                   resources=parse_resources(args.resources, "--resources"),
                    memory_limit=parse_memory_limit(args.memory_limit),
                    memory_spill=_fraction("--memory-spill", args.memory_spill),
                    spill_dir=args.spill_dir,
@@ -375,6 +377,9 @@ def main(argv: list[str] | None = None) -> int:
     _add_token_options(w)
     w.add_argument("--connection-file", default=None)
     w.add_argument("--queues", default=None, help="queues to take tasks from, e.g. high,default")
+    w.add_argument("--resources", default=None, metavar="NAME=AMOUNT,...",
+                   help="what this worker has, e.g. GPU=1,MEM=16e9: tasks submitted with "
+                        "resources={'GPU': 1} run only where that much is free")
     w.add_argument("--memory-limit", default="auto",
                    help="e.g. 4GB; auto: this machine's memory; none: no limit")
     w.add_argument("--memory-spill", default="0.6",

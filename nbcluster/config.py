@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import stat
 from pathlib import Path
 
@@ -53,6 +54,48 @@ def check_fraction(name: str, value) -> float | None:
         raise ValueError(f"{name} must be a fraction of the memory limit in (0, 1] or None, "
                          f"got {value!r}")
     return float(value)
+
+
+_RESOURCE_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_.:-]{0,63}$")
+_RESOURCE_FORM = "NAME=AMOUNT pairs separated by commas, e.g. GPU=1,MEM=16e9"
+
+
+def parse_resources(value, what: str = "resources") -> dict[str, float] | None:
+    """Resources a worker has or a task needs: ``{"GPU": 1, "MEM": 16e9}`` or the text
+    ``"GPU=1,MEM=16e9"``, each amount a positive number. None or ``{}``: none. Anything else
+    raises ValueError (TypeError for a value of the wrong type) naming the bad part."""
+    if value is None:
+        return None
+    if isinstance(value, str):
+        pairs: list[tuple[object, object, object]] = []
+        for part in value.split(","):
+            name, eq, amount = (p.strip() for p in part.partition("="))
+            if not eq or not name or not amount:
+                raise ValueError(f"{what}: {part.strip()!r} in {value!r} is not NAME=AMOUNT "
+                                 f"({_RESOURCE_FORM})")
+            try:
+                pairs.append((name, float(amount), amount))
+            except ValueError:
+                raise ValueError(f"{what}: the amount of {name!r} must be a number, got "
+                                 f"{amount!r} ({_RESOURCE_FORM})") from None
+    elif isinstance(value, dict):
+        pairs = [(name, amount, amount) for name, amount in value.items()]
+    else:
+        raise TypeError(f"{what} must be a dict such as {{'GPU': 1}} or text such as "
+                        f"'GPU=1,MEM=16e9', got {value!r}")
+    out: dict[str, float] = {}
+    for key, number, given in pairs:
+        if not isinstance(key, str) or not _RESOURCE_NAME.match(key):
+            raise ValueError(f"{what}: bad resource name {key!r} (at most 64 letters, digits, "
+                             "'_', '.', ':' or '-', starting with a letter or '_')")
+        if isinstance(number, bool) or not isinstance(number, (int, float)) or \
+                not 0 < number <= 1e300:
+            raise ValueError(f"{what}: the amount of {key!r} must be a positive number, got "
+                             f"{given!r}")
+        if key in out:
+            raise ValueError(f"{what}: {key!r} is given twice")
+        out[key] = float(number)
+    return out or None
 
 
 def runtime_dir() -> Path:

@@ -19,6 +19,7 @@ from ..loop_thread import LoopThread
 from ..protocol import messages as m
 from .blocking import wait_future
 from .connection import ClientConnection
+from .data_moves import DataMoves
 from .functions import FunctionCache
 from .future import Future
 from .records import CANCELLED, ERROR, PENDING, KeyRecord
@@ -42,7 +43,7 @@ def default_client() -> "Client":
 
 
 class Client(Submitting, Results, ClusterRequests, Schedules, Publishing,
-             WorkerSetup):
+             WorkerSetup, DataMoves):
     """Connects to a scheduler and submits work.
 
     ``Client()`` starts a LocalCluster sized to this machine; ``Client(cluster)`` uses a cluster

@@ -8,12 +8,13 @@ import re
 import time
 from typing import Any
 
+from ..config import parse_resources
 from ..durations import parse_duration
 from ..protocol.serialize import dumps
 
 OPTION_NAMES = ("priority", "workers", "queue", "retries", "retry_on", "retry_backoff",
                 "retry_backoff_max", "retry_jitter", "rate_limit", "limit_key", "concurrency",
-                "timeout", "countdown", "eta", "expires", "collect_errors")
+                "timeout", "countdown", "eta", "expires", "collect_errors", "resources")
 
 _PERIODS = {"s": 1.0, "sec": 1.0, "second": 1.0, "m": 60.0, "min": 60.0, "minute": 60.0,
             "h": 3600.0, "hour": 3600.0}
@@ -130,6 +131,10 @@ def build_options(kw: dict) -> dict | None:
         elif name == "collect_errors":
             if value:
                 out["collect_errors"] = True
+        elif name == "resources":
+            resources = parse_resources(value, "resources")
+            if resources:
+                out["resources"] = resources
         else:   # pragma: no cover - callers pass only OPTION_NAMES
             raise TypeError(f"unknown option {name!r}")
     if "retries" not in out and any(k in out for k in ("retry_on", "retry_backoff")):

@@ -52,7 +52,7 @@ import threading
 from collections import Counter
 from typing import Any, Sequence
 
-from ..config import parse_memory_limit
+from ..config import parse_memory_limit, parse_resources
 from ..dashboard.links import register_remote, through_jupyter, unregister_remote
 from ..errors import ClusterError
 from .adaptive import Adaptive
@@ -75,6 +75,7 @@ class WorkerSpec:
     queues: list[str] | None = None
     memory_limit: int | str | None = None
     options: dict = dataclasses.field(default_factory=dict)
+    resources: dict[str, float] | None = None    # what it has, e.g. {"GPU": 1}
 
 
 @dataclasses.dataclass(eq=False)
@@ -115,7 +116,7 @@ class Cluster:
         return "cluster"
 
     def __init__(self, *, threads_per_worker: int = 1, memory_limit: int | str | None = "auto",
-                 queues=None, token: str | None = None, security=None,
+                 queues=None, token: str | None = None, security=None, resources=None,
                  timeout: float = START_TIMEOUT, close_timeout: float = CLOSE_TIMEOUT) -> None:
         self.closed = True       # until _start: close and __del__ have nothing to do
         if not isinstance(threads_per_worker, int) or threads_per_worker < 1:
@@ -125,11 +126,10 @@ class Cluster:
         self.threads_per_worker = threads_per_worker
         self._memory_auto = isinstance(memory_limit, str) and memory_limit.strip().lower() == "auto"
         self._memory_fixed = None if self._memory_auto else parse_memory_limit(memory_limit)
-        self.queues = check_queues(queues)
+        self.queues, self.worker_resources = check_queues(queues), parse_resources(resources)
         self.token = token or new_token()
         self.security = security
-        self.timeout = timeout
-        self.close_timeout = close_timeout
+        self.timeout, self.close_timeout = timeout, close_timeout
         self.scheduler_address: str | None = None
         self._dashboard_link: str | None = None
         self._remote_dashboard: str | None = None  # its name, if registered for Jupyter's proxy
@@ -222,7 +222,8 @@ class Cluster:
             raise
 
     def _spec(self, host: Any, queues: list[str] | None, **options) -> WorkerSpec:
-        return WorkerSpec(self._name_for(host), host, queues or self.queues, None, options)
+        return WorkerSpec(self._name_for(host), host, queues or self.queues, None, options,
+                          self.worker_resources)
 
     def _respec(self, spec: WorkerSpec) -> WorkerSpec:
         """The spec of a worker that takes ``spec``'s place: the same but its name."""

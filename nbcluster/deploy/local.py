@@ -12,10 +12,10 @@ import threading
 import time
 from typing import IO, TYPE_CHECKING, Any
 
-from ..config import MEMORY_EXIT_CODE, check_fraction, parse_memory_limit
+from ..config import MEMORY_EXIT_CODE, check_fraction, parse_memory_limit, parse_resources
 from ..errors import ClusterError
 from ..loop_thread import LoopThread
-from .cluster import Cluster, WorkerSpec
+from .cluster import Cluster, WorkerSpec, check_queues
 
 if TYPE_CHECKING:
     from ..dashboard.server import Dashboard
@@ -190,6 +190,10 @@ class LocalCluster(Cluster):
     (``scale``, ``add_worker``, ``retire_worker``, ``adapt``), so together they stay within the
     machine. A limit given as bytes or text (``"4GB"``) is each worker's, however many there
     are; ``None`` means no limit.
+
+    ``resources`` (``{"GPU": 1}`` or ``"GPU=1"``) is what every worker has: tasks submitted
+    with ``resources=`` run only where that much is free; ``add_worker(resources=...)`` starts
+    one with its own.
     """
 
     def __init__(self, n_workers: int | None = None, threads_per_worker: int = 1,
@@ -199,7 +203,8 @@ class LocalCluster(Cluster):
                  queues: list[str] | None = None, dashboard: bool = True,
                  dashboard_port: int = 0, memory_spill: float | None = 0.60,
                  memory_pause: float | None = 0.80,
-                 memory_terminate: float | None = 0.95, journal: str | None = None) -> None:
+                 memory_terminate: float | None = 0.95, journal: str | None = None,
+                 resources: dict[str, float] | str | None = None) -> None:
         if n_workers is None:
             n_workers = max(1, machine_size() // max(1, threads_per_worker))
         if not isinstance(n_workers, int) or n_workers < 0:
@@ -209,7 +214,7 @@ class LocalCluster(Cluster):
 
             token = journal_token(journal)
         super().__init__(threads_per_worker=threads_per_worker, memory_limit=memory_limit,
-                         queues=queues, token=token, security=security)
+                         queues=queues, token=token, security=security, resources=resources)
         self.processes = processes
         self.journal = None if journal is None else os.path.abspath(journal)
         # worker processes spill results to disk above memory_spill of their limit, pause
@@ -267,6 +272,21 @@ class LocalCluster(Cluster):
         return {e.address: e.handle.proc.pid for e in list(self._running)} \
             if self.processes else {}
 
+    def add_worker(self, queues: list[str] | None = None,
+                   resources: dict[str, float] | str | None = None) -> str:
+        """Start one more worker (subscribed to ``queues``, default: the cluster's) that has
+        ``resources`` (e.g. ``{"GPU": 1}``; default: the cluster's). A replacement of it,
+        should it die, has them too."""
+        own = parse_resources(resources, "resources")
+        if own is None:
+            return super().add_worker(queues)
+        self._check_open()
+        queues = check_queues(queues)
+        with self._scaling:
+            spec = self._new_specs(1, queues)[0]
+            spec.resources = own
+            return self._add_one(spec)
+
     def _default_maximum(self) -> int:
         return machine_size()
 
@@ -301,7 +321,9 @@ class LocalCluster(Cluster):
         return _WorkerProcess(self, spec, [
             "--nthreads", str(self.threads_per_worker), "--name", spec.name, *memory,
             "--spill-dir", os.path.join(self.local_directory, spec.name),
-            *(["--queues", ",".join(spec.queues)] if spec.queues else [])])
+            *(["--queues", ",".join(spec.queues)] if spec.queues else []),
+            *(["--resources", ",".join(f"{k}={v!r}" for k, v in spec.resources.items())]
+              if spec.resources else [])])
 
     def _start_scheduler(self, first: list[WorkerSpec]) -> None:
         if not self.processes:
@@ -440,7 +462,7 @@ class LocalCluster(Cluster):
                    token=self.token, listen_address="inproc://",
                    memory_limit=parse_memory_limit(spec.memory_limit),   # bytes by now
                    queues=spec.queues, memory_pause=None,
-                   memory_terminate=None, memory_spill=None)
+                   memory_terminate=None, memory_spill=None, resources=spec.resources)
         self._inproc_thread.run(w.start(), timeout)
         return w
 

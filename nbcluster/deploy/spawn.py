@@ -77,6 +77,7 @@ async def _worker(args) -> None:
                     queues=args.queues.split(",") if args.queues else None,
                     memory_pause=args.memory_pause, memory_terminate=args.memory_terminate,
                     memory_spill=args.memory_spill, spill_dir=args.spill_dir,
+                    resources=args.resources,
                     reconnect_timeout=0)   # LocalCluster's scheduler does not come back
     worker.exit_when_stuck = True     # a task that won't stop: exit, LocalCluster replaces us
     worker.own_process = True
@@ -119,6 +120,7 @@ def main(argv=None) -> None:
     parser.add_argument("--memory-spill", type=_fraction_or_none, default=None)
     parser.add_argument("--spill-dir", default=None)
     parser.add_argument("--queues", default=None)
+    parser.add_argument("--resources", default=None)   # GPU=1.0,MEM=16000000000.0
     parser.add_argument("--dashboard-port", type=int, default=-1, help="-1: no dashboard")
     parser.add_argument("--journal", default=None)
     args = parser.parse_args(argv)

@@ -84,7 +84,9 @@ def snapshot_html(snap: ClusterSnapshot, title: str = "nbcluster") -> str:
            if snap.jobs else "") +
         f"<b>{len(snap.workers)}</b> workers, <b>{snap.nthreads}</b> threads, "
         f"<b>{format_bytes(snap.rss)}</b> memory (results {format_bytes(snap.memory)})"
-        f" &middot; tasks: {tasks_html(snap.tasks)}{error}{workers}</div>")
+        f" &middot; tasks: {tasks_html(snap.tasks)}{error}"
+        + (f"<div style='color:{STATUS_COLOURS['error']}'>{escape(snap.resources_note)}</div>"
+           if snap.resources_note else "") + f"{workers}</div>")
 
 
 def futures_html(futures: list) -> str:

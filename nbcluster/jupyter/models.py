@@ -238,6 +238,7 @@ class ClusterSnapshot:
     schedules: dict[str, dict] = field(default_factory=dict)   # client.schedule, by name
     kind: str = ""                  # "processes", "in-process", "remote", "slurm"...
     jobs: dict[str, int] = field(default_factory=dict)   # batch jobs: pending, running
+    resources_note: str = ""        # "2 tasks wait for resources no worker has: GPU=2"
     closed: bool = False
     error: str = ""
 
@@ -277,6 +278,7 @@ class ClusterSnapshot:
                    tasks=dict(info.get("tasks", {})),
                    done_by_prefix=dict(info.get("done_by_prefix", {})),
                    schedules=dict(info.get("schedules") or {}),
+                   resources_note=str((info.get("resources") or {}).get("note") or ""),
                    dashboard_link=dashboard_link, kind=kind)
 
     def text(self) -> str:
@@ -299,6 +301,8 @@ class ClusterSnapshot:
                          + ("" if w.status == "running" else f"  ({w.status})"))
         tasks = ", ".join(f"{k}: {v}" for k, v in sorted(self.tasks.items())) or "none"
         lines.append(f"Tasks by state: {tasks}")
+        if self.resources_note:
+            lines.append(f"Waiting: {self.resources_note}")
         for name, s in sorted(self.schedules.items()):
             lines.append(f"Schedule {name}: {schedule_line(s)}")
         lines.append(f"Dashboard: {self.dashboard_link or 'not available'}")

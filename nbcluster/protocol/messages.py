@@ -248,7 +248,8 @@ class Retire(Message, tag="retire"):
 
 
 class Replicate(Message, tag="replicate"):
-    """Copy ``keys`` from ``source`` (retiring) and keep them; answered with Replicated."""
+    """Copy ``keys`` from ``source`` (retiring, or for client.replicate/rebalance) and keep
+    them; answered with Replicated."""
     source: str
     keys: Keys
 

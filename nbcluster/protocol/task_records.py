@@ -21,6 +21,10 @@ Positive = Annotated[float, Meta(gt=0)]
 Count = Annotated[int, Meta(gt=0)]
 RunId = int                           # new for every assignment; echoed by the worker
 Rate = Annotated[list[Positive], Meta(min_length=2, max_length=2)]   # [count, per seconds]
+# worker resources and task requests, e.g. {"GPU": 1, "MEM": 16e9} (nbcluster.config.parse_resources)
+ResourceName = Annotated[str, Meta(pattern=r"^[A-Za-z_][A-Za-z0-9_.:-]{0,63}$")]
+Resources = Annotated[dict[ResourceName, Annotated[float, Meta(gt=0, le=1e300)]],
+                      Meta(min_length=1)]
 
 
 class TaskOptions(Struct, forbid_unknown_fields=True, omit_defaults=True):
@@ -42,6 +46,7 @@ class TaskOptions(Struct, forbid_unknown_fields=True, omit_defaults=True):
     not_before: Seconds | None = None
     expires: Seconds | None = None
     collect_errors: bool = False
+    resources: Resources | None = None    # runs only where these are free; held while it runs
 
 
 class TaskSpec(Struct, array_like=True, forbid_unknown_fields=True, gc=False):

@@ -25,7 +25,7 @@ from ..state.periodic import info as periodic_info
 from ..state.periodic import summary as schedule_summary
 from ..state.scheduler_state import BadBatch, SchedulerState
 from ..state.snapshot import worker_status
-from . import retire_requests, setup_requests
+from . import data_requests, retire_requests, setup_requests
 from .journal_keeper import Keeper
 
 logger = logging.getLogger("nbcluster.scheduler")
@@ -139,12 +139,12 @@ class Scheduler:
             comm.send(m.Reply(0, False, f"worker {address} refused: {typo}"))
             comm.close()
             raise _Refused(typo)
+        identity = {k: v for k, v in identity.items() if k != "held"}   # not for every info
+        out = self.state.add_worker(address, int(identity.get("nthreads", 1)),   # (may refuse
+                                    str(identity.get("name", address)), identity, self._clock(),
+                                    held)                          # its resources: first)
         self.comms[address] = comm
         self.worker_events.append((self._clock(), "added", address))
-        identity = {k: v for k, v in identity.items() if k != "held"}   # not for every info
-        out = self.state.add_worker(address, int(identity.get("nthreads", 1)),
-                                    str(identity.get("name", address)), identity, self._clock(),
-                                    held)
         logger.info("worker %s joined (%s threads)", address, identity.get("nthreads"))
         setup_requests.check_versions(address, identity)
         self._send(out)
@@ -287,7 +287,7 @@ class Scheduler:
                     "identity": w.identity, "last_seen": w.last_seen, **worker_status(w)}
                 for a, w in st.workers.items()
             },
-            "tasks": st.counts_by_state(),
+            "tasks": st.counts_by_state(), "resources": st.resources_info(),
             "dashboard": self.dashboard_link,
             "clients": len(st.clients),
             "journal": None if self.keeper is None else self.keeper.journal.path,
@@ -373,7 +373,8 @@ _LATER = object()
 # Requests by name, each answered by the method ``_request_<name>`` (one table, as messages).
 Scheduler._requests = {name[len("_request_"):]: fn for name, fn in vars(Scheduler).items()
                        if name.startswith("_request_")} | {"retire_workers": retire_requests.request} \
-    | {"run": setup_requests.request_run, "register_worker_setup": setup_requests.request_setup}
+    | {"run": setup_requests.request_run, "register_worker_setup": setup_requests.request_setup} \
+    | data_requests.REQUESTS
 _SHELL_MESSAGES = (m.Request, m.RunResult)   # answered here, not by the state machine
 
 

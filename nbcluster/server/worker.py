@@ -15,7 +15,7 @@ from typing import Any, Callable
 
 from ..comm import Comm, Listener, advertised, connect, listen
 from ..comm.pool import DataPool
-from ..config import check_fraction
+from ..config import check_fraction, parse_resources
 from ..versions import versions
 from ..errors import ClusterError, SerializationError
 from ..protocol import messages as m
@@ -45,12 +45,14 @@ class Worker:
                  memory_terminate: float | None = TERMINATE_AT,
                  memory_spill: float | None = SPILL_AT, spill_dir: str | None = None,
                  reconnect_timeout: float | None = None, heartbeat_timeout: float = 30.0,
-                 contact_address: str | None = None) -> None:
+                 contact_address: str | None = None,
+                 resources: dict[str, float] | str | None = None) -> None:
         if listen_address is None:   # serve data the way the scheduler is reached
             scheme = scheduler_address.split("://", 1)[0]
             listen_address = "inproc://" if scheme == "inproc" else f"{scheme}://127.0.0.1:0"
         self.security = security
         self.queues = list(queues) if queues else ["default"]
+        self.resources = parse_resources(resources)   # e.g. {"GPU": 1}: see state/resources.py
         self.scheduler_address = scheduler_address
         self.nthreads = max(1, int(nthreads))
         self.name = name
@@ -147,7 +149,8 @@ class Worker:
         self.name = self.name or self.address
         self.identity = {"address": self.address, "nthreads": self.nthreads, "name": self.name,
                          "pid": os.getpid(), "host": self.address.split("://")[-1].rsplit(":", 1)[0],
-                         "queues": self.queues, "versions": versions()}
+                         "queues": self.queues, "versions": versions(),
+                         "resources": self.resources}
         self.pool = DataPool(self.token, {"address": self.address}, security=self.security)
         try:
             self.scheduler = await connect(self.scheduler_address, self.token,

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any, Callable
 from ..errors import ProtocolError
 from ..protocol import messages as m
 from ..protocol.framing import decode, encode
+from . import resources
 from .model import FIRE_AND_FORGET, STEAL_LATENCY
 from . import coordination
 
@@ -116,6 +117,7 @@ def check_scheduler(s: SchedulerState) -> None:
     coordination.check(s, _fail)
     in_heaps = {id(ts) for heap in s.queues.values() for _, _, ts in heap}
     in_heaps.update(id(ts) for ts in s.unrunnable)
+    in_heaps.update(id(ts) for ts in resources.queued(s))   # waiting for resources
     limited: dict[Any, int] = {}
     uses: dict[str, int] = {}
     delayed = False
@@ -207,6 +209,8 @@ def check_scheduler(s: SchedulerState) -> None:
     for p in s.durable.periodics.values():   # a schedule keeps its function between runs
         uses[p.spec.task.fn] = uses.get(p.spec.task.fn, 0) + 1
     _check_functions(s, uses)
+    for rule, detail in resources.problems(s):
+        _fail(rule, None, detail)
     for address, ws in workers.items():
         if ws.address != address:
             _fail("a worker is filed under its own address", address)

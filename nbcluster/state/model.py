@@ -272,7 +272,7 @@ class WorkerState:
     __slots__ = ("address", "nthreads", "name", "processing", "has_what", "nbytes",
                  "functions", "identity", "metrics", "last_seen", "pinned", "queues",
                  "assigned", "paused", "memory_note", "last_words", "index", "version",
-                 "alone", "retiring", "seceded")
+                 "alone", "retiring", "seceded", "resources", "free")
 
     def __init__(self, address: str, nthreads: int, name: str, identity: dict[str, Any]) -> None:
         self.address, self.nthreads, self.name, self.identity = address, nthreads, name, identity
@@ -296,6 +296,9 @@ class WorkerState:
         self.alone: Any = frozenset((self,))
         queues = identity.get("queues") if isinstance(identity, dict) else None
         self.queues = frozenset(queues) if queues else frozenset((DEFAULT_QUEUE,))
+        # what it has ({"GPU": 1}) and what of it no task holds (see resources.py); None: none
+        self.resources: dict[str, float] | None = None
+        self.free: dict[str, float] | None = None
 
     def __repr__(self) -> str:
         return f"<Worker {self.address} {len(self.processing)} processing>"

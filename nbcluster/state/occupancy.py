@@ -12,7 +12,9 @@ from __future__ import annotations
 import heapq
 from typing import Iterator
 
+from .data_moves import Move
 from .model import WorkerState
+from .resources import ResourceBook
 
 _SLACK = 64    # a heap may hold this many more entries than 2 per worker before it is rebuilt
 
@@ -30,6 +32,8 @@ class Occupancy:
         self.idle: dict[WorkerState, None] = {}     # not paused, a thread free
         self.paused: dict[WorkerState, None] = {}
         self.retiring: dict[WorkerState, None] = {}   # leaving gracefully: in no heap
+        self.resources = ResourceBook()   # tasks that need resources, workers that have them
+        self.moves: list[Move] = []       # client.replicate/rebalance under way (data_moves.py)
         self.live = 0
         self._registered = 0
 
@@ -37,6 +41,8 @@ class Occupancy:
         ws.index = self._registered
         self._registered += 1
         self.live += 1
+        if ws.resources is not None:
+            self.resources.workers[ws] = None
         self.changed(ws)
 
     def remove(self, ws: WorkerState) -> None:
@@ -45,6 +51,7 @@ class Occupancy:
         self.idle.pop(ws, None)
         self.paused.pop(ws, None)
         self.retiring.pop(ws, None)
+        self.resources.workers.pop(ws, None)
 
     def changed(self, ws: WorkerState) -> None:
         """``ws``'s load, or its paused flag, changed."""

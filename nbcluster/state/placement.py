@@ -14,6 +14,7 @@ from collections import deque
 from typing import TYPE_CHECKING, Any, Callable, Iterable
 
 from ..protocol import messages as m
+from . import resources
 from .model import MAX_WINDOW, QUEUED_WORK_SECONDS, STEAL_BANDWIDTH, STEAL_LATENCY, Durable, Queued, \
     TaskState, WorkerState
 
@@ -42,6 +43,13 @@ def _allowed(queue: str, idle_only: bool, paused_ok: bool) -> Callable[[WorkerSt
         return (queue in ws.queues and (paused_ok or not ws.paused) and ws.retiring is None
                 and (not idle_only or len(ws.processing) < ws.nthreads))
     return allowed
+
+
+def _not_for(thief: WorkerState, pinned: Any, need: Any) -> bool:
+    """Whether a task pinned to ``pinned`` and needing ``need`` may not go to ``thief`` (the
+    resources it holds are released on its victim and taken on the thief)."""
+    return bool(pinned and thief.address not in pinned) or \
+        (need is not None and not resources.fits(thief.free, need))
 
 
 class Placement:
@@ -85,7 +93,13 @@ class Placement:
 
     def _pick_worker(self, ts: TaskState, idle_only: bool = False) -> WorkerState | None:
         """The worker holding most input bytes, unless it is much busier than the idlest."""
-        pinned = ts.options.get("workers") if ts.options else None
+        options = ts.options
+        if options:
+            if "resources" in options:   # (the slower path of tasks that need resources)
+                return resources.pick(self, ts, idle_only)
+            pinned = options.get("workers")
+        else:
+            pinned = None
         if pinned:    # a few named workers: look at each
             candidates = self._eligible(ts)
             if idle_only:
@@ -154,6 +168,8 @@ class Placement:
                         continue
                     best = ws
                 self._assign(ts, best)
+        if self.occupancy.resources.freed:   # (tasks that need resources wait apart)
+            resources.fill(self)
         self._steal()
 
     def _steal(self) -> None:
@@ -185,22 +201,30 @@ class Placement:
                     waiting = waiting_on[victim] = sorted(
                         (ts for ts in victim.processing if not ts.executing and not ts.limited),
                         key=_priority)
+                passed: list[TaskState] = []   # not for this thief: left for the next
                 while waiting and spare > 0 and surplus > 0 and budget > 0:
                     ts = waiting.pop()
                     budget -= 1
-                    if ts.processing_on is not victim or ts.queue not in thief.queues:
+                    if ts.processing_on is not victim:
                         continue
-                    pinned = ts.options.get("workers") if ts.options else None
-                    if pinned and thief.address not in pinned:
+                    options = ts.options
+                    if ts.queue not in thief.queues or options and (
+                            _not_for(thief, options.get("workers"), options.get("resources"))):
+                        passed.append(ts)
                         continue
                     moved = sum(d.nbytes for d in ts.deps if thief not in d.who_has)
                     if durations.get(ts.prefix, default) < STEAL_LATENCY + moved / STEAL_BANDWIDTH:
                         continue
                     self._unassign(ts)
-                    self._assign(ts, thief)
+                    if options and "resources" in options:
+                        resources.assign(self, ts, thief)
+                    else:
+                        self._assign(ts, thief)
                     self._record(ts, "stolen", thief.address)
                     spare -= 1
                     surplus -= 1
+                if passed:
+                    waiting.extend(reversed(passed))
 
     def _release_limited(self) -> None:
         """Start held tasks whose limit allows it, each on an idle thread."""
@@ -221,7 +245,10 @@ class Placement:
                 heapq.heappop(held)
                 limit.started(self.now)
                 ts.limited = True
-                self._assign(ts, ws)
+                if "resources" in ts.options:   # type: ignore[operator]
+                    resources.assign(self, ts, ws)
+                else:
+                    self._assign(ts, ws)
             still = still or bool(held)
         self.limits_held = still
 

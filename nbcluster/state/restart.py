@@ -7,7 +7,7 @@ from collections import defaultdict
 from typing import TYPE_CHECKING
 
 from ..protocol import messages as m
-from . import coordination, functions
+from . import coordination, data_moves, functions, resources
 from .gates import Timers
 from .model import Out
 
@@ -44,6 +44,8 @@ def restart(s: SchedulerState, reason: str, now: float = 0.0) -> Out:
     s.limits_held = False
     s.timers = Timers()
     coordination.restarted(s)
+    resources.forget_all(s)
+    data_moves.abandon(s)
     for ws in s.workers.values():
         ws.processing.clear()
         ws.seceded.clear()

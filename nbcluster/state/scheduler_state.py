@@ -28,7 +28,7 @@ from .occupancy import Occupancy
 from .model import (DEFAULT_QUEUE, FIRE_AND_FORGET, HEARTBEAT_SECONDS, KILLED_WORKER_LIMIT,
                     STORY_LENGTH, TASK_LOG_LENGTH, BadBatch, Durable, TaskState, WorkerState, error,
                     Out, Queued, drop_holder, heartbeat_interval, unwant)
-from . import coordination, journal, periodic, retirement, secession, views
+from . import coordination, data_moves, journal, periodic, resources, retirement, secession, views
 from .restart import restart as restart_all
 from . import client_requests as requests
 from . import functions
@@ -163,11 +163,14 @@ class SchedulerState(Transitions):
         if address in self.workers:
             raise ValueError(f"worker {address} is already registered")
         ws = WorkerState(address, max(1, int(nthreads)), name, identity)
+        resources.attach(ws)   # (raises ProtocolError before anything changed, if malformed)
         ws.last_seen = now
         self.workers[address] = ws
         self.occupancy.add(ws)
         if self.durable.setups:   # set up before it is given any task
             secession.joined(self, ws)
+        if ws.resources is not None:
+            resources.joined(self, ws)
         if not self._set_heartbeat() and self.heartbeat != HEARTBEAT_SECONDS:
             out.append((address, m.Settings(self.heartbeat)))   # the newcomer learns it
         if held:
@@ -192,6 +195,8 @@ class SchedulerState(Transitions):
         if ws is None:
             return out
         self.occupancy.remove(ws)
+        if ws.resources is not None:
+            resources.left(self, ws)
         functions.worker_left(self, ws)
         self._set_heartbeat()
         lost = []
@@ -227,6 +232,7 @@ class SchedulerState(Transitions):
         for ts in lost:
             self._lost_data(ts)
         retirement.worker_left(self, address)
+        data_moves.worker_left(self, address)
         self._fill_workers()
         functions.send_forgets(self)
         if self.occupancy.retiring:
@@ -267,7 +273,7 @@ class SchedulerState(Transitions):
         m.Transfers: reports.on_transfers, m.Status: reports.on_status,
         m.MemoryLimit: reports.on_memory_limit,
         m.Schedule: periodic.on_schedule, m.Unschedule: periodic.on_unschedule,
-        m.Retire: retirement.on_retire, m.Replicated: retirement.on_replicated,
+        m.Retire: retirement.on_retire, m.Replicated: data_moves.on_replicated,
         m.Coordinate: coordination.on_coordinate,
         m.Seceded: secession.on_seceded,
     }
@@ -335,6 +341,9 @@ class SchedulerState(Transitions):
 
     # views (views.py) and client.restart() (restart.py), bound here as methods
     restart = restart_all
+    replicate = data_moves.replicate      # client.replicate, client.rebalance (data_moves.py)
+    rebalance = data_moves.rebalance
+    resources_info = resources.summary    # tasks waiting for resources (resources.py)
     queues_info = views.queues_info
     limits_info = views.limits_info
     known_queues = views.known_queues

@@ -24,7 +24,9 @@ Shape of the result::
      "transfer_cursor": int,
      "totals": {"tasks", "tasks_completed", "tasks_failed", "workers", "threads", "nbytes",
                 "rss", "memory_limit", "clients", "processing"},
-     "now": float}
+     "now": float,
+     "schedules": {name: summary},
+     "resources": {"waiting", "impossible": {request: count}, "note"}}   # see resources.py
 
 Each prefix row also has ``"nbytes"`` (results of that function in memory) and ``"duration"``
 (its recent run time in seconds, or None). Two parts are only there when asked for with
@@ -46,6 +48,7 @@ from itertools import islice
 from typing import Any
 
 from .periodic import summary as periodic_summary
+from .resources import summary as resources_summary
 from .retirement import describe as describe_retirement
 
 TASK_STATES = ("waiting", "queued", "processing", "memory", "released", "erred")
@@ -186,6 +189,7 @@ def snapshot(state: Any, since: int = 0, transfers_since: int = 0, *,
         "now": float(state.now or 0.0),
         "schedules": {name: periodic_summary(state, p)
                       for name, p in state.durable.periodics.items()},
+        "resources": resources_summary(state),
     }
     if control:
         out["control"] = _control(state, by_queue)
@@ -242,8 +246,12 @@ def graph(state: Any, limit: int = GRAPH_LIMIT) -> dict[str, Any]:
             "depth": depth, "edges": edges, "total": len(state.tasks)}
 
 
-def worker_status(ws: Any) -> dict[str, str]:
+def worker_status(ws: Any) -> dict[str, Any]:
     """``status`` (running, paused or retiring) and ``memory_note``: why it paused (and stays
-    so, if it says), or why it retires."""
-    return {"status": "retiring" if ws.retiring else "paused" if ws.paused else "running",
-            "memory_note": describe_retirement(ws) or ws.memory_note}
+    so, if it says), or why it retires; a worker with resources: ``resources`` (what it has)
+    and ``free_resources`` (what no task of it holds)."""
+    status = {"status": "retiring" if ws.retiring else "paused" if ws.paused else "running",
+              "memory_note": describe_retirement(ws) or ws.memory_note}
+    if ws.resources is not None:
+        status["resources"], status["free_resources"] = dict(ws.resources), dict(ws.free)
+    return status

@@ -14,7 +14,7 @@ from ..errors import CancelledError, FutureLostError, TaskExpiredError
 from ..protocol import messages as m
 from .model import (_EMPTY, FIRE_AND_FORGET, TaskState, WorkerState, add_holder, error,
                     stop_waiting, unwant, wait_for)
-from . import functions
+from . import functions, resources
 from .placement import Placement
 
 
@@ -80,6 +80,8 @@ class Transitions(Placement):
                 return
             if self._expired(ts):
                 return
+            if "resources" in options and resources.ready(self, ts):
+                return   # started where its resources are free, or filed to wait for them
             if ts.limit is not None:
                 ts.state = "queued"
                 heapq.heappush(ts.limit.held, ts.queued())
@@ -117,6 +119,9 @@ class Transitions(Placement):
         if ws.seceded:   # (seceded tasks are rare: one check)
             ws.seceded.discard(ts)
         self.occupancy.changed(ws)
+        options = ts.options
+        if options and "resources" in options:   # (one check for a task without options)
+            resources.release(self, ws, options["resources"])
         ts.processing_on = None
         ts.executing = False
         if ts.limited and ts.limit is not None:

@@ -178,6 +178,8 @@ def on_status(s: SchedulerState, peer: str, msg: m.Status) -> None:
     if paused != ws.paused:
         ws.paused = paused
         s.occupancy.changed(ws)
+        if ws.resources is not None and not paused:
+            s.occupancy.resources.freed = True   # what waits for its resources may go
     # tasks queued on a paused worker would wait for it while others idle: move them to
     # workers that run (from this one if it paused, else from those still paused)
     if paused:
