@@ -39,6 +39,12 @@ def unload_ipython_extension(ip) -> None:
     unload(ip)
 
 
+def _jupyter_labextension_paths() -> list[dict]:
+    """The prebuilt JupyterLab extension, for ``jupyter labextension develop .`` (what an
+    editable install uses; a regular install puts it in share/jupyter/labextensions)."""
+    return [{"src": "labextension", "dest": "nbcluster"}]
+
+
 def __getattr__(name: str):
     if name == "SSHCluster":   # imported when first used (asyncssh only when one starts)
         from .deploy.ssh import SSHCluster

@@ -448,3 +448,97 @@ def test_a_registered_remote_dashboard_is_proxied_and_nothing_else(jupyter, clus
         links.unregister_remote(name)
         on_loop(cluster, secure.stop)
     assert get(f"{page}?token={token}")[0] == 404                # unregistered: at once
+
+
+# --------------------------------------------------------------------------- the Lab sidebar's API
+def _post(url, token, body=None, raw=None):
+    data = raw if raw is not None else json.dumps(body or {}).encode()
+    status, _, text = get(url, headers={"Authorization": f"token {token}",
+                                        "Content-Type": "application/json"}, data=data)
+    return status, (json.loads(text) if text.startswith("{") else text)
+
+
+def _listed(base, token):
+    status, _, body = get(f"{base}/nbcluster/clusters?token={token}")
+    assert status == 200, body
+    return {c["id"]: c for c in json.loads(body)["clusters"]}
+
+
+def test_a_kernels_clusters_are_listed_with_figures_and_only_their_scheduler_process_stopped(
+        jupyter, inproc_cluster, proc_cluster):
+    from nbcluster.testing import wait_until
+
+    base, token = jupyter
+    listed = _listed(base, token)
+    inproc = listed[f"dashboard-{inproc_cluster._dashboard.port}"]
+    [procs] = [c for c in listed.values() if c["scheduler"] == proc_cluster.scheduler_address]
+    assert inproc["workers"] == 2 and inproc["threads"] == 2
+    assert inproc["memory"]["process"] > 0 and "processing" in inproc["tasks"]
+    assert inproc["dashboard_base"] + "status" == inproc["dashboard"]
+    # in-process: the registered process is the "kernel" (here, this test): never signalled
+    assert (inproc["owner"], inproc["can_stop"], inproc["can_scale"]) == ("kernel", False, False)
+    status, reply = _post(f"{base}/nbcluster/clusters/{inproc['id']}/stop", token)
+    assert status == 409 and "%cluster stop" in reply["message"], reply
+    # a scheduler process: stop ends it (its workers follow); scaling is the notebook's
+    assert (procs["owner"], procs["can_stop"], procs["can_scale"]) == ("scheduler", True, False)
+    status, reply = _post(f"{base}/nbcluster/clusters/{procs['id']}/scale", token, {"workers": 3})
+    assert status == 409 and "cluster.scale(n)" in reply["message"], reply
+    status, reply = _post(f"{base}/nbcluster/clusters/{procs['id']}/stop", token)
+    assert status == 200 and reply == {"id": procs["id"], "stopped": True}
+    proc_cluster._scheduler_proc.wait(10)
+    wait_until(lambda: procs["id"] not in _listed(base, token), "the stopped cluster to go",
+               timeout=10)
+    assert inproc_cluster.status == "running"
+
+
+def test_new_cluster_scale_and_stop_from_the_sidebars_api(jupyter):
+    import psutil
+
+    from nbcluster.testing import wait_until
+
+    base, token = jupyter
+    url = f"{base}/nbcluster/clusters"
+    for bad, why in [({"workers": -1}, "from 0 to 256"), ({"workers": "2"}, "got '2'"),
+                     ({"threads": 0}, "at least 1"), ([1], "JSON object")]:
+        status, reply = _post(url, token, raw=json.dumps(bad).encode())
+        assert status == 400 and why in reply["message"], (bad, reply)
+    status, reply = _post(url, token, {"workers": 1})
+    assert status == 201 and reply["workers"] == 1, reply
+    address = reply["scheduler"]
+    [ours] = [c for c in _listed(base, token).values() if c["scheduler"] == address]
+    assert (ours["owner"], ours["can_scale"], ours["can_stop"]) == ("server", True, True)
+    assert ours["connect"] == f"%load_ext nbcluster\n%cluster connect {address}"
+    scheduler = psutil.Process(ours["pid"])
+    try:
+        status, reply = _post(f"{url}/{ours['id']}/scale", token, {"workers": 2})
+        assert status == 200 and reply["workers"] == 2, reply
+        wait_until(lambda: _listed(base, token)[ours["id"]]["workers"] == 2, "2 workers",
+                   timeout=15)
+        assert _post(f"{url}/{ours['id']}/scale", token, {"workers": 1e9})[0] == 400
+        assert _post(f"{url}/{ours['id']}/resize", token)[0] == 404
+        assert _post(f"{url}/dashboard-1/stop", token)[0] == 404
+    finally:
+        status, reply = _post(f"{url}/{ours['id']}/stop", token)
+    assert status == 200, reply
+    scheduler.wait(10)
+    assert ours["id"] not in _listed(base, token)
+
+
+def test_the_sidebars_posts_need_jupyters_xsrf_token(jupyter):
+    import http.cookiejar
+    import urllib.request
+
+    base, token = jupyter
+    jar = http.cookiejar.CookieJar()
+    opener = urllib.request.build_opener(urllib.request.HTTPCookieProcessor(jar))
+    opener.open(f"{base}/lab?token={token}", timeout=15).read()      # logged in by cookie
+    assert any(c.name.startswith("username-") for c in jar)
+    for path in ("nbcluster/clusters", "nbcluster/clusters/dashboard-1/stop"):
+        request = urllib.request.Request(f"{base}/{path}", data=b"{}", method="POST")
+        try:
+            opener.open(request, timeout=15)
+            status = 200
+        except urllib.error.HTTPError as e:
+            status = e.code
+        assert status == 403, path                   # a cross-site form cannot post here
+    assert get(f"{base}/nbcluster/clusters", data=b"{}")[0] == 403   # nor anyone logged out

@@ -13,7 +13,10 @@ On JupyterHub and Binder the browser reaches only the Jupyter server, so a dashb
   closes, ignored once that kernel is gone; see :func:`~nbcluster.dashboard.links.register_remote`).
   The request names only the entry, never a host or port: an unregistered name is a 404;
 - ``{base_url}nbcluster/clusters``: JSON list of the clusters known on this machine, with the
-  scheduler address, the number of workers and the proxied dashboard link (remote ones too).
+  scheduler address, workers, threads, memory and the proxied dashboard link (remote ones
+  too); POST starts a LocalCluster owned by this server, and
+  ``nbcluster/clusters/<id>/scale|stop`` (POST) scale or stop a listed cluster, as far as
+  :mod:`.lab_clusters` allows for its kind (the JupyterLab sidebar uses these).
 
 Which ports: only those in nbcluster's dashboard registry (files that each dashboard writes in
 nbcluster's runtime directory, private to the user, and removes when it stops), and only while
@@ -33,6 +36,7 @@ nbcluster.jupyter.server_extension``. Nothing else in nbcluster imports this mod
 from __future__ import annotations
 
 import asyncio
+import atexit
 import json
 from typing import Any
 from urllib.parse import parse_qsl, urlencode
@@ -48,8 +52,8 @@ try:
 except ImportError:   # jupyter_server < 2.4
     from jupyter_server.base.zmqhandlers import WebSocketMixin
 
-from ..config import read_connection_file, runtime_dir
-from ..dashboard.links import describe, live_dashboard, live_dashboards, live_remote, live_remotes
+from ..dashboard.links import live_dashboard, live_remote
+from .lab_clusters import ControlError, ServerClusters, control, list_clusters, worker_count
 
 AUTH_RESOURCE = "nbcluster"
 NAME = "nbcluster.jupyter.server_extension"
@@ -72,6 +76,7 @@ def _load_jupyter_server_extension(serverapp: Any) -> None:
         Rule(_WebSocketUpgrade(dash), DashboardWebSocket),
         (dash, DashboardHandler),
         (url_path_join(base, "nbcluster/clusters"), ClustersHandler),
+        (url_path_join(base, r"nbcluster/clusters/([^/]+)/([a-z]+)"), ClusterControlHandler),
     ])
     serverapp.log.info("nbcluster: dashboards proxied at %snbcluster/dashboard/<port>/", base)
 
@@ -269,73 +274,77 @@ class DashboardWebSocket(WebSocketMixin, websocket.WebSocketHandler, JupyterHand
 
 
 class ClustersHandler(APIHandler):
-    """GET ``nbcluster/clusters``: ``{"clusters": [...]}``, no tokens in it."""
+    """GET ``nbcluster/clusters``: ``{"clusters": [...]}``, no tokens in it. POST (JSON
+    ``{"workers": n, "threads": t}``): start a LocalCluster of processes owned by this server
+    (the sidebar's "New cluster"; see :mod:`.lab_clusters`)."""
 
     auth_resource = AUTH_RESOURCE
 
     @web.authenticated
     @authorized
     async def get(self) -> None:
-        clusters = await list_clusters(self.base_url)
+        clusters = await list_clusters(self.base_url, OWNED)
         self.set_header("Cache-Control", "no-store")
         self.finish(json.dumps({"clusters": clusters}))
 
-
-async def list_clusters(base_url: str) -> list[dict]:
-    """Clusters on this machine: each running dashboard in the registry (with its scheduler and
-    worker count), then schedulers from connection files whose port is listened on here."""
-    dashboards = await asyncio.to_thread(live_dashboards)
-    workers = await asyncio.gather(*(_worker_count(e) for e in dashboards))
-    out = []
-    for entry, n in zip(dashboards, workers):
-        info = describe(entry)
-        out.append({"scheduler": info.get("scheduler"), "workers": n, "pid": info.get("pid"),
-                    "dashboard_port": info["port"], "started": info.get("started"),
-                    "dashboard": url_path_join(base_url, f"nbcluster/dashboard/{info['port']}",
-                                               info.get("prefix") or "", "status")})
-    remotes = await asyncio.to_thread(live_remotes)
-    workers = await asyncio.gather(*(_worker_count(e) for e in remotes))
-    for entry, n in zip(remotes, workers):
-        out.append({"scheduler": entry.get("scheduler"), "workers": n, "pid": entry.get("pid"),
-                    "remote": entry["origin"], "started": entry.get("started"),
-                    "dashboard": url_path_join(base_url, f"nbcluster/remote/{entry['name']}",
-                                               entry.get("prefix") or "", "status")})
-    known = {c["scheduler"] for c in out}
-    for address, path in await asyncio.to_thread(_connection_files):
-        if address not in known:
-            out.append({"scheduler": address, "workers": None, "dashboard": None,
-                        "connection_file": path})
-    return out
-
-
-async def _worker_count(entry: dict) -> int | None:
-    """Workers, from the dashboard's ``/metrics.json`` (a snapshot; cheap), or None."""
-    headers = {"Authorization": f"token {entry['token']}"} if entry.get("token") else {}
-    origin = entry.get("origin") or f"http://127.0.0.1:{entry['port']}"   # remote, or here
-    url = f"{origin}{entry.get('prefix') or ''}/metrics.json"
-    try:
-        resp = await httpclient.AsyncHTTPClient().fetch(url, headers=headers, request_timeout=3)
-        return int(json.loads(resp.body)["workers"])
-    except Exception:  # noqa: BLE001 - a busy or closing cluster is listed without the count
-        return None
-
-
-def _connection_files() -> list[tuple[str, str]]:
-    """(address, path) of connection files whose scheduler port is listened on here."""
-    import psutil
-
-    try:
-        listening = {c.laddr.port for c in psutil.net_connections(kind="tcp")
-                     if c.status == psutil.CONN_LISTEN and c.laddr}
-    except psutil.Error:
-        listening = set()
-    found = []
-    for path in sorted(runtime_dir().glob("scheduler-*.json")):
+    @web.authenticated
+    @authorized
+    async def post(self) -> None:
         try:
-            address = read_connection_file(path)[0]
-            port = int(address.rsplit(":", 1)[1])
-        except (OSError, ValueError, KeyError, IndexError):
-            continue
-        if port in listening:
-            found.append((address, str(path)))
-    return found
+            body = _json_body(self)
+            workers = body.get("workers")
+            workers = None if workers is None else worker_count(workers)
+            threads = worker_count(body.get("threads", 1), "threads")
+            if threads == 0:
+                raise ControlError(400, "threads must be at least 1")
+            cluster = await OWNED.start(workers, threads)
+        except ControlError as e:
+            _refuse(self, e)
+            return
+        self.log.info("nbcluster: started %r for the JupyterLab sidebar", cluster)
+        self.set_status(201)
+        self.finish(json.dumps({"scheduler": cluster.scheduler_address,
+                                "workers": len(cluster.workers)}))
+
+
+class ClusterControlHandler(APIHandler):
+    """POST ``nbcluster/clusters/<id>/scale`` (JSON ``{"workers": n}``) and
+    ``nbcluster/clusters/<id>/stop``: only for clusters listed here, by what
+    :mod:`.lab_clusters` allows for each (XSRF-checked, as every Jupyter POST)."""
+
+    auth_resource = AUTH_RESOURCE
+
+    @web.authenticated
+    @authorized
+    async def post(self, cluster_id: str, action: str) -> None:
+        try:
+            reply = await control(self.base_url, OWNED, cluster_id, action, _json_body(self))
+        except ControlError as e:
+            _refuse(self, e)
+            return
+        self.finish(json.dumps(reply))
+
+
+def _refuse(handler: JupyterHandler, error: ControlError) -> None:
+    """A JSON error as Jupyter's APIs answer, the message verbatim (it may hold a "%")."""
+    handler.log.info("nbcluster: refused: %s", error.message)
+    handler.set_status(error.status)
+    handler.set_header("Content-Type", "application/json")
+    handler.finish(json.dumps({"message": error.message}))
+
+
+def _json_body(handler: JupyterHandler) -> dict:
+    if not handler.request.body:
+        return {}
+    try:
+        body = json.loads(handler.request.body)
+    except ValueError:
+        body = None
+    if not isinstance(body, dict):
+        raise ControlError(400, "the request body must be a JSON object")
+    return body
+
+
+# the clusters this server started from the sidebar; their processes end with this one
+OWNED = ServerClusters()
+atexit.register(OWNED.close_all)
