@@ -128,14 +128,7 @@ def register(port: int, host: str, prefix: str, token: str | None,
     path = registry_path(port)
     entry = {"port": int(port), "pid": os.getpid(), "host": host, "prefix": prefix,
              "token": token, "scheduler": scheduler, "started": time.time()}
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as f:
-            json.dump(entry, f)
-        os.replace(tmp, path)      # readers never see half a file
-    except OSError:
+    if not _write_private(path, entry):
         return None
     _prune()
     return path
@@ -158,7 +151,24 @@ def _prune() -> None:
 def unregister(port: int) -> None:
     """Remove this process's entry for ``port`` (an entry another process wrote is kept)."""
     path = registry_path(port)
-    entry = _read(path)
+    _remove_if_mine(path, _read(path))
+
+
+def _write_private(path: Path, entry: dict) -> bool:
+    """Write ``entry`` as JSON only this user can read; whether it was written."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as f:
+            json.dump(entry, f)
+        os.replace(tmp, path)      # readers never see half a file
+    except OSError:
+        return False
+    return True
+
+
+def _remove_if_mine(path: Path, entry: dict | None) -> None:
     if entry is not None and entry.get("pid") == os.getpid():
         try:
             path.unlink()
@@ -166,13 +176,17 @@ def unregister(port: int) -> None:
             pass
 
 
-def _read(path: Path) -> dict | None:
+def _load(path: Path) -> object:
     try:
         with open(path) as f:
-            entry = json.load(f)
-        return entry if isinstance(entry, dict) and isinstance(entry.get("port"), int) else None
+            return json.load(f)
     except (OSError, ValueError):
         return None
+
+
+def _read(path: Path) -> dict | None:
+    entry = _load(path)
+    return entry if isinstance(entry, dict) and isinstance(entry.get("port"), int) else None
 
 
 def _listens_on_loopback(pid: int, port: int) -> bool:
@@ -262,14 +276,7 @@ def register_origin(origin: str, prefix: str, token: str | None,
     entry = {"name": name, "origin": origin, "prefix": prefix, "token": token,
              "scheduler": scheduler, "pid": os.getpid(), "started": time.time()}
     path = remote_path(name)
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as f:
-            json.dump(entry, f)
-        os.replace(tmp, path)
-    except OSError:
+    if not _write_private(path, entry):
         return None
     return name
 
@@ -279,20 +286,11 @@ def unregister_remote(name: str | None) -> None:
     if not name:
         return
     path = remote_path(name)
-    entry = _read_remote(path)
-    if entry is not None and entry.get("pid") == os.getpid():
-        try:
-            path.unlink()
-        except OSError:
-            pass
+    _remove_if_mine(path, _read_remote(path))
 
 
 def _read_remote(path: Path) -> dict | None:
-    try:
-        with open(path) as f:
-            entry = json.load(f)
-    except (OSError, ValueError):
-        return None
+    entry = _load(path)
     if not isinstance(entry, dict) or not isinstance(entry.get("origin"), str) or \
             not entry["origin"].startswith(("http://", "https://")):
         return None

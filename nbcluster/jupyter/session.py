@@ -38,44 +38,34 @@ class ClusterSession:
     def start(self, n_workers: int | None = None, threads_per_worker: int = 1,
               processes: bool = True, memory_limit: Any = "auto",
               journal: str | None = None) -> Any:
-        from ..client import Client
         from ..deploy import LocalCluster
 
-        with self._lock:
-            self._check_free()
-            try:
-                cluster = LocalCluster(n_workers=n_workers, threads_per_worker=threads_per_worker,
-                                       processes=processes, memory_limit=memory_limit,
-                                       journal=journal)
-            except ValueError as e:
-                raise SessionError(str(e)) from None
-            except Exception as e:  # noqa: BLE001
-                raise SessionError(f"could not start the cluster: {e}") from None
-            try:
-                client = Client(cluster)
-            except Exception as e:  # noqa: BLE001
-                cluster.close()
-                raise SessionError(f"could not connect to the new cluster: {e}") from None
-            self.cluster, self.client, self.own_cluster = cluster, client, True
-            self.adopted = False
-            return client
+        return self._own(lambda: LocalCluster(
+            n_workers=n_workers, threads_per_worker=threads_per_worker, processes=processes,
+            memory_limit=memory_limit, journal=journal), "the cluster")
 
     def start_batch(self, system: str, jobs: int = 0, **options: Any) -> Any:
         """A batch-system cluster (``system``: slurm, pbs, sge or lsf) with ``jobs`` jobs
         submitted, and its client (the jobs wait in the queue: nothing waits for them)."""
-        from ..client import Client
         from ..deploy import jobqueue
 
         classes = {"slurm": jobqueue.SLURMCluster, "pbs": jobqueue.PBSCluster,
                    "sge": jobqueue.SGECluster, "lsf": jobqueue.LSFCluster}
+        return self._own(lambda: classes[system](jobs=jobs, **options),
+                         f"the {system} cluster")
+
+    def _own(self, make: Callable[[], Any], what: str) -> Any:
+        """Start a cluster of this session's own with ``make()``, and its client."""
+        from ..client import Client
+
         with self._lock:
             self._check_free()
             try:
-                cluster = classes[system](jobs=jobs, **options)
+                cluster = make()
             except (ValueError, TypeError) as e:
                 raise SessionError(str(e)) from None
             except Exception as e:  # noqa: BLE001
-                raise SessionError(f"could not start the {system} cluster: {e}") from None
+                raise SessionError(f"could not start {what}: {e}") from None
             try:
                 client = Client(cluster)
             except Exception as e:  # noqa: BLE001

@@ -36,7 +36,7 @@ from ...durations import parse_duration
 from ...errors import ClusterError
 from ..cluster import Cluster, WorkerSpec
 from .job import (COMMAND_TIMEOUT, DONE, PENDING, RUNNING, Job, check_count, check_lines, check_memory, failed,
-                  logger, parse_walltime, run, shell_word)
+                  log_tail, logger, parse_walltime, run, shell_word)
 from .scheduler_job import SchedulerJob
 from .view import JobsView
 
@@ -366,14 +366,8 @@ class JobQueueCluster(JobsView, Cluster):
                                 replace=not give_up, details=details)
         return {job_id: job.state for job_id, job in jobs.items()}
 
-    def _log_tail(self, job: Job, lines: int = 15) -> str:
-        path = self._log_path(job.job_id)
-        try:
-            with open(path, errors="replace") as f:
-                tail = f.readlines()[-lines:]
-        except OSError:
-            return ""
-        return f". The end of its log {path}:\n" + "".join(tail) if tail else ""
+    def _log_tail(self, job: Job) -> str:
+        return log_tail(self._log_path(job.job_id))
 
     # ------------------------------------------------------------------ public
     @property

@@ -133,3 +133,13 @@ def failed(proc: subprocess.CompletedProcess) -> str:
     """What a failed command said (its stderr, else its stdout), for an error message."""
     text = (proc.stderr or "").strip() or (proc.stdout or "").strip()
     return f"exit code {proc.returncode}" + (f": {text}" if text else "")
+
+
+def log_tail(path: str, lines: int = 15) -> str:
+    """". The end of its log PATH:" and its last ``lines`` lines, or "" (no log, or empty)."""
+    try:
+        with open(path, errors="replace") as f:
+            tail = f.readlines()[-lines:]
+    except OSError:
+        return ""
+    return f". The end of its log {path}:\n" + "".join(tail) if tail else ""

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 from ...config import read_connection_file
 from ...errors import ClusterError
-from .job import DONE, failed, logger, run
+from .job import DONE, failed, log_tail, logger, run
 
 if TYPE_CHECKING:
     from .core import JobQueueCluster
@@ -137,15 +137,9 @@ class SchedulerJob:
             self.cluster._cancel([self.job_id])
             self.ended = "cancelled"
 
-    def _log_tail(self, lines: int = 15) -> str:
+    def _log_tail(self) -> str:
         c = self.cluster
-        path = os.path.join(c.log_directory, f"{c.job_name}-scheduler-{self.job_id}.out")
-        try:
-            with open(path, errors="replace") as f:
-                tail = f.readlines()[-lines:]
-        except OSError:
-            return ""
-        return f". The end of its log {path}:\n" + "".join(tail) if tail else ""
+        return log_tail(os.path.join(c.log_directory, f"{c.job_name}-scheduler-{self.job_id}.out"))
 
 
 class _Overriding:
