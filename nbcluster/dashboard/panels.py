@@ -218,7 +218,8 @@ class SystemMonitor(Component):
                                  color="#2ca02c", line_width=2)
         sent: Any = net.line(source=self.source, x="time", y="sent", color=TRANSFER_COLOR,
                              line_width=2, line_dash="dashed")
-        net.add_layout(Legend(items=[("received", [received]), ("sent", [sent])],
+        # (Bokeh 3.10's type stubs leave ``items`` out of Legend's signature; it takes it)
+        net.add_layout(Legend(items=[("received", [received]), ("sent", [sent])],  # type: ignore[call-arg, unused-ignore]
                               location="top_left"))
         net.yaxis.formatter = NumeralTickFormatter(format="0.0 b")
         net.yaxis.axis_label = "per second"
