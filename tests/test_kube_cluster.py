@@ -45,7 +45,7 @@ FAKE_KUBECTL = """\
         open(marker, "w").close()
         print("error: lost connection to pod", flush=True)
         sys.exit(1)
-    time.sleep(600)
+    time.sleep(600)   # (a stand-in for kubectl's long-running port-forward: the test kills it)
 """
 
 

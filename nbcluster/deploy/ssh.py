@@ -8,7 +8,6 @@ remotely is exactly what an administrator would start by hand; the token reaches
 from __future__ import annotations
 
 import asyncio
-import atexit
 import shlex
 import threading
 import weakref
@@ -16,6 +15,7 @@ from collections import Counter
 from typing import Any
 
 from ..loop_thread import LoopThread
+from . import at_exit
 from .cluster import Cluster, WorkerSpec, check_queues
 from .ssh_remote import RemoteProcess, host_memory, import_asyncssh
 
@@ -23,16 +23,6 @@ SCHEDULER_OPTIONS = ("host", "port", "dashboard_port", "connection_file")
 WORKER_OPTIONS = ("nthreads", "queues", "host", "port", "memory_limit", "memory_spill",
                   "memory_pause", "memory_terminate")
 
-_open_clusters: "weakref.WeakSet[SSHCluster]" = weakref.WeakSet()
-
-
-@atexit.register
-def _close_at_exit() -> None:
-    for cluster in list(_open_clusters):
-        try:
-            cluster.close()
-        except Exception:
-            pass
 
 
 def _per_host(value, hosts: list[str], what: str, check) -> list:
@@ -135,7 +125,7 @@ class SSHCluster(Cluster):
         self._tasks: set[asyncio.Task] = set()     # worker starts under way
         self._host_totals: dict[str, int | None] = {}
         self._thread = LoopThread("nbcluster-ssh")
-        _open_clusters.add(self)
+        at_exit.OPEN.add(self)
         self._start(n_workers_per_host * len(self._worker_slots))
 
     # ------------------------------------------------------------------ hooks
@@ -307,7 +297,7 @@ class SSHCluster(Cluster):
 
     def close(self) -> None:
         """Stop every remote process (terminate, then kill) and close the SSH connections."""
-        _open_clusters.discard(self)
+        at_exit.OPEN.discard(self)
         thread = getattr(self, "_thread", None)
         if thread is not None and threading.current_thread() is thread.thread:
             # called on our own loop (garbage collection there): finish without waiting

@@ -99,12 +99,14 @@ class Keeper:
             # its record is written (if the scheduler dies first, no client heard of it, and
             # the restarted scheduler tells the worker to drop what it made).
             workers = state.workers
-            now = [x for x in out if x[0] in workers]
+            now: list = []
+            later: list = []
+            for item in out:
+                (now if item[0] in workers else later).append(item)
             if now:
                 deliver(now)
-                out = [x for x in out if x[0] not in workers]
-            if out:
-                self._held.append(out)
+            if later:
+                self._held.append(later)
         else:
             deliver(out)
         if self._records and not self._writing:

@@ -16,19 +16,18 @@ keeps one connected while it lives), its Job finishes and is deleted with what i
 
 from __future__ import annotations
 
-import atexit
 import logging
 import math
 import os
 import threading
 import time
 import uuid
-import weakref
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 from ...durations import parse_duration
 from ...errors import ClusterError
+from .. import at_exit
 from ..cluster import Cluster, WorkerSpec
 from . import objects as o
 from .api import (KubeApi, default_namespace, in_cluster, notebook_owner, pod_state,
@@ -37,16 +36,6 @@ from .portforward import PortForward
 
 logger = logging.getLogger("nbcluster.deploy.kube")
 
-_open_clusters: "weakref.WeakSet[KubeCluster]" = weakref.WeakSet()
-
-
-@atexit.register
-def _close_at_exit() -> None:
-    for cluster in list(_open_clusters):
-        try:
-            cluster.close()
-        except Exception:
-            pass
 
 
 class _Pod:
@@ -140,7 +129,7 @@ class KubeCluster(Cluster):
         self._forward: PortForward | None = None
         self._keepalive: Any = None
         self._n_initial = n_workers
-        _open_clusters.add(self)
+        at_exit.OPEN.add(self)
         self._start(n_workers)
 
     @property
@@ -405,7 +394,7 @@ class KubeCluster(Cluster):
         pass   # _shutdown deletes it with everything else
 
     def _shutdown(self, handles: list) -> None:
-        _open_clusters.discard(self)
+        at_exit.OPEN.discard(self)
         self._stop_polling.set()
         if self._poller is not None and self._poller is not threading.current_thread():
             self._poller.join(30)
